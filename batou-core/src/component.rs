@@ -1,0 +1,49 @@
+//! The converge contract: what every component type implements.
+
+use crate::{Configure, Deploy};
+
+/// What `verify` observed on the host.
+///
+/// "Needs update" is a value, not an error: the engine reports the reason and calls `update`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The host already is as the component describes it.
+    UpToDate,
+    /// The host differs; the string says how, for people (`content differs`, `missing`).
+    NeedsUpdate(String),
+}
+
+impl Verdict {
+    /// A `NeedsUpdate` verdict with the given reason.
+    pub fn needs_update(reason: impl Into<String>) -> Self {
+        Verdict::NeedsUpdate(reason.into())
+    }
+}
+
+/// A piece of a deployment that converges idempotently.
+///
+/// The engine calls `configure` once (pure: no host I/O), converges the sub-components it added
+/// (post-order, in the order they were added), then calls `verify`; on `NeedsUpdate` it calls
+/// `update` and verifies again. A component whose second verify still needs an update is an
+/// error ("did not converge").
+pub trait Component: Send + 'static {
+    /// How this component appears in component paths, e.g. `File('/srv/app/app.toml')`.
+    ///
+    /// Root components appear under their instance name instead.
+    fn label(&self) -> String;
+
+    /// Builds the sub-component tree and declares resources. Must not touch the host.
+    fn configure(&mut self, _cx: &mut Configure) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Observes the host. The default suits components that only group sub-components.
+    fn verify(&self, _cx: &mut Deploy) -> anyhow::Result<Verdict> {
+        Ok(Verdict::UpToDate)
+    }
+
+    /// Changes the host so that `verify` returns `UpToDate`.
+    fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
+        Ok(())
+    }
+}

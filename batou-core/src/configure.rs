@@ -1,0 +1,159 @@
+//! The configure context: what a component may use while building its sub-component tree.
+//!
+//! Everything here is pure with respect to the host: it reads the project (templates, source
+//! files), the environment and resources, and records sub-components and provided resources.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::resources::Resources;
+use crate::{Component, Environment, Host, Project, Templates, paths};
+
+/// What one step's configure sees of the environment; shared by the step's whole tree.
+pub(crate) struct Scope<'a> {
+    pub(crate) step: usize,
+    pub(crate) root: &'a str,
+    pub(crate) step_labels: &'a [String],
+    pub(crate) host: &'a Host,
+    pub(crate) environment: &'a Environment,
+    pub(crate) base_dir: &'a Path,
+    pub(crate) workdir: PathBuf,
+    pub(crate) allowed: &'a [PathBuf],
+    pub(crate) project: &'a Project,
+    pub(crate) templates: &'a Templates,
+    pub(crate) context: minijinja::Value,
+}
+
+/// Passed to [`Component::configure`]: add sub-components, provide and require resources,
+/// render templates, resolve paths.
+pub struct Configure<'a> {
+    pub(crate) scope: &'a Scope<'a>,
+    pub(crate) resources: &'a mut Resources,
+    pub(crate) path: String,
+    pub(crate) added: Vec<Box<dyn Component>>,
+}
+
+impl<'a> Configure<'a> {
+    /// Adds a sub-component; sub-components converge before their parent, in the order added.
+    pub fn add(&mut self, component: impl Component) {
+        self.added.push(Box::new(component));
+    }
+
+    /// The host this component is configured for.
+    pub fn host(&self) -> &Host {
+        self.scope.host
+    }
+
+    /// The environment's name.
+    pub fn environment(&self) -> &str {
+        &self.scope.environment.name
+    }
+
+    /// The root component's work directory, `<base_dir>/work/<root>`.
+    pub fn workdir(&self) -> &Path {
+        &self.scope.workdir
+    }
+
+    /// The environment's base directory as resolved for this run.
+    pub fn base_dir(&self) -> &Path {
+        self.scope.base_dir
+    }
+
+    /// The component path being configured, e.g. `app > File('app.toml')`.
+    pub fn component_path(&self) -> &str {
+        &self.path
+    }
+
+    /// The deployment repository, for reading source files.
+    pub fn project(&self) -> &Project {
+        self.scope.project
+    }
+
+    /// `path` resolved against the work directory, refused if it lies outside the paths this
+    /// deployment may change (`base_dir` and the environment's `allow_paths`).
+    pub fn path(&self, path: impl AsRef<Path>) -> anyhow::Result<PathBuf> {
+        let path = path.as_ref();
+        let resolved = paths::resolve(&self.scope.workdir, path);
+        if !paths::is_inside(&resolved, self.scope.allowed) {
+            let allowed: Vec<String> = self
+                .scope
+                .allowed
+                .iter()
+                .map(|p| format!("`{}`", p.display()))
+                .collect();
+            bail!(
+                "path `{}` is outside what this deployment may change ({})",
+                path.display(),
+                allowed.join(", ")
+            );
+        }
+        Ok(resolved)
+    }
+
+    /// Provides `value` under `key` to every component that requires it, on any host.
+    pub fn provide<T: Serialize>(&mut self, key: &str, value: &T) -> anyhow::Result<()> {
+        let value = serde_json::to_value(value)
+            .with_context(|| format!("cannot serialize resource `{key}`"))?;
+        self.resources.provide(self.scope.step, key, value);
+        Ok(())
+    }
+
+    /// Every value provided under `key`, ordered by plan order of the providers.
+    ///
+    /// The requiring root component is deployed after every provider. While nothing provides
+    /// `key`, this fails and the plan configures this root component again later.
+    pub fn require<T: DeserializeOwned>(&mut self, key: &str) -> anyhow::Result<Vec<T>> {
+        let values = self.resources.require(self.scope.step, key)?;
+        values
+            .into_iter()
+            .map(|(provider, value)| {
+                serde_json::from_value(value).with_context(|| {
+                    format!(
+                        "resource `{key}` provided by `{}` has an unexpected shape",
+                        self.scope.step_labels[provider]
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The single value provided under `key`; several providers are an error.
+    pub fn require_one<T: DeserializeOwned>(&mut self, key: &str) -> anyhow::Result<T> {
+        let mut values = self.require::<T>(key)?;
+        if values.len() != 1 {
+            bail!(
+                "resource `{key}` is provided {} times, expected once",
+                values.len()
+            );
+        }
+        Ok(values.remove(0))
+    }
+
+    /// The template context: `host`, `environment`, `workdir` and `vars`' top-level keys.
+    pub fn template_context(&self, vars: impl Serialize) -> minijinja::Value {
+        let vars = minijinja::Value::from_serialize(vars);
+        minijinja::context! { ..vars, ..self.scope.context.clone() }
+    }
+
+    /// Renders the project template file `name` with the template context plus `vars`.
+    pub fn render_file(&self, name: &str, vars: impl Serialize) -> anyhow::Result<String> {
+        self.scope
+            .templates
+            .render_file(name, &self.template_context(vars))
+    }
+
+    /// Renders an inline template, called `name` in errors.
+    pub fn render_str(
+        &self,
+        name: &str,
+        source: &str,
+        vars: impl Serialize,
+    ) -> anyhow::Result<String> {
+        self.scope
+            .templates
+            .render_str(name, source, &self.template_context(vars))
+    }
+}

@@ -1,0 +1,53 @@
+//! The deploy context: what `verify` and `update` may use while converging on the host.
+
+use crate::{Event, EventSink};
+
+/// Passed to [`Component::verify`](crate::Component::verify) and
+/// [`Component::update`](crate::Component::update).
+pub struct Deploy<'a> {
+    pub(crate) host: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) dry_run: bool,
+    pub(crate) subcomponents_changed: bool,
+    pub(crate) diff: Option<String>,
+    pub(crate) sink: &'a mut dyn EventSink,
+}
+
+impl Deploy<'_> {
+    /// Whether this run only predicts changes; `update` is never called in a dry run.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Whether any sub-component changed (or, in a dry run, would change) in this run.
+    ///
+    /// This is how "restart the service when its configuration changed" is written. During
+    /// the verify that follows `update`, the changes count as handled and this is `false`.
+    pub fn subcomponents_changed(&self) -> bool {
+        self.subcomponents_changed
+    }
+
+    /// The host being converged.
+    pub fn host(&self) -> &str {
+        self.host
+    }
+
+    /// The component path, e.g. `app > File('app.toml')`.
+    pub fn component_path(&self) -> &str {
+        self.path
+    }
+
+    /// Shows a diff for this component's change, after its `changed` line.
+    pub fn show_diff(&mut self, diff: String) {
+        self.diff = Some(diff);
+    }
+
+    /// Shows a message to people, prefixed with host and component path.
+    pub fn log(&mut self, message: impl Into<String>) {
+        self.sink.event(Event::Log {
+            host: self.host.to_string(),
+            component: self.path.to_string(),
+            message: message.into(),
+        });
+    }
+}

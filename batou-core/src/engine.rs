@@ -1,0 +1,228 @@
+//! The converge engine: runs one host's steps of a plan on this machine.
+//!
+//! Sub-components converge first, in the order they were added; a component that needs an
+//! update is updated and verified again. A failure stops the host: later steps are not
+//! attempted, and the report says which components had already changed.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::plan::Node;
+use crate::{Component, Deploy, Event, EventSink, Plan, Verdict};
+
+/// How to converge.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConvergeOptions {
+    /// Verify only: report what would change, write nothing.
+    pub dry_run: bool,
+}
+
+/// What happened to one root component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootOutcome {
+    Changed,
+    Unchanged,
+    Failed,
+    NotAttempted,
+}
+
+/// The outcome of converging one host.
+#[derive(Debug, Clone)]
+pub struct HostReport {
+    pub host: String,
+    /// Root components in the order they were (or would have been) converged.
+    pub roots: Vec<(String, RootOutcome)>,
+    /// Every component path that changed (or would change), in order.
+    pub changed_components: Vec<String>,
+    /// The component path and cause chain of a failure.
+    pub failure: Option<(String, Vec<String>)>,
+    pub seconds: f64,
+}
+
+impl HostReport {
+    /// Whether every attempted root converged.
+    pub fn succeeded(&self) -> bool {
+        self.failure.is_none()
+    }
+
+    /// Names of the root components with the given outcome.
+    pub fn roots_with(&self, outcome: RootOutcome) -> Vec<String> {
+        self.roots
+            .iter()
+            .filter(|(_, o)| *o == outcome)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+/// Converges the steps of `host` in plan order, reporting events to `sink` as they happen.
+pub fn converge(
+    plan: &mut Plan,
+    host: &str,
+    options: ConvergeOptions,
+    sink: &mut dyn EventSink,
+) -> HostReport {
+    let started = Instant::now();
+    sink.event(Event::HostStarted {
+        host: host.to_string(),
+        environment: plan.environment.clone(),
+        dry_run: options.dry_run,
+    });
+    let mut report = HostReport {
+        host: host.to_string(),
+        roots: Vec::new(),
+        changed_components: Vec::new(),
+        failure: None,
+        seconds: 0.0,
+    };
+    for step in plan.host_order(host) {
+        let step = plan.step_mut(step);
+        if report.failure.is_some() {
+            report.roots.push((step.root.clone(), RootOutcome::NotAttempted));
+            continue;
+        }
+        sink.event(Event::StepStarted {
+            host: host.to_string(),
+            component: step.root.clone(),
+        });
+        let mut run = Run {
+            host,
+            options,
+            sink: &mut *sink,
+            changed: &mut report.changed_components,
+        };
+        match run.converge(&mut step.tree) {
+            Ok(true) => report.roots.push((step.root.clone(), RootOutcome::Changed)),
+            Ok(false) => report.roots.push((step.root.clone(), RootOutcome::Unchanged)),
+            Err(failure) => {
+                let chain: Vec<String> = failure.error.chain().map(|c| c.to_string()).collect();
+                sink.event(Event::Failed {
+                    host: host.to_string(),
+                    component: failure.path.clone(),
+                    error: chain.clone(),
+                });
+                report.failure = Some((failure.path, chain));
+                report.roots.push((step.root.clone(), RootOutcome::Failed));
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    sink.event(Event::HostFinished {
+        host: host.to_string(),
+        dry_run: options.dry_run,
+        changed: report.roots_with(RootOutcome::Changed),
+        unchanged: report.roots_with(RootOutcome::Unchanged),
+        failed: report.roots_with(RootOutcome::Failed),
+        not_attempted: report.roots_with(RootOutcome::NotAttempted),
+        seconds: report.seconds,
+    });
+    report
+}
+
+struct Failure {
+    path: String,
+    error: anyhow::Error,
+}
+
+struct Run<'a> {
+    host: &'a str,
+    options: ConvergeOptions,
+    sink: &'a mut dyn EventSink,
+    changed: &'a mut Vec<String>,
+}
+
+impl Run<'_> {
+    /// Converges a node after its children; returns whether anything in it changed.
+    fn converge(&mut self, node: &mut Node) -> Result<bool, Failure> {
+        let mut sub_changed = false;
+        for child in &mut node.children {
+            sub_changed |= self.converge(child)?;
+        }
+        let fail = |error: anyhow::Error| Failure {
+            path: node.path.clone(),
+            error,
+        };
+        let (verdict, diff) = self.verify(node, sub_changed).map_err(fail)?;
+        let Verdict::NeedsUpdate(reason) = verdict else {
+            return Ok(sub_changed);
+        };
+        self.sink.event(Event::Changed {
+            host: self.host.to_string(),
+            component: node.path.clone(),
+            reason,
+            dry_run: self.options.dry_run,
+        });
+        if let Some(diff) = diff {
+            self.sink.event(Event::Diff {
+                host: self.host.to_string(),
+                component: node.path.clone(),
+                diff,
+            });
+        }
+        self.changed.push(node.path.clone());
+        if self.options.dry_run {
+            return Ok(true);
+        }
+        let mut cx = Deploy {
+            host: self.host,
+            path: &node.path,
+            dry_run: false,
+            subcomponents_changed: sub_changed,
+            diff: None,
+            sink: &mut *self.sink,
+        };
+        node.component.update(&mut cx).map_err(|error| Failure {
+            path: node.path.clone(),
+            error,
+        })?;
+        // Sub-component changes were handled by this update; verify the result alone.
+        let (again, _) = self.verify(node, false).map_err(|error| Failure {
+            path: node.path.clone(),
+            error,
+        })?;
+        if let Verdict::NeedsUpdate(reason) = again {
+            return Err(Failure {
+                path: node.path.clone(),
+                error: anyhow::anyhow!("component did not converge: still {reason} after update"),
+            });
+        }
+        Ok(true)
+    }
+
+    fn verify(&mut self, node: &Node, sub_changed: bool) -> anyhow::Result<(Verdict, Option<String>)> {
+        let mut cx = Deploy {
+            host: self.host,
+            path: &node.path,
+            dry_run: self.options.dry_run,
+            subcomponents_changed: sub_changed,
+            diff: None,
+            sink: &mut *self.sink,
+        };
+        let verdict = node.component.verify(&mut cx)?;
+        Ok((verdict, cx.diff))
+    }
+}
+
+/// The work directory every root component gets, created before its sub-components converge.
+pub(crate) struct Workdir(pub(crate) PathBuf);
+
+impl Component for Workdir {
+    fn label(&self) -> String {
+        "Workdir".into()
+    }
+
+    fn verify(&self, _cx: &mut Deploy) -> anyhow::Result<Verdict> {
+        match std::fs::metadata(&self.0) {
+            Ok(m) if m.is_dir() => Ok(Verdict::UpToDate),
+            Ok(_) => anyhow::bail!("`{}` exists and is not a directory", self.0.display()),
+            Err(_) => Ok(Verdict::needs_update("missing")),
+        }
+    }
+
+    fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.0)
+            .with_context(|| format!("cannot create work directory `{}`", self.0.display()))
+    }
+}

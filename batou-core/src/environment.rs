@@ -1,0 +1,356 @@
+//! Environments: one TOML file naming hosts, their root components and attribute overrides.
+//!
+//! Loading checks everything that can be checked without configuring components: TOML syntax,
+//! the shape of `[environment]` and `[hosts.*]`, that every assigned component exists and is
+//! assigned at most once per host, and that every `type` is registered. Attribute overrides
+//! are kept with their source spans and deserialized per host by the plan.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::error::{SourceText, did_you_mean};
+use crate::{ConfigError, Place, Registry};
+
+/// How the controller reaches the hosts of an environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Connect {
+    /// Over SSH (`batou-remote`).
+    #[default]
+    Ssh,
+    /// This machine (`batou-local`).
+    Local,
+}
+
+/// The `[environment]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub connect: Connect,
+    /// Where root components work (`<base_dir>/work/<name>`); relative to the project root
+    /// for local runs.
+    #[serde(default = "default_base_dir")]
+    pub base_dir: String,
+    /// Hosts deployed in parallel.
+    #[serde(default = "default_jobs")]
+    pub jobs: usize,
+    /// Absolute paths outside `base_dir` that components may change.
+    #[serde(default)]
+    pub allow_paths: Vec<Spanned<String>>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            connect: Connect::default(),
+            base_dir: default_base_dir(),
+            jobs: default_jobs(),
+            allow_paths: Vec::new(),
+        }
+    }
+}
+
+fn default_base_dir() -> String {
+    ".".into()
+}
+
+fn default_jobs() -> usize {
+    4
+}
+
+/// A host of an environment.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    /// Root components in the order the environment lists them.
+    pub components: Vec<String>,
+    /// Free data for templates (`{{ host.data.role }}`), sorted by key.
+    pub data: BTreeMap<String, serde_json::Value>,
+    /// SSH address when it differs from the name.
+    pub address: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+}
+
+/// A loaded and checked environment.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub name: String,
+    pub settings: Settings,
+    /// Hosts sorted by name.
+    pub hosts: Vec<Host>,
+    pub(crate) source: SourceText,
+    pub(crate) components: BTreeMap<String, ComponentDef>,
+    /// Where each host's component references are, for placing errors.
+    pub(crate) reference_spans: BTreeMap<(String, String), usize>,
+}
+
+/// A root component definition: its type and its attribute overrides.
+#[derive(Debug, Clone)]
+pub(crate) struct ComponentDef {
+    pub(crate) type_name: String,
+    /// The override table without `type`, with spans into the environment file.
+    pub(crate) attributes: Spanned<DeValue<'static>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileShape {
+    #[serde(default)]
+    environment: Option<Settings>,
+    #[serde(default)]
+    hosts: BTreeMap<String, HostShape>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostShape {
+    #[serde(default)]
+    components: Vec<Spanned<String>>,
+    #[serde(default)]
+    data: BTreeMap<String, serde_json::Value>,
+    address: Option<String>,
+    port: Option<u16>,
+    user: Option<String>,
+}
+
+impl Environment {
+    /// Loads `environments/<name>.toml` below `project_root` and checks it against `registry`.
+    pub fn load(project_root: &Path, name: &str, registry: &Registry) -> Result<Self, ConfigError> {
+        let relative = format!("environments/{name}.toml");
+        let path = project_root.join(&relative);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let known = Self::list(project_root);
+                let mut err = ConfigError::new(format!(
+                    "environment `{name}` not found: `{relative}` does not exist"
+                ));
+                if let Some(close) = did_you_mean(name, known.iter().map(String::as_str)) {
+                    err.message.push_str(&format!(" (did you mean `{close}`?)"));
+                }
+                if !known.is_empty() {
+                    err = err.hint(format!("environments here: {}", known.join(", ")));
+                }
+                return Err(err);
+            }
+            Err(e) => {
+                return Err(ConfigError::new(format!("cannot read `{relative}`"))
+                    .caused_by(anyhow::Error::new(e)));
+            }
+        };
+        Self::parse(name, &relative, text, registry)
+    }
+
+    /// The names of the environments below `project_root`, sorted.
+    pub fn list(project_root: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(project_root.join("environments"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".toml").map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Parses and checks an environment from its text; `path` is used in error places.
+    pub fn parse(
+        name: &str,
+        path: &str,
+        text: String,
+        registry: &Registry,
+    ) -> Result<Self, ConfigError> {
+        // The parsed tree borrows from the text and is kept for the whole run (overrides are
+        // deserialized per host from it), so the text lives as long as the process: one small
+        // file per run.
+        let text: &'static str = Box::leak(text.into_boxed_str());
+        let source = SourceText {
+            path: path.to_string(),
+            text,
+        };
+        let doc = DeTable::parse(text).map_err(|e| source.toml_error(&e))?;
+        let span = doc.span();
+        let mut table = doc.into_inner();
+        let components_value = table.remove("components");
+        let shape: FileShape =
+            FileShape::deserialize(toml::de::Deserializer::from(Spanned::new(span, table)))
+                .map_err(|e| source.toml_error(&e))?;
+
+        let settings = shape.environment.unwrap_or_default();
+        for allowed in &settings.allow_paths {
+            if !Path::new(allowed.get_ref()).is_absolute() {
+                return Err(ConfigError::new(format!(
+                    "`allow_paths` entry `{}` must be an absolute path",
+                    allowed.get_ref()
+                ))
+                .at(source.place(allowed.span().start)));
+            }
+        }
+
+        let components = parse_components(&source, components_value, registry)?;
+
+        let mut hosts = Vec::new();
+        let mut reference_spans = BTreeMap::new();
+        for (host_name, shape) in shape.hosts {
+            let mut names = Vec::new();
+            for reference in &shape.components {
+                let component = reference.get_ref();
+                let place = source.place(reference.span().start);
+                if !components.contains_key(component) && !registry.contains(component) {
+                    let candidates = components
+                        .keys()
+                        .map(String::as_str)
+                        .chain(registry.names());
+                    let mut msg = format!("unknown component `{component}`");
+                    if let Some(close) = did_you_mean(component, candidates) {
+                        msg.push_str(&format!(" (did you mean `{close}`?)"));
+                    }
+                    return Err(ConfigError::new(msg).at(place).hint(
+                        "define it in a `[components.<name>]` table or use a registered type name",
+                    ));
+                }
+                if names.contains(component) {
+                    return Err(ConfigError::new(format!(
+                        "component `{component}` is assigned twice to host `{host_name}`"
+                    ))
+                    .at(place)
+                    .hint("use several instances with distinct names and `type = ...`"));
+                }
+                reference_spans.insert(
+                    (host_name.clone(), component.clone()),
+                    reference.span().start,
+                );
+                names.push(component.clone());
+            }
+            hosts.push(Host {
+                name: host_name,
+                components: names,
+                data: shape.data,
+                address: shape.address,
+                port: shape.port,
+                user: shape.user,
+            });
+        }
+
+        Ok(Environment {
+            name: name.to_string(),
+            settings,
+            hosts,
+            source,
+            components,
+            reference_spans,
+        })
+    }
+
+    /// The host called `name`, or an error suggesting a close name.
+    pub fn host(&self, name: &str) -> Result<&Host, ConfigError> {
+        self.hosts.iter().find(|h| h.name == name).ok_or_else(|| {
+            let mut msg = format!("unknown host `{name}` in environment `{}`", self.name);
+            if let Some(close) = did_you_mean(name, self.hosts.iter().map(|h| h.name.as_str())) {
+                msg.push_str(&format!(" (did you mean `{close}`?)"));
+            }
+            ConfigError::new(msg)
+                .at(Place::Path(self.source.path.clone()))
+                .hint(format!("hosts: {}", self.host_names().join(", ")))
+        })
+    }
+
+    /// Host names, sorted.
+    pub fn host_names(&self) -> Vec<&str> {
+        self.hosts.iter().map(|h| h.name.as_str()).collect()
+    }
+
+    /// The environment file's path relative to the project root.
+    pub fn path(&self) -> &str {
+        &self.source.path
+    }
+
+    /// The place where `host` lists `component`, or the file when unknown.
+    pub(crate) fn reference_place(&self, host: &str, component: &str) -> Place {
+        match self
+            .reference_spans
+            .get(&(host.to_string(), component.to_string()))
+        {
+            Some(offset) => self.source.place(*offset),
+            None => Place::Path(self.source.path.clone()),
+        }
+    }
+
+    /// The resolved base directory for a run on this machine.
+    pub fn local_base_dir(&self, project_root: &Path) -> PathBuf {
+        crate::paths::resolve(project_root, Path::new(&self.settings.base_dir))
+    }
+}
+
+fn parse_components(
+    source: &SourceText,
+    value: Option<Spanned<DeValue<'static>>>,
+    registry: &Registry,
+) -> Result<BTreeMap<String, ComponentDef>, ConfigError> {
+    let mut defs = BTreeMap::new();
+    let Some(value) = value else {
+        return Ok(defs);
+    };
+    let span = value.span();
+    let DeValue::Table(table) = value.into_inner() else {
+        return Err(ConfigError::new("`components` must be a table").at(source.place(span.start)));
+    };
+    for (key, value) in table {
+        let name = key.get_ref().to_string();
+        let span = value.span();
+        let DeValue::Table(mut attributes) = value.into_inner() else {
+            return Err(ConfigError::new(format!(
+                "`components.{name}` must be a table of attributes"
+            ))
+            .at(source.place(span.start)));
+        };
+        let type_name = match attributes.remove("type") {
+            None => {
+                if !registry.contains(&name) {
+                    let mut msg = format!("component `{name}` has no `type` and no type is called `{name}`");
+                    if let Some(close) = did_you_mean(&name, registry.names()) {
+                        msg.push_str(&format!(" (did you mean `{close}`?)"));
+                    }
+                    return Err(ConfigError::new(msg)
+                        .at(source.place(key.span().start))
+                        .hint(format!("add `type = \"...\"`; types: {}", registry.names().collect::<Vec<_>>().join(", "))));
+                }
+                name.clone()
+            }
+            Some(t) => {
+                let t_span = t.span();
+                let Some(t) = t.get_ref().as_str().map(str::to_string) else {
+                    return Err(ConfigError::new("`type` must be a string")
+                        .at(source.place(t_span.start)));
+                };
+                if !registry.contains(&t) {
+                    let mut msg = format!("unknown component type `{t}`");
+                    if let Some(close) = did_you_mean(&t, registry.names()) {
+                        msg.push_str(&format!(" (did you mean `{close}`?)"));
+                    }
+                    return Err(ConfigError::new(msg)
+                        .at(source.place(t_span.start))
+                        .hint(format!("types: {}", registry.names().collect::<Vec<_>>().join(", "))));
+                }
+                t
+            }
+        };
+        defs.insert(
+            name,
+            ComponentDef {
+                type_name,
+                attributes: Spanned::new(span, DeValue::Table(attributes)),
+            },
+        );
+    }
+    Ok(defs)
+}

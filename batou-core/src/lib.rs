@@ -1,0 +1,56 @@
+//! The deployment model: components, environments, resources, the plan and the converge engine.
+//!
+//! `batou-core` knows nothing about SSH or about any command line. It turns an environment file
+//! plus a [`Registry`] of component types into a [`Plan`] (every host's configured component
+//! trees, ordered by their resources), and converges the steps of one host on the machine it
+//! runs on with [`converge`]. Binaries (`batou-local`, `batou-remote`) and the component library
+//! (`batou-components`) build on it.
+//!
+//! ```no_run
+//! use batou_core::{Component, Configure, Deploy, Registry, Verdict};
+//!
+//! #[derive(serde::Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct Hello {
+//!     greeting: String,
+//! }
+//!
+//! impl Component for Hello {
+//!     fn label(&self) -> String {
+//!         "Hello".into()
+//!     }
+//!     fn verify(&self, _cx: &mut Deploy) -> anyhow::Result<Verdict> {
+//!         Ok(Verdict::UpToDate)
+//!     }
+//! }
+//!
+//! let mut registry = Registry::new();
+//! registry.register::<Hello>("hello");
+//! ```
+
+mod component;
+mod configure;
+mod deploy;
+pub mod diff;
+mod engine;
+mod environment;
+mod error;
+mod event;
+mod paths;
+mod plan;
+mod project;
+mod registry;
+mod resources;
+mod template;
+
+pub use component::{Component, Verdict};
+pub use configure::Configure;
+pub use deploy::Deploy;
+pub use engine::{ConvergeOptions, HostReport, RootOutcome, converge};
+pub use environment::{Connect, Environment, Host, Settings};
+pub use error::{ConfigError, Place};
+pub use event::{Event, EventSink};
+pub use plan::{Plan, Step};
+pub use project::{Project, ProjectEntry, ProjectEntryKind};
+pub use registry::Registry;
+pub use template::Templates;

@@ -1,0 +1,462 @@
+//! The plan: every host's configured root components, ordered by the resources they share.
+//!
+//! Building a plan configures every (host, root component) step of the environment once, in
+//! rounds until all `require`s are satisfied and stable, then orders the steps as a DAG
+//! (provider before requirer, otherwise the environment's order). All of it happens before any
+//! host is touched; every problem is a [`ConfigError`] with its place.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use petgraph::algo::tarjan_scc;
+use petgraph::graph::{DiGraph, NodeIndex};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::configure::Scope;
+use crate::resources::{Resources, Unsatisfied};
+use crate::template::is_template;
+use crate::{Component, ConfigError, Configure, Environment, Host, Place, Project, Registry, Templates};
+
+/// Rounds of configuration before resources are declared unsettled.
+const MAX_ROUNDS: usize = 64;
+
+/// A configured component and its configured sub-components.
+pub(crate) struct Node {
+    pub(crate) path: String,
+    pub(crate) component: Box<dyn Component>,
+    pub(crate) children: Vec<Node>,
+}
+
+/// One root component on one host.
+pub struct Step {
+    pub host: String,
+    pub root: String,
+    /// Steps (indices into [`Plan::steps`]) that must be done before this one.
+    pub after: Vec<usize>,
+    /// The resource keys each of those steps provides to this one, for reports.
+    pub after_keys: BTreeMap<usize, Vec<String>>,
+    pub(crate) tree: Node,
+}
+
+impl Step {
+    /// `host: root`, as used in plan reports.
+    pub fn label(&self) -> String {
+        format!("{}: {}", self.host, self.root)
+    }
+}
+
+/// The ordered steps of an environment.
+pub struct Plan {
+    pub environment: String,
+    steps: Vec<Step>,
+    order: Vec<usize>,
+}
+
+impl Plan {
+    /// Configures every step of `environment` and orders them.
+    ///
+    /// `base_dir` is the environment's base directory as resolved for this run; root
+    /// components work in `<base_dir>/work/<name>` and may change only paths below `base_dir`
+    /// and the environment's `allow_paths`.
+    pub fn build(
+        environment: &Environment,
+        registry: &Registry,
+        project: &Project,
+        base_dir: &Path,
+    ) -> Result<Plan, ConfigError> {
+        let templates = Templates::new(project.clone());
+        let mut allowed: Vec<PathBuf> = vec![crate::paths::normalize(base_dir)];
+        allowed.extend(
+            environment
+                .settings
+                .allow_paths
+                .iter()
+                .map(|p| crate::paths::normalize(Path::new(p.get_ref()))),
+        );
+
+        // Steps in environment order: hosts by name, components as each host lists them.
+        let mut slots: Vec<(&Host, &str)> = Vec::new();
+        for host in &environment.hosts {
+            for root in &host.components {
+                slots.push((host, root));
+            }
+        }
+        let labels: Vec<String> = slots
+            .iter()
+            .map(|(h, r)| format!("{}: {r}", h.name))
+            .collect();
+        let scopes: Vec<Scope> = slots
+            .iter()
+            .enumerate()
+            .map(|(step, (host, root))| {
+                let workdir = base_dir.join("work").join(root);
+                let context = minijinja::context! {
+                    host => minijinja::context! {
+                        name => &host.name,
+                        data => minijinja::Value::from_serialize(&host.data),
+                        address => host.address.as_deref().unwrap_or(&host.name),
+                    },
+                    environment => minijinja::context! {
+                        name => &environment.name,
+                        base_dir => base_dir.to_string_lossy(),
+                    },
+                    component => minijinja::context! { name => root },
+                    workdir => workdir.to_string_lossy(),
+                };
+                Scope {
+                    step,
+                    root,
+                    step_labels: &labels,
+                    host,
+                    environment,
+                    base_dir,
+                    workdir,
+                    allowed: &allowed,
+                    project,
+                    templates: &templates,
+                    context,
+                }
+            })
+            .collect();
+
+        // Attributes are rendered and checked once per step, before any configure runs.
+        let mut attributes = Vec::with_capacity(slots.len());
+        for scope in &scopes {
+            attributes.push(step_attributes(environment, registry, scope)?);
+        }
+
+        let mut resources = Resources::default();
+        let mut trees: Vec<Option<Node>> = (0..slots.len()).map(|_| None).collect();
+        let mut pending: BTreeSet<usize> = (0..slots.len()).collect();
+        let mut settled = false;
+        for _ in 0..MAX_ROUNDS {
+            let before = (resources.clone(), pending.clone());
+            for step in pending.clone() {
+                resources.reset(step);
+                let (type_name, attrs) = &attributes[step];
+                let component = registry
+                    .create(type_name, attrs.clone())
+                    .map_err(|e| attribute_error(environment, &scopes[step], &e))?;
+                match configure_root(&scopes[step], &mut resources, component) {
+                    Ok(tree) => {
+                        trees[step] = Some(tree);
+                        pending.remove(&step);
+                    }
+                    Err((_, err)) if err.chain().any(|c| c.is::<Unsatisfied>()) => {}
+                    Err((path, err)) => {
+                        return Err(ConfigError::new(format!("cannot configure `{path}`"))
+                            .at(Place::Component {
+                                host: scopes[step].host.name.clone(),
+                                path,
+                            })
+                            .caused_by(err));
+                    }
+                }
+            }
+            for step in 0..slots.len() {
+                if !pending.contains(&step) && resources.is_stale(step) {
+                    trees[step] = None;
+                    pending.insert(step);
+                }
+            }
+            if pending.is_empty() {
+                settled = true;
+                break;
+            }
+            if (resources.clone(), pending.clone()) == before {
+                return Err(unsatisfied_error(&scopes, &resources, &pending));
+            }
+        }
+        if !settled {
+            return Err(ConfigError::new(format!(
+                "resources did not settle after {MAX_ROUNDS} rounds of configuration"
+            ))
+            .hint("a component provides values that depend on what it requires in a loop"));
+        }
+
+        let edges = resources.edges();
+        let order = order_steps(slots.len(), &edges, &labels)?;
+        let mut after: Vec<BTreeMap<usize, Vec<String>>> = vec![BTreeMap::new(); slots.len()];
+        for (provider, requirer, key) in edges {
+            after[requirer].entry(provider).or_default().push(key);
+        }
+        let steps = slots
+            .iter()
+            .zip(trees)
+            .zip(after)
+            .map(|(((host, root), tree), after_keys)| Step {
+                host: host.name.clone(),
+                root: root.to_string(),
+                after: after_keys.keys().copied().collect(),
+                after_keys,
+                tree: tree.expect("every step is configured once the plan settled"),
+            })
+            .collect();
+        Ok(Plan {
+            environment: environment.name.clone(),
+            steps,
+            order,
+        })
+    }
+
+    /// All steps, in environment order (not plan order).
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// Step indices in plan order: every step after all steps it depends on.
+    pub fn order(&self) -> &[usize] {
+        &self.order
+    }
+
+    /// The steps of `host`, in plan order.
+    pub fn host_order(&self, host: &str) -> Vec<usize> {
+        self.order
+            .iter()
+            .copied()
+            .filter(|i| self.steps[*i].host == host)
+            .collect()
+    }
+
+    /// Every component path of a step's tree, in converge (post-order) order.
+    pub fn component_paths(&self, step: usize) -> Vec<String> {
+        fn walk(node: &Node, out: &mut Vec<String>) {
+            for child in &node.children {
+                walk(child, out);
+            }
+            out.push(node.path.clone());
+        }
+        let mut out = Vec::new();
+        walk(&self.steps[step].tree, &mut out);
+        out
+    }
+
+    pub(crate) fn step_mut(&mut self, step: usize) -> &mut Step {
+        &mut self.steps[step]
+    }
+}
+
+/// The type and the rendered attribute table of a step's root component.
+fn step_attributes(
+    environment: &Environment,
+    registry: &Registry,
+    scope: &Scope,
+) -> Result<(String, Spanned<DeValue<'static>>), ConfigError> {
+    let root = scope_root(scope);
+    match environment.components.get(root) {
+        Some(def) => {
+            let mut attrs = def.attributes.clone();
+            render_value(&mut attrs, environment, scope, root)?;
+            Ok((def.type_name.clone(), attrs))
+        }
+        None => {
+            debug_assert!(registry.contains(root));
+            let offset = environment
+                .reference_spans
+                .get(&(scope.host.name.clone(), root.to_string()))
+                .copied()
+                .unwrap_or(0);
+            Ok((
+                root.to_string(),
+                Spanned::new(offset..offset, DeValue::Table(DeTable::new())),
+            ))
+        }
+    }
+}
+
+fn scope_root<'s>(scope: &'s Scope) -> &'s str {
+    scope.root
+}
+
+/// Renders every string attribute that contains template syntax, in place.
+fn render_value(
+    value: &mut Spanned<DeValue<'static>>,
+    environment: &Environment,
+    scope: &Scope,
+    root: &str,
+) -> Result<(), ConfigError> {
+    let span = value.span();
+    match value.get_mut() {
+        DeValue::String(s) if is_template(s) => {
+            let rendered = scope
+                .templates
+                .render_str(&format!("components.{root}"), s, &scope.context)
+                .map_err(|e| {
+                    ConfigError::new(format!(
+                        "cannot render attribute of `{root}` for host `{}`",
+                        scope.host.name
+                    ))
+                    .at(environment.source.place(span.start))
+                    .caused_by(e)
+                })?;
+            *s = std::borrow::Cow::Owned(rendered);
+        }
+        DeValue::Array(items) => {
+            for item in items.iter_mut() {
+                render_value(item, environment, scope, root)?;
+            }
+        }
+        DeValue::Table(table) => {
+            for (_, item) in table.iter_mut() {
+                render_value(item, environment, scope, root)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn attribute_error(environment: &Environment, scope: &Scope, err: &toml::de::Error) -> ConfigError {
+    let root = scope_root(scope);
+    let mut e = environment.source.toml_error(err);
+    e.message = format!("component `{root}`: {}", e.message);
+    if e.place.is_none() || matches!(e.place, Some(Place::Path(_))) {
+        e.place = Some(environment.reference_place(&scope.host.name, root));
+    }
+    e
+}
+
+/// Configures a root component and its sub-components, depth first in the order added.
+fn configure_root(
+    scope: &Scope,
+    resources: &mut Resources,
+    component: Box<dyn Component>,
+) -> Result<Node, (String, anyhow::Error)> {
+    let root = scope_root(scope).to_string();
+    let mut node = configure_tree(scope, resources, root.clone(), component)?;
+    let workdir = Node {
+        path: format!("{root} > Workdir"),
+        component: Box::new(crate::engine::Workdir(scope.workdir.clone())),
+        children: Vec::new(),
+    };
+    node.children.insert(0, workdir);
+    Ok(node)
+}
+
+fn configure_tree(
+    scope: &Scope,
+    resources: &mut Resources,
+    path: String,
+    mut component: Box<dyn Component>,
+) -> Result<Node, (String, anyhow::Error)> {
+    let mut cx = Configure {
+        scope,
+        resources,
+        path,
+        added: Vec::new(),
+    };
+    if let Err(e) = component.configure(&mut cx) {
+        return Err((cx.path, e));
+    }
+    let Configure { path, added, .. } = cx;
+    let mut children = Vec::with_capacity(added.len());
+    for child in added {
+        let child_path = format!("{path} > {}", child.label());
+        children.push(configure_tree(scope, resources, child_path, child)?);
+    }
+    Ok(Node {
+        path,
+        component,
+        children,
+    })
+}
+
+fn unsatisfied_error(scopes: &[Scope], resources: &Resources, pending: &BTreeSet<usize>) -> ConfigError {
+    let mut lines = Vec::new();
+    for step in pending {
+        let key = resources.waiting_for(*step).unwrap_or("?");
+        lines.push(format!(
+            "`{}` requires `{key}`",
+            scopes[*step].step_labels[*step]
+        ));
+    }
+    let first = *pending.first().expect("an unsatisfied plan has pending steps");
+    let scope = &scopes[first];
+    let blocked_providers: Vec<String> = pending
+        .iter()
+        .filter(|s| !resources.provided_by(**s).is_empty())
+        .map(|s| format!("`{}`", scope.step_labels[*s]))
+        .collect();
+    let mut err = ConfigError::new(format!(
+        "unsatisfied resource requirements: {}, which no configured component provides",
+        lines.join("; ")
+    ))
+    .at(Place::Component {
+        host: scope.host.name.clone(),
+        path: scope_root(scope).to_string(),
+    });
+    err = if blocked_providers.is_empty() {
+        err.hint("add a component that provides the resource to some host of the environment")
+    } else {
+        err.hint(format!(
+            "{} stopped at a `require` before providing; components that require each other form a cycle",
+            blocked_providers.join(", ")
+        ))
+    };
+    err
+}
+
+/// Plan order by Kahn's algorithm, always taking the earliest ready step in environment order;
+/// a cycle is reported whole.
+fn order_steps(
+    count: usize,
+    edges: &[(usize, usize, String)],
+    labels: &[String],
+) -> Result<Vec<usize>, ConfigError> {
+    let mut graph: DiGraph<usize, &str> = DiGraph::new();
+    let nodes: Vec<NodeIndex> = (0..count).map(|i| graph.add_node(i)).collect();
+    for (from, to, key) in edges {
+        graph.add_edge(nodes[*from], nodes[*to], key.as_str());
+    }
+    let mut cycles: Vec<Vec<usize>> = tarjan_scc(&graph)
+        .into_iter()
+        .filter(|scc| scc.len() > 1)
+        .map(|scc| {
+            let mut steps: Vec<usize> = scc.iter().map(|n| graph[*n]).collect();
+            steps.sort();
+            steps
+        })
+        .collect();
+    if !cycles.is_empty() {
+        cycles.sort();
+        let cycle = &cycles[0];
+        let mut links = Vec::new();
+        for (from, to, key) in edges {
+            if cycle.contains(from) && cycle.contains(to) {
+                links.push(format!(
+                    "`{}` requires `{key}` from `{}`",
+                    labels[*to], labels[*from]
+                ));
+            }
+        }
+        return Err(ConfigError::new(format!(
+            "dependency cycle between {}: {}",
+            cycle
+                .iter()
+                .map(|s| format!("`{}`", labels[*s]))
+                .collect::<Vec<_>>()
+                .join(", "),
+            links.join("; ")
+        ))
+        .hint("a root component cannot be deployed before and after another; move one `provide` to a component that requires nothing from the other"));
+    }
+    let mut indegree = vec![0usize; count];
+    for (_, to, _) in edges {
+        indegree[*to] += 1;
+    }
+    let mut ready: BTreeSet<usize> = (0..count).filter(|i| indegree[*i] == 0).collect();
+    let mut order = Vec::with_capacity(count);
+    while let Some(step) = ready.pop_first() {
+        order.push(step);
+        for (from, to, _) in edges {
+            if *from == step {
+                indegree[*to] -= 1;
+                if indegree[*to] == 0 {
+                    ready.insert(*to);
+                }
+            }
+        }
+    }
+    Ok(order)
+}

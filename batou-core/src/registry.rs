@@ -1,0 +1,65 @@
+//! The component types a deployment can name in its environments.
+
+use std::collections::BTreeMap;
+
+use serde::de::{DeserializeOwned, IntoDeserializer};
+use toml::Spanned;
+use toml::de::DeValue;
+
+use crate::Component;
+
+type Factory = Box<
+    dyn Fn(Spanned<DeValue<'static>>) -> Result<Box<dyn Component>, toml::de::Error> + Send + Sync,
+>;
+
+/// Maps type names (`file`, `app`) to component types deserialized from environment overrides.
+#[derive(Default)]
+pub struct Registry {
+    types: BTreeMap<String, Factory>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// Registers `T` under `name`; a later registration of the same name replaces it.
+    ///
+    /// Root components of this type are deserialized from their `[components.<name>]` table
+    /// (without its `type` key). Use `#[serde(deny_unknown_fields)]` so that misspelt
+    /// attributes are errors.
+    pub fn register<T: Component + DeserializeOwned>(&mut self, name: &str) -> &mut Self {
+        self.types.insert(
+            name.to_string(),
+            Box::new(|value: Spanned<DeValue<'static>>| {
+                let component = T::deserialize(value.into_deserializer())?;
+                Ok(Box::new(component) as Box<dyn Component>)
+            }),
+        );
+        self
+    }
+
+    /// Whether a type called `name` is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.types.contains_key(name)
+    }
+
+    /// Registered type names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.types.keys().map(String::as_str)
+    }
+
+    /// A new component of type `name` from its attribute table.
+    pub(crate) fn create(
+        &self,
+        name: &str,
+        attributes: Spanned<DeValue<'static>>,
+    ) -> Result<Box<dyn Component>, toml::de::Error> {
+        let factory = self
+            .types
+            .get(name)
+            .expect("environment loading checked that every type is registered");
+        factory(attributes)
+    }
+}
