@@ -33,6 +33,7 @@ mod configure;
 mod deploy;
 pub mod diff;
 mod engine;
+pub mod output;
 mod environment;
 mod error;
 mod event;

@@ -1,0 +1,159 @@
+//! Rendering events for people (prefixed lines on stderr) and for programs (JSON lines).
+//!
+//! Both renderers write each event as it arrives, so output is live. Human output prefixes
+//! every line with its host; JSON output is one event object per line.
+
+use std::io::Write;
+
+use crate::{Event, EventSink};
+
+/// Renders events as human-readable, host-prefixed lines.
+pub struct HumanOutput<W: Write> {
+    out: W,
+}
+
+impl<W: Write> HumanOutput<W> {
+    /// Writes to `out` (normally stderr).
+    pub fn new(out: W) -> Self {
+        HumanOutput { out }
+    }
+
+    fn lines(&mut self, host: &str, text: &str) {
+        for line in text.lines() {
+            let _ = writeln!(self.out, "{host}: {line}");
+        }
+    }
+}
+
+impl<W: Write> EventSink for HumanOutput<W> {
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::HostStarted { .. } | Event::StepStarted { .. } => {}
+            Event::Changed {
+                host,
+                component,
+                reason,
+                dry_run,
+            } => {
+                let verb = if dry_run { "would change" } else { "changed" };
+                self.lines(&host, &format!("{verb} {component} ({reason})"));
+            }
+            Event::Diff { host, diff, .. } => {
+                let indented: String = diff.lines().map(|l| format!("    {l}\n")).collect();
+                self.lines(&host, &indented);
+            }
+            Event::Log {
+                host,
+                component,
+                message,
+            } => self.lines(&host, &format!("{component}: {message}")),
+            Event::Failed {
+                host,
+                component,
+                error,
+            } => {
+                self.lines(&host, &format!("failed {component}"));
+                for (i, cause) in error.iter().enumerate() {
+                    let label = if i == 0 { "error" } else { "caused by" };
+                    let mut text = String::new();
+                    for (n, line) in cause.lines().enumerate() {
+                        if n == 0 {
+                            text.push_str(&format!("  {label}: {line}\n"));
+                        } else {
+                            text.push_str(&format!("    {line}\n"));
+                        }
+                    }
+                    self.lines(&host, &text);
+                }
+            }
+            Event::HostFinished {
+                host,
+                dry_run,
+                changed,
+                unchanged,
+                failed,
+                not_attempted,
+                seconds,
+            } => {
+                let verb = if dry_run { "would change" } else { "changed" };
+                let mut parts = vec![format!("{} {verb}", changed.len())];
+                parts.push(format!("{} unchanged", unchanged.len()));
+                parts.push(format!("{} failed", failed.len()));
+                if !not_attempted.is_empty() {
+                    parts.push(format!(
+                        "{} not attempted ({})",
+                        not_attempted.len(),
+                        not_attempted.join(", ")
+                    ));
+                }
+                self.lines(
+                    &host,
+                    &format!("root components: {} in {seconds:.2} s", parts.join(", ")),
+                );
+            }
+        }
+        let _ = self.out.flush();
+    }
+}
+
+/// Renders events as one JSON object per line.
+pub struct JsonOutput<W: Write> {
+    out: W,
+}
+
+impl<W: Write> JsonOutput<W> {
+    /// Writes to `out` (normally stdout).
+    pub fn new(out: W) -> Self {
+        JsonOutput { out }
+    }
+}
+
+impl<W: Write> EventSink for JsonOutput<W> {
+    fn event(&mut self, event: Event) {
+        let line = serde_json::to_string(&event).expect("events always serialize");
+        let _ = writeln!(self.out, "{line}");
+        let _ = self.out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(events: Vec<Event>) -> String {
+        let mut buf = Vec::new();
+        let mut out = HumanOutput::new(&mut buf);
+        for e in events {
+            out.event(e);
+        }
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn every_line_has_the_host_prefix() {
+        let text = render(vec![
+            Event::Changed {
+                host: "web1".into(),
+                component: "app > File('a')".into(),
+                reason: "missing".into(),
+                dry_run: false,
+            },
+            Event::Diff {
+                host: "web1".into(),
+                component: "app > File('a')".into(),
+                diff: "--- a\n+++ a\n+x\n".into(),
+            },
+            Event::Failed {
+                host: "web1".into(),
+                component: "app".into(),
+                error: vec!["boom\nsecond line".into(), "cause".into()],
+            },
+        ]);
+        for line in text.lines() {
+            assert!(line.starts_with("web1: "), "{line:?}");
+        }
+        assert!(text.contains("web1: changed app > File('a') (missing)\n"), "{text}");
+        assert!(text.contains("web1:     +x\n"), "{text}");
+        assert!(text.contains("web1:   error: boom\nweb1:     second line\nweb1:   caused by: cause\n"), "{text}");
+    }
+}

@@ -1,0 +1,90 @@
+//! Projects with their own component types: build the project's binary and run it instead.
+//!
+//! A deployment repository whose `Cargo.toml` has a `[package]` is built with cargo (quietly;
+//! the build output is shown only when it fails) and the stock binary replaces itself with
+//! the project's binary, passing the same arguments.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use batou_core::{ConfigError, Place};
+
+/// Set for the project's binary so that it never hands over again.
+pub(crate) const GUARD: &str = "BATOU_PROJECT_BINARY";
+
+/// Hands over to the project's binary when `project` is a Cargo package; returns only when it
+/// is not (or with the error that stopped the hand-over).
+pub(crate) fn hand_over_if_package(project: &Path) -> anyhow::Result<()> {
+    let manifest = project.join("Cargo.toml");
+    let Ok(text) = std::fs::read_to_string(&manifest) else {
+        return Ok(());
+    };
+    let is_package = toml::from_str::<toml::Table>(&text)
+        .map(|t| t.contains_key("package"))
+        .unwrap_or(false);
+    if !is_package {
+        return Ok(());
+    }
+    let binary = build(&manifest)?;
+    let err = std::process::Command::new(&binary)
+        .args(std::env::args_os().skip(1))
+        .env(GUARD, "1")
+        .exec();
+    Err(err).with_context(|| format!("cannot run the project's binary `{}`", binary.display()))
+}
+
+/// Builds the package of `manifest` and returns the path of its binary.
+fn build(manifest: &Path) -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = std::process::Command::new(&cargo)
+        .args(["build", "--quiet", "--message-format=json-render-diagnostics", "--manifest-path"])
+        .arg(manifest)
+        .output()
+        .map_err(|e| {
+            ConfigError::new("cannot run `cargo` to build the project's components")
+                .at(Place::Path(manifest.display().to_string()))
+                .hint("install Rust with cargo, or remove `[package]` to use only library components")
+                .caused_by(e.into())
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let rendered: String = stderr.lines().map(|l| format!("{l}\n")).collect();
+        return Err(ConfigError::new(format!(
+            "the project's components do not build:\n{}",
+            rendered.trim_end()
+        ))
+        .at(Place::Path(manifest.display().to_string()))
+        .into());
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let manifest = std::fs::canonicalize(manifest)?;
+    let mut binary = None;
+    for line in stdout.lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let is_bin = msg["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "bin"));
+        let same_manifest = msg["manifest_path"]
+            .as_str()
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .is_some_and(|p| p == manifest);
+        if is_bin
+            && same_manifest
+            && let Some(exe) = msg["executable"].as_str()
+        {
+            binary = Some(PathBuf::from(exe));
+        }
+    }
+    binary.ok_or_else(|| {
+        ConfigError::new("the project's package has no binary target")
+            .at(Place::Path(manifest.display().to_string()))
+            .hint("add `src/main.rs` calling `batou_local::main_with`")
+            .into()
+    })
+}

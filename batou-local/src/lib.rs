@@ -1,0 +1,238 @@
+//! `batou-local`: converge the root components an environment assigns to this machine.
+//!
+//! The binary is thin: parse arguments into [`Settings`], load the environment, build the
+//! plan, converge this host's steps, render events, pick the exit code. Projects with their
+//! own component types call [`main_with`] from their `main`:
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     batou_local::main_with(|registry| {
+//!         // registry.register::<MyApp>("app");
+//!         let _ = registry;
+//!     })
+//! }
+//! ```
+
+mod exit;
+mod handover;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use batou_core::output::{HumanOutput, JsonOutput};
+use batou_core::{ConfigError, ConvergeOptions, Environment, EventSink, Plan, Project, Registry};
+use clap::Parser;
+
+pub use exit::Exit;
+
+/// Converge an environment's components on this machine.
+#[derive(Debug, Parser)]
+#[command(name = "batou-local", version, about)]
+struct Args {
+    /// The environment: `environments/<ENVIRONMENT>.toml`.
+    environment: String,
+    /// The host of the environment that this machine is; needed when it has several.
+    #[arg(long)]
+    host: Option<String>,
+    /// Report what would change without changing anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print one JSON event per line on stdout instead of human output on stderr.
+    #[arg(long)]
+    json: bool,
+    /// The deployment repository (default: the nearest directory above the current one that
+    /// has `environments/`).
+    #[arg(long, short = 'C', value_name = "DIR")]
+    project: Option<PathBuf>,
+    /// Use this base directory instead of the environment's `base_dir`.
+    #[arg(long, value_name = "DIR")]
+    base_dir: Option<PathBuf>,
+}
+
+/// What a run was asked to do, resolved from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub environment: String,
+    pub host: Option<String>,
+    pub dry_run: bool,
+    pub json: bool,
+    pub project: PathBuf,
+    pub base_dir: Option<PathBuf>,
+}
+
+/// Entry point of the stock binary: hands over to the project's own binary when the project
+/// is a Cargo package, otherwise runs with the library's component types.
+pub fn stock_main() -> ExitCode {
+    run_main(|_| {}, true)
+}
+
+/// Entry point for a project's own binary, with its component types added by `register`.
+pub fn main_with(register: impl FnOnce(&mut Registry)) -> ExitCode {
+    run_main(register, false)
+}
+
+fn run_main(register: impl FnOnce(&mut Registry), stock: bool) -> ExitCode {
+    let args = Args::parse();
+    let json = args.json;
+    let result = settings(args).and_then(|settings| {
+        if stock && std::env::var_os(handover::GUARD).is_none() {
+            handover::hand_over_if_package(&settings.project)?;
+        }
+        let mut registry = Registry::new();
+        batou_components::register(&mut registry);
+        register(&mut registry);
+        run(&settings, &registry)
+    });
+    match result {
+        Ok(exit) => exit.into(),
+        Err(err) => {
+            let exit = Exit::of_error(&err);
+            print_error(&err, json);
+            exit.into()
+        }
+    }
+}
+
+/// Loads, plans and converges; returns the exit status of a completed run.
+pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
+    let environment = Environment::load(&settings.project, &settings.environment, registry)?;
+    let host = choose_host(&environment, settings.host.as_deref())?;
+    let project = Project::new(&settings.project);
+    let base_dir = match &settings.base_dir {
+        Some(dir) => std::path::absolute(dir)?,
+        None => environment.local_base_dir(&settings.project),
+    };
+    let mut plan = Plan::build(&environment, registry, &project, &base_dir)?;
+    let options = ConvergeOptions {
+        dry_run: settings.dry_run,
+    };
+    let mut sink: Box<dyn EventSink> = if settings.json {
+        Box::new(JsonOutput::new(std::io::stdout().lock()))
+    } else {
+        Box::new(HumanOutput::new(std::io::stderr().lock()))
+    };
+    let report = batou_core::converge(&mut plan, &host, options, sink.as_mut());
+    drop(sink);
+    if !settings.json {
+        let state = if !report.succeeded() {
+            "1 failed"
+        } else if report.changed_components.is_empty() {
+            "0 changed"
+        } else if settings.dry_run {
+            "1 would change"
+        } else {
+            "1 changed"
+        };
+        eprintln!("1 host: {state} in {:.2} s", report.seconds);
+    }
+    Ok(if report.succeeded() {
+        Exit::Success
+    } else {
+        Exit::DeployFailed
+    })
+}
+
+fn settings(args: Args) -> anyhow::Result<Settings> {
+    let project = match args.project {
+        Some(dir) => {
+            let dir = std::path::absolute(&dir)?;
+            if !dir.join("environments").is_dir() {
+                return Err(ConfigError::new(format!(
+                    "`{}` is not a deployment repository: it has no `environments/` directory",
+                    dir.display()
+                ))
+                .into());
+            }
+            dir
+        }
+        None => find_project(&std::env::current_dir()?)?,
+    };
+    Ok(Settings {
+        environment: args.environment,
+        host: args.host,
+        dry_run: args.dry_run,
+        json: args.json,
+        project,
+        base_dir: args.base_dir,
+    })
+}
+
+/// The nearest directory at or above `start` that has an `environments/` directory.
+fn find_project(start: &Path) -> Result<PathBuf, ConfigError> {
+    start
+        .ancestors()
+        .find(|dir| dir.join("environments").is_dir())
+        .map(Path::to_path_buf)
+        .ok_or_else(|| {
+            ConfigError::new(format!(
+                "no deployment repository here: no `environments/` directory in `{}` or above",
+                start.display()
+            ))
+            .hint("run in a deployment repository or pass `--project DIR`")
+        })
+}
+
+/// The host this machine is: `--host`, the only host, or the host named like this machine.
+fn choose_host(environment: &Environment, requested: Option<&str>) -> Result<String, ConfigError> {
+    if let Some(name) = requested {
+        return environment.host(name).map(|h| h.name.clone());
+    }
+    match environment.hosts.as_slice() {
+        [] => Err(ConfigError::new(format!(
+            "environment `{}` has no hosts",
+            environment.name
+        ))
+        .at(batou_core::Place::Path(environment.path().to_string()))
+        .hint("add a `[hosts.<name>]` table with `components = [...]`")),
+        [only] => Ok(only.name.clone()),
+        hosts => {
+            let this = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok());
+            if let Some(this) = this
+                && hosts.iter().any(|h| h.name == this)
+            {
+                return Ok(this);
+            }
+            Err(ConfigError::new(format!(
+                "environment `{}` has several hosts and none is called like this machine",
+                environment.name
+            ))
+            .hint(format!(
+                "choose one with `--host`: {}",
+                environment.host_names().join(", ")
+            )))
+        }
+    }
+}
+
+/// Prints `error:`, one `caused by:` per cause and `hint:`; in JSON mode also an event line.
+fn print_error(err: &anyhow::Error, json: bool) {
+    let hint = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<ConfigError>())
+        .and_then(|c| c.hint.clone());
+    let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
+    if json {
+        let event = serde_json::json!({
+            "event": "error",
+            "kind": Exit::of_error(err).name(),
+            "error": chain,
+            "hint": hint,
+        });
+        println!("{event}");
+    }
+    let mut text = String::new();
+    for (i, cause) in chain.iter().enumerate() {
+        let label = if i == 0 { "error" } else { "caused by" };
+        let mut lines = cause.lines();
+        text.push_str(&format!("{label}: {}\n", lines.next().unwrap_or_default()));
+        for line in lines {
+            text.push_str(&format!("  {line}\n"));
+        }
+    }
+    if let Some(hint) = hint {
+        text.push_str(&format!("hint: {hint}\n"));
+    }
+    eprint!("{text}");
+}

@@ -1,0 +1,247 @@
+//! `Command`: a guarded command, and [`run_command`] for components that run commands.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use batou_core::{Component, Configure, Deploy, Verdict};
+use serde::Deserialize;
+
+/// Seconds a command may run when no timeout is given.
+const DEFAULT_TIMEOUT: f64 = 300.0;
+/// Lines of output kept for error messages.
+const OUTPUT_TAIL: usize = 40;
+
+/// A command that runs when its guard says the host needs it.
+///
+/// A command must say how to tell that it is done, or it could not converge: `creates` (runs
+/// while that path is missing) or `unless` (runs while that command fails). `unless` also runs
+/// in dry runs, so it must not change anything.
+///
+/// ```toml
+/// [components.build]
+/// type = "command"
+/// argv = ["make", "install"]
+/// creates = "bin/app"
+/// timeout = 60
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    /// Program and arguments; no shell is involved.
+    pub argv: Vec<String>,
+    /// Working directory, relative to the work directory; defaults to the work directory.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Variables added to the inherited environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Seconds before the command (and its process group) is killed.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    /// Run only while this path does not exist.
+    #[serde(default)]
+    pub creates: Option<String>,
+    /// Run only while this command fails.
+    #[serde(default)]
+    pub unless: Option<Vec<String>>,
+    #[serde(skip)]
+    resolved_cwd: PathBuf,
+    #[serde(skip)]
+    resolved_creates: Option<PathBuf>,
+}
+
+/// What a finished command printed.
+#[derive(Debug, Clone)]
+pub struct CommandOutput {
+    pub success: bool,
+    pub status: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Command {
+    /// A command running `argv` in the work directory; add a guard with `creates` or `unless`.
+    pub fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
+        Command {
+            argv: argv.into_iter().map(Into::into).collect(),
+            cwd: None,
+            env: BTreeMap::new(),
+            timeout: None,
+            creates: None,
+            unless: None,
+            resolved_cwd: PathBuf::new(),
+            resolved_creates: None,
+        }
+    }
+
+    /// Runs only while `path` does not exist.
+    pub fn creates(mut self, path: impl Into<String>) -> Self {
+        self.creates = Some(path.into());
+        self
+    }
+
+    /// Runs only while `argv` fails.
+    pub fn unless<S: Into<String>>(mut self, argv: impl IntoIterator<Item = S>) -> Self {
+        self.unless = Some(argv.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Seconds before the command is killed.
+    pub fn timeout(mut self, seconds: f64) -> Self {
+        self.timeout = Some(seconds);
+        self
+    }
+
+    fn deadline(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout.unwrap_or(DEFAULT_TIMEOUT))
+    }
+}
+
+impl Component for Command {
+    fn label(&self) -> String {
+        format!("Command('{}')", self.argv.join(" "))
+    }
+
+    fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+        if self.argv.is_empty() {
+            bail!("`argv` must name a program");
+        }
+        if self.unless.as_ref().is_some_and(Vec::is_empty) {
+            bail!("`unless` must name a program");
+        }
+        if self.creates.is_none() && self.unless.is_none() {
+            bail!("command `{}` has no guard: set `creates` or `unless` so that it can converge", self.argv.join(" "));
+        }
+        if let Some(t) = self.timeout
+            && !(t.is_finite() && t > 0.0)
+        {
+            bail!("`timeout` must be a positive number of seconds");
+        }
+        self.resolved_cwd = match &self.cwd {
+            Some(cwd) => cx.path(cwd)?,
+            None => cx.workdir().to_path_buf(),
+        };
+        self.resolved_creates = self.creates.as_ref().map(|c| cx.path(c)).transpose()?;
+        Ok(())
+    }
+
+    fn verify(&self, _cx: &mut Deploy) -> anyhow::Result<Verdict> {
+        if let Some(path) = &self.resolved_creates
+            && std::fs::symlink_metadata(path).is_err()
+        {
+            return Ok(Verdict::needs_update(format!(
+                "`{}` does not exist",
+                self.creates.as_deref().unwrap_or_default()
+            )));
+        }
+        if let Some(unless) = &self.unless {
+            let out = run_command(unless, &self.resolved_cwd, &self.env, self.deadline())?;
+            if !out.success {
+                return Ok(Verdict::needs_update(format!("`{}` {}", unless.join(" "), out.status)));
+            }
+        }
+        Ok(Verdict::UpToDate)
+    }
+
+    fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
+        let out = run_command(&self.argv, &self.resolved_cwd, &self.env, self.deadline())?;
+        if !out.success {
+            bail!(
+                "command `{}` {}{}",
+                self.argv.join(" "),
+                out.status,
+                format_output(&out)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs `argv` in `cwd` with `env` added, capturing its output, killing its whole process
+/// group when `timeout` passes (a timeout is an error, never a success).
+pub fn run_command(
+    argv: &[String],
+    cwd: &std::path::Path,
+    env: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> anyhow::Result<CommandOutput> {
+    let (program, args) = argv.split_first().context("empty command")?;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .current_dir(cwd)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start `{}` in `{}`", argv.join(" "), cwd.display()))?;
+    let stdout = reader(child.stdout.take());
+    let stderr = reader(child.stderr.take());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() >= timeout {
+            let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+            bail!(
+                "command `{}` timed out after {:.1} s and was killed",
+                argv.join(" "),
+                timeout.as_secs_f64()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    let status_text = match status.code() {
+        Some(0) => "succeeded".to_string(),
+        Some(code) => format!("failed with exit code {code}"),
+        None => "was killed by a signal".to_string(),
+    };
+    Ok(CommandOutput {
+        success: status.success(),
+        status: status_text,
+        stdout,
+        stderr,
+    })
+}
+
+fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// The last lines of a command's output, for an error message.
+fn format_output(out: &CommandOutput) -> String {
+    let mut text = String::new();
+    for (name, stream) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        let lines: Vec<&str> = stream.lines().collect();
+        if lines.is_empty() {
+            continue;
+        }
+        let skip = lines.len().saturating_sub(OUTPUT_TAIL);
+        text.push_str(&format!("\n--- {name} ---"));
+        if skip > 0 {
+            text.push_str(&format!("\n({skip} earlier lines not shown)"));
+        }
+        for line in &lines[skip..] {
+            text.push('\n');
+            text.push_str(line);
+        }
+    }
+    text
+}

@@ -1,0 +1,196 @@
+//! `Directory`: a directory, optionally synced from a directory of the project.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use batou_core::{Component, Configure, Deploy, ProjectEntryKind, Verdict};
+use serde::Deserialize;
+
+use crate::mode::Mode;
+use crate::{File, Symlink};
+
+/// Mode of new directories when none is given.
+const DEFAULT_MODE: u32 = 0o755;
+
+/// A directory at `path`; with `source`, its tree mirrors a project directory.
+///
+/// Synced entries become sub-components (`File`, `Directory`, `Symlink`), so each change is
+/// reported with its diff. Entries in the target that the source lacks are left alone unless
+/// `purge = true`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Directory {
+    pub path: String,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// A project directory whose tree is copied into this one.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Remove entries that the source does not have.
+    #[serde(default)]
+    pub purge: bool,
+    #[serde(skip)]
+    resolved: PathBuf,
+    /// Relative paths the source tree defines, for purging.
+    #[serde(skip)]
+    expected: BTreeSet<PathBuf>,
+}
+
+impl Directory {
+    /// A directory at `path` (relative to the work directory).
+    pub fn new(path: impl Into<String>) -> Self {
+        Directory {
+            path: path.into(),
+            mode: None,
+            source: None,
+            purge: false,
+            resolved: PathBuf::new(),
+            expected: BTreeSet::new(),
+        }
+    }
+
+    /// Mirrors the project directory `source` into this one.
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Removes entries the source does not have.
+    pub fn purge(mut self) -> Self {
+        self.purge = true;
+        self
+    }
+
+    /// Exact permission bits, e.g. `0o750`.
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = Some(Mode(mode));
+        self
+    }
+
+    /// Entries below the directory that the source does not define, outermost only.
+    fn extraneous(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let mut found = Vec::new();
+        if !self.resolved.is_dir() {
+            return Ok(found);
+        }
+        collect_extraneous(&self.resolved, Path::new(""), &self.expected, &mut found)?;
+        Ok(found)
+    }
+}
+
+fn collect_extraneous(
+    dir: &Path,
+    relative: &Path,
+    expected: &BTreeSet<PathBuf>,
+    found: &mut Vec<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list `{}`", dir.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("cannot list `{}`", dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let rel = relative.join(entry.file_name());
+        if !expected.contains(&rel) {
+            found.push(rel);
+        } else if entry.file_type()?.is_dir() {
+            collect_extraneous(&entry.path(), &rel, expected, found)?;
+        }
+    }
+    Ok(())
+}
+
+impl Component for Directory {
+    fn label(&self) -> String {
+        format!("Directory('{}')", self.path)
+    }
+
+    fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+        self.resolved = cx.path(&self.path)?;
+        if self.purge && self.source.is_none() {
+            bail!("`purge` needs a `source` to know which entries belong");
+        }
+        let Some(source) = self.source.clone() else {
+            return Ok(());
+        };
+        let base = self.path.trim_end_matches('/').to_string();
+        for entry in cx.project().walk(&source)? {
+            self.expected.insert(PathBuf::from(&entry.relative));
+            let target = format!("{base}/{}", entry.relative);
+            let from = format!("{}/{}", source.trim_end_matches('/'), entry.relative);
+            match entry.kind {
+                ProjectEntryKind::Directory => cx.add(Directory::new(target).mode(entry.mode)),
+                ProjectEntryKind::File => {
+                    cx.add(File::new(target).source(from).mode(entry.mode).create_parents())
+                }
+                ProjectEntryKind::Symlink => {
+                    let link = cx.project().read_link(&from)?;
+                    cx.add(Symlink::new(target, link.to_string_lossy()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn verify(&self, _cx: &mut Deploy) -> anyhow::Result<Verdict> {
+        let meta = match std::fs::symlink_metadata(&self.resolved) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Verdict::needs_update("missing"));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot inspect `{}`", self.resolved.display()));
+            }
+            Ok(meta) => meta,
+        };
+        if !meta.is_dir() {
+            bail!("`{}` exists and is not a directory", self.resolved.display());
+        }
+        let mut reasons = Vec::new();
+        let mode = meta.permissions().mode() & 0o7777;
+        if let Some(want) = self.mode
+            && want.0 != mode
+        {
+            reasons.push(format!("mode {} -> {want}", Mode(mode)));
+        }
+        if self.purge {
+            let extra = self.extraneous()?;
+            if !extra.is_empty() {
+                let names: Vec<String> = extra.iter().map(|p| p.display().to_string()).collect();
+                reasons.push(format!("extraneous: {}", names.join(", ")));
+            }
+        }
+        Ok(if reasons.is_empty() {
+            Verdict::UpToDate
+        } else {
+            Verdict::needs_update(reasons.join("; "))
+        })
+    }
+
+    fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
+        if !self.resolved.is_dir() {
+            std::fs::create_dir_all(&self.resolved)
+                .with_context(|| format!("cannot create `{}`", self.resolved.display()))?;
+        }
+        let mode = self.mode.map(|m| m.0).unwrap_or(DEFAULT_MODE);
+        let current = std::fs::metadata(&self.resolved)?.permissions().mode() & 0o7777;
+        if self.mode.is_some() && current != mode {
+            std::fs::set_permissions(&self.resolved, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("cannot set mode of `{}`", self.resolved.display()))?;
+        }
+        if self.purge {
+            for rel in self.extraneous()? {
+                let path = self.resolved.join(&rel);
+                let meta = std::fs::symlink_metadata(&path)?;
+                if meta.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                }
+                .with_context(|| format!("cannot remove `{}`", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+}

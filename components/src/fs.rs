@@ -1,0 +1,100 @@
+//! File system helpers shared by the components: atomic writes and ownership lookups.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+/// Writes `data` to `path` atomically with exactly `mode`, and the given ownership.
+///
+/// The temporary file lives in the same directory and is created with `mode` from the first
+/// byte (the umask can only narrow it; it is set exactly before the rename). On any error the
+/// temporary file is removed and `path` is left as it was.
+pub(crate) fn write_atomic(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    owner: Option<u32>,
+    group: Option<u32>,
+) -> anyhow::Result<()> {
+    let dir = parent(path)?;
+    let tmp = temp_path(path);
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode & 0o777)
+            .open(&tmp)
+            .with_context(|| format!("cannot create `{}`", tmp.display()))?;
+        file.write_all(data)
+            .with_context(|| format!("cannot write `{}`", tmp.display()))?;
+        if owner.is_some() || group.is_some() {
+            std::os::unix::fs::fchown(&file, owner, group)
+                .with_context(|| format!("cannot change owner of `{}`", tmp.display()))?;
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set mode of `{}`", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("cannot sync `{}`", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot rename into `{}`", path.display()))?;
+        sync_dir(dir);
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The parent directory of `path`, which must exist.
+pub(crate) fn parent(path: &Path) -> anyhow::Result<&Path> {
+    let dir = path
+        .parent()
+        .with_context(|| format!("`{}` has no parent directory", path.display()))?;
+    if !dir.is_dir() {
+        bail!("parent directory `{}` does not exist", dir.display());
+    }
+    Ok(dir)
+}
+
+/// A temporary sibling of `path`, unique per process.
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.batou-{}.tmp", std::process::id()))
+}
+
+/// Syncs a directory so a rename in it is durable; best effort.
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// The uid of a user name (or a numeric uid).
+pub(crate) fn uid(name: &str) -> anyhow::Result<u32> {
+    if let Ok(n) = name.parse() {
+        return Ok(n);
+    }
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(user)) => Ok(user.uid.as_raw()),
+        Ok(None) => bail!("unknown user `{name}`"),
+        Err(e) => Err(e).with_context(|| format!("cannot look up user `{name}`")),
+    }
+}
+
+/// The gid of a group name (or a numeric gid).
+pub(crate) fn gid(name: &str) -> anyhow::Result<u32> {
+    if let Ok(n) = name.parse() {
+        return Ok(n);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => bail!("unknown group `{name}`"),
+        Err(e) => Err(e).with_context(|| format!("cannot look up group `{name}`")),
+    }
+}
