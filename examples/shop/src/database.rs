@@ -1,0 +1,50 @@
+//! `Database`: a (pretend) database server that provides its address as a resource.
+
+use batou_components::File;
+use batou_core::{Component, Configure};
+use serde::{Deserialize, Serialize};
+
+/// What the `database` resource carries to the components that require it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Address {
+    pub host: String,
+    pub port: u16,
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    #[serde(default = "default_name")]
+    name: String,
+    #[serde(default = "default_port")]
+    port: u16,
+}
+
+fn default_name() -> String {
+    "shop".into()
+}
+
+fn default_port() -> u16 {
+    5432
+}
+
+impl Component for Database {
+    fn label(&self) -> String {
+        format!("Database('{}')", self.name)
+    }
+
+    fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+        let address = Address {
+            host: cx.host().name.clone(),
+            port: self.port,
+            name: self.name.clone(),
+        };
+        cx.provide("database", &address)?;
+        cx.add(File::new("database.conf").content(format!(
+            "port = {}\ndatabase = {}\n",
+            self.port, self.name
+        )));
+        Ok(())
+    }
+}
