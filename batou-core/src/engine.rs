@@ -80,7 +80,9 @@ pub fn converge(
     for step in plan.host_order(host) {
         let step = plan.step_mut(step);
         if report.failure.is_some() {
-            report.roots.push((step.root.clone(), RootOutcome::NotAttempted));
+            report
+                .roots
+                .push((step.root.clone(), RootOutcome::NotAttempted));
             continue;
         }
         sink.event(Event::StepStarted {
@@ -95,7 +97,9 @@ pub fn converge(
         };
         match run.converge(&mut step.tree) {
             Ok(true) => report.roots.push((step.root.clone(), RootOutcome::Changed)),
-            Ok(false) => report.roots.push((step.root.clone(), RootOutcome::Unchanged)),
+            Ok(false) => report
+                .roots
+                .push((step.root.clone(), RootOutcome::Unchanged)),
             Err(failure) => {
                 let chain: Vec<String> = failure.error.chain().map(|c| c.to_string()).collect();
                 sink.event(Event::Failed {
@@ -191,7 +195,11 @@ impl Run<'_> {
         Ok(true)
     }
 
-    fn verify(&mut self, node: &Node, sub_changed: bool) -> anyhow::Result<(Verdict, Option<String>)> {
+    fn verify(
+        &mut self,
+        node: &Node,
+        sub_changed: bool,
+    ) -> anyhow::Result<(Verdict, Option<String>)> {
         let mut cx = Deploy {
             host: self.host,
             path: &node.path,

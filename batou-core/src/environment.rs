@@ -12,7 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::error::{SourceText, did_you_mean};
+use crate::error::SourceText;
 use crate::{ConfigError, Place, Registry};
 
 /// How the controller reaches the hosts of an environment.
@@ -130,10 +130,8 @@ impl Environment {
                 let known = Self::list(project_root);
                 let mut err = ConfigError::new(format!(
                     "environment `{name}` not found: `{relative}` does not exist"
-                ));
-                if let Some(close) = did_you_mean(name, known.iter().map(String::as_str)) {
-                    err.message.push_str(&format!(" (did you mean `{close}`?)"));
-                }
+                ))
+                .suggest(name, known.iter().map(String::as_str));
                 if !known.is_empty() {
                     err = err.hint(format!("environments here: {}", known.join(", ")));
                 }
@@ -210,11 +208,10 @@ impl Environment {
                         .keys()
                         .map(String::as_str)
                         .chain(registry.names());
-                    let mut msg = format!("unknown component `{component}`");
-                    if let Some(close) = did_you_mean(component, candidates) {
-                        msg.push_str(&format!(" (did you mean `{close}`?)"));
-                    }
-                    return Err(ConfigError::new(msg).at(place).hint(
+                    return Err(ConfigError::new(format!("unknown component `{component}`"))
+                        .at(place)
+                        .suggest(component, candidates)
+                        .hint(
                         "define it in a `[components.<name>]` table or use a registered type name",
                     ));
                 }
@@ -254,13 +251,13 @@ impl Environment {
     /// The host called `name`, or an error suggesting a close name.
     pub fn host(&self, name: &str) -> Result<&Host, ConfigError> {
         self.hosts.iter().find(|h| h.name == name).ok_or_else(|| {
-            let mut msg = format!("unknown host `{name}` in environment `{}`", self.name);
-            if let Some(close) = did_you_mean(name, self.hosts.iter().map(|h| h.name.as_str())) {
-                msg.push_str(&format!(" (did you mean `{close}`?)"));
-            }
-            ConfigError::new(msg)
-                .at(Place::Path(self.source.path.clone()))
-                .hint(format!("hosts: {}", self.host_names().join(", ")))
+            ConfigError::new(format!(
+                "unknown host `{name}` in environment `{}`",
+                self.name
+            ))
+            .at(Place::Path(self.source.path.clone()))
+            .suggest(name, self.hosts.iter().map(|h| h.name.as_str()))
+            .hint(format!("hosts: {}", self.host_names().join(", ")))
         })
     }
 
@@ -316,30 +313,33 @@ fn parse_components(
         let type_name = match attributes.remove("type") {
             None => {
                 if !registry.contains(&name) {
-                    let mut msg = format!("component `{name}` has no `type` and no type is called `{name}`");
-                    if let Some(close) = did_you_mean(&name, registry.names()) {
-                        msg.push_str(&format!(" (did you mean `{close}`?)"));
-                    }
-                    return Err(ConfigError::new(msg)
-                        .at(source.place(key.span().start))
-                        .hint(format!("add `type = \"...\"`; types: {}", registry.names().collect::<Vec<_>>().join(", "))));
+                    return Err(ConfigError::new(format!(
+                        "component `{name}` has no `type` and no type is called `{name}`"
+                    ))
+                    .at(source.place(key.span().start))
+                    .suggest(&name, registry.names())
+                    .hint(format!(
+                        "add `type = \"...\"`; types: {}",
+                        registry.names().collect::<Vec<_>>().join(", ")
+                    )));
                 }
                 name.clone()
             }
             Some(t) => {
                 let t_span = t.span();
                 let Some(t) = t.get_ref().as_str().map(str::to_string) else {
-                    return Err(ConfigError::new("`type` must be a string")
-                        .at(source.place(t_span.start)));
+                    return Err(
+                        ConfigError::new("`type` must be a string").at(source.place(t_span.start))
+                    );
                 };
                 if !registry.contains(&t) {
-                    let mut msg = format!("unknown component type `{t}`");
-                    if let Some(close) = did_you_mean(&t, registry.names()) {
-                        msg.push_str(&format!(" (did you mean `{close}`?)"));
-                    }
-                    return Err(ConfigError::new(msg)
+                    return Err(ConfigError::new(format!("unknown component type `{t}`"))
                         .at(source.place(t_span.start))
-                        .hint(format!("types: {}", registry.names().collect::<Vec<_>>().join(", "))));
+                        .suggest(&t, registry.names())
+                        .hint(format!(
+                            "types: {}",
+                            registry.names().collect::<Vec<_>>().join(", ")
+                        )));
                 }
                 t
             }

@@ -35,12 +35,18 @@ impl fmt::Display for Place {
 /// Every such error is raised while loading or planning, so a run that fails with it has
 /// touched nothing on any host.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}{}", place.as_ref().map(|p| format!(" in {p}")).unwrap_or_default())]
+#[error(
+    "{message}{}{}",
+    place.as_ref().map(|p| format!(" in {p}")).unwrap_or_default(),
+    suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default()
+)]
 pub struct ConfigError {
     /// What is wrong, lower case, names in backticks.
     pub message: String,
-    /// Where it is, when known.
-    pub place: Option<Place>,
+    /// Where it is, when known (boxed: errors travel up many frames, places are cold).
+    pub place: Option<Box<Place>>,
+    /// A close name for a misspelt one, shown after the place.
+    pub suggestion: Option<String>,
     /// A likely fix, printed on its own `hint:` line.
     pub hint: Option<String>,
     /// The underlying cause, e.g. a component's own error chain.
@@ -54,6 +60,7 @@ impl ConfigError {
         ConfigError {
             message: message.into(),
             place: None,
+            suggestion: None,
             hint: None,
             source: None,
         }
@@ -61,7 +68,17 @@ impl ConfigError {
 
     /// Sets the place.
     pub fn at(mut self, place: Place) -> Self {
-        self.place = Some(place);
+        self.place = Some(Box::new(place));
+        self
+    }
+
+    /// Suggests the candidate closest to `word`, if one is close enough.
+    pub fn suggest<'a>(
+        mut self,
+        word: &str,
+        candidates: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        self.suggestion = did_you_mean(word, candidates).map(str::to_string);
         self
     }
 
@@ -150,5 +167,12 @@ mod tests {
     fn display_names_the_place() {
         let e = ConfigError::new("unknown component `x`").at(Place::Host("web1".into()));
         assert_eq!(e.to_string(), "unknown component `x` in host `web1`");
+        let e = ConfigError::new("unknown component `nginxx`")
+            .at(Place::Host("web1".into()))
+            .suggest("nginxx", ["nginx"]);
+        assert_eq!(
+            e.to_string(),
+            "unknown component `nginxx` in host `web1` (did you mean `nginx`?)"
+        );
     }
 }

@@ -152,8 +152,14 @@ mod tests {
         for line in text.lines() {
             assert!(line.starts_with("web1: "), "{line:?}");
         }
-        assert!(text.contains("web1: changed app > File('a') (missing)\n"), "{text}");
+        assert!(
+            text.contains("web1: changed app > File('a') (missing)\n"),
+            "{text}"
+        );
         assert!(text.contains("web1:     +x\n"), "{text}");
-        assert!(text.contains("web1:   error: boom\nweb1:     second line\nweb1:   caused by: cause\n"), "{text}");
+        assert!(
+            text.contains("web1:   error: boom\nweb1:     second line\nweb1:   caused by: cause\n"),
+            "{text}"
+        );
     }
 }

@@ -16,7 +16,9 @@ use toml::de::{DeTable, DeValue};
 use crate::configure::Scope;
 use crate::resources::{Resources, Unsatisfied};
 use crate::template::is_template;
-use crate::{Component, ConfigError, Configure, Environment, Host, Place, Project, Registry, Templates};
+use crate::{
+    Component, ConfigError, Configure, Environment, Host, Place, Project, Registry, Templates,
+};
 
 /// Rounds of configuration before resources are declared unsettled.
 const MAX_ROUNDS: usize = 64;
@@ -154,9 +156,9 @@ impl Plan {
                     }
                 }
             }
-            for step in 0..slots.len() {
+            for (step, tree) in trees.iter_mut().enumerate() {
                 if !pending.contains(&step) && resources.is_stale(step) {
-                    trees[step] = None;
+                    *tree = None;
                     pending.insert(step);
                 }
             }
@@ -311,8 +313,8 @@ fn attribute_error(environment: &Environment, scope: &Scope, err: &toml::de::Err
     let root = scope_root(scope);
     let mut e = environment.source.toml_error(err);
     e.message = format!("component `{root}`: {}", e.message);
-    if e.place.is_none() || matches!(e.place, Some(Place::Path(_))) {
-        e.place = Some(environment.reference_place(&scope.host.name, root));
+    if matches!(e.place.as_deref(), None | Some(Place::Path(_))) {
+        e = e.at(environment.reference_place(&scope.host.name, root));
     }
     e
 }
@@ -362,7 +364,11 @@ fn configure_tree(
     })
 }
 
-fn unsatisfied_error(scopes: &[Scope], resources: &Resources, pending: &BTreeSet<usize>) -> ConfigError {
+fn unsatisfied_error(
+    scopes: &[Scope],
+    resources: &Resources,
+    pending: &BTreeSet<usize>,
+) -> ConfigError {
     let mut lines = Vec::new();
     for step in pending {
         let key = resources.waiting_for(*step).unwrap_or("?");
@@ -371,7 +377,9 @@ fn unsatisfied_error(scopes: &[Scope], resources: &Resources, pending: &BTreeSet
             scopes[*step].step_labels[*step]
         ));
     }
-    let first = *pending.first().expect("an unsatisfied plan has pending steps");
+    let first = *pending
+        .first()
+        .expect("an unsatisfied plan has pending steps");
     let scope = &scopes[first];
     let blocked_providers: Vec<String> = pending
         .iter()
@@ -459,4 +467,191 @@ fn order_steps(
         }
     }
     Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Verdict;
+    use serde::Deserialize;
+
+    /// A test component that provides and requires resource keys, in the listed order.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Node {
+        #[serde(default)]
+        steps: Vec<String>,
+        #[serde(skip)]
+        seen: Vec<String>,
+    }
+
+    impl Component for Node {
+        fn label(&self) -> String {
+            "Node".into()
+        }
+        fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+            for step in &self.steps {
+                if let Some(key) = step.strip_prefix("provide:") {
+                    cx.provide(key, &cx.host().name.clone())?;
+                } else if let Some(key) = step.strip_prefix("require:") {
+                    let values: Vec<String> = cx.require(key)?;
+                    self.seen.extend(values);
+                }
+            }
+            Ok(())
+        }
+        fn verify(&self, _cx: &mut crate::Deploy) -> anyhow::Result<Verdict> {
+            Ok(Verdict::UpToDate)
+        }
+    }
+
+    fn plan(toml: &str) -> Result<Plan, ConfigError> {
+        let mut registry = Registry::new();
+        registry.register::<Node>("node");
+        let env = Environment::parse(
+            "test",
+            "environments/test.toml",
+            toml.to_string(),
+            &registry,
+        )?;
+        Plan::build(
+            &env,
+            &registry,
+            &Project::new("/nonexistent"),
+            Path::new("/srv/test"),
+        )
+    }
+
+    fn order(plan: &Plan) -> Vec<String> {
+        plan.order()
+            .iter()
+            .map(|i| plan.steps()[*i].label())
+            .collect()
+    }
+
+    #[test]
+    fn providers_come_before_requirers_across_hosts() {
+        let plan = plan(
+            r#"
+[hosts.web1]
+components = ["app"]
+[hosts.db1]
+components = ["db"]
+[components.app]
+type = "node"
+steps = ["require:database"]
+[components.db]
+type = "node"
+steps = ["provide:database"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(order(&plan), vec!["db1: db", "web1: app"]);
+        let app = plan.steps().iter().position(|s| s.root == "app").unwrap();
+        assert_eq!(
+            plan.steps()[app].after_keys.values().next().unwrap(),
+            &vec!["database".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_requirer_sees_every_provider_even_those_configured_later() {
+        // `early` requires `x` before `late` provides it, so it is configured again.
+        let plan = plan(
+            r#"
+[hosts.a]
+components = ["early", "late"]
+[hosts.b]
+components = ["late2"]
+[components.early]
+type = "node"
+steps = ["require:x"]
+[components.late]
+type = "node"
+steps = ["provide:x"]
+[components.late2]
+type = "node"
+steps = ["provide:x"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(order(&plan), vec!["a: late", "b: late2", "a: early"]);
+    }
+
+    #[test]
+    fn cycles_are_reported_whole() {
+        let err = plan(
+            r#"
+[hosts.h]
+components = ["a", "b"]
+[components.a]
+type = "node"
+steps = ["provide:x", "require:y"]
+[components.b]
+type = "node"
+steps = ["provide:y", "require:x"]
+"#,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "dependency cycle between `h: a`, `h: b`: `h: b` requires `x` from `h: a`; `h: a` requires `y` from `h: b`"
+        );
+        assert!(err.hint.is_some());
+    }
+
+    #[test]
+    fn mutual_requirements_before_providing_are_unsatisfied_with_a_cycle_hint() {
+        let err = plan(
+            r#"
+[hosts.h]
+components = ["a", "b"]
+[components.a]
+type = "node"
+steps = ["require:y", "provide:x"]
+[components.b]
+type = "node"
+steps = ["require:x", "provide:y"]
+"#,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "unsatisfied resource requirements: `h: a` requires `y`; `h: b` requires `x`, which no configured component provides in host `h`, component `a`"
+        );
+    }
+
+    #[test]
+    fn unsatisfied_names_who_requires_what() {
+        let err = plan(
+            "[hosts.h]\ncomponents = [\"a\"]\n[components.a]\ntype = \"node\"\nsteps = [\"require:db\"]\n",
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("unsatisfied resource requirements: `h: a` requires `db`"),
+            "{err}"
+        );
+        assert_eq!(
+            err.hint.as_deref(),
+            Some("add a component that provides the resource to some host of the environment")
+        );
+    }
+
+    #[test]
+    fn without_resources_the_environment_order_holds() {
+        let plan = plan(
+            "[hosts.b]\ncomponents = [\"z\", \"y\"]\n[hosts.a]\ncomponents = [\"x\"]\n[components.z]\ntype=\"node\"\n[components.y]\ntype=\"node\"\n[components.x]\ntype=\"node\"\n",
+        )
+        .unwrap();
+        assert_eq!(order(&plan), vec!["a: x", "b: z", "b: y"]);
+        assert_eq!(plan.host_order("b").len(), 2);
+        assert_eq!(
+            plan.component_paths(plan.host_order("a")[0]),
+            vec!["x > Workdir", "x"]
+        );
+    }
 }

@@ -107,7 +107,8 @@ impl Project {
     /// The target of a symlink in the project.
     pub fn read_link(&self, relative: &str) -> anyhow::Result<PathBuf> {
         let path = self.path(relative)?;
-        std::fs::read_link(&path).with_context(|| format!("cannot read project symlink `{relative}`"))
+        std::fs::read_link(&path)
+            .with_context(|| format!("cannot read project symlink `{relative}`"))
     }
 }
 

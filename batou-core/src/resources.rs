@@ -43,7 +43,11 @@ impl Resources {
     }
 
     /// Every value of `key` with its provider, recording that `step` consumed them.
-    pub(crate) fn require(&mut self, step: usize, key: &str) -> Result<Vec<(usize, Value)>, Unsatisfied> {
+    pub(crate) fn require(
+        &mut self,
+        step: usize,
+        key: &str,
+    ) -> Result<Vec<(usize, Value)>, Unsatisfied> {
         let values = self.provided.get(key).cloned().unwrap_or_default();
         if values.is_empty() {
             self.waiting.insert(step, key.to_string());
@@ -51,10 +55,10 @@ impl Resources {
                 key: key.to_string(),
             });
         }
-        self.consumed
-            .entry(step)
-            .or_default()
-            .insert(key.to_string(), values.iter().map(|(_, v)| v.clone()).collect());
+        self.consumed.entry(step).or_default().insert(
+            key.to_string(),
+            values.iter().map(|(_, v)| v.clone()).collect(),
+        );
         Ok(values)
     }
 
@@ -114,7 +118,12 @@ mod tests {
         r.provide(3, "db", json!("c"));
         r.provide(1, "db", json!("a"));
         r.provide(1, "db", json!("b"));
-        let got: Vec<Value> = r.require(0, "db").unwrap().into_iter().map(|(_, v)| v).collect();
+        let got: Vec<Value> = r
+            .require(0, "db")
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
         assert_eq!(got, vec![json!("a"), json!("b"), json!("c")]);
     }
 

@@ -142,10 +142,17 @@ mod tests {
     fn undefined_values_are_errors_naming_the_expression() {
         let t = templates();
         let err = t
-            .render_str("page.j2", "a\n{{ host.nme }}\n", &context! { host => context!{ name => "s3cret" } })
+            .render_str(
+                "page.j2",
+                "a\n{{ host.nme }}\n",
+                &context! { host => context!{ name => "s3cret" } },
+            )
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("template `page.j2` line 2: undefined value"), "{err}");
+        assert!(
+            err.starts_with("template `page.j2` line 2: undefined value"),
+            "{err}"
+        );
         assert!(err.contains("`host.nme`"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
     }
@@ -157,6 +164,9 @@ mod tests {
             .render_str("bad.j2", "ok\n{% if %}\n", &context! {})
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("template `bad.j2` line 2: syntax error"), "{err}");
+        assert!(
+            err.starts_with("template `bad.j2` line 2: syntax error"),
+            "{err}"
+        );
     }
 }

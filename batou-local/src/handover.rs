@@ -38,13 +38,20 @@ pub(crate) fn hand_over_if_package(project: &Path) -> anyhow::Result<()> {
 fn build(manifest: &Path) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = std::process::Command::new(&cargo)
-        .args(["build", "--quiet", "--message-format=json-render-diagnostics", "--manifest-path"])
+        .args([
+            "build",
+            "--quiet",
+            "--message-format=json-render-diagnostics",
+            "--manifest-path",
+        ])
         .arg(manifest)
         .output()
         .map_err(|e| {
             ConfigError::new("cannot run `cargo` to build the project's components")
                 .at(Place::Path(manifest.display().to_string()))
-                .hint("install Rust with cargo, or remove `[package]` to use only library components")
+                .hint(
+                    "install Rust with cargo, or remove `[package]` to use only library components",
+                )
                 .caused_by(e.into())
         })?;
     if !output.status.success() {

@@ -178,12 +178,11 @@ fn choose_host(environment: &Environment, requested: Option<&str>) -> Result<Str
         return environment.host(name).map(|h| h.name.clone());
     }
     match environment.hosts.as_slice() {
-        [] => Err(ConfigError::new(format!(
-            "environment `{}` has no hosts",
-            environment.name
-        ))
-        .at(batou_core::Place::Path(environment.path().to_string()))
-        .hint("add a `[hosts.<name>]` table with `components = [...]`")),
+        [] => Err(
+            ConfigError::new(format!("environment `{}` has no hosts", environment.name))
+                .at(batou_core::Place::Path(environment.path().to_string()))
+                .hint("add a `[hosts.<name>]` table with `components = [...]`"),
+        ),
         [only] => Ok(only.name.clone()),
         hosts => {
             let this = nix::unistd::gethostname()

@@ -115,7 +115,10 @@ impl Component for Command {
             bail!("`unless` must name a program");
         }
         if self.creates.is_none() && self.unless.is_none() {
-            bail!("command `{}` has no guard: set `creates` or `unless` so that it can converge", self.argv.join(" "));
+            bail!(
+                "command `{}` has no guard: set `creates` or `unless` so that it can converge",
+                self.argv.join(" ")
+            );
         }
         if let Some(t) = self.timeout
             && !(t.is_finite() && t > 0.0)
@@ -142,7 +145,11 @@ impl Component for Command {
         if let Some(unless) = &self.unless {
             let out = run_command(unless, &self.resolved_cwd, &self.env, self.deadline())?;
             if !out.success {
-                return Ok(Verdict::needs_update(format!("`{}` {}", unless.join(" "), out.status)));
+                return Ok(Verdict::needs_update(format!(
+                    "`{}` {}",
+                    unless.join(" "),
+                    out.status
+                )));
             }
         }
         Ok(Verdict::UpToDate)

@@ -122,9 +122,12 @@ impl Component for Directory {
             let from = format!("{}/{}", source.trim_end_matches('/'), entry.relative);
             match entry.kind {
                 ProjectEntryKind::Directory => cx.add(Directory::new(target).mode(entry.mode)),
-                ProjectEntryKind::File => {
-                    cx.add(File::new(target).source(from).mode(entry.mode).create_parents())
-                }
+                ProjectEntryKind::File => cx.add(
+                    File::new(target)
+                        .source(from)
+                        .mode(entry.mode)
+                        .create_parents(),
+                ),
                 ProjectEntryKind::Symlink => {
                     let link = cx.project().read_link(&from)?;
                     cx.add(Symlink::new(target, link.to_string_lossy()));
@@ -140,12 +143,16 @@ impl Component for Directory {
                 return Ok(Verdict::needs_update("missing"));
             }
             Err(e) => {
-                return Err(e).with_context(|| format!("cannot inspect `{}`", self.resolved.display()));
+                return Err(e)
+                    .with_context(|| format!("cannot inspect `{}`", self.resolved.display()));
             }
             Ok(meta) => meta,
         };
         if !meta.is_dir() {
-            bail!("`{}` exists and is not a directory", self.resolved.display());
+            bail!(
+                "`{}` exists and is not a directory",
+                self.resolved.display()
+            );
         }
         let mut reasons = Vec::new();
         let mode = meta.permissions().mode() & 0o7777;

@@ -156,7 +156,8 @@ impl Component for File {
                 return Ok(Verdict::needs_update("missing"));
             }
             Err(e) => {
-                return Err(e).with_context(|| format!("cannot inspect `{}`", self.resolved.display()));
+                return Err(e)
+                    .with_context(|| format!("cannot inspect `{}`", self.resolved.display()));
             }
         };
         if meta.is_dir() {
@@ -214,8 +215,9 @@ impl Component for File {
         if same_content {
             // Only metadata differs: change it in place, the content stays as it is.
             if owner.is_some() || group.is_some() {
-                std::os::unix::fs::chown(&self.resolved, owner, group)
-                    .with_context(|| format!("cannot change owner of `{}`", self.resolved.display()))?;
+                std::os::unix::fs::chown(&self.resolved, owner, group).with_context(|| {
+                    format!("cannot change owner of `{}`", self.resolved.display())
+                })?;
             }
             std::fs::set_permissions(&self.resolved, std::fs::Permissions::from_mode(mode))
                 .with_context(|| format!("cannot set mode of `{}`", self.resolved.display()))?;

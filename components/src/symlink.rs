@@ -50,7 +50,9 @@ impl Component for Symlink {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Ok(Verdict::needs_update("missing"))
             }
-            Err(e) => Err(e).with_context(|| format!("cannot inspect `{}`", self.resolved.display())),
+            Err(e) => {
+                Err(e).with_context(|| format!("cannot inspect `{}`", self.resolved.display()))
+            }
             Ok(meta) if !meta.file_type().is_symlink() => bail!(
                 "`{}` exists and is not a symlink; remove it or choose another path",
                 self.resolved.display()
@@ -79,7 +81,8 @@ impl Component for Symlink {
             .with_context(|| format!("cannot create symlink `{}`", tmp.display()))?;
         if let Err(e) = std::fs::rename(&tmp, &self.resolved) {
             let _ = std::fs::remove_file(&tmp);
-            return Err(e).with_context(|| format!("cannot rename into `{}`", self.resolved.display()));
+            return Err(e)
+                .with_context(|| format!("cannot rename into `{}`", self.resolved.display()));
         }
         sync_dir(dir);
         Ok(())

@@ -41,10 +41,10 @@ impl Component for Database {
             name: self.name.clone(),
         };
         cx.provide("database", &address)?;
-        cx.add(File::new("database.conf").content(format!(
-            "port = {}\ndatabase = {}\n",
-            self.port, self.name
-        )));
+        cx.add(
+            File::new("database.conf")
+                .content(format!("port = {}\ndatabase = {}\n", self.port, self.name)),
+        );
         Ok(())
     }
 }

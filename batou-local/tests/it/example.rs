@@ -1,0 +1,82 @@
+//! The example project with its own component types, deployed through the stock binary.
+
+use crate::harness::{Project, snapshot, workspace_root};
+
+fn shop() -> std::path::PathBuf {
+    workspace_root().join("examples/shop")
+}
+
+#[test]
+fn example_project_builds_hands_over_and_converges() {
+    let base = Project::new();
+    let base_dir = base.path("deploy");
+    let base_arg = base_dir.to_str().unwrap();
+    let shop = shop();
+    let args = [
+        "-C",
+        shop.to_str().unwrap(),
+        "dev",
+        "--base-dir",
+        base_arg,
+        "--json",
+    ];
+    let out = base.converge(&args);
+    let events = out.events();
+    let order: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "step_started")
+        .map(|e| e["component"].as_str().unwrap())
+        .collect();
+    // `app` is listed first but requires `database`.
+    assert_eq!(order, vec!["database", "app", "motd"]);
+    assert!(
+        out.changed().contains(&"app".to_string()),
+        "the app was not reloaded"
+    );
+    let conf = std::fs::read_to_string(base_dir.join("work/app/config/app.toml")).unwrap();
+    assert!(
+        conf.contains("url = \"postgres://localhost:5432/shop_dev\""),
+        "{conf}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(base_dir.join("work/motd/motd")).unwrap(),
+        "Welcome to the shop on localhost\n"
+    );
+    base.assert_idempotent(&args[..5]);
+    assert_eq!(
+        std::fs::read_to_string(base_dir.join("work/app/reloads.log")).unwrap(),
+        "reloaded\n"
+    );
+
+    // A dry run after a configuration drift predicts the reload without doing it.
+    std::fs::write(base_dir.join("work/app/config/app.toml"), "drift\n").unwrap();
+    let before = snapshot(&base_dir);
+    let mut dry = args.to_vec();
+    dry.push("--dry-run");
+    let out = base.converge(&dry);
+    assert_eq!(out.changed(), vec!["app > File('config/app.toml')", "app"]);
+    assert_eq!(snapshot(&base_dir), before);
+}
+
+#[test]
+fn example_project_reports_an_unsatisfied_resource() {
+    let p = Project::new();
+    p.env(
+        "dev",
+        "[hosts.localhost]\ncomponents = [\"app\"]\n\n[components.app]\nport = 1\n",
+    );
+    // The project's own binary, built with the workspace, run on another repository.
+    let binary = workspace_root().join("target/debug/shop-deployment");
+    assert!(
+        binary.exists(),
+        "build the workspace first: cargo build --workspace"
+    );
+    let out = crate::harness::run_binary(&binary, p.root(), &["dev"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("error: unsatisfied resource requirements: `localhost: app` requires `database`, which no configured component provides in host `localhost`, component `app`"),
+        "{}",
+        out.stderr
+    );
+    assert!(!p.path("work").exists());
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the built `batou-local` binary on temporary deployment repositories.
+
+mod bad_input;
+mod components;
+mod demo;
+mod example;
+mod failure;
+mod harness;
