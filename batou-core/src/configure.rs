@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::resources::Resources;
-use crate::{Component, Environment, Host, Project, Templates, paths};
+use crate::{Component, Host, Project, Templates, paths};
 
 /// What one step's configure sees of the environment; shared by the step's whole tree.
 pub(crate) struct Scope<'a> {
@@ -18,7 +18,7 @@ pub(crate) struct Scope<'a> {
     pub(crate) root: &'a str,
     pub(crate) step_labels: &'a [String],
     pub(crate) host: &'a Host,
-    pub(crate) environment: &'a Environment,
+    pub(crate) environment: &'a str,
     pub(crate) base_dir: &'a Path,
     pub(crate) workdir: PathBuf,
     pub(crate) allowed: &'a [PathBuf],
@@ -49,7 +49,7 @@ impl<'a> Configure<'a> {
 
     /// The environment's name.
     pub fn environment(&self) -> &str {
-        &self.scope.environment.name
+        self.scope.environment
     }
 
     /// The root component's work directory, `<base_dir>/work/<root>`.

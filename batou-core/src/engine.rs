@@ -20,7 +20,8 @@ pub struct ConvergeOptions {
 }
 
 /// What happened to one root component.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RootOutcome {
     Changed,
     Unchanged,
@@ -57,7 +58,65 @@ impl HostReport {
     }
 }
 
+/// What converging one root component did.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub outcome: RootOutcome,
+    /// Component paths that changed (or would change), in order.
+    pub changed: Vec<String>,
+    /// The failing component path and cause chain.
+    pub failure: Option<(String, Vec<String>)>,
+}
+
+/// Converges one step of a plan (a root component and its sub-components).
+pub fn converge_step(
+    plan: &mut Plan,
+    step: usize,
+    options: ConvergeOptions,
+    sink: &mut dyn EventSink,
+) -> StepReport {
+    let step = plan.step_mut(step);
+    let host = step.host.clone();
+    sink.event(Event::StepStarted {
+        host: host.clone(),
+        component: step.root.clone(),
+    });
+    let mut changed = Vec::new();
+    let mut run = Run {
+        host: &host,
+        options,
+        sink: &mut *sink,
+        changed: &mut changed,
+    };
+    match run.converge(&mut step.tree) {
+        Ok(any) => StepReport {
+            outcome: if any {
+                RootOutcome::Changed
+            } else {
+                RootOutcome::Unchanged
+            },
+            changed,
+            failure: None,
+        },
+        Err(failure) => {
+            let chain: Vec<String> = failure.error.chain().map(|c| c.to_string()).collect();
+            sink.event(Event::Failed {
+                host: host.clone(),
+                component: failure.path.clone(),
+                error: chain.clone(),
+            });
+            StepReport {
+                outcome: RootOutcome::Failed,
+                changed,
+                failure: Some((failure.path, chain)),
+            }
+        }
+    }
+}
+
 /// Converges the steps of `host` in plan order, reporting events to `sink` as they happen.
+///
+/// A failing step stops the host: its later steps are not attempted.
 pub fn converge(
     plan: &mut Plan,
     host: &str,
@@ -78,51 +137,34 @@ pub fn converge(
         seconds: 0.0,
     };
     for step in plan.host_order(host) {
-        let step = plan.step_mut(step);
+        let root = plan.steps()[step].root.clone();
         if report.failure.is_some() {
-            report
-                .roots
-                .push((step.root.clone(), RootOutcome::NotAttempted));
+            report.roots.push((root, RootOutcome::NotAttempted));
             continue;
         }
-        sink.event(Event::StepStarted {
-            host: host.to_string(),
-            component: step.root.clone(),
-        });
-        let mut run = Run {
-            host,
-            options,
-            sink: &mut *sink,
-            changed: &mut report.changed_components,
-        };
-        match run.converge(&mut step.tree) {
-            Ok(true) => report.roots.push((step.root.clone(), RootOutcome::Changed)),
-            Ok(false) => report
-                .roots
-                .push((step.root.clone(), RootOutcome::Unchanged)),
-            Err(failure) => {
-                let chain: Vec<String> = failure.error.chain().map(|c| c.to_string()).collect();
-                sink.event(Event::Failed {
-                    host: host.to_string(),
-                    component: failure.path.clone(),
-                    error: chain.clone(),
-                });
-                report.failure = Some((failure.path, chain));
-                report.roots.push((step.root.clone(), RootOutcome::Failed));
-            }
-        }
+        let step_report = converge_step(plan, step, options, sink);
+        report.changed_components.extend(step_report.changed);
+        report.failure = step_report.failure;
+        report.roots.push((root, step_report.outcome));
     }
     report.seconds = started.elapsed().as_secs_f64();
-    sink.event(Event::HostFinished {
-        host: host.to_string(),
-        dry_run: options.dry_run,
-        changed: report.roots_with(RootOutcome::Changed),
-        unchanged: report.roots_with(RootOutcome::Unchanged),
-        failed: report.roots_with(RootOutcome::Failed),
-        not_attempted: report.roots_with(RootOutcome::NotAttempted),
-        seconds: report.seconds,
-    });
+    sink.event(report.finished_event(options.dry_run));
     report
+}
+
+impl HostReport {
+    /// The `host_finished` event summarising this report.
+    pub fn finished_event(&self, dry_run: bool) -> Event {
+        Event::HostFinished {
+            host: self.host.clone(),
+            dry_run,
+            changed: self.roots_with(RootOutcome::Changed),
+            unchanged: self.roots_with(RootOutcome::Unchanged),
+            failed: self.roots_with(RootOutcome::Failed),
+            not_attempted: self.roots_with(RootOutcome::NotAttempted),
+            seconds: self.seconds,
+        }
+    }
 }
 
 struct Failure {

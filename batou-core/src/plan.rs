@@ -10,10 +10,13 @@ use std::path::{Path, PathBuf};
 
 use petgraph::algo::tarjan_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
+use serde::Deserialize;
+use serde::de::IntoDeserializer;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::configure::Scope;
+use crate::protocol::{HostJob, JobHost, JobStep};
 use crate::resources::{Resources, Unsatisfied};
 use crate::template::is_template;
 use crate::{
@@ -38,6 +41,8 @@ pub struct Step {
     pub after: Vec<usize>,
     /// The resource keys each of those steps provides to this one, for reports.
     pub after_keys: BTreeMap<usize, Vec<String>>,
+    pub(crate) type_name: String,
+    pub(crate) attributes: Attributes,
     pub(crate) tree: Node,
 }
 
@@ -48,11 +53,32 @@ impl Step {
     }
 }
 
+/// A root component's attributes: from the environment file (with spans for errors) or as
+/// shipped to an agent.
+#[derive(Clone)]
+pub(crate) enum Attributes {
+    Toml(Spanned<DeValue<'static>>),
+    Json(serde_json::Value),
+}
+
 /// The ordered steps of an environment.
 pub struct Plan {
     pub environment: String,
     steps: Vec<Step>,
     order: Vec<usize>,
+    hosts: BTreeMap<String, Host>,
+    base_dir: String,
+    allow_paths: Vec<String>,
+    resources: Resources,
+    project: Project,
+}
+
+/// One step to configure: a root component of a host with its type and attributes.
+struct Slot<'a> {
+    host: &'a Host,
+    root: String,
+    type_name: String,
+    attributes: Attributes,
 }
 
 impl Plan {
@@ -68,138 +94,214 @@ impl Plan {
         base_dir: &Path,
     ) -> Result<Plan, ConfigError> {
         let templates = Templates::new(project.clone());
-        let mut allowed: Vec<PathBuf> = vec![crate::paths::normalize(base_dir)];
-        allowed.extend(
-            environment
-                .settings
-                .allow_paths
-                .iter()
-                .map(|p| crate::paths::normalize(Path::new(p.get_ref()))),
-        );
-
         // Steps in environment order: hosts by name, components as each host lists them.
-        let mut slots: Vec<(&Host, &str)> = Vec::new();
+        let mut slots = Vec::new();
         for host in &environment.hosts {
             for root in &host.components {
-                slots.push((host, root));
+                let (type_name, attributes) = match environment.components.get(root) {
+                    Some(def) => (def.type_name.clone(), def.attributes.clone()),
+                    None => {
+                        debug_assert!(registry.contains(root));
+                        let offset = environment
+                            .reference_spans
+                            .get(&(host.name.clone(), root.clone()))
+                            .copied()
+                            .unwrap_or(0);
+                        (
+                            root.clone(),
+                            Spanned::new(offset..offset, DeValue::Table(DeTable::new())),
+                        )
+                    }
+                };
+                slots.push(Slot {
+                    host,
+                    root: root.clone(),
+                    type_name,
+                    attributes: Attributes::Toml(attributes),
+                });
             }
         }
+        let allow_paths: Vec<String> = environment
+            .settings
+            .allow_paths
+            .iter()
+            .map(|p| p.get_ref().clone())
+            .collect();
+        let built = configure_slots(
+            &slots,
+            &Context {
+                environment: &environment.name,
+                source: Some(environment),
+                base_dir,
+                allow_paths: &allow_paths,
+                project,
+                templates: &templates,
+                registry,
+            },
+            Resources::default(),
+        )?;
         let labels: Vec<String> = slots
             .iter()
-            .map(|(h, r)| format!("{}: {r}", h.name))
+            .map(|s| format!("{}: {}", s.host.name, s.root))
             .collect();
-        let scopes: Vec<Scope> = slots
-            .iter()
-            .enumerate()
-            .map(|(step, (host, root))| {
-                let workdir = base_dir.join("work").join(root);
-                let context = minijinja::context! {
-                    host => minijinja::context! {
-                        name => &host.name,
-                        data => minijinja::Value::from_serialize(&host.data),
-                        address => host.address.as_deref().unwrap_or(&host.name),
-                    },
-                    environment => minijinja::context! {
-                        name => &environment.name,
-                        base_dir => base_dir.to_string_lossy(),
-                    },
-                    component => minijinja::context! { name => root },
-                    workdir => workdir.to_string_lossy(),
-                };
-                Scope {
-                    step,
-                    root,
-                    step_labels: &labels,
-                    host,
-                    environment,
-                    base_dir,
-                    workdir,
-                    allowed: &allowed,
-                    project,
-                    templates: &templates,
-                    context,
-                }
-            })
-            .collect();
-
-        // Attributes are rendered and checked once per step, before any configure runs.
-        let mut attributes = Vec::with_capacity(slots.len());
-        for scope in &scopes {
-            attributes.push(step_attributes(environment, registry, scope)?);
-        }
-
-        let mut resources = Resources::default();
-        let mut trees: Vec<Option<Node>> = (0..slots.len()).map(|_| None).collect();
-        let mut pending: BTreeSet<usize> = (0..slots.len()).collect();
-        let mut settled = false;
-        for _ in 0..MAX_ROUNDS {
-            let before = (resources.clone(), pending.clone());
-            for step in pending.clone() {
-                resources.reset(step);
-                let (type_name, attrs) = &attributes[step];
-                let component = registry
-                    .create(type_name, attrs.clone())
-                    .map_err(|e| attribute_error(environment, &scopes[step], &e))?;
-                match configure_root(&scopes[step], &mut resources, component) {
-                    Ok(tree) => {
-                        trees[step] = Some(tree);
-                        pending.remove(&step);
-                    }
-                    Err((_, err)) if err.chain().any(|c| c.is::<Unsatisfied>()) => {}
-                    Err((path, err)) => {
-                        return Err(ConfigError::new(format!("cannot configure `{path}`"))
-                            .at(Place::Component {
-                                host: scopes[step].host.name.clone(),
-                                path,
-                            })
-                            .caused_by(err));
-                    }
-                }
-            }
-            for (step, tree) in trees.iter_mut().enumerate() {
-                if !pending.contains(&step) && resources.is_stale(step) {
-                    *tree = None;
-                    pending.insert(step);
-                }
-            }
-            if pending.is_empty() {
-                settled = true;
-                break;
-            }
-            if (resources.clone(), pending.clone()) == before {
-                return Err(unsatisfied_error(&scopes, &resources, &pending));
-            }
-        }
-        if !settled {
-            return Err(ConfigError::new(format!(
-                "resources did not settle after {MAX_ROUNDS} rounds of configuration"
-            ))
-            .hint("a component provides values that depend on what it requires in a loop"));
-        }
-
-        let edges = resources.edges();
+        let edges = built.resources.edges();
         let order = order_steps(slots.len(), &edges, &labels)?;
         let mut after: Vec<BTreeMap<usize, Vec<String>>> = vec![BTreeMap::new(); slots.len()];
         for (provider, requirer, key) in edges {
             after[requirer].entry(provider).or_default().push(key);
         }
         let steps = slots
-            .iter()
-            .zip(trees)
+            .into_iter()
+            .zip(built.trees)
             .zip(after)
-            .map(|(((host, root), tree), after_keys)| Step {
-                host: host.name.clone(),
-                root: root.to_string(),
+            .map(|((slot, tree), after_keys)| Step {
+                host: slot.host.name.clone(),
+                root: slot.root,
                 after: after_keys.keys().copied().collect(),
                 after_keys,
-                tree: tree.expect("every step is configured once the plan settled"),
+                type_name: slot.type_name,
+                attributes: slot.attributes,
+                tree,
             })
             .collect();
         Ok(Plan {
             environment: environment.name.clone(),
             steps,
             order,
+            hosts: environment
+                .hosts
+                .iter()
+                .map(|h| (h.name.clone(), h.clone()))
+                .collect(),
+            base_dir: environment.settings.base_dir.clone(),
+            allow_paths,
+            resources: built.resources,
+            project: project.clone(),
         })
+    }
+
+    /// The part of the plan that `host` needs: its steps in plan order, their rendered
+    /// attributes, the resource values they require and the project files the plan read.
+    pub fn host_job(&self, host: &str) -> Result<HostJob, ConfigError> {
+        let steps = self.host_order(host);
+        let Some(h) = self.hosts.get(host) else {
+            return Err(ConfigError::new(format!("unknown host `{host}`")));
+        };
+        let mut job_steps = Vec::with_capacity(steps.len());
+        for i in &steps {
+            let step = &self.steps[*i];
+            let attributes = match &step.attributes {
+                Attributes::Json(v) => v.clone(),
+                Attributes::Toml(v) => {
+                    serde_json::Value::deserialize(v.clone().into_deserializer()).map_err(|e| {
+                        ConfigError::new(format!(
+                            "cannot ship the attributes of `{}`: {}",
+                            step.label(),
+                            e.message()
+                        ))
+                    })?
+                }
+            };
+            job_steps.push(JobStep {
+                root: step.root.clone(),
+                type_name: step.type_name.clone(),
+                attributes,
+                components: self.component_paths(*i),
+            });
+        }
+        Ok(HostJob {
+            environment: self.environment.clone(),
+            host: JobHost {
+                name: h.name.clone(),
+                data: h.data.clone(),
+                address: h.address.clone(),
+            },
+            base_dir: self.base_dir.clone(),
+            allow_paths: self.allow_paths.clone(),
+            steps: job_steps,
+            resources: self.resources.consumed_by(&steps),
+            files: self.project.read_files(),
+        })
+    }
+
+    /// Configures a host's job as an agent does, with `base_dir` resolved on the host, and
+    /// checks that every root component configures to the component paths the controller saw.
+    pub fn from_job(
+        job: &HostJob,
+        registry: &Registry,
+        base_dir: &Path,
+    ) -> Result<Plan, ConfigError> {
+        let project = Project::shipped(job.files.clone());
+        let templates = Templates::new(project.clone());
+        let host = Host {
+            name: job.host.name.clone(),
+            components: job.steps.iter().map(|s| s.root.clone()).collect(),
+            data: job.host.data.clone(),
+            address: job.host.address.clone(),
+            port: None,
+            user: None,
+        };
+        let slots: Vec<Slot> = job
+            .steps
+            .iter()
+            .map(|s| Slot {
+                host: &host,
+                root: s.root.clone(),
+                type_name: s.type_name.clone(),
+                attributes: Attributes::Json(s.attributes.clone()),
+            })
+            .collect();
+        let built = configure_slots(
+            &slots,
+            &Context {
+                environment: &job.environment,
+                source: None,
+                base_dir,
+                allow_paths: &job.allow_paths,
+                project: &project,
+                templates: &templates,
+                registry,
+            },
+            Resources::fixed(job.resources.clone()),
+        )?;
+        let steps: Vec<Step> = slots
+            .into_iter()
+            .zip(built.trees)
+            .map(|(slot, tree)| Step {
+                host: host.name.clone(),
+                root: slot.root,
+                after: Vec::new(),
+                after_keys: BTreeMap::new(),
+                type_name: slot.type_name,
+                attributes: slot.attributes,
+                tree,
+            })
+            .collect();
+        let plan = Plan {
+            environment: job.environment.clone(),
+            order: (0..steps.len()).collect(),
+            steps,
+            hosts: BTreeMap::from([(host.name.clone(), host.clone())]),
+            base_dir: job.base_dir.clone(),
+            allow_paths: job.allow_paths.clone(),
+            resources: built.resources,
+            project,
+        };
+        for (i, expected) in job.steps.iter().enumerate() {
+            let configured = plan.component_paths(i);
+            if configured != expected.components {
+                return Err(ConfigError::new(format!(
+                    "the agent configured `{}` differently from the controller: expected {:?}, got {:?}",
+                    expected.root, expected.components, configured
+                ))
+                .at(Place::Component {
+                    host: host.name.clone(),
+                    path: expected.root.clone(),
+                })
+                .hint("controller and agent must run the same deployment code; configure must not read the host"));
+            }
+        }
+        Ok(plan)
     }
 
     /// All steps, in environment order (not plan order).
@@ -239,36 +341,171 @@ impl Plan {
     }
 }
 
-/// The type and the rendered attribute table of a step's root component.
-fn step_attributes(
-    environment: &Environment,
-    registry: &Registry,
-    scope: &Scope,
-) -> Result<(String, Spanned<DeValue<'static>>), ConfigError> {
-    let root = scope_root(scope);
-    match environment.components.get(root) {
-        Some(def) => {
-            let mut attrs = def.attributes.clone();
-            render_value(&mut attrs, environment, scope, root)?;
-            Ok((def.type_name.clone(), attrs))
-        }
-        None => {
-            debug_assert!(registry.contains(root));
-            let offset = environment
-                .reference_spans
-                .get(&(scope.host.name.clone(), root.to_string()))
-                .copied()
-                .unwrap_or(0);
-            Ok((
-                root.to_string(),
-                Spanned::new(offset..offset, DeValue::Table(DeTable::new())),
-            ))
-        }
-    }
+/// What configuring steps needs besides the steps themselves.
+struct Context<'a> {
+    environment: &'a str,
+    /// The environment file, for placing attribute errors (absent on agents).
+    source: Option<&'a Environment>,
+    base_dir: &'a Path,
+    allow_paths: &'a [String],
+    project: &'a Project,
+    templates: &'a Templates,
+    registry: &'a Registry,
 }
 
-fn scope_root<'s>(scope: &'s Scope) -> &'s str {
-    scope.root
+struct Built {
+    trees: Vec<Node>,
+    resources: Resources,
+}
+
+/// Configures every slot, in rounds until every `require` is satisfied and stable.
+fn configure_slots(
+    slots: &[Slot],
+    cx: &Context,
+    mut resources: Resources,
+) -> Result<Built, ConfigError> {
+    let mut allowed: Vec<PathBuf> = vec![crate::paths::normalize(cx.base_dir)];
+    allowed.extend(
+        cx.allow_paths
+            .iter()
+            .map(|p| crate::paths::normalize(Path::new(p))),
+    );
+    let labels: Vec<String> = slots
+        .iter()
+        .map(|s| format!("{}: {}", s.host.name, s.root))
+        .collect();
+    let scopes: Vec<Scope> = slots
+        .iter()
+        .enumerate()
+        .map(|(step, slot)| {
+            let workdir = cx.base_dir.join("work").join(&slot.root);
+            let host = slot.host;
+            let context = minijinja::context! {
+                host => minijinja::context! {
+                    name => &host.name,
+                    data => minijinja::Value::from_serialize(&host.data),
+                    address => host.address.as_deref().unwrap_or(&host.name),
+                },
+                environment => minijinja::context! {
+                    name => cx.environment,
+                    base_dir => cx.base_dir.to_string_lossy(),
+                },
+                component => minijinja::context! { name => &slot.root },
+                workdir => workdir.to_string_lossy(),
+            };
+            Scope {
+                step,
+                root: &slot.root,
+                step_labels: &labels,
+                host,
+                environment: cx.environment,
+                base_dir: cx.base_dir,
+                workdir,
+                allowed: &allowed,
+                project: cx.project,
+                templates: cx.templates,
+                context,
+            }
+        })
+        .collect();
+
+    // Attributes are rendered once per step, before any configure runs.
+    let mut attributes = Vec::with_capacity(slots.len());
+    for (slot, scope) in slots.iter().zip(&scopes) {
+        attributes.push(match &slot.attributes {
+            Attributes::Toml(value) => {
+                let mut value = value.clone();
+                let environment = cx
+                    .source
+                    .expect("TOML attributes come from an environment file");
+                render_value(&mut value, environment, scope, &slot.root)?;
+                Attributes::Toml(value)
+            }
+            json => json.clone(),
+        });
+    }
+
+    let mut trees: Vec<Option<Node>> = (0..slots.len()).map(|_| None).collect();
+    let mut pending: BTreeSet<usize> = (0..slots.len()).collect();
+    for _ in 0..MAX_ROUNDS {
+        let before = (resources.clone(), pending.clone());
+        for step in pending.clone() {
+            resources.reset(step);
+            let component = create(cx, &scopes[step], &slots[step].type_name, &attributes[step])?;
+            match configure_root(&scopes[step], &mut resources, component) {
+                Ok(tree) => {
+                    trees[step] = Some(tree);
+                    pending.remove(&step);
+                }
+                Err((_, err)) if err.chain().any(|c| c.is::<Unsatisfied>()) => {}
+                Err((path, err)) => {
+                    return Err(ConfigError::new(format!("cannot configure `{path}`"))
+                        .at(Place::Component {
+                            host: scopes[step].host.name.clone(),
+                            path,
+                        })
+                        .caused_by(err));
+                }
+            }
+        }
+        for (step, tree) in trees.iter_mut().enumerate() {
+            if !pending.contains(&step) && resources.is_stale(step) {
+                *tree = None;
+                pending.insert(step);
+            }
+        }
+        if pending.is_empty() {
+            return Ok(Built {
+                trees: trees
+                    .into_iter()
+                    .map(|t| t.expect("every step is configured once the plan settled"))
+                    .collect(),
+                resources,
+            });
+        }
+        if (resources.clone(), pending.clone()) == before {
+            return Err(unsatisfied_error(&scopes, &resources, &pending));
+        }
+    }
+    Err(ConfigError::new(format!(
+        "resources did not settle after {MAX_ROUNDS} rounds of configuration"
+    ))
+    .hint("a component provides values that depend on what it requires in a loop"))
+}
+
+/// A fresh component of a step's type from its (rendered) attributes.
+fn create(
+    cx: &Context,
+    scope: &Scope,
+    type_name: &str,
+    attributes: &Attributes,
+) -> Result<Box<dyn Component>, ConfigError> {
+    match attributes {
+        Attributes::Toml(value) => {
+            let environment = cx
+                .source
+                .expect("TOML attributes come from an environment file");
+            cx.registry
+                .create(type_name, value.clone())
+                .map_err(|e| attribute_error(environment, scope, &e))
+        }
+        Attributes::Json(value) => match cx.registry.create_from_json(type_name, value.clone()) {
+            Some(result) => result.map_err(|e| {
+                ConfigError::new(format!("component `{}`: {e}", scope.root)).at(Place::Component {
+                    host: scope.host.name.clone(),
+                    path: scope.root.to_string(),
+                })
+            }),
+            None => Err(ConfigError::new(format!(
+                "this binary has no component type `{type_name}`"
+            ))
+            .at(Place::Component {
+                host: scope.host.name.clone(),
+                path: scope.root.to_string(),
+            })
+            .hint("the agent must be the same deployment binary as the controller's")),
+        },
+    }
 }
 
 /// Renders every string attribute that contains template syntax, in place.
@@ -310,7 +547,7 @@ fn render_value(
 }
 
 fn attribute_error(environment: &Environment, scope: &Scope, err: &toml::de::Error) -> ConfigError {
-    let root = scope_root(scope);
+    let root = scope.root;
     let mut e = environment.source.toml_error(err);
     e.message = format!("component `{root}`: {}", e.message);
     if matches!(e.place.as_deref(), None | Some(Place::Path(_))) {
@@ -325,7 +562,7 @@ fn configure_root(
     resources: &mut Resources,
     component: Box<dyn Component>,
 ) -> Result<Node, (String, anyhow::Error)> {
-    let root = scope_root(scope).to_string();
+    let root = scope.root.to_string();
     let mut node = configure_tree(scope, resources, root.clone(), component)?;
     let workdir = Node {
         path: format!("{root} > Workdir"),
@@ -392,7 +629,7 @@ fn unsatisfied_error(
     ))
     .at(Place::Component {
         host: scope.host.name.clone(),
-        path: scope_root(scope).to_string(),
+        path: scope.root.to_string(),
     });
     err = if blocked_providers.is_empty() {
         err.hint("add a component that provides the resource to some host of the environment")
@@ -653,5 +890,48 @@ steps = ["require:x", "provide:y"]
             plan.component_paths(plan.host_order("a")[0]),
             vec!["x > Workdir", "x"]
         );
+    }
+
+    #[test]
+    fn a_host_job_configures_the_same_on_the_agent() {
+        let toml = r#"
+[hosts.web1]
+components = ["app"]
+[hosts.db1]
+components = ["db"]
+[components.app]
+type = "node"
+steps = ["require:database"]
+[components.db]
+type = "node"
+steps = ["provide:database"]
+"#;
+        let plan = plan(toml).unwrap();
+        let job = plan.host_job("web1").unwrap();
+        assert_eq!(job.steps.len(), 1);
+        assert_eq!(job.resources["database"], vec![serde_json::json!("db1")]);
+        assert!(!job.resources.contains_key("other"));
+        // Shipped as JSON, configured again from it.
+        let line = serde_json::to_string(&job).unwrap();
+        let job: HostJob = serde_json::from_str(&line).unwrap();
+        let mut registry = Registry::new();
+        registry.register::<Node>("node");
+        let agent = Plan::from_job(&job, &registry, Path::new("/home/x/srv")).unwrap();
+        assert_eq!(agent.component_paths(0), vec!["app > Workdir", "app"]);
+
+        let mut tampered = job.clone();
+        tampered.steps[0].components.push("app > File('x')".into());
+        let err = Plan::from_job(&tampered, &registry, Path::new("/srv"))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("the agent configured `app` differently"),
+            "{err}"
+        );
+
+        let mut missing = job;
+        missing.resources.clear();
+        assert!(Plan::from_job(&missing, &registry, Path::new("/srv")).is_err());
     }
 }

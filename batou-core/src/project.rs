@@ -1,22 +1,51 @@
 //! The deployment repository's own files: templates and sources that components read.
 //!
 //! Components read project files only through [`Project`], never with `std::fs` directly, so
-//! that paths stay inside the project and the set of files a plan needs is known.
+//! that paths stay inside the project and every file a plan reads is recorded. An agent on a
+//! remote host gets exactly those recorded files ([`ProjectFiles`]) and serves its configure
+//! from them.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
 
 use crate::paths;
 
-/// The deployment repository: the directory that holds `environments/`.
+/// The deployment repository: on disk (controller, local runs) or shipped (agents).
 #[derive(Debug, Clone)]
 pub struct Project {
-    root: PathBuf,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    source: Source,
+    read: Mutex<ProjectFiles>,
+}
+
+#[derive(Debug)]
+enum Source {
+    Disk(PathBuf),
+    Shipped(ProjectFiles),
+}
+
+/// Project files as read by a plan: the content an agent needs to configure the same way.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProjectFiles {
+    /// File contents by project-relative path.
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// Directory listings by project-relative path.
+    pub dirs: BTreeMap<String, Vec<ProjectEntry>>,
+    /// Symlink targets by project-relative path.
+    pub links: BTreeMap<String, String>,
 }
 
 /// What a project directory entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ProjectEntryKind {
     File,
     Directory,
@@ -24,7 +53,7 @@ pub enum ProjectEntryKind {
 }
 
 /// One entry below a project directory, as listed by [`Project::walk`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProjectEntry {
     /// Path relative to the walked directory, `/`-separated.
     pub relative: String,
@@ -34,14 +63,36 @@ pub struct ProjectEntry {
 }
 
 impl Project {
-    /// The project rooted at `root`.
+    /// The project rooted at `root` on this machine.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Project { root: root.into() }
+        Self::with_source(Source::Disk(root.into()))
     }
 
-    /// The project's root directory.
+    /// A project served from files shipped by a controller.
+    pub fn shipped(files: ProjectFiles) -> Self {
+        Self::with_source(Source::Shipped(files))
+    }
+
+    fn with_source(source: Source) -> Self {
+        Project {
+            inner: Arc::new(Inner {
+                source,
+                read: Mutex::default(),
+            }),
+        }
+    }
+
+    /// The project's root directory (empty for a shipped project).
     pub fn root(&self) -> &Path {
-        &self.root
+        match &self.inner.source {
+            Source::Disk(root) => root,
+            Source::Shipped(_) => Path::new(""),
+        }
+    }
+
+    /// Everything read so far.
+    pub fn read_files(&self) -> ProjectFiles {
+        self.record().clone()
     }
 
     /// The absolute path of a project-relative path, refusing paths that leave the project.
@@ -50,8 +101,9 @@ impl Project {
         if rel.is_absolute() {
             bail!("project file `{relative}` must be relative to the project root");
         }
-        let resolved = paths::normalize(&self.root.join(rel));
-        if !resolved.starts_with(paths::normalize(&self.root)) {
+        let root = paths::normalize(&Path::new("/").join(self.root()));
+        let resolved = paths::normalize(&root.join(rel));
+        if !resolved.starts_with(&root) || resolved == root && relative != "." {
             bail!("project file `{relative}` lies outside the project");
         }
         Ok(resolved)
@@ -60,56 +112,109 @@ impl Project {
     /// The bytes of a project file.
     pub fn read(&self, relative: &str) -> anyhow::Result<Vec<u8>> {
         let path = self.path(relative)?;
-        std::fs::read(&path).with_context(|| format!("cannot read project file `{relative}`"))
+        let data = match &self.inner.source {
+            Source::Disk(_) => std::fs::read(&path)
+                .with_context(|| format!("cannot read project file `{relative}`"))?,
+            Source::Shipped(files) => files
+                .files
+                .get(relative)
+                .cloned()
+                .with_context(|| not_shipped(relative))?,
+        };
+        self.record()
+            .files
+            .insert(relative.to_string(), data.clone());
+        Ok(data)
     }
 
     /// Every entry below a project directory, sorted by path, not following symlinks.
     pub fn walk(&self, relative: &str) -> anyhow::Result<Vec<ProjectEntry>> {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = self.path(relative)?;
-        let meta = std::fs::metadata(&dir)
-            .with_context(|| format!("cannot read project directory `{relative}`"))?;
-        if !meta.is_dir() {
-            bail!("project path `{relative}` is not a directory");
-        }
-        let mut entries = Vec::new();
-        for entry in walkdir::WalkDir::new(&dir).min_depth(1).sort_by_file_name() {
-            let entry =
-                entry.with_context(|| format!("cannot list project directory `{relative}`"))?;
-            let rel = entry
-                .path()
-                .strip_prefix(&dir)
-                .expect("walkdir yields paths below its root")
-                .to_string_lossy()
-                .into_owned();
-            let ft = entry.file_type();
-            let kind = if ft.is_symlink() {
-                ProjectEntryKind::Symlink
-            } else if ft.is_dir() {
-                ProjectEntryKind::Directory
-            } else {
-                ProjectEntryKind::File
-            };
-            let mode = if kind == ProjectEntryKind::Symlink {
-                0o777
-            } else {
-                entry.metadata()?.permissions().mode() & 0o7777
-            };
-            entries.push(ProjectEntry {
-                relative: rel,
-                kind,
-                mode,
-            });
-        }
+        let entries = match &self.inner.source {
+            Source::Disk(_) => walk_disk(&self.path(relative)?, relative)?,
+            Source::Shipped(files) => files
+                .dirs
+                .get(relative)
+                .cloned()
+                .with_context(|| not_shipped(relative))?,
+        };
+        self.record()
+            .dirs
+            .insert(relative.to_string(), entries.clone());
         Ok(entries)
     }
 
     /// The target of a symlink in the project.
     pub fn read_link(&self, relative: &str) -> anyhow::Result<PathBuf> {
-        let path = self.path(relative)?;
-        std::fs::read_link(&path)
-            .with_context(|| format!("cannot read project symlink `{relative}`"))
+        let target = match &self.inner.source {
+            Source::Disk(_) => {
+                let path = self.path(relative)?;
+                std::fs::read_link(&path)
+                    .with_context(|| format!("cannot read project symlink `{relative}`"))?
+                    .to_string_lossy()
+                    .into_owned()
+            }
+            Source::Shipped(files) => files
+                .links
+                .get(relative)
+                .cloned()
+                .with_context(|| not_shipped(relative))?,
+        };
+        self.record()
+            .links
+            .insert(relative.to_string(), target.clone());
+        Ok(PathBuf::from(target))
     }
+
+    fn record(&self) -> std::sync::MutexGuard<'_, ProjectFiles> {
+        self.inner
+            .read
+            .lock()
+            .expect("the project record lock is never poisoned")
+    }
+}
+
+fn not_shipped(relative: &str) -> String {
+    format!(
+        "project file `{relative}` was not shipped to this host: the agent's configure differs from the controller's"
+    )
+}
+
+fn walk_disk(dir: &Path, relative: &str) -> anyhow::Result<Vec<ProjectEntry>> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read project directory `{relative}`"))?;
+    if !meta.is_dir() {
+        bail!("project path `{relative}` is not a directory");
+    }
+    let mut entries = Vec::new();
+    for entry in walkdir::WalkDir::new(dir).min_depth(1).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("cannot list project directory `{relative}`"))?;
+        let rel = entry
+            .path()
+            .strip_prefix(dir)
+            .expect("walkdir yields paths below its root")
+            .to_string_lossy()
+            .into_owned();
+        let ft = entry.file_type();
+        let kind = if ft.is_symlink() {
+            ProjectEntryKind::Symlink
+        } else if ft.is_dir() {
+            ProjectEntryKind::Directory
+        } else {
+            ProjectEntryKind::File
+        };
+        let mode = if kind == ProjectEntryKind::Symlink {
+            0o777
+        } else {
+            entry.metadata()?.permissions().mode() & 0o7777
+        };
+        entries.push(ProjectEntry {
+            relative: rel,
+            kind,
+            mode,
+        });
+    }
+    Ok(entries)
 }
 
 #[cfg(test)]
@@ -122,5 +227,20 @@ mod tests {
         assert_eq!(p.path("a/b.txt").unwrap(), PathBuf::from("/proj/a/b.txt"));
         assert!(p.path("../etc/passwd").is_err());
         assert!(p.path("/etc/passwd").is_err());
+    }
+
+    #[test]
+    fn reads_are_recorded_and_can_be_served_shipped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("t")).unwrap();
+        std::fs::write(dir.path().join("t/a.j2"), "A").unwrap();
+        let disk = Project::new(dir.path());
+        assert_eq!(disk.read("t/a.j2").unwrap(), b"A");
+        assert_eq!(disk.walk("t").unwrap().len(), 1);
+        let shipped = Project::shipped(disk.read_files());
+        assert_eq!(shipped.read("t/a.j2").unwrap(), b"A");
+        assert_eq!(shipped.walk("t").unwrap(), disk.walk("t").unwrap());
+        let err = shipped.read("t/b.j2").unwrap_err().to_string();
+        assert!(err.contains("was not shipped to this host"), "{err}");
     }
 }

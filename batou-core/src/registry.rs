@@ -11,11 +11,13 @@ use crate::Component;
 type Factory = Box<
     dyn Fn(Spanned<DeValue<'static>>) -> Result<Box<dyn Component>, toml::de::Error> + Send + Sync,
 >;
+type JsonFactory =
+    Box<dyn Fn(serde_json::Value) -> Result<Box<dyn Component>, serde_json::Error> + Send + Sync>;
 
 /// Maps type names (`file`, `app`) to component types deserialized from environment overrides.
 #[derive(Default)]
 pub struct Registry {
-    types: BTreeMap<String, Factory>,
+    types: BTreeMap<String, (Factory, JsonFactory)>,
 }
 
 impl Registry {
@@ -32,10 +34,16 @@ impl Registry {
     pub fn register<T: Component + DeserializeOwned>(&mut self, name: &str) -> &mut Self {
         self.types.insert(
             name.to_string(),
-            Box::new(|value: Spanned<DeValue<'static>>| {
-                let component = T::deserialize(value.into_deserializer())?;
-                Ok(Box::new(component) as Box<dyn Component>)
-            }),
+            (
+                Box::new(|value: Spanned<DeValue<'static>>| {
+                    let component = T::deserialize(value.into_deserializer())?;
+                    Ok(Box::new(component) as Box<dyn Component>)
+                }),
+                Box::new(|value: serde_json::Value| {
+                    let component = T::deserialize(value)?;
+                    Ok(Box::new(component) as Box<dyn Component>)
+                }),
+            ),
         );
         self
     }
@@ -56,10 +64,19 @@ impl Registry {
         name: &str,
         attributes: Spanned<DeValue<'static>>,
     ) -> Result<Box<dyn Component>, toml::de::Error> {
-        let factory = self
+        let (factory, _) = self
             .types
             .get(name)
             .expect("environment loading checked that every type is registered");
         factory(attributes)
+    }
+
+    /// A new component of type `name` from attributes shipped as JSON, if the type exists.
+    pub(crate) fn create_from_json(
+        &self,
+        name: &str,
+        attributes: serde_json::Value,
+    ) -> Option<Result<Box<dyn Component>, serde_json::Error>> {
+        self.types.get(name).map(|(_, factory)| factory(attributes))
     }
 }

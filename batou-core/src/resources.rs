@@ -16,6 +16,8 @@ pub(crate) struct Resources {
     consumed: BTreeMap<usize, BTreeMap<String, Vec<Value>>>,
     /// step -> the key whose absence stopped its last configure.
     waiting: BTreeMap<usize, String>,
+    /// On an agent: the values shipped by the controller, which `require` serves instead.
+    fixed: Option<BTreeMap<String, Vec<Value>>>,
 }
 
 /// Raised by `require` when nothing provides a key yet; the plan retries the step later.
@@ -36,7 +38,29 @@ impl Resources {
         self.waiting.remove(&step);
     }
 
+    /// A store that serves shipped values and ignores what is provided.
+    pub(crate) fn fixed(values: BTreeMap<String, Vec<Value>>) -> Self {
+        Resources {
+            fixed: Some(values),
+            ..Resources::default()
+        }
+    }
+
+    /// The values of `key` that `steps` consumed, for shipping to their host.
+    pub(crate) fn consumed_by(&self, steps: &[usize]) -> BTreeMap<String, Vec<Value>> {
+        let mut out = BTreeMap::new();
+        for step in steps {
+            for (key, values) in self.consumed.get(step).into_iter().flatten() {
+                out.insert(key.clone(), values.clone());
+            }
+        }
+        out
+    }
+
     pub(crate) fn provide(&mut self, step: usize, key: &str, value: Value) {
+        if self.fixed.is_some() {
+            return;
+        }
         let values = self.provided.entry(key.to_string()).or_default();
         let at = values.partition_point(|(s, _)| *s <= step);
         values.insert(at, (step, value));
@@ -48,7 +72,13 @@ impl Resources {
         step: usize,
         key: &str,
     ) -> Result<Vec<(usize, Value)>, Unsatisfied> {
-        let values = self.provided.get(key).cloned().unwrap_or_default();
+        let values = match &self.fixed {
+            Some(fixed) => fixed
+                .get(key)
+                .map(|v| v.iter().map(|v| (step, v.clone())).collect())
+                .unwrap_or_default(),
+            None => self.provided.get(key).cloned().unwrap_or_default(),
+        };
         if values.is_empty() {
             self.waiting.insert(step, key.to_string());
             return Err(Unsatisfied {
@@ -64,6 +94,9 @@ impl Resources {
 
     /// Whether what `step` consumed differs from what is provided now.
     pub(crate) fn is_stale(&self, step: usize) -> bool {
+        if self.fixed.is_some() {
+            return false;
+        }
         let Some(consumed) = self.consumed.get(&step) else {
             return false;
         };

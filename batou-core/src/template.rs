@@ -29,24 +29,20 @@ impl Templates {
         let mut env = base_environment();
         let cache = Arc::clone(&sources);
         env.set_loader(move |name| {
-            let path = project.path(name).map_err(|e| {
-                minijinja::Error::new(minijinja::ErrorKind::TemplateNotFound, e.to_string())
+            let data = project.read(name).map_err(|e| {
+                minijinja::Error::new(minijinja::ErrorKind::TemplateNotFound, format!("{e:#}"))
             })?;
-            match std::fs::read_to_string(&path) {
-                Ok(text) => {
-                    cache
-                        .lock()
-                        .expect("template source cache lock is never poisoned")
-                        .insert(name.to_string(), Arc::from(text.as_str()));
-                    Ok(Some(text))
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(minijinja::Error::new(
+            let text = String::from_utf8(data).map_err(|_| {
+                minijinja::Error::new(
                     minijinja::ErrorKind::InvalidOperation,
-                    format!("cannot read template `{name}`"),
+                    format!("template `{name}` is not UTF-8 text"),
                 )
-                .with_source(e)),
-            }
+            })?;
+            cache
+                .lock()
+                .expect("template source cache lock is never poisoned")
+                .insert(name.to_string(), Arc::from(text.as_str()));
+            Ok(Some(text))
         });
         Templates { env, sources }
     }
@@ -103,10 +99,7 @@ fn describe(err: &minijinja::Error, source: Option<&str>) -> String {
         }
         msg.push_str(": ");
     }
-    match err.kind() {
-        minijinja::ErrorKind::TemplateNotFound => msg.push_str("template not found"),
-        kind => msg.push_str(&kind.to_string()),
-    }
+    msg.push_str(&err.kind().to_string());
     if let Some(detail) = err.detail() {
         msg.push_str(&format!(" ({detail})"));
     }
