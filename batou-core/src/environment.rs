@@ -282,6 +282,17 @@ impl Environment {
         }
     }
 
+    /// The base directory as a controller plans with it for remote hosts: absolute paths as
+    /// they are, relative ones below `~` (each agent resolves `~` to its own home).
+    pub fn remote_base_dir(&self) -> PathBuf {
+        let base = Path::new(&self.settings.base_dir);
+        if base.is_absolute() {
+            base.to_path_buf()
+        } else {
+            crate::paths::normalize(&Path::new("~").join(base))
+        }
+    }
+
     /// The resolved base directory for a run on this machine.
     pub fn local_base_dir(&self, project_root: &Path) -> PathBuf {
         crate::paths::resolve(project_root, Path::new(&self.settings.base_dir))

@@ -56,3 +56,8 @@ pub use plan::{Plan, Step};
 pub use project::{Project, ProjectEntry, ProjectEntryKind, ProjectFiles};
 pub use registry::Registry;
 pub use template::Templates;
+
+/// Removes `.` and resolves `..` lexically, without touching the file system.
+pub fn normalize_path(path: &std::path::Path) -> std::path::PathBuf {
+    paths::normalize(path)
+}

@@ -16,7 +16,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::configure::Scope;
-use crate::protocol::{HostJob, JobHost, JobStep};
+use crate::protocol::{HostJob, JobHost, JobStep, PlanStep, RemoteHost, RemotePlan};
 use crate::resources::{Resources, Unsatisfied};
 use crate::template::is_template;
 use crate::{
@@ -221,6 +221,41 @@ impl Plan {
             steps: job_steps,
             resources: self.resources.consumed_by(&steps),
             files: self.project.read_files(),
+        })
+    }
+
+    /// The plan as a controller needs it to deploy over SSH.
+    pub fn export(&self, jobs: usize) -> Result<RemotePlan, ConfigError> {
+        let mut host_jobs = BTreeMap::new();
+        let mut hosts = Vec::new();
+        for (name, host) in &self.hosts {
+            if host.components.is_empty() {
+                continue;
+            }
+            host_jobs.insert(name.clone(), self.host_job(name)?);
+            hosts.push(RemoteHost {
+                name: name.clone(),
+                address: host.address.clone(),
+                port: host.port,
+                user: host.user.clone(),
+            });
+        }
+        Ok(RemotePlan {
+            environment: self.environment.clone(),
+            jobs,
+            hosts,
+            steps: self
+                .steps
+                .iter()
+                .map(|s| PlanStep {
+                    host: s.host.clone(),
+                    root: s.root.clone(),
+                    after: s.after.clone(),
+                    after_keys: s.after_keys.clone(),
+                })
+                .collect(),
+            order: self.order.clone(),
+            host_jobs,
         })
     }
 

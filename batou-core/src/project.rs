@@ -65,7 +65,9 @@ pub struct ProjectEntry {
 impl Project {
     /// The project rooted at `root` on this machine.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self::with_source(Source::Disk(root.into()))
+        let root = root.into();
+        let root = std::path::absolute(&root).unwrap_or(root);
+        Self::with_source(Source::Disk(root))
     }
 
     /// A project served from files shipped by a controller.

@@ -33,6 +33,41 @@ pub struct HostJob {
     pub files: ProjectFiles,
 }
 
+/// What a controller needs to deploy an environment over SSH: the plan's graph, how to reach
+/// each host, and each host's job. A project's own binary prints it with `<binary> plan <env>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemotePlan {
+    pub environment: String,
+    /// The environment's default of hosts deployed in parallel.
+    pub jobs: usize,
+    /// Hosts with at least one root component, sorted by name.
+    pub hosts: Vec<RemoteHost>,
+    /// Every step in environment order.
+    pub steps: Vec<PlanStep>,
+    /// Step indices in plan order.
+    pub order: Vec<usize>,
+    pub host_jobs: BTreeMap<String, HostJob>,
+}
+
+/// How to reach a host; unset fields come from the user's SSH configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteHost {
+    pub name: String,
+    pub address: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+}
+
+/// A step of a remote plan and the steps it waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanStep {
+    pub host: String,
+    pub root: String,
+    pub after: Vec<usize>,
+    /// For each step waited for: the resource keys it provides to this one.
+    pub after_keys: BTreeMap<usize, Vec<String>>,
+}
+
 /// The host as templates see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobHost {

@@ -13,6 +13,7 @@
 //! }
 //! ```
 
+pub mod agent;
 mod exit;
 mod handover;
 
@@ -67,21 +68,79 @@ pub fn stock_main() -> ExitCode {
 }
 
 /// Entry point for a project's own binary, with its component types added by `register`.
-pub fn main_with(register: impl FnOnce(&mut Registry)) -> ExitCode {
+pub fn main_with(register: impl Fn(&mut Registry)) -> ExitCode {
     run_main(register, false)
 }
 
-fn run_main(register: impl FnOnce(&mut Registry), stock: bool) -> ExitCode {
+/// The registry of a deployment binary: the library's types plus the project's.
+pub fn registry(register: impl FnOnce(&mut Registry)) -> Registry {
+    let mut registry = Registry::new();
+    batou_components::register(&mut registry);
+    register(&mut registry);
+    registry
+}
+
+/// Serves the roles every deployment binary has besides its command line, when the first
+/// argument names one: `agent` (converge as a controller says over stdin/stdout),
+/// `agent-install <sha256> <path>` (verify and install an uploaded agent) and
+/// `plan <environment> [DIR]` (print the remote plan as JSON for a controller).
+pub fn serve_role(register: impl FnOnce(&mut Registry)) -> Option<ExitCode> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("agent") => Some(ExitCode::from(agent::serve(&registry(register)))),
+        Some("agent-install") if args.len() == 3 => Some(ExitCode::from(agent::install(
+            &args[1],
+            Path::new(&args[2]),
+        ))),
+        Some("plan") if (2..=3).contains(&args.len()) => {
+            let project = args.get(2).map(PathBuf::from).unwrap_or_else(|| ".".into());
+            Some(match remote_plan(&project, &args[1], &registry(register)) {
+                Ok(plan) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&plan).expect("plans always serialize")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    let exit = Exit::of_error(&err);
+                    print_error(&err, false);
+                    exit.into()
+                }
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Loads an environment and plans it for remote hosts (relative base directories below each
+/// host's home).
+pub fn remote_plan(
+    project: &Path,
+    environment: &str,
+    registry: &Registry,
+) -> anyhow::Result<batou_core::protocol::RemotePlan> {
+    let environment = Environment::load(project, environment, registry)?;
+    let base_dir = environment.remote_base_dir();
+    let plan = Plan::build(&environment, registry, &Project::new(project), &base_dir)?;
+    Ok(plan.export(environment.settings.jobs)?)
+}
+
+fn run_main(register: impl Fn(&mut Registry), stock: bool) -> ExitCode {
+    if let Some(code) = serve_role(&register) {
+        return code;
+    }
+    run_local(register, stock)
+}
+
+fn run_local(register: impl FnOnce(&mut Registry), stock: bool) -> ExitCode {
     let args = Args::parse();
     let json = args.json;
     let result = settings(args).and_then(|settings| {
         if stock && std::env::var_os(handover::GUARD).is_none() {
             handover::hand_over_if_package(&settings.project)?;
         }
-        let mut registry = Registry::new();
-        batou_components::register(&mut registry);
-        register(&mut registry);
-        run(&settings, &registry)
+        run(&settings, &registry(register))
     });
     match result {
         Ok(exit) => exit.into(),
@@ -206,7 +265,7 @@ fn choose_host(environment: &Environment, requested: Option<&str>) -> Result<Str
 }
 
 /// Prints `error:`, one `caused by:` per cause and `hint:`; in JSON mode also an event line.
-fn print_error(err: &anyhow::Error, json: bool) {
+pub fn print_error(err: &anyhow::Error, json: bool) {
     let hint = err
         .chain()
         .find_map(|e| e.downcast_ref::<ConfigError>())

@@ -1,0 +1,424 @@
+//! The agent: the deployment binary run on a host as `<binary> agent`, driven by a controller
+//! over stdin/stdout with the line-delimited JSON protocol of `batou_core::protocol`.
+//!
+//! The agent holds an exclusive kernel lock (flock) on `<base_dir>/.batou/lock` for the whole
+//! session, so a second deploy of the host fails fast naming the holder; a dead holder's lock
+//! is released by the kernel. Each deploy appends `started` and `finished` (or `aborted`)
+//! records to `<base_dir>/.batou/journal.jsonl`. Dry runs neither lock nor write anything.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use batou_core::protocol::{Controller, FromAgent, PROTOCOL_VERSION, Refusal, ToAgent};
+use batou_core::{ConvergeOptions, Event, EventSink, Plan, Registry, RootOutcome};
+use nix::fcntl::{Flock, FlockArg};
+use serde::Serialize;
+
+/// How often the agent says it is alive, so a controller can tell a busy agent from a dead one.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Serves one controller session on stdin/stdout; returns the process exit status.
+pub fn serve(registry: &Registry) -> u8 {
+    let out = Writer(Arc::new(Mutex::new(std::io::stdout())));
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    match session(registry, &out, &mut lines) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("agent: {err:#}");
+            1
+        }
+    }
+}
+
+/// Checks that this binary's SHA-256 is `expected`, syncs it and renames it to `target`.
+///
+/// Run as `<temporary upload> agent-install <sha256> <target>` right after an upload, so an
+/// incomplete or corrupted upload is never installed.
+pub fn install(expected: &str, target: &Path) -> u8 {
+    match install_checked(expected, target) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("agent-install: {err:#}");
+            1
+        }
+    }
+}
+
+fn install_checked(expected: &str, target: &Path) -> anyhow::Result<()> {
+    let me = std::env::current_exe().context("cannot find this executable")?;
+    let actual = sha256_file(&me)?;
+    if actual != expected {
+        bail!("upload is corrupt: sha256 {actual}, expected {expected}");
+    }
+    File::open(&me)?.sync_all()?;
+    std::fs::rename(&me, target)
+        .with_context(|| format!("cannot install the agent as `{}`", target.display()))?;
+    if let Some(dir) = target.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The hex SHA-256 of a file.
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    use sha2::Digest;
+    let mut file = File::open(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Writes protocol messages, one line each, from any thread.
+#[derive(Clone)]
+struct Writer(Arc<Mutex<std::io::Stdout>>);
+
+impl Writer {
+    fn send(&self, msg: &FromAgent) {
+        let line = serde_json::to_string(msg).expect("protocol messages always serialize");
+        let mut out = self
+            .0
+            .lock()
+            .expect("the agent's stdout lock is never poisoned");
+        // A controller that went away is noticed when reading the next command.
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+impl EventSink for Writer {
+    fn event(&mut self, event: Event) {
+        self.send(&FromAgent::Event { event });
+    }
+}
+
+fn session(
+    registry: &Registry,
+    out: &Writer,
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+) -> anyhow::Result<()> {
+    out.send(&FromAgent::Hello {
+        protocol: PROTOCOL_VERSION,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    });
+    let Some(line) = lines.next() else {
+        return Ok(());
+    };
+    let msg: ToAgent = match serde_json::from_str(&line?) {
+        Ok(msg) => msg,
+        Err(e) => {
+            refuse(
+                out,
+                Refusal::Protocol,
+                vec![format!("cannot read the start message: {e}")],
+                None,
+            );
+            bail!("protocol error");
+        }
+    };
+    let ToAgent::Start {
+        protocol,
+        job,
+        dry_run,
+        controller,
+    } = msg
+    else {
+        refuse(
+            out,
+            Refusal::Protocol,
+            vec!["expected a start message".into()],
+            None,
+        );
+        bail!("protocol error");
+    };
+    if protocol != PROTOCOL_VERSION {
+        refuse(
+            out,
+            Refusal::Protocol,
+            vec![format!(
+                "controller speaks protocol {protocol}, this agent speaks {PROTOCOL_VERSION}"
+            )],
+            None,
+        );
+        bail!("protocol mismatch");
+    }
+
+    let base_dir = resolve_base_dir(&job.base_dir)?;
+    let state = base_dir.join(".batou");
+    // The lock lives as long as this binding: the whole session.
+    let _lock = if dry_run {
+        None
+    } else {
+        match lock(&state, &controller) {
+            Ok(lock) => Some(lock),
+            Err(LockError::Held(holder)) => {
+                let message = match &holder {
+                    Some(h) => format!(
+                        "host is locked by a deploy of {}@{} (pid {}) since {}",
+                        h.user, h.host, h.pid, h.started
+                    ),
+                    None => "host is locked by another deploy".to_string(),
+                };
+                refuse(out, Refusal::LockHeld, vec![message], holder);
+                return Ok(());
+            }
+            Err(LockError::Other(e)) => {
+                refuse(out, Refusal::Failed, chain(&e), None);
+                return Err(e);
+            }
+        }
+    };
+    let journal = (!dry_run).then(|| Journal {
+        path: state.join("journal.jsonl"),
+        environment: job.environment.clone(),
+        host: job.host.name.clone(),
+        controller: controller.clone(),
+    });
+    if let Some(j) = &journal {
+        j.append("started", &BTreeMap::new())?;
+    }
+
+    let mut plan = match Plan::from_job(&job, registry, &base_dir) {
+        Ok(plan) => plan,
+        Err(e) => {
+            let e = anyhow::Error::new(e);
+            refuse(out, Refusal::PlanMismatch, chain(&e), None);
+            if let Some(j) = &journal {
+                j.append(
+                    "aborted",
+                    &BTreeMap::from([("error", serde_json::json!(chain(&e)))]),
+                )?;
+            }
+            return Ok(());
+        }
+    };
+    out.send(&FromAgent::Ready);
+
+    let heartbeat = out.clone();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(HEARTBEAT);
+            heartbeat.send(&FromAgent::Heartbeat);
+        }
+    });
+
+    let mut outcomes: Vec<(String, RootOutcome)> = Vec::new();
+    let mut changed_components: Vec<String> = Vec::new();
+    let options = ConvergeOptions { dry_run };
+    for line in lines {
+        let line = line?;
+        match serde_json::from_str::<ToAgent>(&line) {
+            Ok(ToAgent::Step { root }) => {
+                let Some(step) = plan.steps().iter().position(|s| s.root == root) else {
+                    refuse(
+                        out,
+                        Refusal::Protocol,
+                        vec![format!("no root component `{root}` in this job")],
+                        None,
+                    );
+                    bail!("protocol error");
+                };
+                let mut sink = out.clone();
+                let report = batou_core::converge_step(&mut plan, step, options, &mut sink);
+                changed_components.extend(report.changed);
+                outcomes.push((root.clone(), report.outcome));
+                out.send(&FromAgent::StepFinished {
+                    root,
+                    outcome: report.outcome,
+                });
+            }
+            Ok(ToAgent::Finish) => {
+                if let Some(j) = &journal {
+                    j.finished(&outcomes, &changed_components)?;
+                }
+                out.send(&FromAgent::Finished);
+                return Ok(());
+            }
+            Ok(ToAgent::Start { .. }) | Err(_) => {
+                refuse(
+                    out,
+                    Refusal::Protocol,
+                    vec!["unexpected message".into()],
+                    None,
+                );
+                bail!("protocol error");
+            }
+        }
+    }
+    // The controller went away mid-session.
+    if let Some(j) = &journal {
+        j.append(
+            "aborted",
+            &BTreeMap::from([("error", serde_json::json!(["controller disconnected"]))]),
+        )?;
+    }
+    bail!("controller disconnected")
+}
+
+fn refuse(out: &Writer, reason: Refusal, message: Vec<String>, holder: Option<Controller>) {
+    out.send(&FromAgent::Refused {
+        reason,
+        message,
+        holder,
+    });
+}
+
+fn chain(err: &anyhow::Error) -> Vec<String> {
+    err.chain().map(|e| e.to_string()).collect()
+}
+
+/// The base directory on this host: relative paths are relative to `$HOME`.
+fn resolve_base_dir(base_dir: &str) -> anyhow::Result<PathBuf> {
+    let path = Path::new(base_dir);
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    let home = std::env::var_os("HOME").context("`HOME` is not set on this host")?;
+    Ok(batou_core::normalize_path(&Path::new(&home).join(path)))
+}
+
+enum LockError {
+    Held(Option<Controller>),
+    Other(anyhow::Error),
+}
+
+/// Takes the host's lock and records the holder in it.
+fn lock(state: &Path, controller: &Controller) -> Result<Flock<File>, LockError> {
+    let other = |e: anyhow::Error| LockError::Other(e);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state)
+        .with_context(|| format!("cannot create `{}`", state.display()))
+        .map_err(other)?;
+    let path = state.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open `{}`", path.display()))
+        .map_err(other)?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(LockError::Held(serde_json::from_str(&text).ok()));
+        }
+        Err((_, errno)) => {
+            return Err(other(
+                anyhow::Error::new(errno).context(format!("cannot lock `{}`", path.display())),
+            ));
+        }
+    };
+    let holder = serde_json::to_string(controller).expect("controllers always serialize");
+    let write = (|| -> std::io::Result<()> {
+        lock.set_len(0)?;
+        lock.rewind()?;
+        lock.write_all(holder.as_bytes())?;
+        lock.sync_all()
+    })();
+    write
+        .with_context(|| format!("cannot record the lock holder in `{}`", path.display()))
+        .map_err(other)?;
+    Ok(lock)
+}
+
+/// The host's append-only deploy journal.
+struct Journal {
+    path: PathBuf,
+    environment: String,
+    host: String,
+    controller: Controller,
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    time: String,
+    record: &'a str,
+    environment: &'a str,
+    host: &'a str,
+    user: &'a str,
+    controller_host: &'a str,
+    pid: u32,
+    #[serde(flatten)]
+    extra: &'a BTreeMap<&'a str, serde_json::Value>,
+}
+
+impl Journal {
+    fn append(
+        &self,
+        record: &str,
+        extra: &BTreeMap<&str, serde_json::Value>,
+    ) -> anyhow::Result<()> {
+        let line = serde_json::to_string(&Record {
+            time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            record,
+            environment: &self.environment,
+            host: &self.host,
+            user: &self.controller.user,
+            controller_host: &self.controller.host,
+            pid: self.controller.pid,
+            extra,
+        })?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)
+            .with_context(|| format!("cannot open the journal `{}`", self.path.display()))?;
+        file.write_all(format!("{line}\n").as_bytes())?;
+        file.sync_all()?;
+        Ok(())
+    }
+
+    fn finished(
+        &self,
+        outcomes: &[(String, RootOutcome)],
+        changed: &[String],
+    ) -> anyhow::Result<()> {
+        let of = |o: RootOutcome| -> serde_json::Value {
+            outcomes
+                .iter()
+                .filter(|(_, x)| *x == o)
+                .map(|(r, _)| r.clone())
+                .collect::<Vec<_>>()
+                .into()
+        };
+        let result = if outcomes.iter().any(|(_, o)| *o == RootOutcome::Failed) {
+            "failed"
+        } else {
+            "success"
+        };
+        self.append(
+            "finished",
+            &BTreeMap::from([
+                ("result", serde_json::json!(result)),
+                ("changed", of(RootOutcome::Changed)),
+                ("unchanged", of(RootOutcome::Unchanged)),
+                ("failed", of(RootOutcome::Failed)),
+                ("components_changed", serde_json::json!(changed)),
+            ]),
+        )
+    }
+}
