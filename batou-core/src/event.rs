@@ -42,6 +42,28 @@ pub enum Event {
         component: String,
         error: Vec<String>,
     },
+    /// The controller uploaded the agent binary to a host's cache.
+    AgentUploaded { host: String, bytes: u64 },
+    /// A root component was not run; `reason` says why (a failed dependency, a failed host).
+    Skipped {
+        host: String,
+        component: String,
+        reason: String,
+    },
+    /// A host could not be deployed or its state is unknown: `status` is one of
+    /// `unreachable`, `host_key_refused`, `auth_refused`, `lock_held`, `timeout`, `failed`.
+    HostFailed {
+        host: String,
+        status: String,
+        error: Vec<String>,
+    },
+    /// A remote run ended: one status per host (`changed`, `unchanged`, `failed`,
+    /// `unreachable`, `host_key_refused`, `auth_refused`, `lock_held`, `timeout`, `skipped`,
+    /// `not_attempted`) with a detail for people.
+    RunFinished {
+        hosts: Vec<HostSummary>,
+        seconds: f64,
+    },
     /// Converging a host ended; lists are root component names.
     HostFinished {
         host: String,
@@ -52,6 +74,14 @@ pub enum Event {
         not_attempted: Vec<String>,
         seconds: f64,
     },
+}
+
+/// One host's line in the summary of a remote run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostSummary {
+    pub host: String,
+    pub status: String,
+    pub detail: String,
 }
 
 /// Receives events as they happen.

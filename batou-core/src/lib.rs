@@ -51,7 +51,7 @@ pub use deploy::Deploy;
 pub use engine::{ConvergeOptions, HostReport, RootOutcome, StepReport, converge, converge_step};
 pub use environment::{Connect, Environment, Host, Settings};
 pub use error::{ConfigError, Place};
-pub use event::{Event, EventSink};
+pub use event::{Event, EventSink, HostSummary};
 pub use plan::{Plan, Step};
 pub use project::{Project, ProjectEntry, ProjectEntryKind, ProjectFiles};
 pub use registry::Registry;

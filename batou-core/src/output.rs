@@ -29,6 +29,59 @@ impl<W: Write> EventSink for HumanOutput<W> {
     fn event(&mut self, event: Event) {
         match event {
             Event::HostStarted { .. } | Event::StepStarted { .. } => {}
+            Event::RunFinished { hosts, seconds } => {
+                let width = hosts.iter().map(|h| h.host.len()).max().unwrap_or(0);
+                let _ = writeln!(self.out, "summary:");
+                let mut counts: Vec<(String, usize)> = Vec::new();
+                for h in &hosts {
+                    let status = h.status.replace('_', " ");
+                    let _ = writeln!(
+                        self.out,
+                        "  {:width$}  {:16} {}",
+                        h.host, status, h.detail
+                    );
+                    match counts.iter_mut().find(|(s, _)| *s == status) {
+                        Some((_, n)) => *n += 1,
+                        None => counts.push((status, 1)),
+                    }
+                }
+                for status in ["changed", "unchanged", "failed"] {
+                    if !counts.iter().any(|(s, _)| s == status) {
+                        counts.push((status.to_string(), 0));
+                    }
+                }
+                let order = |s: &str| {
+                    ["changed", "unchanged", "failed"]
+                        .iter()
+                        .position(|x| *x == s)
+                        .unwrap_or(3)
+                };
+                counts.sort_by_key(|(s, _)| order(s));
+                let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+                let noun = if hosts.len() == 1 { "host" } else { "hosts" };
+                let _ = writeln!(
+                    self.out,
+                    "{} {noun}: {} in {seconds:.2} s",
+                    hosts.len(),
+                    parts.join(", ")
+                );
+            }
+            Event::AgentUploaded { host, bytes } => {
+                self.lines(&host, &format!("uploaded the agent ({:.1} MB)", bytes as f64 / 1e6));
+            }
+            Event::Skipped {
+                host,
+                component,
+                reason,
+            } => self.lines(&host, &format!("skipped {component}: {reason}")),
+            Event::HostFailed {
+                host,
+                status,
+                error,
+            } => {
+                let text = format!("{}\n{}", status.replace('_', " "), chain_text(&error));
+                self.lines(&host, &text);
+            }
             Event::Changed {
                 host,
                 component,
@@ -52,19 +105,8 @@ impl<W: Write> EventSink for HumanOutput<W> {
                 component,
                 error,
             } => {
-                self.lines(&host, &format!("failed {component}"));
-                for (i, cause) in error.iter().enumerate() {
-                    let label = if i == 0 { "error" } else { "caused by" };
-                    let mut text = String::new();
-                    for (n, line) in cause.lines().enumerate() {
-                        if n == 0 {
-                            text.push_str(&format!("  {label}: {line}\n"));
-                        } else {
-                            text.push_str(&format!("    {line}\n"));
-                        }
-                    }
-                    self.lines(&host, &text);
-                }
+                let text = format!("failed {component}\n{}", chain_text(&error));
+                self.lines(&host, &text);
             }
             Event::HostFinished {
                 host,
@@ -94,6 +136,22 @@ impl<W: Write> EventSink for HumanOutput<W> {
         }
         let _ = self.out.flush();
     }
+}
+
+/// An error chain as indented `error:` / `caused by:` lines.
+fn chain_text(error: &[String]) -> String {
+    let mut text = String::new();
+    for (i, cause) in error.iter().enumerate() {
+        let label = if i == 0 { "error" } else { "caused by" };
+        for (n, line) in cause.lines().enumerate() {
+            if n == 0 {
+                text.push_str(&format!("  {label}: {line}\n"));
+            } else {
+                text.push_str(&format!("    {line}\n"));
+            }
+        }
+    }
+    text
 }
 
 /// Renders events as one JSON object per line.

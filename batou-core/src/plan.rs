@@ -153,14 +153,15 @@ impl Plan {
         let steps = slots
             .into_iter()
             .zip(built.trees)
+            .zip(built.attributes)
             .zip(after)
-            .map(|((slot, tree), after_keys)| Step {
+            .map(|(((slot, tree), attributes), after_keys)| Step {
                 host: slot.host.name.clone(),
                 root: slot.root,
                 after: after_keys.keys().copied().collect(),
                 after_keys,
                 type_name: slot.type_name,
-                attributes: slot.attributes,
+                attributes,
                 tree,
             })
             .collect();
@@ -390,6 +391,8 @@ struct Context<'a> {
 
 struct Built {
     trees: Vec<Node>,
+    /// Attributes with templates rendered for each slot's host.
+    attributes: Vec<Attributes>,
     resources: Resources,
 }
 
@@ -495,6 +498,7 @@ fn configure_slots(
                     .into_iter()
                     .map(|t| t.expect("every step is configured once the plan settled"))
                     .collect(),
+                attributes,
                 resources,
             });
         }

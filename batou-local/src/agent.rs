@@ -236,7 +236,19 @@ fn session(
                     bail!("protocol error");
                 };
                 let mut sink = out.clone();
+                let started = now();
                 let report = batou_core::converge_step(&mut plan, step, options, &mut sink);
+                if let Some(j) = &journal {
+                    j.append(
+                        "step",
+                        &BTreeMap::from([
+                            ("component", serde_json::json!(root)),
+                            ("outcome", serde_json::json!(report.outcome)),
+                            ("started", serde_json::json!(started)),
+                            ("changed", serde_json::json!(report.changed)),
+                        ]),
+                    )?;
+                }
                 changed_components.extend(report.changed);
                 outcomes.push((root.clone(), report.outcome));
                 out.send(&FromAgent::StepFinished {
@@ -344,6 +356,11 @@ fn lock(state: &Path, controller: &Controller) -> Result<Flock<File>, LockError>
     Ok(lock)
 }
 
+/// The current time, RFC 3339 in UTC with nanoseconds (records of one host sort by it).
+fn now() -> String {
+    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
+}
+
 /// The host's append-only deploy journal.
 struct Journal {
     path: PathBuf,
@@ -372,7 +389,7 @@ impl Journal {
         extra: &BTreeMap<&str, serde_json::Value>,
     ) -> anyhow::Result<()> {
         let line = serde_json::to_string(&Record {
-            time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            time: now(),
             record,
             environment: &self.environment,
             host: &self.host,

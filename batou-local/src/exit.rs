@@ -15,6 +15,14 @@ pub enum Exit {
     Usage = 2,
     /// The configuration is invalid; nothing was touched on any host.
     InvalidConfiguration = 3,
+    /// A host's key was unknown or changed, or it refused authentication.
+    HostKeyOrAuthRefused = 4,
+    /// A host is being deployed by someone else.
+    LockHeld = 5,
+    /// A host did not answer in time or its agent died: its state is unknown.
+    Timeout = 6,
+    /// A host could not be reached.
+    Unreachable = 7,
 }
 
 impl Exit {
@@ -34,7 +42,29 @@ impl Exit {
             Exit::DeployFailed => "deploy_failed",
             Exit::Usage => "usage",
             Exit::InvalidConfiguration => "invalid_configuration",
+            Exit::HostKeyOrAuthRefused => "host_key_or_auth_refused",
+            Exit::LockHeld => "lock_held",
+            Exit::Timeout => "timeout",
+            Exit::Unreachable => "unreachable",
         }
+    }
+
+    /// Which of two exit statuses a run with both ends with: the one a person must look at
+    /// first (unknown state, then failures, then refusals, then unreachable hosts).
+    pub fn worst(self, other: Exit) -> Exit {
+        fn rank(e: Exit) -> u8 {
+            match e {
+                Exit::Timeout => 7,
+                Exit::DeployFailed => 6,
+                Exit::InvalidConfiguration => 5,
+                Exit::HostKeyOrAuthRefused => 4,
+                Exit::LockHeld => 3,
+                Exit::Unreachable => 2,
+                Exit::Usage => 1,
+                Exit::Success => 0,
+            }
+        }
+        if rank(other) > rank(self) { other } else { self }
     }
 }
 

@@ -16,22 +16,29 @@ pub(crate) const GUARD: &str = "BATOU_PROJECT_BINARY";
 /// Hands over to the project's binary when `project` is a Cargo package; returns only when it
 /// is not (or with the error that stopped the hand-over).
 pub(crate) fn hand_over_if_package(project: &Path) -> anyhow::Result<()> {
-    let manifest = project.join("Cargo.toml");
-    let Ok(text) = std::fs::read_to_string(&manifest) else {
+    let Some(binary) = build_if_package(project)? else {
         return Ok(());
     };
-    let is_package = toml::from_str::<toml::Table>(&text)
-        .map(|t| t.contains_key("package"))
-        .unwrap_or(false);
-    if !is_package {
-        return Ok(());
-    }
-    let binary = build(&manifest)?;
     let err = std::process::Command::new(&binary)
         .args(std::env::args_os().skip(1))
         .env(GUARD, "1")
         .exec();
     Err(err).with_context(|| format!("cannot run the project's binary `{}`", binary.display()))
+}
+
+/// Builds the project's binary when `project` is a Cargo package; `None` when it is not.
+pub fn build_if_package(project: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let manifest = project.join("Cargo.toml");
+    let Ok(text) = std::fs::read_to_string(&manifest) else {
+        return Ok(None);
+    };
+    let is_package = toml::from_str::<toml::Table>(&text)
+        .map(|t| t.contains_key("package"))
+        .unwrap_or(false);
+    if !is_package {
+        return Ok(None);
+    }
+    build(&manifest).map(Some)
 }
 
 /// Builds the package of `manifest` and returns the path of its binary.

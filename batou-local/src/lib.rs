@@ -15,7 +15,7 @@
 
 pub mod agent;
 mod exit;
-mod handover;
+pub mod handover;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -217,7 +217,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
 }
 
 /// The nearest directory at or above `start` that has an `environments/` directory.
-fn find_project(start: &Path) -> Result<PathBuf, ConfigError> {
+pub fn find_project(start: &Path) -> Result<PathBuf, ConfigError> {
     start
         .ancestors()
         .find(|dir| dir.join("environments").is_dir())

@@ -1,0 +1,259 @@
+//! The controller's side of an agent session: ship the binary, start it, speak the protocol.
+//!
+//! Every read has a deadline: the agent sends heartbeats while it works, so silence longer
+//! than the agent timeout means the host's state is unknown, never that it succeeded.
+
+use std::path::Path;
+use openssh::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use batou_core::protocol::{Controller, FromAgent, HostJob, PROTOCOL_VERSION, Refusal, ToAgent};
+use batou_core::{Event, RootOutcome};
+use openssh::{Child, ChildStdin, ChildStdout, Session};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+
+use crate::ssh::{Word, shell_command};
+
+/// Where agents are cached on hosts, below `$HOME`.
+const AGENT_CACHE: &str = ".cache/batou/agents";
+
+/// Why a host's session failed after connecting.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    LockHeld(String),
+    #[error("no answer from the agent within {0:.0?}: the host's state is unknown")]
+    Timeout(Duration),
+    #[error("the agent ended unexpectedly: the host's state is unknown{0}")]
+    Died(String),
+    #[error("the agent refused: {}", .0.join(": "))]
+    Refused(Vec<String>),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The local agent binary and its content address.
+#[derive(Debug, Clone)]
+pub struct AgentBinary {
+    pub path: std::path::PathBuf,
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl AgentBinary {
+    /// Hashes the binary at `path`.
+    pub fn new(path: &Path) -> anyhow::Result<Self> {
+        Ok(AgentBinary {
+            sha256: batou_local::agent::sha256_file(path)?,
+            size: std::fs::metadata(path)?.len(),
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn remote(&self) -> Word {
+        Word::Home(format!("{AGENT_CACHE}/{}", self.sha256))
+    }
+}
+
+/// Makes sure the host has the agent; returns whether it had to be uploaded.
+///
+/// The upload goes to a temporary file that the uploaded binary itself verifies (sha256),
+/// syncs and renames into place, so a partial or corrupt upload is never used.
+pub async fn ensure_agent(
+    session: &Session,
+    agent: &AgentBinary,
+    deadline: Duration,
+) -> Result<bool, SessionError> {
+    let check = shell_command(&[Word::Literal("test".into()), Word::Literal("-x".into()), agent.remote()]);
+    let status = within(deadline, session.raw_command(&check).status())
+        .await?
+        .map_err(|e| SessionError::Failed(format!("cannot check for the agent: {e}")))?;
+    if status.success() {
+        return Ok(false);
+    }
+    let tmp = Word::Home(format!("{AGENT_CACHE}/.{}.{}.tmp", agent.sha256, std::process::id()));
+    let script = format!(
+        "umask 077 && mkdir -p {dir} && cat > {tmp} && chmod 700 {tmp} && {install} || {{ rm -f {tmp}; exit 1; }}",
+        dir = shell_command(&[Word::Home(AGENT_CACHE.into())]),
+        tmp = shell_command(std::slice::from_ref(&tmp)),
+        install = shell_command(&[
+            tmp.clone(),
+            Word::Literal("agent-install".into()),
+            Word::Literal(agent.sha256.clone()),
+            agent.remote(),
+        ]),
+    );
+    let mut child = session
+        .raw_command(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .await
+        .map_err(|e| SessionError::Failed(format!("cannot start the agent upload: {e}")))?;
+    let upload = async {
+        let mut stdin = child.stdin().take().expect("stdin is piped");
+        let mut file = tokio::fs::File::open(&agent.path).await?;
+        tokio::io::copy(&mut file, &mut stdin).await?;
+        stdin.shutdown().await?;
+        drop(stdin);
+        let mut err = String::new();
+        if let Some(mut stderr) = child.stderr().take() {
+            stderr.read_to_string(&mut err).await?;
+        }
+        let status = child
+            .wait()
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok::<_, std::io::Error>((status, err))
+    };
+    let (status, stderr) = within(deadline, upload)
+        .await?
+        .map_err(|e| SessionError::Failed(format!("cannot upload the agent: {e}")))?;
+    if !status.success() {
+        return Err(SessionError::Failed(format!(
+            "cannot install the agent: {}",
+            stderr.trim()
+        )));
+    }
+    Ok(true)
+}
+
+/// A running agent session on one host.
+pub struct AgentSession {
+    child: Child<Arc<Session>>,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    timeout: Duration,
+}
+
+impl AgentSession {
+    /// Starts the agent, sends the job and waits until it holds the lock and configured.
+    pub async fn start(
+        session: Arc<Session>,
+        agent: &AgentBinary,
+        job: &HostJob,
+        dry_run: bool,
+        controller: &Controller,
+        timeout: Duration,
+    ) -> Result<Self, SessionError> {
+        let command = shell_command(&[agent.remote(), Word::Literal("agent".into())]);
+        let mut child = Session::to_raw_command(session, command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .await
+            .map_err(|e| SessionError::Failed(format!("cannot start the agent: {e}")))?;
+        let stdin = child.stdin().take().expect("stdin is piped");
+        let stdout = child.stdout().take().expect("stdout is piped");
+        let mut me = AgentSession {
+            child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+            timeout,
+        };
+        match me.read().await? {
+            FromAgent::Hello { protocol, .. } if protocol == PROTOCOL_VERSION => {}
+            FromAgent::Hello { protocol, version } => {
+                return Err(SessionError::Failed(format!(
+                    "the agent (version {version}) speaks protocol {protocol}, this controller {PROTOCOL_VERSION}"
+                )));
+            }
+            other => return Err(unexpected(&other)),
+        }
+        me.send(&ToAgent::Start {
+            protocol: PROTOCOL_VERSION,
+            job: Box::new(job.clone()),
+            dry_run,
+            controller: controller.clone(),
+        })
+        .await?;
+        match me.read().await? {
+            FromAgent::Ready => Ok(me),
+            FromAgent::Refused {
+                reason: Refusal::LockHeld,
+                message,
+                ..
+            } => Err(SessionError::LockHeld(message.join(": "))),
+            FromAgent::Refused { message, .. } => Err(SessionError::Refused(message)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Runs one root component, passing its events to `on_event` as they arrive.
+    pub async fn step(
+        &mut self,
+        root: &str,
+        mut on_event: impl FnMut(Event),
+    ) -> Result<RootOutcome, SessionError> {
+        self.send(&ToAgent::Step {
+            root: root.to_string(),
+        })
+        .await?;
+        loop {
+            match self.read().await? {
+                FromAgent::Event { event } => on_event(event),
+                FromAgent::StepFinished { outcome, .. } => return Ok(outcome),
+                FromAgent::Refused { message, .. } => return Err(SessionError::Refused(message)),
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    /// Ends the session: the agent writes its journal record and exits.
+    pub async fn finish(mut self) -> Result<(), SessionError> {
+        self.send(&ToAgent::Finish).await?;
+        match self.read().await? {
+            FromAgent::Finished => {}
+            other => return Err(unexpected(&other)),
+        }
+        drop(self.stdin);
+        let _ = within(self.timeout, self.child.wait()).await;
+        Ok(())
+    }
+
+    async fn send(&mut self, msg: &ToAgent) -> Result<(), SessionError> {
+        let mut line = serde_json::to_string(msg).expect("protocol messages always serialize");
+        line.push('\n');
+        let write = async {
+            self.stdin.write_all(line.as_bytes()).await?;
+            self.stdin.flush().await
+        };
+        within(self.timeout, write)
+            .await?
+            .map_err(|e| SessionError::Died(format!(" ({e})")))
+    }
+
+    /// The next message that is not a heartbeat.
+    async fn read(&mut self) -> Result<FromAgent, SessionError> {
+        loop {
+            let line = within(self.timeout, self.lines.next_line())
+                .await?
+                .map_err(|e| SessionError::Died(format!(" ({e})")))?;
+            let Some(line) = line else {
+                return Err(SessionError::Died(String::new()));
+            };
+            match serde_json::from_str::<FromAgent>(&line) {
+                Ok(FromAgent::Heartbeat) => continue,
+                Ok(msg) => return Ok(msg),
+                Err(e) => {
+                    return Err(SessionError::Failed(format!(
+                        "cannot read the agent's message: {e}"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+fn unexpected(msg: &FromAgent) -> SessionError {
+    SessionError::Failed(format!("unexpected message from the agent: {msg:?}"))
+}
+
+async fn within<T>(deadline: Duration, f: impl std::future::Future<Output = T>) -> Result<T, SessionError> {
+    tokio::time::timeout(deadline, f)
+        .await
+        .map_err(|_| SessionError::Timeout(deadline))
+}

@@ -1,0 +1,231 @@
+//! `batou-remote`: deploy an environment to every host over SSH.
+//!
+//! The binary is thin: parse arguments into [`Settings`], plan the environment locally (every
+//! configuration error ends the run before the first connection), pick the agent binary
+//! (this binary, or the project's own when the deployment repository is a Cargo package),
+//! run the plan with [`schedule::deploy`], render events, pick the exit code.
+
+pub mod agent;
+pub mod schedule;
+pub mod ssh;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use batou_core::output::{HumanOutput, JsonOutput};
+use batou_core::protocol::{Controller, RemotePlan};
+use batou_core::{ConfigError, EventSink};
+use batou_local::Exit;
+use clap::Parser;
+
+use crate::agent::AgentBinary;
+use crate::schedule::DeployOptions;
+use crate::ssh::SshOptions;
+
+/// Deploy an environment to every host over SSH.
+#[derive(Debug, Parser)]
+#[command(name = "batou-remote", version, about)]
+struct Args {
+    /// The environment: `environments/<ENVIRONMENT>.toml`.
+    environment: String,
+    /// Report what would change without changing anything on any host.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print one JSON event per line on stdout instead of human output on stderr.
+    #[arg(long)]
+    json: bool,
+    /// Hosts deployed at the same time (default: the environment's `jobs`).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// After a failure, go on with everything that does not depend on it.
+    #[arg(long)]
+    keep_going: bool,
+    /// Deploy only these hosts (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    hosts: Option<Vec<String>>,
+    /// Accept and record the keys of hosts not yet in known_hosts (changed keys are refused).
+    #[arg(long)]
+    accept_new_host_keys: bool,
+    /// Use this ssh_config file instead of `~/.ssh/config`.
+    #[arg(long, value_name = "FILE")]
+    ssh_config: Option<PathBuf>,
+    /// The deployment repository (default: the nearest directory above the current one that
+    /// has `environments/`).
+    #[arg(long, short = 'C', value_name = "DIR")]
+    project: Option<PathBuf>,
+    /// Seconds to wait for an SSH connection.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    connect_timeout: f64,
+    /// Seconds between SSH keepalives; three missed answers end the connection.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    keepalive: f64,
+    /// Longest silence accepted from an agent before its host's state counts as unknown.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    agent_timeout: f64,
+}
+
+/// What a run was asked to do, resolved from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub environment: String,
+    pub project: PathBuf,
+    pub json: bool,
+    pub jobs: Option<usize>,
+    pub hosts: Option<BTreeSet<String>>,
+    pub deploy: DeployOptions,
+}
+
+/// Entry point of the stock binary.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let json = args.json;
+    match settings(args).and_then(|s| run(&s)) {
+        Ok(exit) => exit.into(),
+        Err(err) => {
+            let exit = Exit::of_error(&err);
+            batou_local::print_error(&err, json);
+            exit.into()
+        }
+    }
+}
+
+fn settings(args: Args) -> anyhow::Result<Settings> {
+    let project = match args.project {
+        Some(dir) => std::path::absolute(dir)?,
+        None => batou_local::find_project(&std::env::current_dir()?)?,
+    };
+    let seconds = |s: f64, name: &str| {
+        if s.is_finite() && s > 0.0 {
+            Ok(Duration::from_secs_f64(s))
+        } else {
+            Err(ConfigError::new(format!("`--{name}` must be a positive number of seconds")))
+        }
+    };
+    let hosts = args.hosts.map(|h| h.into_iter().collect::<BTreeSet<_>>());
+    Ok(Settings {
+        environment: args.environment,
+        project,
+        json: args.json,
+        jobs: args.jobs,
+        hosts: hosts.clone(),
+        deploy: DeployOptions {
+            dry_run: args.dry_run,
+            keep_going: args.keep_going,
+            jobs: args.jobs.unwrap_or(0),
+            agent_timeout: seconds(args.agent_timeout, "agent-timeout")?,
+            ssh: SshOptions {
+                accept_new_host_keys: args.accept_new_host_keys,
+                config_file: args.ssh_config,
+                connect_timeout: seconds(args.connect_timeout, "connect-timeout")?,
+                keepalive: seconds(args.keepalive, "keepalive")?,
+                control_dir: PathBuf::new(),
+            },
+            hosts,
+        },
+    })
+}
+
+/// Plans locally, then deploys; returns the exit status of a completed run.
+pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
+    let (plan, agent_path) = plan(settings)?;
+    check_hosts(&plan, settings)?;
+    let mut options = settings.deploy.clone();
+    options.jobs = settings.jobs.unwrap_or(plan.jobs).max(1);
+    let control_dir = ssh::control_dir().context("cannot create a directory for SSH control sockets")?;
+    options.ssh.control_dir = control_dir.path().to_path_buf();
+    let agent = Arc::new(AgentBinary::new(&agent_path)?);
+    let controller = controller();
+    let mut sink: Box<dyn EventSink + Send> = if settings.json {
+        Box::new(JsonOutput::new(std::io::stdout()))
+    } else {
+        Box::new(HumanOutput::new(std::io::stderr()))
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(schedule::deploy(
+        &plan,
+        agent,
+        controller,
+        &options,
+        sink.as_mut(),
+    ));
+    // Sessions are closed; do not wait for stray tasks.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(report.exit)
+}
+
+/// The remote plan and the agent binary: the project's own binary when the deployment
+/// repository is a Cargo package, this binary otherwise.
+fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
+    if let Some(binary) = batou_local::handover::build_if_package(&settings.project)? {
+        let output = std::process::Command::new(&binary)
+            .arg("plan")
+            .arg(&settings.environment)
+            .arg(&settings.project)
+            .output()
+            .with_context(|| format!("cannot run the project's binary `{}`", binary.display()))?;
+        if !output.status.success() {
+            // The project's binary printed its error already formatted; relay it.
+            eprint!("{}", String::from_utf8_lossy(&output.stderr));
+            return Err(ConfigError::new("the project's binary could not plan the environment")
+                .hint("fix the errors above; nothing was touched on any host")
+                .into());
+        }
+        let plan: RemotePlan = serde_json::from_slice(&output.stdout)
+            .context("cannot read the plan printed by the project's binary")?;
+        return Ok((plan, binary));
+    }
+    let registry = batou_local::registry(|_| {});
+    let plan = batou_local::remote_plan(&settings.project, &settings.environment, &registry)?;
+    let me = std::env::current_exe().context("cannot find this executable to ship as the agent")?;
+    Ok((plan, me))
+}
+
+/// `--hosts` must name hosts of the plan.
+fn check_hosts(plan: &RemotePlan, settings: &Settings) -> Result<(), ConfigError> {
+    let Some(hosts) = &settings.hosts else {
+        return Ok(());
+    };
+    let known: Vec<&str> = plan.hosts.iter().map(|h| h.name.as_str()).collect();
+    for host in hosts {
+        if !known.contains(&host.as_str()) {
+            return Err(ConfigError::new(format!(
+                "unknown host `{host}` in `--hosts` for environment `{}`",
+                plan.environment
+            ))
+            .suggest(host, known.iter().copied())
+            .hint(format!("hosts with components: {}", known.join(", "))));
+        }
+    }
+    Ok(())
+}
+
+/// Who is deploying, for host locks and journals.
+fn controller() -> Controller {
+    let user = std::env::var("USER")
+        .ok()
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into());
+    Controller {
+        user,
+        host,
+        pid: std::process::id(),
+        started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    }
+}

@@ -1,0 +1,517 @@
+//! Scheduling a remote plan: hosts in parallel, each host one step at a time in plan order,
+//! every step as soon as the steps it depends on (on any host) are done.
+//!
+//! All hosts are connected, given the agent and locked before the first step runs, so a host
+//! that cannot be reached or is locked stops the run before anything changed (unless
+//! `keep_going`). After a failure no new step starts; with `keep_going` every step that does
+//! not depend on the failure still runs.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use batou_core::protocol::{Controller, HostJob, RemoteHost, RemotePlan};
+use batou_core::{Event, EventSink, HostSummary, RootOutcome};
+use batou_local::Exit;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::agent::{AgentBinary, AgentSession, SessionError, ensure_agent};
+use crate::ssh::{self, ConnectError, SshOptions};
+
+/// How to run a remote plan.
+#[derive(Debug, Clone)]
+pub struct DeployOptions {
+    pub dry_run: bool,
+    pub keep_going: bool,
+    /// Hosts deploying at the same time.
+    pub jobs: usize,
+    /// Longest silence accepted from an agent (it sends heartbeats while working).
+    pub agent_timeout: Duration,
+    pub ssh: SshOptions,
+    /// Limit the run to these hosts.
+    pub hosts: Option<BTreeSet<String>>,
+}
+
+/// How a run ended for each host, and the exit status it implies.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub hosts: Vec<HostSummary>,
+    pub exit: Exit,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone)]
+enum StepState {
+    /// Not part of this run (`--hosts`).
+    Excluded,
+    Pending,
+    Running,
+    Done(RootOutcome),
+    /// Not run: the reason says why (a dependency failed, the run stopped, ...).
+    NotRun(String),
+    /// The agent died or went silent during this step.
+    Unknown,
+}
+
+/// A host's failure, with the exit status it implies.
+#[derive(Debug, Clone)]
+struct HostFailure {
+    status: &'static str,
+    exit: Exit,
+    error: Vec<String>,
+}
+
+impl HostFailure {
+    fn connect(err: &ConnectError) -> Self {
+        let (status, exit) = match err {
+            ConnectError::HostKey(_) => ("host_key_refused", Exit::HostKeyOrAuthRefused),
+            ConnectError::Auth(_) => ("auth_refused", Exit::HostKeyOrAuthRefused),
+            ConnectError::Unreachable(_) => ("unreachable", Exit::Unreachable),
+            ConnectError::Timeout(_) => ("unreachable", Exit::Unreachable),
+        };
+        HostFailure {
+            status,
+            exit,
+            error: vec![err.to_string()],
+        }
+    }
+
+    fn session(err: &SessionError) -> Self {
+        let (status, exit) = match err {
+            SessionError::LockHeld(_) => ("lock_held", Exit::LockHeld),
+            SessionError::Timeout(_) | SessionError::Died(_) => ("timeout", Exit::Timeout),
+            SessionError::Refused(_) | SessionError::Failed(_) => ("failed", Exit::DeployFailed),
+        };
+        HostFailure {
+            status,
+            exit,
+            error: vec![err.to_string()],
+        }
+    }
+}
+
+enum Up {
+    Ready(String),
+    SetupFailed(String, HostFailure),
+    Event(Event),
+    StepDone(usize, RootOutcome),
+    Broken(String, usize, SessionError),
+    Closed(String),
+}
+
+enum Down {
+    Step(usize, String),
+    Finish,
+}
+
+struct HostRun {
+    queue: VecDeque<usize>,
+    down: mpsc::UnboundedSender<Down>,
+    ready: bool,
+    busy: bool,
+    failure: Option<HostFailure>,
+    closed: bool,
+}
+
+/// Deploys `plan` with `agent`, reporting events to `sink` as they happen.
+pub async fn deploy(
+    plan: &RemotePlan,
+    agent: Arc<AgentBinary>,
+    controller: Controller,
+    options: &DeployOptions,
+    sink: &mut dyn EventSink,
+) -> RunReport {
+    let started = Instant::now();
+    let in_run = |host: &str| options.hosts.as_ref().is_none_or(|h| h.contains(host));
+    let mut state: Vec<StepState> = plan
+        .steps
+        .iter()
+        .map(|s| {
+            if in_run(&s.host) {
+                StepState::Pending
+            } else {
+                StepState::Excluded
+            }
+        })
+        .collect();
+
+    let (up_tx, mut up) = mpsc::unbounded_channel::<Up>();
+    let setup = Arc::new(Semaphore::new(options.jobs.max(1)));
+    let mut hosts: BTreeMap<String, HostRun> = BTreeMap::new();
+    for host in &plan.hosts {
+        if !in_run(&host.name) {
+            continue;
+        }
+        let Some(job) = plan.host_jobs.get(&host.name) else {
+            continue;
+        };
+        let (down_tx, down_rx) = mpsc::unbounded_channel();
+        let queue = plan
+            .order
+            .iter()
+            .copied()
+            .filter(|i| plan.steps[*i].host == host.name)
+            .collect();
+        hosts.insert(
+            host.name.clone(),
+            HostRun {
+                queue,
+                down: down_tx,
+                ready: false,
+                busy: false,
+                failure: None,
+                closed: false,
+            },
+        );
+        tokio::spawn(host_task(
+            host.clone(),
+            job.clone(),
+            Arc::clone(&agent),
+            controller.clone(),
+            options.clone(),
+            Arc::clone(&setup),
+            down_rx,
+            up_tx.clone(),
+        ));
+    }
+    drop(up_tx);
+
+    // Phase one: every host connected, shipped and locked, or failed.
+    let mut waiting = hosts.len();
+    while waiting > 0 {
+        let Some(msg) = up.recv().await else { break };
+        match msg {
+            Up::Ready(host) => {
+                hosts.get_mut(&host).expect("known host").ready = true;
+                waiting -= 1;
+            }
+            Up::SetupFailed(host, failure) => {
+                sink.event(Event::HostFailed {
+                    host: host.clone(),
+                    status: failure.status.to_string(),
+                    error: failure.error.clone(),
+                });
+                let h = hosts.get_mut(&host).expect("known host");
+                h.failure = Some(failure);
+                h.closed = true;
+                waiting -= 1;
+            }
+            Up::Event(e) => sink.event(e),
+            Up::Closed(host) => hosts.get_mut(&host).expect("known host").closed = true,
+            Up::StepDone(..) | Up::Broken(..) => unreachable!("no step runs before all hosts are ready"),
+        }
+    }
+    let setup_failed = hosts.values().any(|h| h.failure.is_some());
+    let mut stop = setup_failed && !options.keep_going;
+    for (name, h) in hosts.iter_mut() {
+        if let Some(f) = &h.failure {
+            for step in h.queue.drain(..) {
+                state[step] = StepState::NotRun(format!("host {}", f.status.replace('_', " ")));
+                let _ = name;
+            }
+        }
+    }
+
+    // Phase two: run steps as their dependencies allow.
+    let mut running = 0usize;
+    loop {
+        if !stop {
+            for (name, h) in hosts.iter_mut() {
+                if !h.ready || h.busy || h.failure.is_some() {
+                    continue;
+                }
+                while let Some(&step) = h.queue.front() {
+                    match dependencies(plan, &state, step) {
+                        Deps::Waiting => break,
+                        Deps::Blocked(reason) => {
+                            h.queue.pop_front();
+                            sink.event(Event::Skipped {
+                                host: name.clone(),
+                                component: plan.steps[step].root.clone(),
+                                reason: reason.clone(),
+                            });
+                            state[step] = StepState::NotRun(reason);
+                        }
+                        Deps::Done => {
+                            if running >= options.jobs.max(1) {
+                                break;
+                            }
+                            h.queue.pop_front();
+                            let _ = h.down.send(Down::Step(step, plan.steps[step].root.clone()));
+                            h.busy = true;
+                            running += 1;
+                            state[step] = StepState::Running;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if running == 0 {
+            break;
+        }
+        let Some(msg) = up.recv().await else { break };
+        match msg {
+            Up::Event(e) => sink.event(e),
+            Up::StepDone(step, outcome) => {
+                running -= 1;
+                state[step] = StepState::Done(outcome);
+                let host = &plan.steps[step].host;
+                let h = hosts.get_mut(host).expect("known host");
+                h.busy = false;
+                if outcome == RootOutcome::Failed {
+                    h.failure = Some(HostFailure {
+                        status: "failed",
+                        exit: Exit::DeployFailed,
+                        error: vec![format!("`{}` failed", plan.steps[step].root)],
+                    });
+                    for later in h.queue.drain(..) {
+                        state[later] =
+                            StepState::NotRun("an earlier root component on this host failed".into());
+                    }
+                    stop |= !options.keep_going;
+                }
+            }
+            Up::Broken(host, step, err) => {
+                running -= 1;
+                let failure = HostFailure::session(&err);
+                sink.event(Event::HostFailed {
+                    host: host.clone(),
+                    status: failure.status.to_string(),
+                    error: failure.error.clone(),
+                });
+                state[step] = StepState::Unknown;
+                let h = hosts.get_mut(&host).expect("known host");
+                h.busy = false;
+                h.failure = Some(failure);
+                for later in h.queue.drain(..) {
+                    state[later] = StepState::NotRun("the host's state is unknown".into());
+                }
+                stop |= !options.keep_going;
+            }
+            Up::Closed(host) => hosts.get_mut(&host).expect("known host").closed = true,
+            Up::Ready(_) | Up::SetupFailed(..) => {}
+        }
+    }
+    let reason = if setup_failed {
+        "not started: another host could not be prepared"
+    } else {
+        "not started: the deploy stopped after a failure"
+    };
+    for (name, h) in hosts.iter_mut() {
+        for step in h.queue.drain(..) {
+            sink.event(Event::Skipped {
+                host: name.clone(),
+                component: plan.steps[step].root.clone(),
+                reason: reason.to_string(),
+            });
+            state[step] = StepState::NotRun(reason.to_string());
+        }
+    }
+
+    // End every session: agents write their journal records and exit; masters close.
+    for h in hosts.values() {
+        if !h.closed {
+            let _ = h.down.send(Down::Finish);
+        }
+    }
+    let finish_deadline = tokio::time::Instant::now() + options.agent_timeout + Duration::from_secs(5);
+    while hosts.values().any(|h| !h.closed) {
+        match tokio::time::timeout_at(finish_deadline, up.recv()).await {
+            Ok(Some(Up::Closed(host))) => hosts.get_mut(&host).expect("known host").closed = true,
+            Ok(Some(Up::Event(e))) => sink.event(e),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+
+    let seconds = started.elapsed().as_secs_f64();
+    let mut exit = Exit::Success;
+    let mut summaries = Vec::new();
+    for (name, h) in &hosts {
+        let steps: Vec<usize> = (0..plan.steps.len())
+            .filter(|i| plan.steps[*i].host == *name)
+            .collect();
+        let roots = |f: &dyn Fn(&StepState) -> bool| -> Vec<String> {
+            steps
+                .iter()
+                .filter(|i| f(&state[**i]))
+                .map(|i| plan.steps[*i].root.clone())
+                .collect()
+        };
+        let changed = roots(&|s| matches!(s, StepState::Done(RootOutcome::Changed)));
+        let unchanged = roots(&|s| matches!(s, StepState::Done(RootOutcome::Unchanged)));
+        let failed = roots(&|s| {
+            matches!(s, StepState::Done(RootOutcome::Failed) | StepState::Unknown)
+        });
+        let not_run = roots(&|s| matches!(s, StepState::NotRun(_) | StepState::Pending));
+        sink.event(Event::HostFinished {
+            host: name.clone(),
+            dry_run: options.dry_run,
+            changed: changed.clone(),
+            unchanged: unchanged.clone(),
+            failed: failed.clone(),
+            not_attempted: not_run.clone(),
+            seconds,
+        });
+        let (status, detail) = if let Some(f) = &h.failure {
+            exit = exit.worst(f.exit);
+            (f.status.to_string(), f.error.join(": "))
+        } else if !not_run.is_empty() && changed.is_empty() && unchanged.is_empty() {
+            let why = steps
+                .iter()
+                .find_map(|i| match &state[*i] {
+                    StepState::NotRun(r) => Some(r.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            let status = if why.starts_with("not started") {
+                "not_attempted"
+            } else {
+                "skipped"
+            };
+            (status.to_string(), why)
+        } else if !changed.is_empty() {
+            let verb = if options.dry_run { "would change" } else { "changed" };
+            ("changed".to_string(), format!("{verb}: {}", changed.join(", ")))
+        } else {
+            ("unchanged".to_string(), String::new())
+        };
+        summaries.push(HostSummary {
+            host: name.clone(),
+            status,
+            detail,
+        });
+    }
+    if summaries.iter().any(|s| s.status == "skipped" || s.status == "not_attempted") {
+        exit = exit.worst(Exit::DeployFailed);
+    }
+    sink.event(Event::RunFinished {
+        hosts: summaries.clone(),
+        seconds,
+    });
+    RunReport {
+        hosts: summaries,
+        exit,
+        seconds,
+    }
+}
+
+enum Deps {
+    Done,
+    Waiting,
+    Blocked(String),
+}
+
+fn dependencies(plan: &RemotePlan, state: &[StepState], step: usize) -> Deps {
+    let mut waiting = false;
+    for dep in &plan.steps[step].after {
+        let label = format!("{}: {}", plan.steps[*dep].host, plan.steps[*dep].root);
+        match &state[*dep] {
+            // Checked before the run: deployed earlier, according to its host's journal.
+            StepState::Excluded => {}
+            StepState::Done(RootOutcome::Changed | RootOutcome::Unchanged) => {}
+            StepState::Pending | StepState::Running => waiting = true,
+            StepState::Done(_) | StepState::Unknown => {
+                return Deps::Blocked(format!("it depends on `{label}`, which failed"));
+            }
+            StepState::NotRun(_) => {
+                return Deps::Blocked(format!("it depends on `{label}`, which did not run"));
+            }
+        }
+    }
+    if waiting { Deps::Waiting } else { Deps::Done }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn host_task(
+    host: RemoteHost,
+    job: HostJob,
+    agent: Arc<AgentBinary>,
+    controller: Controller,
+    options: DeployOptions,
+    setup: Arc<Semaphore>,
+    mut down: mpsc::UnboundedReceiver<Down>,
+    up: mpsc::UnboundedSender<Up>,
+) {
+    let name = host.name.clone();
+    let permit = setup.acquire_owned().await.expect("the semaphore is never closed");
+    let session = match ssh::connect(&host, &options.ssh).await {
+        Ok(session) => session,
+        Err(err) => {
+            let _ = up.send(Up::SetupFailed(name, HostFailure::connect(&err)));
+            return;
+        }
+    };
+    let upload_deadline = options.agent_timeout.max(Duration::from_secs(120));
+    let prepared = async {
+        if ensure_agent(&session, &agent, upload_deadline).await? {
+            let _ = up.send(Up::Event(Event::AgentUploaded {
+                host: name.clone(),
+                bytes: agent.size,
+            }));
+        }
+        AgentSession::start(
+            Arc::clone(&session),
+            &agent,
+            &job,
+            options.dry_run,
+            &controller,
+            options.agent_timeout,
+        )
+        .await
+    };
+    let mut agent_session = match prepared.await {
+        Ok(s) => s,
+        Err(err) => {
+            let _ = up.send(Up::SetupFailed(name, HostFailure::session(&err)));
+            close(session).await;
+            return;
+        }
+    };
+    drop(permit);
+    let _ = up.send(Up::Ready(name.clone()));
+    while let Some(cmd) = down.recv().await {
+        match cmd {
+            Down::Step(step, root) => {
+                let events = up.clone();
+                match agent_session
+                    .step(&root, move |e| {
+                        let _ = events.send(Up::Event(e));
+                    })
+                    .await
+                {
+                    Ok(outcome) => {
+                        let _ = up.send(Up::StepDone(step, outcome));
+                    }
+                    Err(err) => {
+                        let _ = up.send(Up::Broken(name.clone(), step, err));
+                        drop(agent_session);
+                        close(session).await;
+                        let _ = up.send(Up::Closed(name));
+                        return;
+                    }
+                }
+            }
+            Down::Finish => {
+                if let Err(err) = agent_session.finish().await {
+                    let _ = up.send(Up::Event(Event::Log {
+                        host: name.clone(),
+                        component: String::new(),
+                        message: format!("ending the agent session failed: {err}"),
+                    }));
+                }
+                close(session).await;
+                let _ = up.send(Up::Closed(name));
+                return;
+            }
+        }
+    }
+}
+
+/// Closes a master connection once nothing else uses it.
+async fn close(session: Arc<openssh::Session>) {
+    if let Ok(session) = Arc::try_unwrap(session) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), session.close()).await;
+    }
+}

@@ -1,0 +1,1 @@
+//! Faults: unknown and changed host keys, unreachable hosts, held locks, killed agents.

@@ -1,0 +1,5 @@
+//! End-to-end tests: `batou-remote` against real sshd hosts on loopback.
+
+mod deploy;
+mod faults;
+mod harness;
