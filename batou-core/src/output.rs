@@ -35,11 +35,7 @@ impl<W: Write> EventSink for HumanOutput<W> {
                 let mut counts: Vec<(String, usize)> = Vec::new();
                 for h in &hosts {
                     let status = h.status.replace('_', " ");
-                    let _ = writeln!(
-                        self.out,
-                        "  {:width$}  {:16} {}",
-                        h.host, status, h.detail
-                    );
+                    let _ = writeln!(self.out, "  {:width$}  {:16} {}", h.host, status, h.detail);
                     match counts.iter_mut().find(|(s, _)| *s == status) {
                         Some((_, n)) => *n += 1,
                         None => counts.push((status, 1)),
@@ -67,7 +63,10 @@ impl<W: Write> EventSink for HumanOutput<W> {
                 );
             }
             Event::AgentUploaded { host, bytes } => {
-                self.lines(&host, &format!("uploaded the agent ({:.1} MB)", bytes as f64 / 1e6));
+                self.lines(
+                    &host,
+                    &format!("uploaded the agent ({:.1} MB)", bytes as f64 / 1e6),
+                );
             }
             Event::Skipped {
                 host,

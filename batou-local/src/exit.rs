@@ -64,7 +64,11 @@ impl Exit {
                 Exit::Success => 0,
             }
         }
-        if rank(other) > rank(self) { other } else { self }
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
     }
 }
 

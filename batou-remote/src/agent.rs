@@ -3,8 +3,8 @@
 //! Every read has a deadline: the agent sends heartbeats while it works, so silence longer
 //! than the agent timeout means the host's state is unknown, never that it succeeded.
 
-use std::path::Path;
 use openssh::Stdio;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,14 +65,22 @@ pub async fn ensure_agent(
     agent: &AgentBinary,
     deadline: Duration,
 ) -> Result<bool, SessionError> {
-    let check = shell_command(&[Word::Literal("test".into()), Word::Literal("-x".into()), agent.remote()]);
+    let check = shell_command(&[
+        Word::Literal("test".into()),
+        Word::Literal("-x".into()),
+        agent.remote(),
+    ]);
     let status = within(deadline, session.raw_command(&check).status())
         .await?
         .map_err(|e| SessionError::Failed(format!("cannot check for the agent: {e}")))?;
     if status.success() {
         return Ok(false);
     }
-    let tmp = Word::Home(format!("{AGENT_CACHE}/.{}.{}.tmp", agent.sha256, std::process::id()));
+    let tmp = Word::Home(format!(
+        "{AGENT_CACHE}/.{}.{}.tmp",
+        agent.sha256,
+        std::process::id()
+    ));
     let script = format!(
         "umask 077 && mkdir -p {dir} && cat > {tmp} && chmod 700 {tmp} && {install} || {{ rm -f {tmp}; exit 1; }}",
         dir = shell_command(&[Word::Home(AGENT_CACHE.into())]),
@@ -102,10 +110,7 @@ pub async fn ensure_agent(
         if let Some(mut stderr) = child.stderr().take() {
             stderr.read_to_string(&mut err).await?;
         }
-        let status = child
-            .wait()
-            .await
-            .map_err(std::io::Error::other)?;
+        let status = child.wait().await.map_err(std::io::Error::other)?;
         Ok::<_, std::io::Error>((status, err))
     };
     let (status, stderr) = within(deadline, upload)
@@ -252,7 +257,10 @@ fn unexpected(msg: &FromAgent) -> SessionError {
     SessionError::Failed(format!("unexpected message from the agent: {msg:?}"))
 }
 
-async fn within<T>(deadline: Duration, f: impl std::future::Future<Output = T>) -> Result<T, SessionError> {
+async fn within<T>(
+    deadline: Duration,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, SessionError> {
     tokio::time::timeout(deadline, f)
         .await
         .map_err(|_| SessionError::Timeout(deadline))

@@ -102,7 +102,9 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         if s.is_finite() && s > 0.0 {
             Ok(Duration::from_secs_f64(s))
         } else {
-            Err(ConfigError::new(format!("`--{name}` must be a positive number of seconds")))
+            Err(ConfigError::new(format!(
+                "`--{name}` must be a positive number of seconds"
+            )))
         }
     };
     let hosts = args.hosts.map(|h| h.into_iter().collect::<BTreeSet<_>>());
@@ -135,7 +137,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     check_hosts(&plan, settings)?;
     let mut options = settings.deploy.clone();
     options.jobs = settings.jobs.unwrap_or(plan.jobs).max(1);
-    let control_dir = ssh::control_dir().context("cannot create a directory for SSH control sockets")?;
+    let control_dir =
+        ssh::control_dir().context("cannot create a directory for SSH control sockets")?;
     options.ssh.control_dir = control_dir.path().to_path_buf();
     let agent = Arc::new(AgentBinary::new(&agent_path)?);
     let controller = controller();
@@ -149,6 +152,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    runtime.block_on(schedule::check_excluded_dependencies(&plan, &options))?;
     let report = runtime.block_on(schedule::deploy(
         &plan,
         agent,
@@ -174,9 +178,11 @@ fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
         if !output.status.success() {
             // The project's binary printed its error already formatted; relay it.
             eprint!("{}", String::from_utf8_lossy(&output.stderr));
-            return Err(ConfigError::new("the project's binary could not plan the environment")
-                .hint("fix the errors above; nothing was touched on any host")
-                .into());
+            return Err(
+                ConfigError::new("the project's binary could not plan the environment")
+                    .hint("fix the errors above; nothing was touched on any host")
+                    .into(),
+            );
         }
         let plan: RemotePlan = serde_json::from_slice(&output.stdout)
             .context("cannot read the plan printed by the project's binary")?;

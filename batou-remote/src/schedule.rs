@@ -198,7 +198,9 @@ pub async fn deploy(
             }
             Up::Event(e) => sink.event(e),
             Up::Closed(host) => hosts.get_mut(&host).expect("known host").closed = true,
-            Up::StepDone(..) | Up::Broken(..) => unreachable!("no step runs before all hosts are ready"),
+            Up::StepDone(..) | Up::Broken(..) => {
+                unreachable!("no step runs before all hosts are ready")
+            }
         }
     }
     let setup_failed = hosts.values().any(|h| h.failure.is_some());
@@ -266,8 +268,9 @@ pub async fn deploy(
                         error: vec![format!("`{}` failed", plan.steps[step].root)],
                     });
                     for later in h.queue.drain(..) {
-                        state[later] =
-                            StepState::NotRun("an earlier root component on this host failed".into());
+                        state[later] = StepState::NotRun(
+                            "an earlier root component on this host failed".into(),
+                        );
                     }
                     stop |= !options.keep_going;
                 }
@@ -315,7 +318,8 @@ pub async fn deploy(
             let _ = h.down.send(Down::Finish);
         }
     }
-    let finish_deadline = tokio::time::Instant::now() + options.agent_timeout + Duration::from_secs(5);
+    let finish_deadline =
+        tokio::time::Instant::now() + options.agent_timeout + Duration::from_secs(5);
     while hosts.values().any(|h| !h.closed) {
         match tokio::time::timeout_at(finish_deadline, up.recv()).await {
             Ok(Some(Up::Closed(host))) => hosts.get_mut(&host).expect("known host").closed = true,
@@ -341,9 +345,8 @@ pub async fn deploy(
         };
         let changed = roots(&|s| matches!(s, StepState::Done(RootOutcome::Changed)));
         let unchanged = roots(&|s| matches!(s, StepState::Done(RootOutcome::Unchanged)));
-        let failed = roots(&|s| {
-            matches!(s, StepState::Done(RootOutcome::Failed) | StepState::Unknown)
-        });
+        let failed =
+            roots(&|s| matches!(s, StepState::Done(RootOutcome::Failed) | StepState::Unknown));
         let not_run = roots(&|s| matches!(s, StepState::NotRun(_) | StepState::Pending));
         sink.event(Event::HostFinished {
             host: name.clone(),
@@ -372,8 +375,15 @@ pub async fn deploy(
             };
             (status.to_string(), why)
         } else if !changed.is_empty() {
-            let verb = if options.dry_run { "would change" } else { "changed" };
-            ("changed".to_string(), format!("{verb}: {}", changed.join(", ")))
+            let verb = if options.dry_run {
+                "would change"
+            } else {
+                "changed"
+            };
+            (
+                "changed".to_string(),
+                format!("{verb}: {}", changed.join(", ")),
+            )
         } else {
             ("unchanged".to_string(), String::new())
         };
@@ -383,8 +393,14 @@ pub async fn deploy(
             detail,
         });
     }
-    if summaries.iter().any(|s| s.status == "skipped" || s.status == "not_attempted") {
-        exit = exit.worst(Exit::DeployFailed);
+    // Hosts left out because of another host's failure carry that host's exit status; only
+    // when nothing else failed do they count as a failed deploy.
+    if exit == Exit::Success
+        && summaries
+            .iter()
+            .any(|s| s.status == "skipped" || s.status == "not_attempted")
+    {
+        exit = Exit::DeployFailed;
     }
     sink.event(Event::RunFinished {
         hosts: summaries.clone(),
@@ -395,6 +411,122 @@ pub async fn deploy(
         exit,
         seconds,
     }
+}
+
+/// With `--hosts`, every step of the run whose dependency lies outside the run must find that
+/// dependency deployed in its host's journal; the missing ones are an error before any
+/// deploy starts.
+pub async fn check_excluded_dependencies(
+    plan: &RemotePlan,
+    options: &DeployOptions,
+) -> Result<(), batou_core::ConfigError> {
+    let Some(selected) = &options.hosts else {
+        return Ok(());
+    };
+    let mut needed: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
+    for (i, step) in plan.steps.iter().enumerate() {
+        if !selected.contains(&step.host) {
+            continue;
+        }
+        for dep in &step.after {
+            let provider = &plan.steps[*dep];
+            if !selected.contains(&provider.host) {
+                needed
+                    .entry(provider.host.as_str())
+                    .or_default()
+                    .push((*dep, i));
+            }
+        }
+    }
+    let label = |i: usize| format!("{}: {}", plan.steps[i].host, plan.steps[i].root);
+    let mut missing = Vec::new();
+    for (host, deps) in needed {
+        let deployed = deployed_roots(plan, host, options).await;
+        for (dep, requirer) in deps {
+            let ok = deployed
+                .as_ref()
+                .is_ok_and(|roots| roots.contains(&plan.steps[dep].root));
+            if !ok {
+                let why = match &deployed {
+                    Ok(_) => "has not been deployed according to its host's journal".to_string(),
+                    Err(e) => format!("could not be checked ({e})"),
+                };
+                missing.push(format!(
+                    "`{}` requires `{}`, which is not in this run and {why}",
+                    label(requirer),
+                    label(dep)
+                ));
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let hosts: BTreeSet<&str> = plan
+        .steps
+        .iter()
+        .filter(|s| !selected.contains(&s.host))
+        .map(|s| s.host.as_str())
+        .collect();
+    Err(batou_core::ConfigError::new(format!(
+        "dependencies outside `--hosts` are missing: {}",
+        missing.join("; ")
+    ))
+    .hint(format!(
+        "deploy them first or add their hosts to `--hosts` (not in this run: {})",
+        hosts.into_iter().collect::<Vec<_>>().join(", ")
+    )))
+}
+
+/// The root components that a host's journal records as deployed (changed or unchanged).
+async fn deployed_roots(
+    plan: &RemotePlan,
+    host: &str,
+    options: &DeployOptions,
+) -> anyhow::Result<BTreeSet<String>> {
+    let remote = plan
+        .hosts
+        .iter()
+        .find(|h| h.name == host)
+        .ok_or_else(|| anyhow::anyhow!("unknown host `{host}`"))?;
+    let base = &plan.host_jobs[host].base_dir;
+    let journal = if std::path::Path::new(base).is_absolute() {
+        ssh::Word::Literal(format!(
+            "{}/.batou/journal.jsonl",
+            base.trim_end_matches('/')
+        ))
+    } else {
+        ssh::Word::Home(format!(
+            "{}/.batou/journal.jsonl",
+            base.trim_end_matches('/')
+        ))
+    };
+    let session = ssh::connect(remote, &options.ssh).await?;
+    let command = format!(
+        "{} 2>/dev/null || true",
+        ssh::shell_command(&[ssh::Word::Literal("cat".into()), journal])
+    );
+    let output = tokio::time::timeout(
+        options.agent_timeout,
+        session.raw_command(&command).output(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {:.0?}", options.agent_timeout))??;
+    close(session).await;
+    let mut roots = BTreeSet::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if record["record"] == "step"
+            && record["environment"] == plan.environment.as_str()
+            && (record["outcome"] == "changed" || record["outcome"] == "unchanged")
+            && let Some(root) = record["component"].as_str()
+        {
+            roots.insert(root.to_string());
+        }
+    }
+    Ok(roots)
 }
 
 enum Deps {
@@ -435,7 +567,10 @@ async fn host_task(
     up: mpsc::UnboundedSender<Up>,
 ) {
     let name = host.name.clone();
-    let permit = setup.acquire_owned().await.expect("the semaphore is never closed");
+    let permit = setup
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed");
     let session = match ssh::connect(&host, &options.ssh).await {
         Ok(session) => session,
         Err(err) => {

@@ -45,7 +45,10 @@ pub enum ConnectError {
 const IDLE_PERSIST: usize = 15;
 
 /// Opens the master connection to `host`.
-pub async fn connect(host: &RemoteHost, options: &SshOptions) -> Result<Arc<Session>, ConnectError> {
+pub async fn connect(
+    host: &RemoteHost,
+    options: &SshOptions,
+) -> Result<Arc<Session>, ConnectError> {
     let mut builder = SessionBuilder::default();
     builder
         .known_hosts_check(if options.accept_new_host_keys {
@@ -93,7 +96,8 @@ fn classify(err: &openssh::Error) -> ConnectError {
         || text.contains("host key")
     {
         ConnectError::HostKey(text)
-    } else if text.contains("Permission denied") || text.contains("Too many authentication failures")
+    } else if text.contains("Permission denied")
+        || text.contains("Too many authentication failures")
     {
         ConnectError::Auth(text)
     } else {

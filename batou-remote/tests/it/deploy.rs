@@ -57,7 +57,12 @@ fn deploys_files_to_two_hosts_then_changes_nothing() {
         .iter()
         .map(|r| r["record"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(records, ["started", "step", "step", "finished", "started", "step", "step", "finished"]);
+    assert_eq!(
+        records,
+        [
+            "started", "step", "step", "finished", "started", "step", "step", "finished"
+        ]
+    );
 }
 
 #[test]
@@ -71,8 +76,14 @@ fn human_output_is_live_prefixed_and_summarised() {
     assert!(e.contains("web1: changed motd (missing)\n"), "{e}");
     assert!(e.contains("web2:     +Welcome to web2\n"), "{e}");
     assert!(e.contains("summary:\n"), "{e}");
-    assert!(e.contains("  web1  changed          changed: motd, conf\n"), "{e}");
-    assert!(e.contains("2 hosts: 2 changed, 0 unchanged, 0 failed in "), "{e}");
+    assert!(
+        e.contains("  web1  changed          changed: motd, conf\n"),
+        "{e}"
+    );
+    assert!(
+        e.contains("2 hosts: 2 changed, 0 unchanged, 0 failed in "),
+        "{e}"
+    );
 }
 
 #[test]
@@ -84,19 +95,39 @@ fn dry_run_changes_nothing_on_any_host() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.count("changed") >= 3);
     for h in cluster.hosts.values() {
-        assert!(!h.home.join("srv").exists(), "dry run created the base directory on {}", h.name);
+        assert!(
+            !h.home.join("srv").exists(),
+            "dry run created the base directory on {}",
+            h.name
+        );
     }
 
     cluster.run(p.path(), &["prod"]);
-    std::fs::write(cluster.host("web1").home.join("srv/work/conf/app.conf"), "drift\n").unwrap();
-    let before: Vec<_> = cluster.hosts.values().map(|h| snapshot(&h.home.join("srv"))).collect();
+    std::fs::write(
+        cluster.host("web1").home.join("srv/work/conf/app.conf"),
+        "drift\n",
+    )
+    .unwrap();
+    let before: Vec<_> = cluster
+        .hosts
+        .values()
+        .map(|h| snapshot(&h.home.join("srv")))
+        .collect();
     let out = cluster.run(p.path(), &["prod", "--dry-run", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let changed: Vec<_> = out.events().into_iter().filter(|e| e["event"] == "changed").collect();
+    let changed: Vec<_> = out
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "changed")
+        .collect();
     assert_eq!(changed.len(), 1, "{changed:?}");
     assert_eq!(changed[0]["component"], "conf");
     assert_eq!(changed[0]["dry_run"], true);
-    let after: Vec<_> = cluster.hosts.values().map(|h| snapshot(&h.home.join("srv"))).collect();
+    let after: Vec<_> = cluster
+        .hosts
+        .values()
+        .map(|h| snapshot(&h.home.join("srv")))
+        .collect();
     assert_eq!(before, after, "a dry run changed a host");
 }
 
@@ -107,14 +138,24 @@ fn configuration_errors_open_no_connection() {
     p.env("prod", &FILES.replace("[\"motd\"]", "[\"motdd\"]"));
     let out = cluster.run(p.path(), &["prod"]);
     assert_eq!(out.code, 3, "{}", out.stderr);
-    assert!(out.stderr.contains("unknown component `motdd` in environments/prod.toml:9:15 (did you mean `motd`?)"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "unknown component `motdd` in environments/prod.toml:9:15 (did you mean `motd`?)"
+        ),
+        "{}",
+        out.stderr
+    );
     for h in cluster.hosts.values() {
         assert_eq!(h.logins(), 0, "{} was contacted", h.name);
     }
     p.env("prod", FILES);
     let out = cluster.run(p.path(), &["prod", "--hosts", "web3"]);
     assert_eq!(out.code, 3);
-    assert!(out.stderr.contains("unknown host `web3` in `--hosts`"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("unknown host `web3` in `--hosts`"),
+        "{}",
+        out.stderr
+    );
     for h in cluster.hosts.values() {
         assert_eq!(h.logins(), 0, "{} was contacted", h.name);
     }

@@ -1,1 +1,361 @@
-//! Faults: unknown and changed host keys, unreachable hosts, held locks, killed agents.
+//! Faults: unknown and changed host keys, unreachable hosts, held locks, killed agents, cut
+//! connections, hanging commands. Each ends with a clean re-run.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Cluster, Project, workspace_root};
+
+const TWO_HOSTS: &str = r#"
+[environment]
+base_dir = "srv"
+
+[hosts.web1]
+components = ["motd"]
+
+[hosts.web2]
+components = ["motd"]
+
+[components.motd]
+type = "file"
+path = "motd"
+content = "Welcome to {{ host.name }}\n"
+"#;
+
+/// web1 runs a command that takes `seconds`; web2 only a file.
+fn slow(seconds: f64) -> String {
+    format!(
+        r#"
+[environment]
+base_dir = "srv"
+
+[hosts.web1]
+components = ["slow", "motd"]
+
+[hosts.web2]
+components = ["motd"]
+
+[components.slow]
+type = "command"
+argv = ["sh", "-c", "sleep {seconds}; touch done"]
+creates = "done"
+
+[components.motd]
+type = "file"
+path = "motd"
+content = "hello\n"
+"#
+    )
+}
+
+#[test]
+fn an_unknown_host_key_is_refused_before_anything_runs() {
+    let cluster = Cluster::start(&["web1", "web2"]);
+    let p = Project::new();
+    p.env("prod", TWO_HOSTS);
+    cluster.forget("web2");
+    let out = cluster.run(p.path(), &["prod", "--json"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    let statuses = out.statuses();
+    assert_eq!(statuses["web2"], "host_key_refused");
+    assert_eq!(statuses["web1"], "not_attempted");
+    assert!(
+        !cluster.host("web1").home.join("srv/work").exists(),
+        "web1 was changed"
+    );
+    assert!(!cluster.host("web2").home.join("srv").exists());
+    let failed = out
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "host_failed")
+        .unwrap();
+    assert!(
+        failed["error"][0]
+            .as_str()
+            .unwrap()
+            .contains("Host key verification failed"),
+        "{failed}"
+    );
+
+    // Accepting new keys is explicit; afterwards the key is known.
+    let out = cluster.run(p.path(), &["prod", "--accept-new-host-keys"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = cluster.run(p.path(), &["prod", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.count("changed"), 0);
+}
+
+#[test]
+fn a_changed_host_key_is_refused_even_when_accepting_new_keys() {
+    let mut cluster = Cluster::start(&["web1", "web2"]);
+    let p = Project::new();
+    p.env("prod", TWO_HOSTS);
+    assert_eq!(cluster.run(p.path(), &["prod"]).code, 0);
+    cluster.replace_host_key("web1");
+    let journal_before = cluster.host("web2").journal("srv").len();
+    let out = cluster.run(p.path(), &["prod", "--accept-new-host-keys", "--json"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert_eq!(out.statuses()["web1"], "host_key_refused");
+    assert_eq!(
+        cluster.host("web2").journal("srv").len(),
+        journal_before + 2,
+        "web2 ran steps"
+    );
+}
+
+#[test]
+fn an_unreachable_host_stops_the_run_unless_keep_going() {
+    let mut cluster = Cluster::start(&["web1", "web2"]);
+    let p = Project::new();
+    p.env("prod", TWO_HOSTS);
+    cluster.hosts.get_mut("web2").unwrap().stop();
+    let started = Instant::now();
+    let out = cluster.run(p.path(), &["prod", "--json"]);
+    assert_eq!(out.code, 7, "{}", out.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    let statuses = out.statuses();
+    assert_eq!(statuses["web2"], "unreachable");
+    assert_eq!(statuses["web1"], "not_attempted");
+    assert!(!cluster.host("web1").home.join("srv/work").exists());
+
+    let out = cluster.run(p.path(), &["prod", "--keep-going", "--json"]);
+    assert_eq!(out.code, 7, "{}", out.stderr);
+    assert_eq!(out.statuses()["web1"], "changed");
+    assert!(
+        cluster
+            .host("web1")
+            .home
+            .join("srv/work/motd/motd")
+            .exists()
+    );
+}
+
+#[test]
+fn a_second_deploy_is_refused_while_the_first_holds_the_lock() {
+    let cluster = Cluster::start(&["web1", "web2"]);
+    let p = Project::new();
+    p.env("prod", &slow(3.0));
+    let mut first = cluster
+        .command(p.path(), &["prod"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = cluster.host("web1").home.join("srv/.batou/lock");
+    wait_for(|| std::fs::read_to_string(&lock).is_ok_and(|t| !t.is_empty()));
+    let out = cluster.run(p.path(), &["prod"]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    let holder = format!("(pid {})", first.id());
+    assert!(
+        out.stderr.contains("host is locked by a deploy of root@"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains(&holder), "{}", out.stderr);
+    assert!(first.wait().unwrap().success());
+    // The lock is released with its holder; a new deploy converges with nothing to do.
+    let out = cluster.run(p.path(), &["prod", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.count("changed"), 0);
+}
+
+#[test]
+fn a_killed_agent_means_unknown_state_and_the_next_run_converges() {
+    let cluster = Cluster::start(&["web1", "web2"]);
+    let p = Project::new();
+    p.env("prod", &slow(2.0));
+    let first = cluster
+        .command(p.path(), &["prod", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let web1 = cluster.host("web1");
+    let agent = wait_for_pid(|| {
+        find_process(
+            &format!("{}/.cache/batou/agents/", web1.home.display()),
+            "agent",
+        )
+    });
+    wait_for(|| find_process("sleep", "2").is_some());
+    let started = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = first.wait_with_output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the controller hung for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(6));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains(r#""status":"timeout""#), "{stdout}");
+    assert!(stdout.contains("the host's state is unknown"), "{stdout}");
+
+    let out = cluster.run(p.path(), &["prod"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = cluster.run(p.path(), &["prod", "--json"]);
+    assert_eq!(out.count("changed"), 0, "{}", out.stdout);
+}
+
+#[test]
+fn a_cut_connection_means_unknown_state_and_the_next_run_converges() {
+    let cluster = Cluster::start(&["web1", "web2"]);
+    let p = Project::new();
+    p.env("prod", &slow(2.0));
+    let first = cluster
+        .command(p.path(), &["prod", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let web1 = cluster.host("web1");
+    let agent_path = format!("{}/.cache/batou/agents/", web1.home.display());
+    wait_for_pid(|| find_process(&agent_path, "agent"));
+    wait_for(|| find_process("sleep", "2").is_some());
+    // Cut the connection: end web1's per-connection sshd processes (children of our sshd).
+    for child in children(web1.pid()) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The agent goes away with its session (recording the abort if it still can), which
+    // releases the lock.
+    wait_for(|| find_process(&agent_path, "agent").is_none());
+    let journal = web1.journal("srv");
+    assert_eq!(journal[0]["record"], "started", "{journal:?}");
+    assert!(
+        !journal.iter().any(|r| r["record"] == "finished"),
+        "{journal:?}"
+    );
+    let out = cluster.run(p.path(), &["prod"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = cluster.run(p.path(), &["prod", "--json"]);
+    assert_eq!(out.count("changed"), 0, "{}", out.stdout);
+}
+
+#[test]
+fn a_hanging_command_fails_at_its_deadline() {
+    let cluster = Cluster::start(&["web1"]);
+    let p = Project::new();
+    p.env(
+        "prod",
+        "[environment]\nbase_dir = \"srv\"\n[hosts.web1]\ncomponents = [\"hang\"]\n[components.hang]\ntype = \"command\"\nargv = [\"sleep\", \"60\"]\ncreates = \"never\"\ntimeout = 0.5\n",
+    );
+    let started = Instant::now();
+    let out = cluster.run(p.path(), &["prod"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        out.stderr
+            .contains("web1:   error: command `sleep 60` timed out after 0.5 s and was killed"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("  web1  failed"), "{}", out.stderr);
+}
+
+#[test]
+fn hosts_limits_the_run_and_checks_dependencies_outside_it() {
+    let cluster = Cluster::start(&["db1", "web1", "web2"]);
+    let shop = workspace_root().join("examples/shop");
+    let out = cluster.run(&shop, &["production", "--hosts", "web1"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("`web1: app` requires `db1: database`, which is not in this run and has not been deployed according to its host's journal"),
+        "{}",
+        out.stderr
+    );
+    assert!(!cluster.host("web1").home.join("srv").exists());
+
+    assert_eq!(
+        cluster.run(&shop, &["production", "--hosts", "db1"]).code,
+        0
+    );
+    let logins = cluster.host("web2").logins();
+    let out = cluster.run(&shop, &["production", "--hosts", "web1", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.statuses().keys().collect::<Vec<_>>(), ["web1"]);
+    assert_eq!(cluster.host("web2").logins(), logins, "web2 was contacted");
+    assert!(
+        cluster
+            .host("web1")
+            .home
+            .join("srv/work/app/config/app.toml")
+            .exists()
+    );
+}
+
+fn wait_for(mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for_pid(mut find: impl FnMut() -> Option<u32>) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(pid) = find() {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for a process");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A process whose first argument contains `program` and whose second is `arg`.
+fn find_process(program: &str, arg: &str) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.len() >= 2 && args[0].contains(program) && args[1] == arg {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Direct children of `parent`.
+fn children(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The parent PID is the second field after the parenthesised command name.
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+            continue;
+        };
+        if rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}

@@ -48,7 +48,10 @@ impl Cluster {
         );
         std::fs::create_dir_all("/run/sshd").unwrap();
         // Short paths: ssh control sockets must fit in ~100 bytes.
-        let dir = tempfile::Builder::new().prefix("bt").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("bt")
+            .tempdir_in("/tmp")
+            .unwrap();
         let root = dir.path().to_path_buf();
         let key = root.join("client_key");
         keygen(&key);
@@ -156,7 +159,14 @@ impl Cluster {
             .arg(project)
             .arg("--ssh-config")
             .arg(&self.ssh_config)
-            .args(["--connect-timeout", "3", "--keepalive", "1", "--agent-timeout", "10"])
+            .args([
+                "--connect-timeout",
+                "3",
+                "--keepalive",
+                "1",
+                "--agent-timeout",
+                "10",
+            ])
             .args(args)
             .env("RUST_BACKTRACE", "0")
             .env_remove("BATOU_PROJECT_BINARY");
@@ -180,8 +190,17 @@ impl Host {
             ),
         )
         .unwrap();
-        let check = Command::new("/usr/sbin/sshd").arg("-t").arg("-f").arg(&config).output().unwrap();
-        assert!(check.status.success(), "bad sshd config: {}", String::from_utf8_lossy(&check.stderr));
+        let check = Command::new("/usr/sbin/sshd")
+            .arg("-t")
+            .arg("-f")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "bad sshd config: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
         let child = Command::new("/usr/sbin/sshd")
             .arg("-D")
             .arg("-f")
@@ -193,7 +212,11 @@ impl Host {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect((self.address.as_str(), self.port)).is_err() {
-            assert!(Instant::now() < deadline, "sshd for {} did not start", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "sshd for {} did not start",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -255,12 +278,20 @@ impl Outcome {
     /// The run's per-host statuses.
     pub fn statuses(&self) -> BTreeMap<String, String> {
         let events = self.events();
-        let run = events.iter().find(|e| e["event"] == "run_finished").expect("run_finished event");
+        let run = events
+            .iter()
+            .find(|e| e["event"] == "run_finished")
+            .expect("run_finished event");
         run["hosts"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|h| (h["host"].as_str().unwrap().to_string(), h["status"].as_str().unwrap().to_string()))
+            .map(|h| {
+                (
+                    h["host"].as_str().unwrap().to_string(),
+                    h["status"].as_str().unwrap().to_string(),
+                )
+            })
             .collect()
     }
 }
@@ -278,7 +309,11 @@ impl Project {
     }
 
     pub fn env(&self, name: &str, text: &str) -> &Self {
-        std::fs::write(self.dir.path().join(format!("environments/{name}.toml")), text).unwrap();
+        std::fs::write(
+            self.dir.path().join(format!("environments/{name}.toml")),
+            text,
+        )
+        .unwrap();
         self
     }
 
@@ -304,9 +339,15 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
                 out.insert(rel, format!("dir {mode:o}"));
                 stack.push(path);
             } else if meta.file_type().is_symlink() {
-                out.insert(rel, format!("link {:?}", std::fs::read_link(&path).unwrap()));
+                out.insert(
+                    rel,
+                    format!("link {:?}", std::fs::read_link(&path).unwrap()),
+                );
             } else {
-                out.insert(rel, format!("file {mode:o} {:?}", std::fs::read(&path).unwrap()));
+                out.insert(
+                    rel,
+                    format!("file {mode:o} {:?}", std::fs::read(&path).unwrap()),
+                );
             }
         }
     }
@@ -319,14 +360,25 @@ fn keygen(path: &Path) {
         .arg(path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "ssh-keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ssh-keygen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn free_port(address: &str) -> u16 {
-    std::net::TcpListener::bind((address, 0)).unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind((address, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
