@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::resources::Resources;
+use crate::secrets::{Secret, SecretFiles};
 use crate::{Component, Host, Project, Templates, paths};
 
 /// What one step's configure sees of the environment; shared by the step's whole tree.
@@ -24,6 +25,7 @@ pub(crate) struct Scope<'a> {
     pub(crate) allowed: &'a [PathBuf],
     pub(crate) project: &'a Project,
     pub(crate) templates: &'a Templates,
+    pub(crate) secret_files: &'a SecretFiles,
     pub(crate) context: minijinja::Value,
 }
 
@@ -91,6 +93,12 @@ impl<'a> Configure<'a> {
             );
         }
         Ok(resolved)
+    }
+
+    /// The content of the named secret file (`[files]` in the environment's secrets). Only
+    /// hosts whose components ask for a secret file receive it.
+    pub fn secret_file(&self, name: &str) -> anyhow::Result<Secret<String>> {
+        self.scope.secret_files.get(self.scope.step, name)
     }
 
     /// Provides `value` under `key` to every component that requires it, on any host.

@@ -13,6 +13,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::error::SourceText;
+use crate::secrets::Secrets;
 use crate::{ConfigError, Place, Registry};
 
 /// How the controller reaches the hosts of an environment.
@@ -88,6 +89,11 @@ pub struct Environment {
     pub(crate) components: BTreeMap<String, ComponentDef>,
     /// Where each host's component references are, for placing errors.
     pub(crate) reference_spans: BTreeMap<(String, String), usize>,
+    /// Named secret files and the path of the secrets file they came from.
+    pub(crate) secret_files: BTreeMap<String, String>,
+    pub(crate) secrets_path: Option<String>,
+    /// Every secret string with its dotted name.
+    pub(crate) secret_values: Vec<(String, String)>,
 }
 
 /// A root component definition: its type and its attribute overrides.
@@ -174,6 +180,7 @@ impl Environment {
         let source = SourceText {
             path: path.to_string(),
             text,
+            overlay: None,
         };
         let doc = DeTable::parse(text).map_err(|e| source.toml_error(&e))?;
         let span = doc.span();
@@ -245,7 +252,103 @@ impl Environment {
             source,
             components,
             reference_spans,
+            secret_files: BTreeMap::new(),
+            secrets_path: None,
+            secret_values: Vec::new(),
         })
+    }
+
+    /// Merges decrypted secrets: attribute overrides into root components, data into hosts,
+    /// named files for components to install. Secrets for a component no host runs, for an
+    /// unknown host, or set both here and in the environment file are errors.
+    pub fn apply_secrets(&mut self, secrets: Secrets, registry: &Registry) -> Result<(), ConfigError> {
+        let overlay = SourceText {
+            path: secrets.path.clone(),
+            text: secrets.text,
+            overlay: None,
+        };
+        // Secret spans are moved past the environment's text, so that places and the
+        // "do not render as a template" rule can tell them apart.
+        let shift = self.source.text.len() + 1;
+        for (name, attributes) in secrets.components {
+            let component = name.get_ref();
+            let assigned = self.hosts.iter().any(|h| h.components.contains(component));
+            if !self.components.contains_key(component) && !(assigned && registry.contains(component)) {
+                let candidates: Vec<&str> = self
+                    .components
+                    .keys()
+                    .map(String::as_str)
+                    .chain(self.hosts.iter().flat_map(|h| h.components.iter().map(String::as_str)))
+                    .collect();
+                return Err(ConfigError::new(format!(
+                    "secrets for unknown component `{component}`"
+                ))
+                .at(overlay.place(name.span().start))
+                .suggest(component, candidates)
+                .hint(format!("no host of `{}` runs a component called `{component}`", self.path())));
+            }
+            if !assigned {
+                return Err(ConfigError::new(format!(
+                    "secrets for component `{component}`, which no host runs"
+                ))
+                .at(overlay.place(name.span().start))
+                .hint("assign it to a host or remove its secrets"));
+            }
+            let offset = self
+                .reference_spans
+                .iter()
+                .find(|((_, c), _)| c == component)
+                .map(|(_, offset)| *offset)
+                .unwrap_or(0);
+            let def = self
+                .components
+                .entry(component.clone())
+                .or_insert_with(|| ComponentDef {
+                    type_name: component.clone(),
+                    attributes: Spanned::new(offset..offset, DeValue::Table(DeTable::new())),
+                });
+            crate::secrets::merge(
+                &mut def.attributes,
+                attributes,
+                &format!("components.{component}"),
+                &overlay,
+                shift,
+            )?;
+        }
+        for (name, data) in secrets.hosts {
+            let Some(host) = self.hosts.iter_mut().find(|h| &h.name == name.get_ref()) else {
+                let names: Vec<String> = self.hosts.iter().map(|h| h.name.clone()).collect();
+                return Err(ConfigError::new(format!("secrets for unknown host `{}`", name.get_ref()))
+                    .at(overlay.place(name.span().start))
+                    .suggest(name.get_ref(), names.iter().map(String::as_str))
+                    .hint(format!("hosts: {}", names.join(", "))));
+            };
+            for (key, value) in data {
+                if host.data.contains_key(key.get_ref()) {
+                    return Err(ConfigError::new(format!(
+                        "`hosts.{}.data.{}` is set both in the environment and in the secrets",
+                        host.name,
+                        key.get_ref()
+                    ))
+                    .at(overlay.place(key.span().start))
+                    .hint("set each value in one place: remove it from the environment file"));
+                }
+                host.data.insert(key.into_inner(), value);
+            }
+        }
+        self.secret_files = secrets.files;
+        self.secrets_path = Some(secrets.path);
+        self.secret_values = secrets.values;
+        self.source.overlay = Some(Box::new((shift, overlay)));
+        Ok(())
+    }
+
+    /// Whether a span offset lies in merged secrets rather than in the environment file.
+    pub(crate) fn is_secret_offset(&self, offset: usize) -> bool {
+        self.source
+            .overlay
+            .as_ref()
+            .is_some_and(|o| offset >= o.0)
     }
 
     /// The host called `name`, or an error suggesting a close name.

@@ -100,11 +100,19 @@ impl ConfigError {
 pub(crate) struct SourceText {
     pub(crate) path: String,
     pub(crate) text: &'static str,
+    /// A second file whose spans start at an offset past this text (decrypted secrets
+    /// merged into an environment's attributes).
+    pub(crate) overlay: Option<Box<(usize, SourceText)>>,
 }
 
 impl SourceText {
     /// The place of a byte offset; columns count characters, not bytes.
     pub(crate) fn place(&self, offset: usize) -> Place {
+        if let Some(overlay) = &self.overlay
+            && offset >= overlay.0
+        {
+            return overlay.1.place(offset - overlay.0);
+        }
         let offset = offset.min(self.text.len());
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
@@ -150,6 +158,7 @@ mod tests {
         let src = SourceText {
             path: "env.toml".into(),
             text: "a = 1\nbé = 2\n",
+            overlay: None,
         };
         assert_eq!(src.place(0).to_string(), "env.toml:1:1");
         assert_eq!(src.place(6).to_string(), "env.toml:2:1");

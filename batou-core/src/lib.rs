@@ -41,8 +41,10 @@ mod paths;
 mod plan;
 mod project;
 pub mod protocol;
+pub mod redact;
 mod registry;
 mod resources;
+pub mod secrets;
 mod template;
 
 pub use component::{Component, Verdict};
@@ -55,6 +57,7 @@ pub use event::{Event, EventSink, HostSummary};
 pub use plan::{Plan, Step};
 pub use project::{Project, ProjectEntry, ProjectEntryKind, ProjectFiles};
 pub use registry::Registry;
+pub use secrets::Secret;
 pub use template::Templates;
 
 /// Removes `.` and resolves `..` lexically, without touching the file system.

@@ -27,6 +27,7 @@ impl<W: Write> HumanOutput<W> {
 
 impl<W: Write> EventSink for HumanOutput<W> {
     fn event(&mut self, event: Event) {
+        let event = crate::redact::masked(event);
         match event {
             Event::HostStarted { .. } | Event::StepStarted { .. } => {}
             Event::RunFinished { hosts, seconds } => {
@@ -167,7 +168,8 @@ impl<W: Write> JsonOutput<W> {
 
 impl<W: Write> EventSink for JsonOutput<W> {
     fn event(&mut self, event: Event) {
-        let line = serde_json::to_string(&event).expect("events always serialize");
+        let line = serde_json::to_string(&crate::redact::to_masked_json(&event))
+            .expect("events always serialize");
         let _ = writeln!(self.out, "{line}");
         let _ = self.out.flush();
     }

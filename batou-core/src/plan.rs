@@ -15,6 +15,9 @@ use serde::de::IntoDeserializer;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use std::sync::Arc;
+
+use crate::secrets::SecretFiles;
 use crate::configure::Scope;
 use crate::protocol::{HostJob, JobHost, JobStep, PlanStep, RemoteHost, RemotePlan};
 use crate::resources::{Resources, Unsatisfied};
@@ -71,6 +74,9 @@ pub struct Plan {
     allow_paths: Vec<String>,
     resources: Resources,
     project: Project,
+    secret_files: Arc<SecretFiles>,
+    /// Every secret string of the environment with its name (empty on agents).
+    secret_values: Vec<(String, String)>,
 }
 
 /// One step to configure: a root component of a host with its type and attributes.
@@ -94,6 +100,10 @@ impl Plan {
         base_dir: &Path,
     ) -> Result<Plan, ConfigError> {
         let templates = Templates::new(project.clone());
+        let secret_files = Arc::new(SecretFiles::new(
+            environment.secret_files.clone(),
+            environment.secrets_path.clone(),
+        ));
         // Steps in environment order: hosts by name, components as each host lists them.
         let mut slots = Vec::new();
         for host in &environment.hosts {
@@ -137,6 +147,7 @@ impl Plan {
                 project,
                 templates: &templates,
                 registry,
+                secret_files: &secret_files,
             },
             Resources::default(),
         )?;
@@ -178,6 +189,8 @@ impl Plan {
             allow_paths,
             resources: built.resources,
             project: project.clone(),
+            secret_files,
+            secret_values: environment.secret_values.clone(),
         })
     }
 
@@ -210,7 +223,7 @@ impl Plan {
                 components: self.component_paths(*i),
             });
         }
-        Ok(HostJob {
+        let mut job = HostJob {
             environment: self.environment.clone(),
             host: JobHost {
                 name: h.name.clone(),
@@ -222,7 +235,21 @@ impl Plan {
             steps: job_steps,
             resources: self.resources.consumed_by(&steps),
             files: self.project.read_files(),
-        })
+            secret_files: self.secret_files.used_by(&steps),
+            secrets: Vec::new(),
+        };
+        // The agent masks every secret its job carries, wherever it came from (attributes,
+        // host data, resources, files): those whose value occurs in the job.
+        let shipped = serde_json::to_string(&job).expect("jobs always serialize");
+        for (name, value) in &self.secret_values {
+            let escaped = serde_json::to_string(value).expect("strings serialize");
+            if shipped.contains(&escaped[1..escaped.len() - 1])
+                && !job.secrets.iter().any(|(_, v)| v == value)
+            {
+                job.secrets.push((name.clone(), value.clone()));
+            }
+        }
+        Ok(job)
     }
 
     /// The plan as a controller needs it to deploy over SSH.
@@ -257,6 +284,7 @@ impl Plan {
                 .collect(),
             order: self.order.clone(),
             host_jobs,
+            secrets: self.secret_values.clone(),
         })
     }
 
@@ -269,6 +297,7 @@ impl Plan {
     ) -> Result<Plan, ConfigError> {
         let project = Project::shipped(job.files.clone());
         let templates = Templates::new(project.clone());
+        let secret_files = Arc::new(SecretFiles::new(job.secret_files.clone(), None));
         let host = Host {
             name: job.host.name.clone(),
             components: job.steps.iter().map(|s| s.root.clone()).collect(),
@@ -297,6 +326,7 @@ impl Plan {
                 project: &project,
                 templates: &templates,
                 registry,
+                secret_files: &secret_files,
             },
             Resources::fixed(job.resources.clone()),
         )?;
@@ -322,6 +352,8 @@ impl Plan {
             allow_paths: job.allow_paths.clone(),
             resources: built.resources,
             project,
+            secret_files,
+            secret_values: Vec::new(),
         };
         for (i, expected) in job.steps.iter().enumerate() {
             let configured = plan.component_paths(i);
@@ -387,6 +419,7 @@ struct Context<'a> {
     project: &'a Project,
     templates: &'a Templates,
     registry: &'a Registry,
+    secret_files: &'a SecretFiles,
 }
 
 struct Built {
@@ -442,6 +475,7 @@ fn configure_slots(
                 allowed: &allowed,
                 project: cx.project,
                 templates: cx.templates,
+                secret_files: cx.secret_files,
                 context,
             }
         })
@@ -555,6 +589,10 @@ fn render_value(
     root: &str,
 ) -> Result<(), ConfigError> {
     let span = value.span();
+    if environment.is_secret_offset(span.start) {
+        // Secret values are never templates: a password may well contain `{{`.
+        return Ok(());
+    }
     match value.get_mut() {
         DeValue::String(s) if is_template(s) => {
             let rendered = scope

@@ -15,7 +15,7 @@ use crate::project::ProjectFiles;
 use crate::{Event, RootOutcome};
 
 /// The protocol version both sides must agree on.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Everything one host needs to configure and converge its part of a plan, and nothing more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +31,13 @@ pub struct HostJob {
     pub resources: BTreeMap<String, Vec<serde_json::Value>>,
     /// The project files the controller's configure read.
     pub files: ProjectFiles,
+    /// The named secret files the host's components read.
+    #[serde(default)]
+    pub secret_files: BTreeMap<String, String>,
+    /// `(name, value)` of every secret this job carries, for the agent to mask in its
+    /// events and journal.
+    #[serde(default)]
+    pub secrets: Vec<(String, String)>,
 }
 
 /// What a controller needs to deploy an environment over SSH: the plan's graph, how to reach
@@ -47,6 +54,9 @@ pub struct RemotePlan {
     /// Step indices in plan order.
     pub order: Vec<usize>,
     pub host_jobs: BTreeMap<String, HostJob>,
+    /// `(name, value)` of every secret of the environment, for the controller to mask.
+    #[serde(default)]
+    pub secrets: Vec<(String, String)>,
 }
 
 /// How to reach a host; unset fields come from the user's SSH configuration.

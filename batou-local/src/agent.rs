@@ -31,7 +31,7 @@ pub fn serve(registry: &Registry) -> u8 {
     match session(registry, &out, &mut lines) {
         Ok(()) => 0,
         Err(err) => {
-            eprintln!("agent: {err:#}");
+            eprintln!("agent: {}", batou_core::redact::mask(&format!("{err:#}")));
             1
         }
     }
@@ -92,7 +92,8 @@ struct Writer(Arc<Mutex<std::io::Stdout>>);
 
 impl Writer {
     fn send(&self, msg: &FromAgent) {
-        let line = serde_json::to_string(msg).expect("protocol messages always serialize");
+        let line = serde_json::to_string(&batou_core::redact::to_masked_json(msg))
+            .expect("protocol messages always serialize");
         let mut out = self
             .0
             .lock()
@@ -160,6 +161,9 @@ fn session(
         bail!("protocol mismatch");
     }
 
+    for (name, value) in &job.secrets {
+        batou_core::redact::register(name, value);
+    }
     let base_dir = resolve_base_dir(&job.base_dir)?;
     let state = base_dir.join(".batou");
     // The lock lives as long as this binding: the whole session.
@@ -388,7 +392,7 @@ impl Journal {
         record: &str,
         extra: &BTreeMap<&str, serde_json::Value>,
     ) -> anyhow::Result<()> {
-        let line = serde_json::to_string(&Record {
+        let line = serde_json::to_string(&batou_core::redact::to_masked_json(&Record {
             time: now(),
             record,
             environment: &self.environment,
@@ -397,7 +401,7 @@ impl Journal {
             controller_host: &self.controller.host,
             pid: self.controller.pid,
             extra,
-        })?;
+        }))?;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

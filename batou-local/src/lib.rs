@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use batou_core::output::{HumanOutput, JsonOutput};
+use batou_core::secrets::IdentitySource;
 use batou_core::{ConfigError, ConvergeOptions, Environment, EventSink, Plan, Project, Registry};
 use clap::Parser;
 
@@ -48,6 +49,11 @@ struct Args {
     /// Use this base directory instead of the environment's `base_dir`.
     #[arg(long, value_name = "DIR")]
     base_dir: Option<PathBuf>,
+    /// Decrypt the environment's secrets with this age identity or SSH private key
+    /// (default: `$BATOU_IDENTITY`, `~/.config/batou/identity.txt`, `~/.ssh/id_ed25519`,
+    /// `~/.ssh/id_rsa`).
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
 }
 
 /// What a run was asked to do, resolved from the command line.
@@ -59,6 +65,7 @@ pub struct Settings {
     pub json: bool,
     pub project: PathBuf,
     pub base_dir: Option<PathBuf>,
+    pub identity: Option<PathBuf>,
 }
 
 /// Entry point of the stock binary: hands over to the project's own binary when the project
@@ -94,7 +101,8 @@ pub fn serve_role(register: impl FnOnce(&mut Registry)) -> Option<ExitCode> {
         ))),
         Some("plan") if (2..=3).contains(&args.len()) => {
             let project = args.get(2).map(PathBuf::from).unwrap_or_else(|| ".".into());
-            Some(match remote_plan(&project, &args[1], &registry(register)) {
+            let identities = IdentitySource::new(None);
+            Some(match remote_plan(&project, &args[1], &registry(register), &identities) {
                 Ok(plan) => {
                     println!(
                         "{}",
@@ -119,11 +127,28 @@ pub fn remote_plan(
     project: &Path,
     environment: &str,
     registry: &Registry,
+    identities: &IdentitySource,
 ) -> anyhow::Result<batou_core::protocol::RemotePlan> {
-    let environment = Environment::load(project, environment, registry)?;
+    let environment = load_environment(project, environment, registry, identities)?;
     let base_dir = environment.remote_base_dir();
     let plan = Plan::build(&environment, registry, &Project::new(project), &base_dir)?;
     Ok(plan.export(environment.settings.jobs)?)
+}
+
+/// Loads an environment with its secrets (when it has a secrets file) and registers every
+/// secret value for masking in this process's output.
+pub fn load_environment(
+    project: &Path,
+    name: &str,
+    registry: &Registry,
+    identities: &IdentitySource,
+) -> Result<Environment, ConfigError> {
+    let mut environment = Environment::load(project, name, registry)?;
+    if let Some(secrets) = batou_core::secrets::load(project, name, identities)? {
+        secrets.register_masks();
+        environment.apply_secrets(secrets, registry)?;
+    }
+    Ok(environment)
 }
 
 fn run_main(register: impl Fn(&mut Registry), stock: bool) -> ExitCode {
@@ -154,7 +179,12 @@ fn run_local(register: impl FnOnce(&mut Registry), stock: bool) -> ExitCode {
 
 /// Loads, plans and converges; returns the exit status of a completed run.
 pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
-    let environment = Environment::load(&settings.project, &settings.environment, registry)?;
+    let environment = load_environment(
+        &settings.project,
+        &settings.environment,
+        registry,
+        &IdentitySource::new(settings.identity.clone()),
+    )?;
     let host = choose_host(&environment, settings.host.as_deref())?;
     let project = Project::new(&settings.project);
     let base_dir = match &settings.base_dir {
@@ -213,6 +243,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         json: args.json,
         project,
         base_dir: args.base_dir,
+        identity: args.identity,
     })
 }
 
@@ -278,7 +309,7 @@ pub fn print_error(err: &anyhow::Error, json: bool) {
             "error": chain,
             "hint": hint,
         });
-        println!("{event}");
+        println!("{}", batou_core::redact::to_masked_json(&event));
     }
     let mut text = String::new();
     for (i, cause) in chain.iter().enumerate() {
@@ -292,5 +323,5 @@ pub fn print_error(err: &anyhow::Error, json: bool) {
     if let Some(hint) = hint {
         text.push_str(&format!("hint: {hint}\n"));
     }
-    eprint!("{text}");
+    eprint!("{}", batou_core::redact::mask(&text));
 }

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod schedule;
+pub mod secrets;
 pub mod ssh;
 
 use std::collections::BTreeSet;
@@ -66,6 +67,11 @@ struct Args {
     /// Longest silence accepted from an agent before its host's state counts as unknown.
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
     agent_timeout: f64,
+    /// Decrypt the environment's secrets with this age identity or SSH private key
+    /// (default: `$BATOU_IDENTITY`, `~/.config/batou/identity.txt`, `~/.ssh/id_ed25519`,
+    /// `~/.ssh/id_rsa`). See also `batou-remote secrets --help`.
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
 }
 
 /// What a run was asked to do, resolved from the command line.
@@ -76,11 +82,16 @@ pub struct Settings {
     pub json: bool,
     pub jobs: Option<usize>,
     pub hosts: Option<BTreeSet<String>>,
+    pub identity: Option<PathBuf>,
     pub deploy: DeployOptions,
 }
 
 /// Entry point of the stock binary.
 pub fn main() -> ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "secrets") {
+        return secrets::main(argv);
+    }
     let args = Args::parse();
     let json = args.json;
     match settings(args).and_then(|s| run(&s)) {
@@ -114,6 +125,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         json: args.json,
         jobs: args.jobs,
         hosts: hosts.clone(),
+        identity: args.identity,
         deploy: DeployOptions {
             dry_run: args.dry_run,
             keep_going: args.keep_going,
@@ -169,15 +181,23 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
 /// repository is a Cargo package, this binary otherwise.
 fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
     if let Some(binary) = batou_local::handover::build_if_package(&settings.project)? {
-        let output = std::process::Command::new(&binary)
+        let mut command = std::process::Command::new(&binary);
+        command
             .arg("plan")
             .arg(&settings.environment)
-            .arg(&settings.project)
+            .arg(&settings.project);
+        if let Some(identity) = &settings.identity {
+            command.env(batou_core::secrets::IDENTITY_ENV, std::path::absolute(identity)?);
+        }
+        let output = command
             .output()
             .with_context(|| format!("cannot run the project's binary `{}`", binary.display()))?;
         if !output.status.success() {
             // The project's binary printed its error already formatted; relay it.
-            eprint!("{}", String::from_utf8_lossy(&output.stderr));
+            eprint!(
+                "{}",
+                batou_core::redact::mask(&String::from_utf8_lossy(&output.stderr))
+            );
             return Err(
                 ConfigError::new("the project's binary could not plan the environment")
                     .hint("fix the errors above; nothing was touched on any host")
@@ -186,10 +206,19 @@ fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
         }
         let plan: RemotePlan = serde_json::from_slice(&output.stdout)
             .context("cannot read the plan printed by the project's binary")?;
+        for (name, value) in &plan.secrets {
+            batou_core::redact::register(name, value);
+        }
         return Ok((plan, binary));
     }
     let registry = batou_local::registry(|_| {});
-    let plan = batou_local::remote_plan(&settings.project, &settings.environment, &registry)?;
+    let identities = batou_core::secrets::IdentitySource::new(settings.identity.clone());
+    let plan = batou_local::remote_plan(
+        &settings.project,
+        &settings.environment,
+        &registry,
+        &identities,
+    )?;
     let me = std::env::current_exe().context("cannot find this executable to ship as the agent")?;
     Ok((plan, me))
 }

@@ -13,6 +13,8 @@ use crate::mode::Mode;
 
 /// Mode of new files when none is given.
 const DEFAULT_MODE: u32 = 0o644;
+/// Mode of files installed from secrets when none is given.
+const SECRET_MODE: u32 = 0o600;
 
 /// A file whose content comes from a literal, a project template or a project source file.
 ///
@@ -36,6 +38,10 @@ pub struct File {
     /// A project file copied byte for byte.
     #[serde(default)]
     pub source: Option<String>,
+    /// A named secret file (`[files]` in the environment's secrets). The file gets mode 0600
+    /// unless `mode` says otherwise, and its changes are reported without a diff.
+    #[serde(default)]
+    pub secret: Option<String>,
     #[serde(default)]
     pub vars: BTreeMap<String, serde_json::Value>,
     /// Permission bits; new files get 0644 and existing files keep theirs when unset.
@@ -62,6 +68,7 @@ impl File {
             content: None,
             template: None,
             source: None,
+            secret: None,
             vars: BTreeMap::new(),
             mode: None,
             owner: None,
@@ -136,12 +143,20 @@ impl Component for File {
 
     fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
         self.resolved = cx.path(&self.path)?;
-        self.data = match (&self.content, &self.template, &self.source) {
-            (Some(content), None, None) => content.clone().into_bytes(),
-            (None, Some(template), None) => cx.render_file(template, &self.vars)?.into_bytes(),
-            (None, None, Some(source)) => cx.project().read(source)?,
-            (None, None, None) => Vec::new(),
-            _ => bail!("set only one of `content`, `template` and `source`"),
+        self.data = match (&self.content, &self.template, &self.source, &self.secret) {
+            (Some(content), None, None, None) => content.clone().into_bytes(),
+            (None, Some(template), None, None) => {
+                cx.render_file(template, &self.vars)?.into_bytes()
+            }
+            (None, None, Some(source), None) => cx.project().read(source)?,
+            (None, None, None, Some(name)) => {
+                if self.mode.is_none() {
+                    self.mode = Some(Mode(SECRET_MODE));
+                }
+                cx.secret_file(name)?.expose().clone().into_bytes()
+            }
+            (None, None, None, None) => Vec::new(),
+            _ => bail!("set only one of `content`, `template`, `source` and `secret`"),
         };
         Ok(())
     }
@@ -150,7 +165,9 @@ impl Component for File {
         let meta = match std::fs::symlink_metadata(&self.resolved) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if let Some(d) = diff::unified(&self.path, b"", &self.data) {
+                if self.secret.is_none()
+                    && let Some(d) = diff::unified(&self.path, b"", &self.data)
+                {
                     cx.show_diff(d);
                 }
                 return Ok(Verdict::needs_update("missing"));
@@ -169,7 +186,11 @@ impl Component for File {
         } else {
             let current = std::fs::read(&self.resolved)
                 .with_context(|| format!("cannot read `{}`", self.resolved.display()))?;
-            if let Some(d) = diff::unified(&self.path, &current, &self.data) {
+            if self.secret.is_some() {
+                if current != self.data {
+                    reasons.push("secret content differs".into());
+                }
+            } else if let Some(d) = diff::unified(&self.path, &current, &self.data) {
                 cx.show_diff(d);
                 reasons.push("content differs".into());
             }
