@@ -261,7 +261,11 @@ impl Environment {
     /// Merges decrypted secrets: attribute overrides into root components, data into hosts,
     /// named files for components to install. Secrets for a component no host runs, for an
     /// unknown host, or set both here and in the environment file are errors.
-    pub fn apply_secrets(&mut self, secrets: Secrets, registry: &Registry) -> Result<(), ConfigError> {
+    pub fn apply_secrets(
+        &mut self,
+        secrets: Secrets,
+        registry: &Registry,
+    ) -> Result<(), ConfigError> {
         let overlay = SourceText {
             path: secrets.path.clone(),
             text: secrets.text,
@@ -273,19 +277,28 @@ impl Environment {
         for (name, attributes) in secrets.components {
             let component = name.get_ref();
             let assigned = self.hosts.iter().any(|h| h.components.contains(component));
-            if !self.components.contains_key(component) && !(assigned && registry.contains(component)) {
+            let known = self.components.contains_key(component)
+                || (assigned && registry.contains(component));
+            if !known {
                 let candidates: Vec<&str> = self
                     .components
                     .keys()
                     .map(String::as_str)
-                    .chain(self.hosts.iter().flat_map(|h| h.components.iter().map(String::as_str)))
+                    .chain(
+                        self.hosts
+                            .iter()
+                            .flat_map(|h| h.components.iter().map(String::as_str)),
+                    )
                     .collect();
                 return Err(ConfigError::new(format!(
                     "secrets for unknown component `{component}`"
                 ))
                 .at(overlay.place(name.span().start))
                 .suggest(component, candidates)
-                .hint(format!("no host of `{}` runs a component called `{component}`", self.path())));
+                .hint(format!(
+                    "no host of `{}` runs a component called `{component}`",
+                    self.path()
+                )));
             }
             if !assigned {
                 return Err(ConfigError::new(format!(
@@ -318,10 +331,13 @@ impl Environment {
         for (name, data) in secrets.hosts {
             let Some(host) = self.hosts.iter_mut().find(|h| &h.name == name.get_ref()) else {
                 let names: Vec<String> = self.hosts.iter().map(|h| h.name.clone()).collect();
-                return Err(ConfigError::new(format!("secrets for unknown host `{}`", name.get_ref()))
-                    .at(overlay.place(name.span().start))
-                    .suggest(name.get_ref(), names.iter().map(String::as_str))
-                    .hint(format!("hosts: {}", names.join(", "))));
+                return Err(ConfigError::new(format!(
+                    "secrets for unknown host `{}`",
+                    name.get_ref()
+                ))
+                .at(overlay.place(name.span().start))
+                .suggest(name.get_ref(), names.iter().map(String::as_str))
+                .hint(format!("hosts: {}", names.join(", "))));
             };
             for (key, value) in data {
                 if host.data.contains_key(key.get_ref()) {
@@ -345,10 +361,7 @@ impl Environment {
 
     /// Whether a span offset lies in merged secrets rather than in the environment file.
     pub(crate) fn is_secret_offset(&self, offset: usize) -> bool {
-        self.source
-            .overlay
-            .as_ref()
-            .is_some_and(|o| offset >= o.0)
+        self.source.overlay.as_ref().is_some_and(|o| offset >= o.0)
     }
 
     /// The host called `name`, or an error suggesting a close name.

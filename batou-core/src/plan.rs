@@ -17,10 +17,10 @@ use toml::de::{DeTable, DeValue};
 
 use std::sync::Arc;
 
-use crate::secrets::SecretFiles;
 use crate::configure::Scope;
 use crate::protocol::{HostJob, JobHost, JobStep, PlanStep, RemoteHost, RemotePlan};
 use crate::resources::{Resources, Unsatisfied};
+use crate::secrets::SecretFiles;
 use crate::template::is_template;
 use crate::{
     Component, ConfigError, Configure, Environment, Host, Place, Project, Registry, Templates,
@@ -795,6 +795,10 @@ mod tests {
     struct Node {
         #[serde(default)]
         steps: Vec<String>,
+        #[serde(default)]
+        password: Option<crate::Secret>,
+        #[serde(default)]
+        secret_file: Option<String>,
         #[serde(skip)]
         seen: Vec<String>,
     }
@@ -804,6 +808,12 @@ mod tests {
             "Node".into()
         }
         fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+            if let Some(name) = &self.secret_file {
+                cx.secret_file(name)?;
+            }
+            if let Some(password) = &self.password {
+                anyhow::ensure!(!password.expose().is_empty(), "empty password");
+            }
             for step in &self.steps {
                 if let Some(key) = step.strip_prefix("provide:") {
                     cx.provide(key, &cx.host().name.clone())?;
@@ -967,6 +977,50 @@ steps = ["require:x", "provide:y"]
             plan.component_paths(plan.host_order("a")[0]),
             vec!["x > Workdir", "x"]
         );
+    }
+
+    #[test]
+    fn each_host_job_carries_only_the_secrets_its_components_use() {
+        let toml = r#"
+[hosts.web1]
+components = ["app"]
+[hosts.db1]
+components = ["db"]
+[components.app]
+type = "node"
+steps = ["require:database"]
+secret_file = "app.key"
+[components.db]
+type = "node"
+steps = ["provide:database"]
+"#;
+        let mut registry = Registry::new();
+        registry.register::<Node>("node");
+        let mut env =
+            Environment::parse("test", "environments/test.toml", toml.into(), &registry).unwrap();
+        let secrets = crate::secrets::Secrets::parse(
+            "secrets/test.age",
+            "[components.app]\npassword = \"canary-pw-1\"\n[files]\n\"app.key\" = \"canary-key-2\"\n\"unused\" = \"canary-3\"\n".into(),
+        )
+        .unwrap();
+        env.apply_secrets(secrets, &registry).unwrap();
+        let plan = Plan::build(
+            &env,
+            &registry,
+            &Project::new("/nonexistent"),
+            Path::new("/srv"),
+        )
+        .unwrap();
+        let db = serde_json::to_string(&plan.host_job("db1").unwrap()).unwrap();
+        assert!(!db.contains("canary"), "{db}");
+        let web = plan.host_job("web1").unwrap();
+        assert_eq!(web.secret_files.keys().collect::<Vec<_>>(), ["app.key"]);
+        let names: Vec<&str> = web.secrets.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["components.app.password", "files.app.key"]);
+        assert!(!serde_json::to_string(&web).unwrap().contains("canary-3"));
+        // The agent configures from what it received.
+        let agent = Plan::from_job(&web, &registry, Path::new("/srv")).unwrap();
+        assert_eq!(agent.component_paths(0), vec!["app > Workdir", "app"]);
     }
 
     #[test]

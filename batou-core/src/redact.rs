@@ -110,7 +110,10 @@ mod tests {
     #[test]
     fn masks_whole_values_and_lines_of_multi_line_values() {
         register("components.t.password", "hunter2-but-longer");
-        register("files.t.key", "-----BEGIN KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n}\n");
+        register(
+            "files.t.key",
+            "-----BEGIN KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n}\n",
+        );
         assert_eq!(
             mask("password=hunter2-but-longer;"),
             "password=<secret:components.t.password>;"
@@ -121,7 +124,8 @@ mod tests {
         );
         // Short lines of a multi-line value stay readable elsewhere.
         assert_eq!(mask("fn main() {}"), "fn main() {}");
-        let mut json = serde_json::json!({"a": ["x hunter2-but-longer y"], "hunter2-but-longer": 1});
+        let mut json =
+            serde_json::json!({"a": ["x hunter2-but-longer y"], "hunter2-but-longer": 1});
         mask_json(&mut json);
         assert_eq!(
             json,

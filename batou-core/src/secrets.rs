@@ -92,6 +92,9 @@ impl<T: Serialize> Serialize for Secret<T> {
     }
 }
 
+/// Secret host data: `(key, value)` pairs with the key's span.
+pub(crate) type HostData = Vec<(Spanned<String>, serde_json::Value)>;
+
 /// The decrypted secrets of an environment, checked for shape.
 #[derive(Debug)]
 pub struct Secrets {
@@ -100,7 +103,7 @@ pub struct Secrets {
     /// Attribute overrides per root component, with spans into `text`.
     pub(crate) components: Vec<(Spanned<String>, Spanned<DeValue<'static>>)>,
     /// Host data per host.
-    pub(crate) hosts: Vec<(Spanned<String>, Vec<(Spanned<String>, serde_json::Value)>)>,
+    pub(crate) hosts: Vec<(Spanned<String>, HostData)>,
     /// Named secret files.
     pub files: BTreeMap<String, String>,
     /// Every string value with its dotted name, for masking.
@@ -143,7 +146,11 @@ impl Secrets {
                             ))
                             .at(source.place(attributes.span().start)));
                         }
-                        collect_values(&format!("components.{n}"), &attributes, &mut secrets.values);
+                        collect_values(
+                            &format!("components.{n}"),
+                            &attributes,
+                            &mut secrets.values,
+                        );
                         secrets
                             .components
                             .push((Spanned::new(name.span(), n), attributes));
@@ -338,7 +345,10 @@ fn shifted(span: std::ops::Range<usize>, by: usize) -> std::ops::Range<usize> {
 }
 
 /// The value with every span moved by `by` bytes (into the secrets part of a source text).
-pub(crate) fn shift_spans(value: Spanned<DeValue<'static>>, by: usize) -> Spanned<DeValue<'static>> {
+pub(crate) fn shift_spans(
+    value: Spanned<DeValue<'static>>,
+    by: usize,
+) -> Spanned<DeValue<'static>> {
     let span = shifted(value.span(), by);
     let inner = match value.into_inner() {
         DeValue::Array(items) => {
@@ -376,8 +386,11 @@ pub struct Identities {
 impl IdentitySource {
     /// `explicit`, else `BATOU_IDENTITY`, else the default files.
     pub fn new(explicit: Option<PathBuf>) -> Self {
-        let explicit =
-            explicit.or_else(|| std::env::var_os(IDENTITY_ENV).filter(|v| !v.is_empty()).map(PathBuf::from));
+        let explicit = explicit.or_else(|| {
+            std::env::var_os(IDENTITY_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
         IdentitySource { explicit }
     }
 
@@ -427,7 +440,9 @@ impl IdentitySource {
             match parse_identity(&text, &shown) {
                 Ok(mut ids) => loaded.identities.append(&mut ids),
                 Err(why) if self.explicit.is_some() => {
-                    return Err(ConfigError::new(format!("cannot use identity `{shown}`: {why}")));
+                    return Err(ConfigError::new(format!(
+                        "cannot use identity `{shown}`: {why}"
+                    )));
                 }
                 Err(why) => loaded.skipped.push(format!("{shown}: {why}")),
             }
@@ -532,10 +547,18 @@ impl Recipient {
             let mut parts = line.splitn(3, char::is_whitespace);
             let kind = parts.next().unwrap_or_default();
             let blob = parts.next().unwrap_or_default();
-            let comment = parts.next().unwrap_or_default().trim().trim_start_matches('#').trim();
+            let comment = parts
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .trim_start_matches('#')
+                .trim();
             let key = format!("{kind} {blob}");
             let recipient = age::ssh::Recipient::from_str(&key).map_err(|e| {
-                format!("invalid or unsupported SSH public key `{kind} {}...`: {e:?}", &blob[..blob.len().min(12)])
+                format!(
+                    "invalid or unsupported SSH public key `{kind} {}...`: {e:?}",
+                    &blob[..blob.len().min(12)]
+                )
             })?;
             return Ok(Recipient {
                 key,
@@ -587,7 +610,9 @@ pub fn encrypt(cleartext: &str, recipients: &[Recipient]) -> anyhow::Result<Vec<
         anyhow::bail!("no recipients: nobody could decrypt the secrets");
     }
     let encryptor = age::Encryptor::with_recipients(
-        recipients.iter().map(|r| r.recipient.as_ref() as &dyn age::Recipient),
+        recipients
+            .iter()
+            .map(|r| r.recipient.as_ref() as &dyn age::Recipient),
     )?;
     let mut out = Vec::new();
     let armor = age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor)?;
@@ -686,11 +711,8 @@ mod tests {
     fn x25519_round_trip_and_wrong_identity() {
         let me = age::x25519::Identity::generate();
         let other = age::x25519::Identity::generate();
-        let recipients = parse_recipients(
-            "r",
-            &format!("# team\n{} # me\n", me.to_public()),
-        )
-        .unwrap();
+        let recipients =
+            parse_recipients("r", &format!("# team\n{} # me\n", me.to_public())).unwrap();
         assert_eq!(recipients[0].comment, "me");
         let data = encrypt("[files]\nx = \"1\"\n", &recipients).unwrap();
         assert!(data.starts_with(b"-----BEGIN AGE ENCRYPTED FILE-----"));
@@ -710,7 +732,10 @@ mod tests {
         let c = if &text[pos..pos + 1] == "A" { "B" } else { "A" };
         text.replace_range(pos..pos + 1, c);
         let err = decrypt(text.as_bytes(), "s.age", &ids(me)).unwrap_err();
-        assert!(err.to_string().contains("damaged or was tampered with"), "{err}");
+        assert!(
+            err.to_string().contains("damaged or was tampered with"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -721,7 +746,10 @@ mod tests {
                 .into(),
         )
         .unwrap();
-        assert_eq!(s.names(), ["components.app.pw", "files.k.pem", "hosts.db.data.t"]);
+        assert_eq!(
+            s.names(),
+            ["components.app.pw", "files.k.pem", "hosts.db.data.t"]
+        );
         let err = Secrets::parse("secrets/p.age", "\n[component.app]\n".into()).unwrap_err();
         assert_eq!(
             err.to_string(),

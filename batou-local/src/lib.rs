@@ -102,20 +102,22 @@ pub fn serve_role(register: impl FnOnce(&mut Registry)) -> Option<ExitCode> {
         Some("plan") if (2..=3).contains(&args.len()) => {
             let project = args.get(2).map(PathBuf::from).unwrap_or_else(|| ".".into());
             let identities = IdentitySource::new(None);
-            Some(match remote_plan(&project, &args[1], &registry(register), &identities) {
-                Ok(plan) => {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&plan).expect("plans always serialize")
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(err) => {
-                    let exit = Exit::of_error(&err);
-                    print_error(&err, false);
-                    exit.into()
-                }
-            })
+            Some(
+                match remote_plan(&project, &args[1], &registry(register), &identities) {
+                    Ok(plan) => {
+                        println!(
+                            "{}",
+                            serde_json::to_string(&plan).expect("plans always serialize")
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(err) => {
+                        let exit = Exit::of_error(&err);
+                        print_error(&err, false);
+                        exit.into()
+                    }
+                },
+            )
         }
         _ => None,
     }

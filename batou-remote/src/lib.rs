@@ -187,7 +187,10 @@ fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
             .arg(&settings.environment)
             .arg(&settings.project);
         if let Some(identity) = &settings.identity {
-            command.env(batou_core::secrets::IDENTITY_ENV, std::path::absolute(identity)?);
+            command.env(
+                batou_core::secrets::IDENTITY_ENV,
+                std::path::absolute(identity)?,
+            );
         }
         let output = command
             .output()

@@ -76,7 +76,11 @@ enum Command {
 /// Runs `batou-remote secrets ...`; `args` starts with the program name.
 pub fn main(args: Vec<OsString>) -> ExitCode {
     // `batou-remote secrets edit x` parses as `batou-remote-secrets edit x`.
-    let args = Args::parse_from(args.into_iter().enumerate().filter_map(|(i, a)| (i != 1).then_some(a)));
+    let args = Args::parse_from(
+        args.into_iter()
+            .enumerate()
+            .filter_map(|(i, a)| (i != 1).then_some(a)),
+    );
     match run(args) {
         Ok(exit) => exit.into(),
         Err(err) => {
@@ -129,17 +133,19 @@ impl Repo {
         };
         let recipients = parse_recipients(&relative, &text)?;
         if recipients.is_empty() {
-            return Err(ConfigError::new(format!("`{relative}` lists no recipients"))
-                .hint("add a public key with `batou-remote secrets add-recipient`")
-                .into());
+            return Err(
+                ConfigError::new(format!("`{relative}` lists no recipients"))
+                    .hint("add a public key with `batou-remote secrets add-recipient`")
+                    .into(),
+            );
         }
         Ok(recipients)
     }
 
     /// The decrypted cleartext of `path` (the secrets file or a rejected edit).
     fn decrypt(&self, path: &Path) -> anyhow::Result<String> {
-        let data = std::fs::read(path)
-            .with_context(|| format!("cannot read `{}`", path.display()))?;
+        let data =
+            std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
         let shown = path
             .strip_prefix(&self.root)
             .unwrap_or(path)
@@ -199,9 +205,11 @@ fn run(args: Args) -> anyhow::Result<Exit> {
 fn keygen() -> anyhow::Result<Exit> {
     let path = IdentitySource::default_file().context("cannot find the home directory")?;
     if path.exists() {
-        return Err(ConfigError::new(format!("`{}` already exists", path.display()))
-            .hint("its public key: `batou-remote secrets create` uses it by default")
-            .into());
+        return Err(
+            ConfigError::new(format!("`{}` already exists", path.display()))
+                .hint("its public key: `batou-remote secrets create` uses it by default")
+                .into(),
+        );
     }
     let (secret, public) = secrets::generate_identity();
     let dir = path.parent().expect("the identity file has a directory");
@@ -315,7 +323,10 @@ fn edit(repo: &Repo) -> anyhow::Result<Exit> {
     let start = if resumed {
         eprintln!(
             "resuming the edit saved aside in `{}`",
-            rejected.strip_prefix(&repo.root).unwrap_or(&rejected).display()
+            rejected
+                .strip_prefix(&repo.root)
+                .unwrap_or(&rejected)
+                .display()
         );
         repo.decrypt(&rejected)?
     } else {
@@ -358,7 +369,10 @@ fn edit(repo: &Repo) -> anyhow::Result<Exit> {
                 repo.encrypt_to(&rejected, &text, &recipients)?;
                 return Err(ConfigError::new(format!(
                     "the secrets were not changed; your edit is kept, encrypted, in `{}`",
-                    rejected.strip_prefix(&repo.root).unwrap_or(&rejected).display()
+                    rejected
+                        .strip_prefix(&repo.root)
+                        .unwrap_or(&rejected)
+                        .display()
                 ))
                 .hint(format!(
                     "`batou-remote secrets edit {}` resumes from it",
@@ -400,7 +414,8 @@ fn remove_recipient(repo: &Repo, which: &str) -> anyhow::Result<Exit> {
     let before = recipients.len();
     let mut removed = Vec::new();
     recipients.retain(|r| {
-        let matches = r.key == which || r.key == wanted || (!r.comment.is_empty() && r.comment == which);
+        let matches =
+            r.key == which || r.key == wanted || (!r.comment.is_empty() && r.comment == which);
         if matches {
             removed.push(r.line());
         }
@@ -459,6 +474,7 @@ fn private_dir() -> anyhow::Result<tempfile::TempDir> {
         .unwrap_or_else(std::env::temp_dir);
     tempfile::Builder::new()
         .prefix("batou-secrets-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir_in(&base)
         .with_context(|| format!("cannot create a private directory in `{}`", base.display()))
 }
@@ -498,7 +514,11 @@ fn run_editor(file: &Path) -> anyhow::Result<()> {
     let editor = std::env::var("VISUAL")
         .ok()
         .filter(|e| !e.trim().is_empty())
-        .or_else(|| std::env::var("EDITOR").ok().filter(|e| !e.trim().is_empty()))
+        .or_else(|| {
+            std::env::var("EDITOR")
+                .ok()
+                .filter(|e| !e.trim().is_empty())
+        })
         .unwrap_or_else(|| "vi".into());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -49,6 +49,9 @@ pub struct Command {
     /// Run only while this command fails.
     #[serde(default)]
     pub unless: Option<Vec<String>>,
+    /// Show what the command printed also when it succeeds (always shown when it fails).
+    #[serde(default)]
+    pub show_output: bool,
     #[serde(skip)]
     resolved_cwd: PathBuf,
     #[serde(skip)]
@@ -74,6 +77,7 @@ impl Command {
             timeout: None,
             creates: None,
             unless: None,
+            show_output: false,
             resolved_cwd: PathBuf::new(),
             resolved_creates: None,
         }
@@ -155,8 +159,14 @@ impl Component for Command {
         Ok(Verdict::UpToDate)
     }
 
-    fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
+    fn update(&mut self, cx: &mut Deploy) -> anyhow::Result<()> {
         let out = run_command(&self.argv, &self.resolved_cwd, &self.env, self.deadline())?;
+        if out.success && self.show_output {
+            let text = format_output(&out);
+            if !text.is_empty() {
+                cx.log(text.trim_start().to_string());
+            }
+        }
         if !out.success {
             bail!(
                 "command `{}` {}{}",

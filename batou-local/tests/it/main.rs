@@ -6,3 +6,4 @@ mod demo;
 mod example;
 mod failure;
 mod harness;
+mod secrets;

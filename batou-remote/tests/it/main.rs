@@ -4,3 +4,4 @@ mod deploy;
 mod example;
 mod faults;
 mod harness;
+mod secrets;
