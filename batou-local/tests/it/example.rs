@@ -80,3 +80,59 @@ fn example_project_reports_an_unsatisfied_resource() {
     );
     assert!(!p.path("work").exists());
 }
+
+#[test]
+fn example_project_installs_a_secret_attribute() {
+    use batou_core::secrets::{encrypt, generate_identity, parse_recipients};
+    let p = Project::new();
+    p.env(
+        "dev",
+        "[environment]\nbase_dir = \"out\"\n[hosts.localhost]\ncomponents = [\"database\"]\n",
+    );
+    let (secret, public) = generate_identity();
+    p.file("id.txt", &format!("{secret}\n"));
+    p.file("secrets/dev.recipients", &format!("{public}\n"));
+    let recipients = parse_recipients("r", &public).unwrap();
+    std::fs::write(
+        p.path("secrets/dev.age"),
+        encrypt(
+            "[components.database]\npassword = \"db-pw-5e0c97\"\n",
+            &recipients,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let binary = workspace_root().join("target/debug/shop-deployment");
+    let id = p.path("id.txt");
+    let args = ["dev", "--identity", id.to_str().unwrap()];
+    let out = crate::harness::run_binary(&binary, p.root(), &args);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stderr.contains("db-pw-5e0c97"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("+password = <secret:components.database.password>"),
+        "{}",
+        out.stderr
+    );
+    let credentials = p.path("out/work/database/credentials");
+    assert_eq!(
+        std::fs::read_to_string(&credentials).unwrap(),
+        "password = db-pw-5e0c97\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&credentials)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let again = crate::harness::run_binary(&binary, p.root(), &[&args[..], &["--json"]].concat());
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        !again.stdout.contains("\"event\":\"changed\""),
+        "{}",
+        again.stdout
+    );
+}

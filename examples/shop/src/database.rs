@@ -1,7 +1,7 @@
 //! `Database`: a (pretend) database server that provides its address as a resource.
 
 use batou_components::File;
-use batou_core::{Component, Configure};
+use batou_core::{Component, Configure, Secret};
 use serde::{Deserialize, Serialize};
 
 /// What the `database` resource carries to the components that require it.
@@ -19,6 +19,10 @@ pub struct Database {
     name: String,
     #[serde(default = "default_port")]
     port: u16,
+    /// The database password, from the environment's secrets
+    /// (`[components.database] password = "..."` in `secrets/<env>.age`).
+    #[serde(default)]
+    password: Option<Secret<String>>,
 }
 
 fn default_name() -> String {
@@ -45,6 +49,14 @@ impl Component for Database {
             File::new("database.conf")
                 .content(format!("port = {}\ndatabase = {}\n", self.port, self.name)),
         );
+        if let Some(password) = &self.password {
+            // Readable by the deploying user only, from the first byte on.
+            cx.add(
+                File::new("credentials")
+                    .content(format!("password = {}\n", password.expose()))
+                    .mode(0o600),
+            );
+        }
         Ok(())
     }
 }
