@@ -128,6 +128,26 @@ fn example_project_installs_a_secret_attribute() {
             & 0o777,
         0o600
     );
+    // The `plan` role (run by `batou-remote` for projects) takes the identity from
+    // `BATOU_IDENTITY` and hands the controller the values to mask.
+    let plan = std::process::Command::new(&binary)
+        .args(["plan", "dev"])
+        .arg(p.root())
+        .env("BATOU_IDENTITY", &id)
+        .output()
+        .unwrap();
+    assert!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(
+        plan["secrets"],
+        serde_json::json!([["components.database.password", "db-pw-5e0c97"]])
+    );
+    assert_eq!(plan["host_jobs"]["localhost"]["secrets"], plan["secrets"]);
+
     let again = crate::harness::run_binary(&binary, p.root(), &[&args[..], &["--json"]].concat());
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert!(
