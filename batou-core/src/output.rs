@@ -27,7 +27,18 @@ impl<W: Write> HumanOutput<W> {
 
 impl<W: Write> EventSink for HumanOutput<W> {
     fn event(&mut self, event: Event) {
-        let event = crate::redact::masked(event);
+        // Rendered whole, then masked: no secret value reaches the terminal, whichever
+        // field of the event carried it.
+        let mut rendered = HumanOutput { out: Vec::new() };
+        rendered.render(event);
+        let text = String::from_utf8_lossy(&rendered.out);
+        let _ = self.out.write_all(crate::redact::mask(&text).as_bytes());
+        let _ = self.out.flush();
+    }
+}
+
+impl HumanOutput<Vec<u8>> {
+    fn render(&mut self, event: Event) {
         match event {
             Event::HostStarted { .. } | Event::StepStarted { .. } => {}
             Event::RunFinished { hosts, seconds } => {

@@ -90,19 +90,6 @@ pub fn to_masked_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
     json
 }
 
-/// A value with every secret inside its strings masked (through its JSON form).
-pub fn masked<T: serde::Serialize + serde::de::DeserializeOwned>(value: T) -> T {
-    if !active() {
-        return value;
-    }
-    let mut json = match serde_json::to_value(&value) {
-        Ok(json) => json,
-        Err(_) => return value,
-    };
-    walk(&mut json);
-    serde_json::from_value(json).unwrap_or(value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,7 +132,6 @@ impl Secrets {
         for (key, value) in doc.into_inner() {
             let section = key.get_ref().to_string();
             let at = source.place(key.span().start);
-            let span = value.span();
             let DeValue::Table(table) = value.into_inner() else {
                 return Err(ConfigError::new(format!("`{section}` must be a table")).at(at));
             };
@@ -218,7 +217,6 @@ impl Secrets {
                         .hint("secrets have `[components.<name>]`, `[hosts.<name>.data]` and `[files]`"));
                 }
             }
-            let _ = span;
         }
         Ok(secrets)
     }
