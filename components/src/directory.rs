@@ -116,7 +116,18 @@ impl Component for Directory {
             return Ok(());
         };
         let base = self.path.trim_end_matches('/').to_string();
-        for entry in cx.project().walk(&source)? {
+        let entries = cx.project().walk(&source)?;
+        // Sub-components converge before this directory: a symlink at the top of the tree
+        // needs the directory first (files create their parents themselves).
+        if entries
+            .iter()
+            .any(|e| e.kind == ProjectEntryKind::Symlink && !e.relative.contains('/'))
+        {
+            let mut own = Directory::new(base.clone());
+            own.mode = self.mode;
+            cx.add(own);
+        }
+        for entry in entries {
             self.expected.insert(PathBuf::from(&entry.relative));
             let target = format!("{base}/{}", entry.relative);
             let from = format!("{}/{}", source.trim_end_matches('/'), entry.relative);
@@ -176,13 +187,16 @@ impl Component for Directory {
     }
 
     fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
-        if !self.resolved.is_dir() {
+        let created = !self.resolved.is_dir();
+        if created {
             std::fs::create_dir_all(&self.resolved)
                 .with_context(|| format!("cannot create `{}`", self.resolved.display()))?;
         }
         let mode = self.mode.map(|m| m.0).unwrap_or(DEFAULT_MODE);
         let current = std::fs::metadata(&self.resolved)?.permissions().mode() & 0o7777;
-        if self.mode.is_some() && current != mode {
+        // New directories get their mode whatever the umask; existing ones keep theirs
+        // unless `mode` is set.
+        if (self.mode.is_some() || created) && current != mode {
             std::fs::set_permissions(&self.resolved, std::fs::Permissions::from_mode(mode))
                 .with_context(|| format!("cannot set mode of `{}`", self.resolved.display()))?;
         }

@@ -253,3 +253,33 @@ unless = ["test", "-e", "flag"]
         "the run waited for the command"
     );
 }
+
+#[test]
+fn directory_sync_starting_with_a_symlink_gets_0755_whatever_the_umask() {
+    let p = Project::new();
+    std::fs::create_dir_all(p.path("tree")).unwrap();
+    std::os::unix::fs::symlink("z.txt", p.path("tree/0link")).unwrap();
+    p.file("tree/z.txt", "z\n");
+    p.env(
+        "dev",
+        "[hosts.localhost]\ncomponents = [\"www\"]\n\n[components.www]\ntype = \"directory\"\npath = \"htdocs\"\nsource = \"tree\"\n",
+    );
+    let out = std::process::Command::new("/bin/sh")
+        .args(["-c", "umask 077; exec \"$0\" dev"])
+        .arg(env!("CARGO_BIN_EXE_batou-local"))
+        .current_dir(p.root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let www = p.path("work/www/htdocs");
+    assert_eq!(
+        std::fs::read_link(www.join("0link")).unwrap(),
+        std::path::Path::new("z.txt")
+    );
+    assert_eq!(mode(&www), 0o755);
+    p.assert_idempotent(&["dev"]);
+}
