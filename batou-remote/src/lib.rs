@@ -134,13 +134,19 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
             ssh: SshOptions {
                 accept_new_host_keys: args.accept_new_host_keys,
                 config_file: args.ssh_config,
-                connect_timeout: seconds(args.connect_timeout, "connect-timeout")?,
-                keepalive: seconds(args.keepalive, "keepalive")?,
+                // ssh takes whole seconds, and 0 would turn its limits off: round up.
+                connect_timeout: whole_seconds(seconds(args.connect_timeout, "connect-timeout")?),
+                keepalive: whole_seconds(seconds(args.keepalive, "keepalive")?),
                 control_dir: PathBuf::new(),
             },
             hosts,
         },
     })
+}
+
+/// `d` rounded up to whole seconds (at least one).
+fn whole_seconds(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 /// Plans locally, then deploys; returns the exit status of a completed run.
