@@ -240,6 +240,9 @@ impl Plan {
         };
         // The agent masks every secret its job carries, wherever it came from (attributes,
         // host data, resources, files): those whose value occurs in the job.
+        if self.secret_values.is_empty() {
+            return Ok(job);
+        }
         let shipped = serde_json::to_string(&job).expect("jobs always serialize");
         for (name, value) in &self.secret_values {
             let escaped = serde_json::to_string(value).expect("strings serialize");
@@ -829,9 +832,14 @@ mod tests {
         }
     }
 
-    fn plan(toml: &str) -> Result<Plan, ConfigError> {
+    fn registry() -> Registry {
         let mut registry = Registry::new();
         registry.register::<Node>("node");
+        registry
+    }
+
+    fn plan(toml: &str) -> Result<Plan, ConfigError> {
+        let registry = registry();
         let env = Environment::parse(
             "test",
             "environments/test.toml",
@@ -994,8 +1002,7 @@ secret_file = "app.key"
 type = "node"
 steps = ["provide:database"]
 "#;
-        let mut registry = Registry::new();
-        registry.register::<Node>("node");
+        let registry = registry();
         let mut env =
             Environment::parse("test", "environments/test.toml", toml.into(), &registry).unwrap();
         let secrets = crate::secrets::Secrets::parse(
@@ -1045,8 +1052,7 @@ steps = ["provide:database"]
         // Shipped as JSON, configured again from it.
         let line = serde_json::to_string(&job).unwrap();
         let job: HostJob = serde_json::from_str(&line).unwrap();
-        let mut registry = Registry::new();
-        registry.register::<Node>("node");
+        let registry = registry();
         let agent = Plan::from_job(&job, &registry, Path::new("/home/x/srv")).unwrap();
         assert_eq!(agent.component_paths(0), vec!["app > Workdir", "app"]);
 

@@ -273,3 +273,24 @@ fn controller() -> Controller {
         started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_durations_round_up_to_whole_seconds() {
+        assert_eq!(
+            whole_seconds(Duration::from_millis(500)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            whole_seconds(Duration::from_secs(3)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            whole_seconds(Duration::from_millis(2001)),
+            Duration::from_secs(3)
+        );
+    }
+}

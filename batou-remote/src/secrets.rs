@@ -155,13 +155,13 @@ impl Repo {
         Ok(secrets::decrypt(&data, &shown, &identities)?)
     }
 
-    /// Parses `text` and checks it against the environment.
-    fn validate(&self, text: &str) -> Result<Secrets, ConfigError> {
+    /// Parses `text` and checks it against the environment; returns the secrets' names.
+    fn validate(&self, text: &str) -> Result<Vec<String>, ConfigError> {
         let parsed = Secrets::parse(&secrets_path(&self.environment), text.to_string())?;
-        let mut environment = self.environment()?;
-        let check = Secrets::parse(&secrets_path(&self.environment), text.to_string())?;
-        environment.apply_secrets(check, &Registry::any_type())?;
-        Ok(parsed)
+        let names = parsed.names();
+        self.environment()?
+            .apply_secrets(parsed, &Registry::any_type())?;
+        Ok(names)
     }
 
     fn encrypt_to(&self, path: &Path, text: &str, recipients: &[Recipient]) -> anyhow::Result<()> {
@@ -348,7 +348,7 @@ fn edit(repo: &Repo) -> anyhow::Result<Exit> {
             return Ok(Exit::Success);
         }
         match repo.validate(&text) {
-            Ok(secrets) => {
+            Ok(names) => {
                 repo.encrypt_to(&repo.secrets(), &text, &recipients)?;
                 if resumed || rejected.exists() {
                     let _ = std::fs::remove_file(&rejected);
@@ -356,7 +356,7 @@ fn edit(repo: &Repo) -> anyhow::Result<Exit> {
                 eprintln!(
                     "saved `{}`: {} secret(s) for {} recipient(s)",
                     secrets_path(&repo.environment),
-                    secrets.names().len(),
+                    names.len(),
                     recipients.len()
                 );
                 return Ok(Exit::Success);
@@ -491,20 +491,9 @@ fn write_new(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `path` through a temporary file in the same directory, synced and renamed.
+/// Writes `path` atomically with exactly `mode`.
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
-    let dir = path.parent().context("a file to write has a directory")?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".batou-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in `{}`", dir.display()))?;
-    tmp.write_all(data)?;
-    tmp.as_file()
-        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write `{}`", path.display()))?;
-    Ok(())
+    batou_components::write_atomic(path, data, mode, None, None)
 }
 
 /// Runs `$VISUAL` or `$EDITOR` (default `vi`) on `file` and waits for it. A signal that

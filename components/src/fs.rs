@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 /// The temporary file lives in the same directory and is created with `mode` from the first
 /// byte (the umask can only narrow it; it is set exactly before the rename). On any error the
 /// temporary file is removed and `path` is left as it was.
-pub(crate) fn write_atomic(
+pub fn write_atomic(
     path: &Path,
     data: &[u8],
     mode: u32,

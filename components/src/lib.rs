@@ -14,6 +14,7 @@ mod symlink;
 pub use command::{Command, CommandOutput, run_command};
 pub use directory::Directory;
 pub use file::File;
+pub use fs::write_atomic;
 pub use mode::Mode;
 pub use symlink::Symlink;
 
