@@ -4,8 +4,7 @@
 use std::io::Write;
 
 use anyhow::Context;
-use batou_components::{Directory, File};
-use batou_core::{Component, Configure, Deploy, Verdict};
+use batou::{Component, Configure, Deploy, Directory, File, Verdict};
 use serde::Deserialize;
 
 use crate::database::Address;

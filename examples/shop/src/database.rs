@@ -1,7 +1,6 @@
 //! `Database`: a (pretend) database server that provides its address as a resource.
 
-use batou_components::File;
-use batou_core::{Component, Configure, Secret};
+use batou::{Component, Configure, File, Secret};
 use serde::{Deserialize, Serialize};
 
 /// What the `database` resource carries to the components that require it.

@@ -6,7 +6,7 @@ mod app;
 mod database;
 
 fn main() -> std::process::ExitCode {
-    batou_local::main_with(|registry| {
+    batou::main_with(|registry| {
         registry
             .register::<app::App>("app")
             .register::<database::Database>("database");

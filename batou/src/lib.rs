@@ -1,0 +1,54 @@
+//! The one dependency of a deployment project.
+//!
+//! A deployment repository with component types of its own depends on `batou` alone: this
+//! crate re-exports the component model ([`Component`], [`Configure`], [`Deploy`],
+//! [`Verdict`], [`Secret`]), the library components ([`File`], [`Directory`], [`Symlink`],
+//! [`Command`]) and the entry point [`main_with`]. It adds nothing of its own, so that the
+//! crates behind it can be re-cut without touching any project.
+//!
+//! ```no_run
+//! use batou::{Component, Configure, Deploy, File, Verdict};
+//!
+//! #[derive(serde::Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct Motd {
+//!     text: String,
+//! }
+//!
+//! impl Component for Motd {
+//!     fn label(&self) -> String {
+//!         "Motd".into()
+//!     }
+//!     fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+//!         cx.add(File::new("motd").content(self.text.clone()));
+//!         Ok(())
+//!     }
+//!     fn verify(&self, _cx: &mut Deploy) -> anyhow::Result<Verdict> {
+//!         Ok(Verdict::UpToDate)
+//!     }
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     batou::main_with(|registry| {
+//!         registry.register::<Motd>("motd");
+//!     })
+//! }
+//! ```
+
+/// Unified diffs, for components that report file-like changes.
+pub use batou_core::diff;
+/// The process-wide list of secret values and the masking every output applies.
+pub use batou_core::redact;
+pub use batou_core::{
+    Component, ConfigError, Configure, Deploy, Event, EventSink, Host, Place, Project, Registry,
+    Secret, Templates, Verdict,
+};
+/// Loading, planning and converging in process, for a project's own tests.
+pub use batou_core::{ConvergeOptions, Environment, HostReport, Plan, converge};
+
+pub use batou_components::{
+    Command, CommandOutput, Directory, File, Mode, Symlink, run_command, write_atomic,
+};
+
+/// The deployment binary's entry point and registry.
+pub use batou_local::{main_with, registry};
