@@ -1,6 +1,6 @@
 //! The example project with its own component types, deployed through the stock binary.
 
-use crate::harness::{Project, snapshot, workspace_root};
+use crate::harness::{Project, bin, snapshot, workspace_root};
 
 fn shop() -> std::path::PathBuf {
     workspace_root().join("examples/shop")
@@ -66,7 +66,7 @@ fn example_project_reports_an_unsatisfied_resource() {
         "[hosts.localhost]\ncomponents = [\"app\"]\n\n[components.app]\nport = 1\n",
     );
     // The project's own binary, built with the workspace, run on another repository.
-    let binary = workspace_root().join("target/debug/shop-deployment");
+    let binary = bin("shop-deployment");
     assert!(
         binary.exists(),
         "build the workspace first: cargo build --workspace"
@@ -102,7 +102,7 @@ fn example_project_installs_a_secret_attribute() {
         .unwrap(),
     )
     .unwrap();
-    let binary = workspace_root().join("target/debug/shop-deployment");
+    let binary = bin("shop-deployment");
     let id = p.path("id.txt");
     let args = ["dev", "--identity", id.to_str().unwrap()];
     let out = crate::harness::run_binary(&binary, p.root(), &args);

@@ -29,7 +29,7 @@ fn deploys_files_to_two_hosts_then_changes_nothing() {
     let cluster = Cluster::start(&["web1", "web2"]);
     let p = Project::new();
     p.env("prod", FILES);
-    let out = cluster.run(p.path(), &["prod", "--json"]);
+    let out = cluster.run(p.root(), &["prod", "--json"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stderr, out.stdout);
     assert_eq!(out.count("agent_uploaded"), 2);
     let web1 = cluster.host("web1");
@@ -46,7 +46,7 @@ fn deploys_files_to_two_hosts_then_changes_nothing() {
     assert_eq!(statuses["web1"], "changed");
     assert_eq!(statuses["web2"], "changed");
 
-    let again = cluster.run(p.path(), &["prod", "--json"]);
+    let again = cluster.run(p.root(), &["prod", "--json"]);
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(again.count("changed"), 0, "{}", again.stdout);
     assert_eq!(again.count("agent_uploaded"), 0);
@@ -70,7 +70,7 @@ fn human_output_is_live_prefixed_and_summarised() {
     let cluster = Cluster::start(&["web1", "web2"]);
     let p = Project::new();
     p.env("prod", FILES);
-    let out = cluster.run(p.path(), &["prod"]);
+    let out = cluster.run(p.root(), &["prod"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let e = &out.stderr;
     assert!(e.contains("web1: changed motd (missing)\n"), "{e}");
@@ -91,7 +91,7 @@ fn dry_run_changes_nothing_on_any_host() {
     let cluster = Cluster::start(&["web1", "web2"]);
     let p = Project::new();
     p.env("prod", FILES);
-    let out = cluster.run(p.path(), &["prod", "--dry-run", "--json"]);
+    let out = cluster.run(p.root(), &["prod", "--dry-run", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.count("changed") >= 3);
     for h in cluster.hosts.values() {
@@ -102,7 +102,7 @@ fn dry_run_changes_nothing_on_any_host() {
         );
     }
 
-    cluster.run(p.path(), &["prod"]);
+    cluster.run(p.root(), &["prod"]);
     std::fs::write(
         cluster.host("web1").home.join("srv/work/conf/app.conf"),
         "drift\n",
@@ -113,7 +113,7 @@ fn dry_run_changes_nothing_on_any_host() {
         .values()
         .map(|h| snapshot(&h.home.join("srv")))
         .collect();
-    let out = cluster.run(p.path(), &["prod", "--dry-run", "--json"]);
+    let out = cluster.run(p.root(), &["prod", "--dry-run", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let changed: Vec<_> = out
         .events()
@@ -136,7 +136,7 @@ fn configuration_errors_open_no_connection() {
     let cluster = Cluster::start(&["web1", "web2"]);
     let p = Project::new();
     p.env("prod", &FILES.replace("[\"motd\"]", "[\"motdd\"]"));
-    let out = cluster.run(p.path(), &["prod"]);
+    let out = cluster.run(p.root(), &["prod"]);
     assert_eq!(out.code, 3, "{}", out.stderr);
     assert!(
         out.stderr.contains(
@@ -149,7 +149,7 @@ fn configuration_errors_open_no_connection() {
         assert_eq!(h.logins(), 0, "{} was contacted", h.name);
     }
     p.env("prod", FILES);
-    let out = cluster.run(p.path(), &["prod", "--hosts", "web3"]);
+    let out = cluster.run(p.root(), &["prod", "--hosts", "web3"]);
     assert_eq!(out.code, 3);
     assert!(
         out.stderr.contains("unknown host `web3` in `--hosts`"),

@@ -54,7 +54,7 @@ fn an_unknown_host_key_is_refused_before_anything_runs() {
     let p = Project::new();
     p.env("prod", TWO_HOSTS);
     cluster.forget("web2");
-    let out = cluster.run(p.path(), &["prod", "--json"]);
+    let out = cluster.run(p.root(), &["prod", "--json"]);
     assert_eq!(out.code, 4, "{}", out.stderr);
     let statuses = out.statuses();
     assert_eq!(statuses["web2"], "host_key_refused");
@@ -78,9 +78,9 @@ fn an_unknown_host_key_is_refused_before_anything_runs() {
     );
 
     // Accepting new keys is explicit; afterwards the key is known.
-    let out = cluster.run(p.path(), &["prod", "--accept-new-host-keys"]);
+    let out = cluster.run(p.root(), &["prod", "--accept-new-host-keys"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let out = cluster.run(p.path(), &["prod", "--json"]);
+    let out = cluster.run(p.root(), &["prod", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.count("changed"), 0);
 }
@@ -90,10 +90,10 @@ fn a_changed_host_key_is_refused_even_when_accepting_new_keys() {
     let mut cluster = Cluster::start(&["web1", "web2"]);
     let p = Project::new();
     p.env("prod", TWO_HOSTS);
-    assert_eq!(cluster.run(p.path(), &["prod"]).code, 0);
+    assert_eq!(cluster.run(p.root(), &["prod"]).code, 0);
     cluster.replace_host_key("web1");
     let journal_before = cluster.host("web2").journal("srv").len();
-    let out = cluster.run(p.path(), &["prod", "--accept-new-host-keys", "--json"]);
+    let out = cluster.run(p.root(), &["prod", "--accept-new-host-keys", "--json"]);
     assert_eq!(out.code, 4, "{}", out.stderr);
     assert_eq!(out.statuses()["web1"], "host_key_refused");
     assert_eq!(
@@ -110,7 +110,7 @@ fn an_unreachable_host_stops_the_run_unless_keep_going() {
     p.env("prod", TWO_HOSTS);
     cluster.hosts.get_mut("web2").unwrap().stop();
     let started = Instant::now();
-    let out = cluster.run(p.path(), &["prod", "--json"]);
+    let out = cluster.run(p.root(), &["prod", "--json"]);
     assert_eq!(out.code, 7, "{}", out.stderr);
     assert!(
         started.elapsed() < Duration::from_secs(15),
@@ -122,7 +122,7 @@ fn an_unreachable_host_stops_the_run_unless_keep_going() {
     assert_eq!(statuses["web1"], "not_attempted");
     assert!(!cluster.host("web1").home.join("srv/work").exists());
 
-    let out = cluster.run(p.path(), &["prod", "--keep-going", "--json"]);
+    let out = cluster.run(p.root(), &["prod", "--keep-going", "--json"]);
     assert_eq!(out.code, 7, "{}", out.stderr);
     assert_eq!(out.statuses()["web1"], "changed");
     assert!(
@@ -140,14 +140,14 @@ fn a_second_deploy_is_refused_while_the_first_holds_the_lock() {
     let p = Project::new();
     p.env("prod", &slow(3.0));
     let mut first = cluster
-        .command(p.path(), &["prod"])
+        .command(p.root(), &["prod"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let lock = cluster.host("web1").home.join("srv/.batou/lock");
     wait_for(|| std::fs::read_to_string(&lock).is_ok_and(|t| !t.is_empty()));
-    let out = cluster.run(p.path(), &["prod"]);
+    let out = cluster.run(p.root(), &["prod"]);
     assert_eq!(out.code, 5, "{}", out.stderr);
     let holder = format!("(pid {})", first.id());
     assert!(
@@ -158,7 +158,7 @@ fn a_second_deploy_is_refused_while_the_first_holds_the_lock() {
     assert!(out.stderr.contains(&holder), "{}", out.stderr);
     assert!(first.wait().unwrap().success());
     // The lock is released with its holder; a new deploy converges with nothing to do.
-    let out = cluster.run(p.path(), &["prod", "--json"]);
+    let out = cluster.run(p.root(), &["prod", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.count("changed"), 0);
 }
@@ -169,7 +169,7 @@ fn a_killed_agent_means_unknown_state_and_the_next_run_converges() {
     let p = Project::new();
     p.env("prod", &slow(2.0));
     let first = cluster
-        .command(p.path(), &["prod", "--json"])
+        .command(p.root(), &["prod", "--json"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -198,9 +198,9 @@ fn a_killed_agent_means_unknown_state_and_the_next_run_converges() {
     assert!(stdout.contains(r#""status":"timeout""#), "{stdout}");
     assert!(stdout.contains("the host's state is unknown"), "{stdout}");
 
-    let out = cluster.run(p.path(), &["prod"]);
+    let out = cluster.run(p.root(), &["prod"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let out = cluster.run(p.path(), &["prod", "--json"]);
+    let out = cluster.run(p.root(), &["prod", "--json"]);
     assert_eq!(out.count("changed"), 0, "{}", out.stdout);
 }
 
@@ -210,7 +210,7 @@ fn a_cut_connection_means_unknown_state_and_the_next_run_converges() {
     let p = Project::new();
     p.env("prod", &slow(2.0));
     let first = cluster
-        .command(p.path(), &["prod", "--json"])
+        .command(p.root(), &["prod", "--json"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -242,9 +242,9 @@ fn a_cut_connection_means_unknown_state_and_the_next_run_converges() {
         !journal.iter().any(|r| r["record"] == "finished"),
         "{journal:?}"
     );
-    let out = cluster.run(p.path(), &["prod"]);
+    let out = cluster.run(p.root(), &["prod"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let out = cluster.run(p.path(), &["prod", "--json"]);
+    let out = cluster.run(p.root(), &["prod", "--json"]);
     assert_eq!(out.count("changed"), 0, "{}", out.stdout);
 }
 
@@ -257,7 +257,7 @@ fn a_hanging_command_fails_at_its_deadline() {
         "[environment]\nbase_dir = \"srv\"\n[hosts.web1]\ncomponents = [\"hang\"]\n[components.hang]\ntype = \"command\"\nargv = [\"sleep\", \"60\"]\ncreates = \"never\"\ntimeout = 0.5\n",
     );
     let started = Instant::now();
-    let out = cluster.run(p.path(), &["prod"]);
+    let out = cluster.run(p.root(), &["prod"]);
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(

@@ -119,15 +119,15 @@ fn the_canary_reaches_only_its_targets_and_no_output() {
     let p = Project::new();
     p.env("prod", ENV);
     std::fs::write(
-        p.path().join("app.conf.j2"),
+        p.root().join("app.conf.j2"),
         "user = {{ user }}\npassword = {{ password }}\n",
     )
     .unwrap();
     let canary = random(32);
     let key_line = random(40);
-    let (id, public) = identity(p.path(), "identity.txt");
+    let (id, public) = identity(p.root(), "identity.txt");
     write_secrets(
-        p.path(),
+        p.root(),
         "prod",
         &public,
         &format!(
@@ -137,7 +137,7 @@ fn the_canary_reaches_only_its_targets_and_no_output() {
     let id = id.to_str().unwrap();
     let mut outputs = Vec::new();
 
-    let dry = cluster.run(p.path(), &["prod", "--dry-run", "--identity", id]);
+    let dry = cluster.run(p.root(), &["prod", "--dry-run", "--identity", id]);
     assert_eq!(dry.code, 0, "{}", dry.stderr);
     assert!(
         dry.stderr
@@ -151,7 +151,7 @@ fn the_canary_reaches_only_its_targets_and_no_output() {
     }
 
     let json = cluster.run(
-        p.path(),
+        p.root(),
         &["prod", "--json", "--keep-going", "--identity", id],
     );
     assert_eq!(json.code, 1, "{}\n{}", json.stderr, json.stdout);
@@ -165,16 +165,16 @@ fn the_canary_reaches_only_its_targets_and_no_output() {
     );
     outputs.push(json);
 
-    let human = cluster.run(p.path(), &["prod", "--keep-going", "--identity", id]);
+    let human = cluster.run(p.root(), &["prod", "--keep-going", "--identity", id]);
     assert_eq!(human.code, 1, "{}", human.stderr);
     outputs.push(human);
 
     // Without the failing component everything converges, and then nothing changes.
     p.env("prod", &ENV.replace(r#""key", "broken"]"#, r#""key"]"#));
-    let fixed = cluster.run(p.path(), &["prod", "--identity", id]);
+    let fixed = cluster.run(p.root(), &["prod", "--identity", id]);
     assert_eq!(fixed.code, 0, "{}", fixed.stderr);
     outputs.push(fixed);
-    let again = cluster.run(p.path(), &["prod", "--json", "--identity", id]);
+    let again = cluster.run(p.root(), &["prod", "--json", "--identity", id]);
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(again.count("changed"), 0, "{}", again.stdout);
     outputs.push(again);
@@ -235,16 +235,16 @@ fn without_a_matching_identity_nothing_is_touched() {
         "prod",
         "[environment]\nbase_dir = \"srv\"\n[hosts.web1]\ncomponents = [\"conf\"]\n[components.conf]\ntype = \"file\"\npath = \"app.conf\"\n",
     );
-    let (_, public) = identity(p.path(), "mine.txt");
-    let (stranger, _) = identity(p.path(), "stranger.txt");
+    let (_, public) = identity(p.root(), "mine.txt");
+    let (stranger, _) = identity(p.root(), "stranger.txt");
     write_secrets(
-        p.path(),
+        p.root(),
         "prod",
         &public,
         "[components.conf]\ncontent = \"s3cret-value\"\n",
     );
     let out = cluster.run(
-        p.path(),
+        p.root(),
         &["prod", "--identity", stranger.to_str().unwrap()],
     );
     assert_eq!(out.code, 3, "{}", out.stderr);
@@ -287,7 +287,7 @@ impl Secrets {
         cmd.arg("secrets")
             .args(args)
             .arg("-C")
-            .arg(self.project.path())
+            .arg(self.project.root())
             .env("HOME", self.dir.path())
             .env("XDG_RUNTIME_DIR", self.runtime())
             .env_remove("XDG_CONFIG_HOME")
@@ -314,7 +314,7 @@ impl Secrets {
     }
 
     fn file(&self, rel: &str) -> PathBuf {
-        self.project.path().join(rel)
+        self.project.root().join(rel)
     }
 }
 

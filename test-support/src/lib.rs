@@ -1,0 +1,47 @@
+//! The harness that every crate's integration tests share (a dev-dependency only).
+//!
+//! - [`Project`]: a temporary deployment repository with `environments/`.
+//! - [`bin`]: the path of a binary that cargo built for this workspace, wherever the target
+//!   directory is (`CARGO_TARGET_DIR` is honoured, since the path is found from the running
+//!   test binary's own location).
+//! - [`run_binary`] and [`Outcome`]: a run's exit code and output, its JSON events, the
+//!   changed components and the per-host statuses.
+//! - [`snapshot`]: every entry below a directory, for byte comparisons.
+//! - [`Cluster`]: real `sshd` processes on 127.0.0.2, 127.0.0.3, ... playing hosts.
+//!
+//! Everything here panics on failure: it is test code.
+
+mod cluster;
+mod project;
+
+pub use cluster::{Cluster, Host, INSTALL};
+pub use project::{Outcome, Project, run_binary, snapshot};
+
+use std::path::{Path, PathBuf};
+
+/// The repository root of this workspace.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the test-support crate sits in the workspace root")
+        .to_path_buf()
+}
+
+/// The path of the workspace binary `name` (`batou-local`, `batou-remote`,
+/// `shop-deployment`), built in the same target directory and profile as the running test.
+///
+/// Integration tests run from `<target>/<profile>/deps/`; binaries sit in `<target>/<profile>/`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries run from <target>/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "`{}` is not built; run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}

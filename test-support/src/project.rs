@@ -1,0 +1,190 @@
+//! Temporary deployment repositories and runs of the built binaries.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A temporary deployment repository, removed when dropped.
+pub struct Project {
+    dir: tempfile::TempDir,
+}
+
+/// What a run printed and how it exited.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Project {
+    /// An empty repository with `environments/`. Its directory name has no `batou` in it, so
+    /// that tests looking for what a run left in `/tmp` are not confused by repositories.
+    #[expect(
+        clippy::new_without_default,
+        reason = "a new project creates a directory"
+    )]
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("btp").tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("environments")).unwrap();
+        Project { dir }
+    }
+
+    /// Writes `environments/<name>.toml`.
+    pub fn env(&self, name: &str, text: &str) -> &Self {
+        self.file(&format!("environments/{name}.toml"), text)
+    }
+
+    /// Writes a project file, creating its directories.
+    pub fn file(&self, relative: &str, text: &str) -> &Self {
+        let path = self.path(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+        self
+    }
+
+    /// The absolute path of a project file.
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// The repository's root directory.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs the stock `batou-local` in the project with `args`.
+    pub fn run(&self, args: &[&str]) -> Outcome {
+        run_binary(crate::bin("batou-local"), self.root(), args)
+    }
+
+    /// Runs `batou-local` and asserts success.
+    pub fn converge(&self, args: &[&str]) -> Outcome {
+        let out = self.run(args);
+        assert_eq!(out.code, 0, "run failed:\n{}", out.stderr);
+        out
+    }
+
+    /// Converges and asserts that a second run changes nothing.
+    pub fn converge_twice(&self, args: &[&str]) -> Outcome {
+        let first = self.converge(args);
+        self.assert_idempotent(args);
+        first
+    }
+
+    /// Asserts that a `batou-local` run with `args` reports zero changes.
+    pub fn assert_idempotent(&self, args: &[&str]) {
+        let mut json_args = args.to_vec();
+        if !json_args.contains(&"--json") {
+            json_args.push("--json");
+        }
+        let again = self.converge(&json_args);
+        let changed = again.changed();
+        assert!(changed.is_empty(), "second run changed: {changed:#?}");
+    }
+}
+
+/// Runs a batou binary with `args` in `cwd`, with backtraces off and no inherited hand-over.
+pub fn run_binary(binary: impl AsRef<Path>, cwd: &Path, args: &[&str]) -> Outcome {
+    let out = Command::new(binary.as_ref())
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_BACKTRACE", "0")
+        .env_remove("BATOU_PROJECT_BINARY")
+        .output()
+        .unwrap();
+    Outcome::from(out)
+}
+
+impl From<std::process::Output> for Outcome {
+    fn from(out: std::process::Output) -> Self {
+        Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8(out.stdout).unwrap(),
+            stderr: String::from_utf8(out.stderr).unwrap(),
+        }
+    }
+}
+
+impl Outcome {
+    /// The JSON events on stdout.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// How many events of kind `event` the run printed.
+    pub fn count(&self, event: &str) -> usize {
+        self.events().iter().filter(|e| e["event"] == event).count()
+    }
+
+    /// Component paths of `changed` events, in order.
+    pub fn changed(&self) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["event"] == "changed")
+            .map(|e| e["component"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The run's per-host statuses, from its `run_finished` event.
+    pub fn statuses(&self) -> BTreeMap<String, String> {
+        let events = self.events();
+        let run = events
+            .iter()
+            .find(|e| e["event"] == "run_finished")
+            .expect("run_finished event");
+        run["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["host"].as_str().unwrap().to_string(),
+                    h["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Every entry below `dir`: kind, mode and content (or link target), for byte comparisons.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    if !dir.exists() {
+        return out;
+    }
+    for entry in walk(dir) {
+        let meta = std::fs::symlink_metadata(&entry).unwrap();
+        let rel = entry.strip_prefix(dir).unwrap().to_path_buf();
+        let mode = meta.permissions().mode() & 0o7777;
+        let desc = if meta.file_type().is_symlink() {
+            format!("link -> {}", std::fs::read_link(&entry).unwrap().display())
+        } else if meta.is_dir() {
+            format!("dir {mode:o}")
+        } else {
+            format!("file {mode:o} {:?}", std::fs::read(&entry).unwrap())
+        };
+        out.insert(rel, desc);
+    }
+    out
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        out.push(path.clone());
+        if std::fs::symlink_metadata(&path).unwrap().is_dir() {
+            out.extend(walk(&path));
+        }
+    }
+    out
+}
