@@ -46,6 +46,8 @@ mod registry;
 mod resources;
 pub mod secrets;
 mod template;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use component::{Component, Verdict};
 pub use configure::Configure;

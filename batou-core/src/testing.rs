@@ -1,0 +1,232 @@
+//! Converging in process, for tests of component types (feature `testing`).
+//!
+//! A [`TestProject`] is a temporary deployment repository with its own base directory:
+//! write environment files and project files into it, converge an environment in this
+//! process with the registry under test, assert on the events, and converge again to prove
+//! that nothing changes. No binary, no agent, no SSH: the same engine `batou-local` runs.
+//!
+//! ```
+//! use batou_core::testing::TestProject;
+//! # use batou_core::{Component, Deploy, Registry, Verdict};
+//! # #[derive(serde::Deserialize)]
+//! # struct Nothing {}
+//! # impl Component for Nothing {
+//! #     fn label(&self) -> String { "Nothing".into() }
+//! #     fn verify(&self, _cx: &mut Deploy) -> anyhow::Result<Verdict> { Ok(Verdict::UpToDate) }
+//! # }
+//! let mut registry = Registry::new();
+//! registry.register::<Nothing>("nothing");
+//! let project = TestProject::new(registry);
+//! project.env("dev", "[hosts.localhost]\ncomponents = [\"nothing\"]\n");
+//! project
+//!     .converge("dev")
+//!     .assert_changed(&["nothing > Workdir"]);
+//! project.converge("dev").assert_unchanged();
+//! ```
+//!
+//! Every method panics on failure, with the events of the run in the message: it is meant
+//! for tests only.
+
+use std::path::{Path, PathBuf};
+
+use crate::{
+    ConfigError, ConvergeOptions, Environment, Event, HostReport, Plan, Project, Registry,
+};
+
+/// A temporary deployment repository and base directory, removed when dropped.
+pub struct TestProject {
+    dir: tempfile::TempDir,
+    registry: Registry,
+}
+
+/// What one in-process converge reported.
+#[derive(Debug)]
+pub struct Run {
+    /// Every event, in order.
+    pub events: Vec<Event>,
+    /// The host's report.
+    pub report: HostReport,
+}
+
+impl TestProject {
+    /// An empty repository (with `environments/`) whose components come from `registry`.
+    pub fn new(registry: Registry) -> TestProject {
+        let dir = tempfile::Builder::new()
+            .prefix("btt")
+            .tempdir()
+            .expect("a temporary directory can be created");
+        std::fs::create_dir_all(dir.path().join("project/environments"))
+            .expect("the project directory can be created");
+        TestProject { dir, registry }
+    }
+
+    /// Writes `environments/<name>.toml`.
+    pub fn env(&self, name: &str, text: &str) -> &Self {
+        self.file(&format!("environments/{name}.toml"), text)
+    }
+
+    /// Writes a project file, creating its directories.
+    pub fn file(&self, relative: &str, text: impl AsRef<[u8]>) -> &Self {
+        let path = self.root().join(relative);
+        std::fs::create_dir_all(path.parent().expect("project files have a parent"))
+            .expect("project directories can be created");
+        std::fs::write(&path, text)
+            .unwrap_or_else(|e| panic!("cannot write `{}`: {e}", path.display()));
+        self
+    }
+
+    /// The repository's root.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("project")
+    }
+
+    /// The base directory the environment converges into (outside the repository).
+    pub fn base_dir(&self) -> PathBuf {
+        self.dir.path().join("base")
+    }
+
+    /// A root component's work directory: `<base_dir>/work/<root>`.
+    pub fn workdir(&self, root: &str) -> PathBuf {
+        self.base_dir().join("work").join(root)
+    }
+
+    /// Converges the only host of environment `name`; panics unless it succeeds.
+    pub fn converge(&self, name: &str) -> Run {
+        let run = self.run(name, ConvergeOptions::default());
+        run.assert_succeeded();
+        run
+    }
+
+    /// Predicts what converging environment `name` would change; panics unless it succeeds.
+    pub fn dry_run(&self, name: &str) -> Run {
+        let options = ConvergeOptions {
+            dry_run: true,
+            ..ConvergeOptions::default()
+        };
+        let run = self.run(name, options);
+        run.assert_succeeded();
+        run
+    }
+
+    /// Converges, then converges again and asserts that the second run changed nothing;
+    /// returns the first run.
+    pub fn converge_twice(&self, name: &str) -> Run {
+        let first = self.converge(name);
+        self.converge(name).assert_unchanged();
+        first
+    }
+
+    /// Converges environment `name` with `options` and returns the run, whether or not a
+    /// component failed; panics on a configuration error (see [`TestProject::configure`]).
+    pub fn run(&self, name: &str, options: ConvergeOptions) -> Run {
+        let mut plan = self
+            .configure(name)
+            .unwrap_or_else(|e| panic!("environment `{name}` is invalid: {e}"));
+        let host = only_host(&plan, name);
+        let mut events = Vec::new();
+        let report = crate::converge(&mut plan, &host, options, &mut |e: Event| events.push(e));
+        Run { events, report }
+    }
+
+    /// Loads and configures environment `name`: the plan, or the configuration error.
+    pub fn configure(&self, name: &str) -> Result<Plan, ConfigError> {
+        let root = self.root();
+        let environment = Environment::load(&root, name, &self.registry)?;
+        Plan::build(
+            &environment,
+            &self.registry,
+            &Project::new(&root),
+            &self.base_dir(),
+        )
+    }
+
+    /// The temporary directory holding the project and the base directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Run {
+    /// Component paths that changed (or would change), in order.
+    pub fn changed(&self) -> Vec<String> {
+        self.report.changed_components.clone()
+    }
+
+    /// Panics unless every root component converged.
+    pub fn assert_succeeded(&self) -> &Self {
+        assert!(
+            self.report.succeeded(),
+            "the run failed: {:?}\nevents: {:#?}",
+            self.report.failure,
+            self.events
+        );
+        self
+    }
+
+    /// Panics unless exactly `expected` changed, in this order.
+    pub fn assert_changed(&self, expected: &[&str]) -> &Self {
+        assert_eq!(self.changed(), expected, "events: {:#?}", self.events);
+        self
+    }
+
+    /// Panics unless nothing changed (the idempotency check).
+    pub fn assert_unchanged(&self) -> &Self {
+        self.assert_changed(&[])
+    }
+
+    /// The failing component's path and cause chain joined by `: `, when one failed.
+    pub fn failure(&self) -> Option<String> {
+        self.report
+            .failure
+            .as_ref()
+            .map(|(path, chain)| format!("{path}: {}", chain.join(": ")))
+    }
+
+    /// The reasons given for changes, by component path.
+    pub fn reasons(&self) -> Vec<(String, String)> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Changed {
+                    component, reason, ..
+                } => Some((component.clone(), reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The diffs shown, by component path.
+    pub fn diffs(&self) -> Vec<(String, String)> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Diff {
+                    component, diff, ..
+                } => Some((component.clone(), diff.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The messages components logged.
+    pub fn logs(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Log { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn only_host(plan: &Plan, environment: &str) -> String {
+    let hosts: std::collections::BTreeSet<&str> =
+        plan.steps().iter().map(|s| s.host.as_str()).collect();
+    match Vec::from_iter(hosts).as_slice() {
+        [host] => host.to_string(),
+        other => {
+            panic!("environment `{environment}` must have one host with steps, it has {other:?}")
+        }
+    }
+}
