@@ -99,10 +99,8 @@ impl TestProject {
 
     /// Predicts what converging environment `name` would change; panics unless it succeeds.
     pub fn dry_run(&self, name: &str) -> Run {
-        let options = ConvergeOptions {
-            dry_run: true,
-            ..ConvergeOptions::default()
-        };
+        let mut options = ConvergeOptions::default();
+        options.dry_run = true;
         let run = self.run(name, options);
         run.assert_succeeded();
         run
