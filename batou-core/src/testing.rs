@@ -99,9 +99,7 @@ impl TestProject {
 
     /// Predicts what converging environment `name` would change; panics unless it succeeds.
     pub fn dry_run(&self, name: &str) -> Run {
-        let mut options = ConvergeOptions::default();
-        options.dry_run = true;
-        let run = self.run(name, options);
+        let run = self.run(name, ConvergeOptions { dry_run: true });
         run.assert_succeeded();
         run
     }
