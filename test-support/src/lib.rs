@@ -8,13 +8,19 @@
 //!   changed components and the per-host statuses.
 //! - [`snapshot`]: every entry below a directory, for byte comparisons.
 //! - [`Cluster`]: real `sshd` processes on 127.0.0.2, 127.0.0.3, ... playing hosts.
+//! - [`assert_output_snapshot!`]: insta snapshots of human output, with temporary paths,
+//!   ports, durations, sizes and key fingerprints filtered out.
 //!
 //! Everything here panics on failure: it is test code.
 
 mod cluster;
+mod filters;
 mod project;
 
 pub use cluster::{Cluster, Host, INSTALL};
+pub use filters::snapshot_filters;
+/// Snapshot testing, re-exported for [`assert_output_snapshot!`].
+pub use insta;
 pub use project::{Outcome, Project, run_binary, snapshot};
 
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 
 use crate::harness::{Project, snapshot, workspace_root};
 
-fn demo_project() -> Project {
+pub(crate) fn demo_project() -> Project {
     let p = Project::new();
     let root = workspace_root();
     let copy = |rel: &str| {

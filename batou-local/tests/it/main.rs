@@ -7,3 +7,4 @@ mod example;
 mod failure;
 mod harness;
 mod secrets;
+mod snapshots;
