@@ -29,8 +29,12 @@ impl Verdict {
 pub trait Component: Send + 'static {
     /// How this component appears in component paths, e.g. `File('/srv/app/app.toml')`.
     ///
-    /// Root components appear under their instance name instead.
-    fn label(&self) -> String;
+    /// Root components appear under their instance name instead. The default is the type's
+    /// name without its module path (`Reload` for `shop::app::Reload`); a type of which a
+    /// parent adds several instances should say which one it is.
+    fn label(&self) -> String {
+        short_type_name(std::any::type_name::<Self>())
+    }
 
     /// Builds the sub-component tree and declares resources. Must not touch the host.
     fn configure(&mut self, _cx: &mut Configure) -> anyhow::Result<()> {
@@ -45,5 +49,39 @@ pub trait Component: Send + 'static {
     /// Changes the host so that `verify` returns `UpToDate`.
     fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
         Ok(())
+    }
+}
+
+/// `a::b::Name<c::D>` → `Name<D>`: every path segment of a type name without its modules.
+fn short_type_name(full: &str) -> String {
+    let mut out = String::with_capacity(full.len());
+    let mut segment = String::new();
+    for ch in full.chars() {
+        if ch.is_alphanumeric() || ch == '_' || ch == ':' {
+            segment.push(ch);
+        } else {
+            out.push_str(segment.rsplit("::").next().unwrap_or_default());
+            segment.clear();
+            out.push(ch);
+        }
+    }
+    out.push_str(segment.rsplit("::").next().unwrap_or_default());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_labels_are_short_type_names() {
+        assert_eq!(short_type_name("shop::app::Reload"), "Reload");
+        assert_eq!(
+            short_type_name("a::Wrapper<alloc::string::String, b::C>"),
+            "Wrapper<String, C>"
+        );
+        struct Plain;
+        impl Component for Plain {}
+        assert_eq!(Plain.label(), "Plain");
     }
 }

@@ -29,6 +29,12 @@ pub(crate) struct Scope<'a> {
     pub(crate) context: minijinja::Value,
 }
 
+/// A sub-component that a component added, for asking later whether it changed.
+///
+/// Only meaningful to the component that added it (it is the sub-component's position).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubComponent(pub(crate) usize);
+
 /// Passed to [`Component::configure`]: add sub-components, provide and require resources,
 /// render templates, resolve paths.
 pub struct Configure<'a> {
@@ -40,8 +46,12 @@ pub struct Configure<'a> {
 
 impl<'a> Configure<'a> {
     /// Adds a sub-component; sub-components converge before their parent, in the order added.
-    pub fn add(&mut self, component: impl Component) {
+    ///
+    /// The returned handle lets [`Deploy::changed`](crate::Deploy::changed) ask whether this
+    /// one sub-component changed, e.g. "reload the daemon only when its unit file changed".
+    pub fn add(&mut self, component: impl Component) -> SubComponent {
         self.added.push(Box::new(component));
+        SubComponent(self.added.len() - 1)
     }
 
     /// The host this component is configured for.

@@ -1,6 +1,6 @@
 //! The deploy context: what `verify` and `update` may use while converging on the host.
 
-use crate::{Event, EventSink};
+use crate::{Event, EventSink, SubComponent};
 
 /// Passed to [`Component::verify`](crate::Component::verify) and
 /// [`Component::update`](crate::Component::update).
@@ -9,6 +9,8 @@ pub struct Deploy<'a> {
     pub(crate) path: &'a str,
     pub(crate) dry_run: bool,
     pub(crate) subcomponents_changed: bool,
+    /// Whether each sub-component this component added changed, in the order added.
+    pub(crate) added_changed: &'a [bool],
     pub(crate) diff: Option<String>,
     pub(crate) sink: &'a mut dyn EventSink,
 }
@@ -25,6 +27,20 @@ impl Deploy<'_> {
     /// the verify that follows `update`, the changes count as handled and this is `false`.
     pub fn subcomponents_changed(&self) -> bool {
         self.subcomponents_changed
+    }
+
+    /// Whether the sub-component `sub` (returned by [`Configure::add`](crate::Configure::add))
+    /// changed (or, in a dry run, would change) in this run.
+    ///
+    /// Like [`Deploy::subcomponents_changed`], it is `false` during the verify that follows
+    /// `update`. A handle that this component did not receive from its own `add` answers
+    /// `false`.
+    pub fn changed(&self, sub: SubComponent) -> bool {
+        debug_assert!(
+            sub.0 < self.added_changed.len() || self.added_changed.is_empty(),
+            "a SubComponent handle is only meaningful to the component that added it"
+        );
+        self.added_changed.get(sub.0).copied().unwrap_or(false)
     }
 
     /// The host being converged.

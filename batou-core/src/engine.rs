@@ -88,7 +88,8 @@ pub fn converge_step(
         sink: &mut *sink,
         changed: &mut changed,
     };
-    match run.converge(&mut step.tree) {
+    // A root's first child is its Workdir, which the root did not add itself.
+    match run.converge(&mut step.tree, 1) {
         Ok(any) => StepReport {
             outcome: if any {
                 RootOutcome::Changed
@@ -181,16 +182,22 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// Converges a node after its children; returns whether anything in it changed.
-    fn converge(&mut self, node: &mut Node) -> Result<bool, Failure> {
-        let mut sub_changed = false;
+    ///
+    /// The first `implicit` children were added by the engine, not by the node's component.
+    fn converge(&mut self, node: &mut Node, implicit: usize) -> Result<bool, Failure> {
+        let mut children_changed = Vec::with_capacity(node.children.len());
         for child in &mut node.children {
-            sub_changed |= self.converge(child)?;
+            children_changed.push(self.converge(child, 0)?);
         }
+        let sub_changed = children_changed.contains(&true);
+        let added_changed = children_changed.get(implicit..).unwrap_or_default();
         let fail = |error: anyhow::Error| Failure {
             path: node.path.clone(),
             error,
         };
-        let (verdict, diff) = self.verify(node, sub_changed).map_err(fail)?;
+        let (verdict, diff) = self
+            .verify(node, sub_changed, added_changed)
+            .map_err(fail)?;
         let Verdict::NeedsUpdate(reason) = verdict else {
             return Ok(sub_changed);
         };
@@ -216,6 +223,7 @@ impl Run<'_> {
             path: &node.path,
             dry_run: false,
             subcomponents_changed: sub_changed,
+            added_changed,
             diff: None,
             sink: &mut *self.sink,
         };
@@ -224,7 +232,7 @@ impl Run<'_> {
             error,
         })?;
         // Sub-component changes were handled by this update; verify the result alone.
-        let (again, _) = self.verify(node, false).map_err(|error| Failure {
+        let (again, _) = self.verify(node, false, &[]).map_err(|error| Failure {
             path: node.path.clone(),
             error,
         })?;
@@ -241,12 +249,14 @@ impl Run<'_> {
         &mut self,
         node: &Node,
         sub_changed: bool,
+        added_changed: &[bool],
     ) -> anyhow::Result<(Verdict, Option<String>)> {
         let mut cx = Deploy {
             host: self.host,
             path: &node.path,
             dry_run: self.options.dry_run,
             subcomponents_changed: sub_changed,
+            added_changed,
             diff: None,
             sink: &mut *self.sink,
         };

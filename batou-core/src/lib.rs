@@ -46,11 +46,11 @@ mod registry;
 mod resources;
 pub mod secrets;
 mod template;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use component::{Component, Verdict};
-pub use configure::Configure;
+pub use configure::{Configure, SubComponent};
 pub use deploy::Deploy;
 pub use engine::{ConvergeOptions, HostReport, RootOutcome, StepReport, converge, converge_step};
 pub use environment::{Connect, Environment, Host, Settings};

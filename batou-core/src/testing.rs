@@ -226,3 +226,108 @@ fn only_host(plan: &Plan, environment: &str) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use serde::Deserialize;
+
+    use super::TestProject;
+    use crate::{Component, Configure, Deploy, Registry, SubComponent, Verdict};
+
+    /// Creates a file (relative to the work directory) when it is missing.
+    struct Touch {
+        name: String,
+        path: PathBuf,
+    }
+
+    impl Component for Touch {
+        fn label(&self) -> String {
+            format!("Touch('{}')", self.name)
+        }
+        fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+            self.path = cx.path(&self.name)?;
+            Ok(())
+        }
+        fn verify(&self, _cx: &mut Deploy) -> anyhow::Result<Verdict> {
+            Ok(if self.path.exists() {
+                Verdict::UpToDate
+            } else {
+                Verdict::needs_update("missing")
+            })
+        }
+        fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
+            Ok(std::fs::write(&self.path, "")?)
+        }
+    }
+
+    /// Adds two touches and logs, on each update, which of them changed.
+    #[derive(Deserialize)]
+    struct Pair {
+        #[serde(skip)]
+        subs: Vec<SubComponent>,
+    }
+
+    impl Component for Pair {
+        fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+            for name in ["a", "b"] {
+                let sub = cx.add(Touch {
+                    name: name.into(),
+                    path: PathBuf::new(),
+                });
+                self.subs.push(sub);
+            }
+            Ok(())
+        }
+        fn verify(&self, cx: &mut Deploy) -> anyhow::Result<Verdict> {
+            Ok(if cx.subcomponents_changed() {
+                Verdict::needs_update("a touch changed")
+            } else {
+                Verdict::UpToDate
+            })
+        }
+        fn update(&mut self, cx: &mut Deploy) -> anyhow::Result<()> {
+            let which: Vec<bool> = self.subs.iter().map(|s| cx.changed(*s)).collect();
+            cx.log(format!("changed: {which:?}"));
+            Ok(())
+        }
+    }
+
+    fn project() -> TestProject {
+        let mut registry = Registry::new();
+        registry.register::<Pair>("pair");
+        let project = TestProject::new(registry);
+        project.env("dev", "[hosts.localhost]\ncomponents = [\"pair\"]\n");
+        project
+    }
+
+    #[test]
+    fn a_parent_asks_whether_one_sub_component_changed() {
+        let project = project();
+        let first = project.converge("dev");
+        first.assert_changed(&[
+            "pair > Workdir",
+            "pair > Touch('a')",
+            "pair > Touch('b')",
+            "pair",
+        ]);
+        assert_eq!(first.logs(), ["changed: [true, true]"]);
+
+        std::fs::remove_file(project.workdir("pair").join("b")).unwrap();
+        let second = project.converge("dev");
+        second.assert_changed(&["pair > Touch('b')", "pair"]);
+        assert_eq!(second.logs(), ["changed: [false, true]"]);
+
+        project.converge("dev").assert_unchanged();
+    }
+
+    #[test]
+    fn a_dry_run_predicts_without_changing() {
+        let project = project();
+        let dry = project.dry_run("dev");
+        assert_eq!(dry.changed().len(), 4, "{:?}", dry.changed());
+        assert!(!project.base_dir().exists());
+        project.converge_twice("dev");
+    }
+}

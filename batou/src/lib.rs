@@ -41,7 +41,7 @@ pub use batou_core::diff;
 pub use batou_core::redact;
 pub use batou_core::{
     Component, ConfigError, Configure, Deploy, Event, EventSink, Host, Place, Project, Registry,
-    Secret, Templates, Verdict,
+    Secret, SubComponent, Templates, Verdict,
 };
 /// Loading, planning and converging in process, for a project's own tests.
 pub use batou_core::{ConvergeOptions, Environment, HostReport, Plan, converge};

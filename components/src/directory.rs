@@ -141,9 +141,9 @@ impl Component for Directory {
                 ),
                 ProjectEntryKind::Symlink => {
                     let link = cx.project().read_link(&from)?;
-                    cx.add(Symlink::new(target, link.to_string_lossy()));
+                    cx.add(Symlink::new(target, link.to_string_lossy()))
                 }
-            }
+            };
         }
         Ok(())
     }
