@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod schedule;
+pub mod scheduler;
 pub mod secrets;
 pub mod ssh;
 

@@ -1,21 +1,19 @@
-//! Scheduling a remote plan: hosts in parallel, each host one step at a time in plan order,
-//! every step as soon as the steps it depends on (on any host) are done.
-//!
-//! All hosts are connected, given the agent and locked before the first step runs, so a host
-//! that cannot be reached or is locked stops the run before anything changed (unless
-//! `keep_going`). After a failure no new step starts; with `keep_going` every step that does
-//! not depend on the failure still runs.
+//! Running a remote plan: one task per host owns its SSH master and agent session; a thin
+//! loop passes what the tasks report to the [`Scheduler`](crate::scheduler::Scheduler),
+//! which decides what runs next (the rules are in `scheduler.rs`), and carries out its
+//! actions: send a step, end a session, emit an event. Also the journal check of `--hosts`.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batou_core::protocol::{Controller, HostJob, RemoteHost, RemotePlan};
-use batou_core::{Event, EventSink, HostSummary, RootOutcome};
+use batou_core::{Event, EventSink, HostSummary};
 use batou_local::Exit;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::agent::{AgentBinary, AgentSession, SessionError, ensure_agent};
+use crate::scheduler::{Action, HostFailure, HostStatus, Report, Scheduler, SchedulerOptions};
 use crate::ssh::{self, ConnectError, SshOptions};
 
 /// How to run a remote plan.
@@ -40,63 +38,36 @@ pub struct RunReport {
     pub seconds: f64,
 }
 
-#[derive(Debug, Clone)]
-enum StepState {
-    /// Not part of this run (`--hosts`).
-    Excluded,
-    Pending,
-    Running,
-    Done(RootOutcome),
-    /// Not run: the reason says why (a dependency failed, the run stopped, ...).
-    NotRun(String),
-    /// The agent died or went silent during this step.
-    Unknown,
-}
-
-/// A host's failure, with the exit status it implies.
-#[derive(Debug, Clone)]
-struct HostFailure {
-    status: &'static str,
-    exit: Exit,
-    error: Vec<String>,
-}
-
 impl HostFailure {
     fn connect(err: &ConnectError) -> Self {
-        let (status, exit) = match err {
-            ConnectError::HostKey(_) => ("host_key_refused", Exit::HostKeyOrAuthRefused),
-            ConnectError::Auth(_) => ("auth_refused", Exit::HostKeyOrAuthRefused),
-            ConnectError::Unreachable(_) => ("unreachable", Exit::Unreachable),
-            ConnectError::Timeout(_) => ("unreachable", Exit::Unreachable),
+        let status = match err {
+            ConnectError::HostKey(_) => HostStatus::HostKeyRefused,
+            ConnectError::Auth(_) => HostStatus::AuthRefused,
+            ConnectError::Unreachable(_) | ConnectError::Timeout(_) => HostStatus::Unreachable,
         };
         HostFailure {
             status,
-            exit,
             error: vec![err.to_string()],
         }
     }
 
     fn session(err: &SessionError) -> Self {
-        let (status, exit) = match err {
-            SessionError::LockHeld(_) => ("lock_held", Exit::LockHeld),
-            SessionError::Timeout(_) | SessionError::Died(_) => ("timeout", Exit::Timeout),
-            SessionError::Refused(_) | SessionError::Failed(_) => ("failed", Exit::DeployFailed),
+        let status = match err {
+            SessionError::LockHeld(_) => HostStatus::LockHeld,
+            SessionError::Timeout(_) | SessionError::Died(_) => HostStatus::Timeout,
+            SessionError::Refused(_) | SessionError::Failed(_) => HostStatus::Failed,
         };
         HostFailure {
             status,
-            exit,
             error: vec![err.to_string()],
         }
     }
 }
 
+/// What a host's task sends the loop: a report for the scheduler, or an agent's event.
 enum Up {
-    Ready(String),
-    SetupFailed(String, HostFailure),
+    Report(String, Report),
     Event(Event),
-    StepDone(usize, RootOutcome),
-    Broken(String, usize, SessionError),
-    Closed(String),
 }
 
 enum Down {
@@ -104,16 +75,10 @@ enum Down {
     Finish,
 }
 
-struct HostRun {
-    queue: VecDeque<usize>,
-    down: mpsc::UnboundedSender<Down>,
-    ready: bool,
-    busy: bool,
-    failure: Option<HostFailure>,
-    closed: bool,
-}
-
 /// Deploys `plan` with `agent`, reporting events to `sink` as they happen.
+///
+/// A thin loop: one task per host owns its SSH session and agent; the [`Scheduler`] decides
+/// what runs next from what the tasks report.
 pub async fn deploy(
     plan: &RemotePlan,
     agent: Arc<AgentBinary>,
@@ -123,49 +88,32 @@ pub async fn deploy(
 ) -> RunReport {
     let started = Instant::now();
     let in_run = |host: &str| options.hosts.as_ref().is_none_or(|h| h.contains(host));
-    let mut state: Vec<StepState> = plan
-        .steps
+    let names: Vec<String> = plan
+        .hosts
         .iter()
-        .map(|s| {
-            if in_run(&s.host) {
-                StepState::Pending
-            } else {
-                StepState::Excluded
-            }
-        })
+        .filter(|h| in_run(&h.name) && plan.host_jobs.contains_key(&h.name))
+        .map(|h| h.name.clone())
         .collect();
+    let mut scheduler = Scheduler::new(
+        &plan.steps,
+        &plan.order,
+        &names,
+        SchedulerOptions {
+            dry_run: options.dry_run,
+            keep_going: options.keep_going,
+            jobs: options.jobs,
+        },
+    );
 
     let (up_tx, mut up) = mpsc::unbounded_channel::<Up>();
     let setup = Arc::new(Semaphore::new(options.jobs.max(1)));
-    let mut hosts: BTreeMap<String, HostRun> = BTreeMap::new();
-    for host in &plan.hosts {
-        if !in_run(&host.name) {
-            continue;
-        }
-        let Some(job) = plan.host_jobs.get(&host.name) else {
-            continue;
-        };
+    let mut downs: BTreeMap<String, mpsc::UnboundedSender<Down>> = BTreeMap::new();
+    for host in plan.hosts.iter().filter(|h| names.contains(&h.name)) {
         let (down_tx, down_rx) = mpsc::unbounded_channel();
-        let queue = plan
-            .order
-            .iter()
-            .copied()
-            .filter(|i| plan.steps[*i].host == host.name)
-            .collect();
-        hosts.insert(
-            host.name.clone(),
-            HostRun {
-                queue,
-                down: down_tx,
-                ready: false,
-                busy: false,
-                failure: None,
-                closed: false,
-            },
-        );
+        downs.insert(host.name.clone(), down_tx);
         tokio::spawn(host_task(
             host.clone(),
-            job.clone(),
+            plan.host_jobs[&host.name].clone(),
             Arc::clone(&agent),
             controller.clone(),
             options.clone(),
@@ -176,239 +124,49 @@ pub async fn deploy(
     }
     drop(up_tx);
 
-    // Phase one: every host connected, shipped and locked, or failed.
-    let mut waiting = hosts.len();
-    while waiting > 0 {
-        let Some(msg) = up.recv().await else { break };
-        match msg {
-            Up::Ready(host) => {
-                hosts.get_mut(&host).expect("known host").ready = true;
-                waiting -= 1;
-            }
-            Up::SetupFailed(host, failure) => {
-                sink.event(Event::HostFailed {
-                    host: host.clone(),
-                    status: failure.status.to_string(),
-                    error: failure.error.clone(),
-                });
-                let h = hosts.get_mut(&host).expect("known host");
-                h.failure = Some(failure);
-                h.closed = true;
-                waiting -= 1;
-            }
-            Up::Event(e) => sink.event(e),
-            Up::Closed(host) => hosts.get_mut(&host).expect("known host").closed = true,
-            Up::StepDone(..) | Up::Broken(..) => {
-                unreachable!("no step runs before all hosts are ready")
-            }
+    // Sessions get the agent timeout (plus a margin) to end once no step runs any more.
+    let mut closing_deadline: Option<tokio::time::Instant> = None;
+    while !scheduler.is_over() {
+        if scheduler.is_finished() && closing_deadline.is_none() {
+            closing_deadline =
+                Some(tokio::time::Instant::now() + options.agent_timeout + Duration::from_secs(5));
         }
-    }
-    let setup_failed = hosts.values().any(|h| h.failure.is_some());
-    let mut stop = setup_failed && !options.keep_going;
-    for (name, h) in hosts.iter_mut() {
-        if let Some(f) = &h.failure {
-            for step in h.queue.drain(..) {
-                state[step] = StepState::NotRun(format!("host {}", f.status.replace('_', " ")));
-                let _ = name;
+        let msg = match closing_deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, up.recv()).await {
+                Ok(msg) => msg,
+                Err(_) => break,
+            },
+            None => up.recv().await,
+        };
+        let Some(msg) = msg else { break };
+        let (host, report) = match msg {
+            Up::Event(e) => {
+                sink.event(e);
+                continue;
             }
-        }
-    }
-
-    // Phase two: run steps as their dependencies allow.
-    let mut running = 0usize;
-    loop {
-        if !stop {
-            for (name, h) in hosts.iter_mut() {
-                if !h.ready || h.busy || h.failure.is_some() {
-                    continue;
+            Up::Report(host, report) => (host, report),
+        };
+        for action in scheduler.report(&host, report, started.elapsed().as_secs_f64()) {
+            match action {
+                Action::Start { host, step } => {
+                    let _ = downs[&host].send(Down::Step(step, plan.steps[step].root.clone()));
                 }
-                while let Some(&step) = h.queue.front() {
-                    match dependencies(plan, &state, step) {
-                        Deps::Waiting => break,
-                        Deps::Blocked(reason) => {
-                            h.queue.pop_front();
-                            sink.event(Event::Skipped {
-                                host: name.clone(),
-                                component: plan.steps[step].root.clone(),
-                                reason: reason.clone(),
-                            });
-                            state[step] = StepState::NotRun(reason);
-                        }
-                        Deps::Done => {
-                            if running >= options.jobs.max(1) {
-                                break;
-                            }
-                            h.queue.pop_front();
-                            let _ = h.down.send(Down::Step(step, plan.steps[step].root.clone()));
-                            h.busy = true;
-                            running += 1;
-                            state[step] = StepState::Running;
-                            break;
-                        }
-                    }
+                Action::Finish { host } => {
+                    let _ = downs[&host].send(Down::Finish);
                 }
+                Action::Emit(event) => sink.event(event),
             }
-        }
-        if running == 0 {
-            break;
-        }
-        let Some(msg) = up.recv().await else { break };
-        match msg {
-            Up::Event(e) => sink.event(e),
-            Up::StepDone(step, outcome) => {
-                running -= 1;
-                state[step] = StepState::Done(outcome);
-                let host = &plan.steps[step].host;
-                let h = hosts.get_mut(host).expect("known host");
-                h.busy = false;
-                if outcome == RootOutcome::Failed {
-                    h.failure = Some(HostFailure {
-                        status: "failed",
-                        exit: Exit::DeployFailed,
-                        error: vec![format!("`{}` failed", plan.steps[step].root)],
-                    });
-                    for later in h.queue.drain(..) {
-                        state[later] = StepState::NotRun(
-                            "an earlier root component on this host failed".into(),
-                        );
-                    }
-                    stop |= !options.keep_going;
-                }
-            }
-            Up::Broken(host, step, err) => {
-                running -= 1;
-                let failure = HostFailure::session(&err);
-                sink.event(Event::HostFailed {
-                    host: host.clone(),
-                    status: failure.status.to_string(),
-                    error: failure.error.clone(),
-                });
-                state[step] = StepState::Unknown;
-                let h = hosts.get_mut(&host).expect("known host");
-                h.busy = false;
-                h.failure = Some(failure);
-                for later in h.queue.drain(..) {
-                    state[later] = StepState::NotRun("the host's state is unknown".into());
-                }
-                stop |= !options.keep_going;
-            }
-            Up::Closed(host) => hosts.get_mut(&host).expect("known host").closed = true,
-            Up::Ready(_) | Up::SetupFailed(..) => {}
-        }
-    }
-    let reason = if setup_failed {
-        "not started: another host could not be prepared"
-    } else {
-        "not started: the deploy stopped after a failure"
-    };
-    for (name, h) in hosts.iter_mut() {
-        for step in h.queue.drain(..) {
-            sink.event(Event::Skipped {
-                host: name.clone(),
-                component: plan.steps[step].root.clone(),
-                reason: reason.to_string(),
-            });
-            state[step] = StepState::NotRun(reason.to_string());
-        }
-    }
-
-    // End every session: agents write their journal records and exit; masters close.
-    for h in hosts.values() {
-        if !h.closed {
-            let _ = h.down.send(Down::Finish);
-        }
-    }
-    let finish_deadline =
-        tokio::time::Instant::now() + options.agent_timeout + Duration::from_secs(5);
-    while hosts.values().any(|h| !h.closed) {
-        match tokio::time::timeout_at(finish_deadline, up.recv()).await {
-            Ok(Some(Up::Closed(host))) => hosts.get_mut(&host).expect("known host").closed = true,
-            Ok(Some(Up::Event(e))) => sink.event(e),
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => break,
         }
     }
 
     let seconds = started.elapsed().as_secs_f64();
-    let mut exit = Exit::Success;
-    let mut summaries = Vec::new();
-    for (name, h) in &hosts {
-        let steps: Vec<usize> = (0..plan.steps.len())
-            .filter(|i| plan.steps[*i].host == *name)
-            .collect();
-        let roots = |f: &dyn Fn(&StepState) -> bool| -> Vec<String> {
-            steps
-                .iter()
-                .filter(|i| f(&state[**i]))
-                .map(|i| plan.steps[*i].root.clone())
-                .collect()
-        };
-        let changed = roots(&|s| matches!(s, StepState::Done(RootOutcome::Changed)));
-        let unchanged = roots(&|s| matches!(s, StepState::Done(RootOutcome::Unchanged)));
-        let failed =
-            roots(&|s| matches!(s, StepState::Done(RootOutcome::Failed) | StepState::Unknown));
-        let not_run = roots(&|s| matches!(s, StepState::NotRun(_) | StepState::Pending));
-        sink.event(Event::HostFinished {
-            host: name.clone(),
-            dry_run: options.dry_run,
-            changed: changed.clone(),
-            unchanged: unchanged.clone(),
-            failed: failed.clone(),
-            not_attempted: not_run.clone(),
-            seconds,
-        });
-        let (status, detail) = if let Some(f) = &h.failure {
-            exit = exit.worst(f.exit);
-            (f.status.to_string(), f.error.join(": "))
-        } else if !not_run.is_empty() && changed.is_empty() && unchanged.is_empty() {
-            let why = steps
-                .iter()
-                .find_map(|i| match &state[*i] {
-                    StepState::NotRun(r) => Some(r.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            let status = if why.starts_with("not started") {
-                "not_attempted"
-            } else {
-                "skipped"
-            };
-            (status.to_string(), why)
-        } else if !changed.is_empty() {
-            let verb = if options.dry_run {
-                "would change"
-            } else {
-                "changed"
-            };
-            (
-                "changed".to_string(),
-                format!("{verb}: {}", changed.join(", ")),
-            )
-        } else {
-            ("unchanged".to_string(), String::new())
-        };
-        summaries.push(HostSummary {
-            host: name.clone(),
-            status,
-            detail,
-        });
+    let (outcome, events) = scheduler.finish(seconds);
+    for event in events {
+        sink.event(event);
     }
-    // Hosts left out because of another host's failure carry that host's exit status; only
-    // when nothing else failed do they count as a failed deploy.
-    if exit == Exit::Success
-        && summaries
-            .iter()
-            .any(|s| s.status == "skipped" || s.status == "not_attempted")
-    {
-        exit = Exit::DeployFailed;
-    }
-    sink.event(Event::RunFinished {
-        hosts: summaries.clone(),
-        seconds,
-    });
     RunReport {
-        hosts: summaries,
-        exit,
+        hosts: outcome.hosts,
+        exit: outcome.exit,
         seconds,
     }
 }
@@ -529,32 +287,6 @@ async fn deployed_roots(
     Ok(roots)
 }
 
-enum Deps {
-    Done,
-    Waiting,
-    Blocked(String),
-}
-
-fn dependencies(plan: &RemotePlan, state: &[StepState], step: usize) -> Deps {
-    let mut waiting = false;
-    for dep in &plan.steps[step].after {
-        let label = format!("{}: {}", plan.steps[*dep].host, plan.steps[*dep].root);
-        match &state[*dep] {
-            // Checked before the run: deployed earlier, according to its host's journal.
-            StepState::Excluded => {}
-            StepState::Done(RootOutcome::Changed | RootOutcome::Unchanged) => {}
-            StepState::Pending | StepState::Running => waiting = true,
-            StepState::Done(_) | StepState::Unknown => {
-                return Deps::Blocked(format!("it depends on `{label}`, which failed"));
-            }
-            StepState::NotRun(_) => {
-                return Deps::Blocked(format!("it depends on `{label}`, which did not run"));
-            }
-        }
-    }
-    if waiting { Deps::Waiting } else { Deps::Done }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn host_task(
     host: RemoteHost,
@@ -574,7 +306,10 @@ async fn host_task(
     let session = match ssh::connect(&host, &options.ssh).await {
         Ok(session) => session,
         Err(err) => {
-            let _ = up.send(Up::SetupFailed(name, HostFailure::connect(&err)));
+            let _ = up.send(Up::Report(
+                name,
+                Report::SetupFailed(HostFailure::connect(&err)),
+            ));
             return;
         }
     };
@@ -599,13 +334,16 @@ async fn host_task(
     let mut agent_session = match prepared.await {
         Ok(s) => s,
         Err(err) => {
-            let _ = up.send(Up::SetupFailed(name, HostFailure::session(&err)));
+            let _ = up.send(Up::Report(
+                name,
+                Report::SetupFailed(HostFailure::session(&err)),
+            ));
             close(session).await;
             return;
         }
     };
     drop(permit);
-    let _ = up.send(Up::Ready(name.clone()));
+    let _ = up.send(Up::Report(name.clone(), Report::Ready));
     while let Some(cmd) = down.recv().await {
         match cmd {
             Down::Step(step, root) => {
@@ -617,13 +355,15 @@ async fn host_task(
                     .await
                 {
                     Ok(outcome) => {
-                        let _ = up.send(Up::StepDone(step, outcome));
+                        let _ =
+                            up.send(Up::Report(name.clone(), Report::StepDone { step, outcome }));
                     }
                     Err(err) => {
-                        let _ = up.send(Up::Broken(name.clone(), step, err));
+                        let failure = HostFailure::session(&err);
+                        let _ = up.send(Up::Report(name.clone(), Report::Broken { step, failure }));
                         drop(agent_session);
                         close(session).await;
-                        let _ = up.send(Up::Closed(name));
+                        let _ = up.send(Up::Report(name, Report::Closed));
                         return;
                     }
                 }
@@ -637,7 +377,7 @@ async fn host_task(
                     }));
                 }
                 close(session).await;
-                let _ = up.send(Up::Closed(name));
+                let _ = up.send(Up::Report(name, Report::Closed));
                 return;
             }
         }

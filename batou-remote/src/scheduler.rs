@@ -1,0 +1,950 @@
+//! The controller's scheduler: which step runs next, what a host's report changes, and how
+//! the run ends. Synchronous and free of I/O, so that it is tested with canned reports.
+//!
+//! The async loop in `schedule.rs` owns the SSH sessions and channels: it feeds the
+//! scheduler what hosts report ([`Scheduler::report`]), carries out the [`Action`]s it
+//! returns, and asks for the summary at the end ([`Scheduler::finish`]).
+//!
+//! The rules:
+//! - every host of the run is prepared (connected, given the agent, locked) before the first
+//!   step; a host that cannot be prepared stops the run before anything changes, unless
+//!   `keep_going`;
+//! - each host runs one step at a time in plan order, a step only when every step it depends
+//!   on (on any host) finished `changed` or `unchanged`, at most `jobs` steps at once;
+//! - a step whose dependency failed or did not run is skipped with the reason; after a failure
+//!   no new step starts (unless `keep_going`), nor after an interrupt;
+//! - a host is finished as soon as it can do nothing more: it is told to end its session at
+//!   once, and its `host_finished` event carries its own time.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use batou_core::protocol::PlanStep;
+use batou_core::{Event, HostSummary, RootOutcome};
+use batou_local::Exit;
+
+/// How a run ended for one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostStatus {
+    /// Some root component changed (in a dry run: would change).
+    Changed,
+    /// Every root component was already up to date.
+    Unchanged,
+    /// A root component failed, or the agent refused or could not be started.
+    Failed,
+    /// The host could not be reached.
+    Unreachable,
+    /// The host's key was unknown or changed.
+    HostKeyRefused,
+    /// The host refused the login.
+    AuthRefused,
+    /// Someone else is deploying the host.
+    LockHeld,
+    /// The agent went silent or died: the host's state is unknown.
+    Timeout,
+    /// The host's steps were left out because something they depend on failed.
+    Skipped,
+    /// The host's steps were not started because the run stopped early.
+    NotAttempted,
+}
+
+impl HostStatus {
+    /// The name used in events and summaries (`host_key_refused`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostStatus::Changed => "changed",
+            HostStatus::Unchanged => "unchanged",
+            HostStatus::Failed => "failed",
+            HostStatus::Unreachable => "unreachable",
+            HostStatus::HostKeyRefused => "host_key_refused",
+            HostStatus::AuthRefused => "auth_refused",
+            HostStatus::LockHeld => "lock_held",
+            HostStatus::Timeout => "timeout",
+            HostStatus::Skipped => "skipped",
+            HostStatus::NotAttempted => "not_attempted",
+        }
+    }
+
+    /// The exit status a host with this status gives the run on its own; `None` for hosts
+    /// left out because of another host, which take that host's code.
+    pub fn exit(self) -> Option<Exit> {
+        match self {
+            HostStatus::Changed | HostStatus::Unchanged => Some(Exit::Success),
+            HostStatus::Failed => Some(Exit::DeployFailed),
+            HostStatus::Unreachable => Some(Exit::Unreachable),
+            HostStatus::HostKeyRefused | HostStatus::AuthRefused => {
+                Some(Exit::HostKeyOrAuthRefused)
+            }
+            HostStatus::LockHeld => Some(Exit::LockHeld),
+            HostStatus::Timeout => Some(Exit::Timeout),
+            HostStatus::Skipped | HostStatus::NotAttempted => None,
+        }
+    }
+
+    /// Whether the host failed on its own (as opposed to being left out or converging).
+    pub fn is_failure(self) -> bool {
+        !matches!(
+            self,
+            HostStatus::Changed
+                | HostStatus::Unchanged
+                | HostStatus::Skipped
+                | HostStatus::NotAttempted
+        )
+    }
+}
+
+impl std::fmt::Display for HostStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a host stopped: its status and the cause chain for people.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostFailure {
+    pub status: HostStatus,
+    pub error: Vec<String>,
+}
+
+/// What a host's task reports to the scheduler.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// Connected, agent shipped and started, lock taken, job configured.
+    Ready,
+    /// The host could not be prepared.
+    SetupFailed(HostFailure),
+    /// A step finished on the host.
+    StepDone { step: usize, outcome: RootOutcome },
+    /// The session broke during a step (agent died or went silent).
+    Broken { step: usize, failure: HostFailure },
+    /// The host's task ended: its session is closed.
+    Closed,
+}
+
+/// What the scheduler asks the async loop to do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send step `step` (a root component) to `host`'s agent.
+    Start { host: String, step: usize },
+    /// Tell `host`'s agent to end its session (it writes its journal record and exits).
+    Finish { host: String },
+    /// Emit an event.
+    Emit(Event),
+}
+
+/// How to schedule.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerOptions {
+    pub dry_run: bool,
+    pub keep_going: bool,
+    /// Steps running at the same time, across hosts.
+    pub jobs: usize,
+}
+
+/// The summary of a finished run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub hosts: Vec<HostSummary>,
+    pub exit: Exit,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum StepState {
+    /// Not part of this run (`--hosts`): checked against the host's journal beforehand.
+    Excluded,
+    Pending,
+    Running,
+    Done(RootOutcome),
+    /// Not run; the reason says why.
+    NotRun(String),
+    /// The agent died or went silent during this step.
+    Unknown,
+}
+
+#[derive(Debug)]
+struct HostRun {
+    /// Steps still to run, in plan order.
+    queue: VecDeque<usize>,
+    /// Every step of the host, in plan order.
+    steps: Vec<usize>,
+    ready: bool,
+    busy: bool,
+    failure: Option<HostFailure>,
+    /// Done: no step will run on it any more; `host_finished` was emitted.
+    finished: bool,
+    closed: bool,
+}
+
+/// Why steps that were never started did not start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stop {
+    SetupFailed,
+    Failure,
+}
+
+impl Stop {
+    fn reason(self) -> &'static str {
+        match self {
+            Stop::SetupFailed => "not started: another host could not be prepared",
+            Stop::Failure => "not started: the deploy stopped after a failure",
+        }
+    }
+}
+
+/// The state of one run: steps, hosts, what is running.
+pub struct Scheduler<'p> {
+    steps: &'p [PlanStep],
+    options: SchedulerOptions,
+    state: Vec<StepState>,
+    hosts: BTreeMap<String, HostRun>,
+    running: usize,
+    preparing: bool,
+    stop: Option<Stop>,
+}
+
+impl<'p> Scheduler<'p> {
+    /// A run of `steps` (in environment order) in plan `order`, on `hosts` (the hosts of the
+    /// run; steps of other hosts are excluded).
+    pub fn new(
+        steps: &'p [PlanStep],
+        order: &[usize],
+        hosts: &[String],
+        options: SchedulerOptions,
+    ) -> Scheduler<'p> {
+        let state = steps
+            .iter()
+            .map(|s| {
+                if hosts.contains(&s.host) {
+                    StepState::Pending
+                } else {
+                    StepState::Excluded
+                }
+            })
+            .collect();
+        let hosts = hosts
+            .iter()
+            .map(|name| {
+                let mine: Vec<usize> = order
+                    .iter()
+                    .copied()
+                    .filter(|i| steps[*i].host == *name)
+                    .collect();
+                let run = HostRun {
+                    queue: mine.iter().copied().collect(),
+                    steps: mine,
+                    ready: false,
+                    busy: false,
+                    failure: None,
+                    finished: false,
+                    closed: false,
+                };
+                (name.clone(), run)
+            })
+            .collect();
+        Scheduler {
+            steps,
+            options,
+            state,
+            hosts,
+            running: 0,
+            preparing: true,
+            stop: None,
+        }
+    }
+
+    /// Applies what `host` reported at `now` (seconds since the run started) and returns what
+    /// to do next.
+    pub fn report(&mut self, host: &str, report: Report, now: f64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(h) = self.hosts.get_mut(host) else {
+            return actions;
+        };
+        match report {
+            Report::Ready => h.ready = true,
+            Report::SetupFailed(failure) => {
+                actions.push(Action::Emit(Event::HostFailed {
+                    host: host.to_string(),
+                    status: failure.status.to_string(),
+                    error: failure.error.clone(),
+                }));
+                let reason = format!("host {}", failure.status.as_str().replace('_', " "));
+                for step in h.queue.drain(..) {
+                    self.state[step] = StepState::NotRun(reason.clone());
+                }
+                h.failure = Some(failure);
+                h.closed = true;
+            }
+            Report::StepDone { step, outcome } => {
+                self.running -= 1;
+                self.state[step] = StepState::Done(outcome);
+                h.busy = false;
+                if outcome == RootOutcome::Failed {
+                    h.failure = Some(HostFailure {
+                        status: HostStatus::Failed,
+                        error: vec![format!("`{}` failed", self.steps[step].root)],
+                    });
+                    for later in h.queue.drain(..) {
+                        self.state[later] = StepState::NotRun(
+                            "an earlier root component on this host failed".into(),
+                        );
+                    }
+                    if !self.options.keep_going {
+                        self.stop.get_or_insert(Stop::Failure);
+                    }
+                }
+            }
+            Report::Broken { step, failure } => {
+                self.running -= 1;
+                actions.push(Action::Emit(Event::HostFailed {
+                    host: host.to_string(),
+                    status: failure.status.to_string(),
+                    error: failure.error.clone(),
+                }));
+                self.state[step] = StepState::Unknown;
+                h.busy = false;
+                h.failure = Some(failure);
+                for later in h.queue.drain(..) {
+                    self.state[later] = StepState::NotRun("the host's state is unknown".into());
+                }
+                if !self.options.keep_going {
+                    self.stop.get_or_insert(Stop::Failure);
+                }
+            }
+            Report::Closed => h.closed = true,
+        }
+        if self.preparing && self.hosts.values().all(|h| h.ready || h.failure.is_some()) {
+            self.preparing = false;
+            if self.hosts.values().any(|h| h.failure.is_some()) && !self.options.keep_going {
+                self.stop = Some(Stop::SetupFailed);
+            }
+        }
+        self.advance(now, &mut actions);
+        actions
+    }
+
+    /// Whether every host is finished and its session closed: the run is over.
+    pub fn is_over(&self) -> bool {
+        self.hosts.values().all(|h| h.finished && h.closed)
+    }
+
+    /// Whether no step will run any more (sessions may still be closing).
+    pub fn is_finished(&self) -> bool {
+        self.hosts.values().all(|h| h.finished)
+    }
+
+    /// Names of the hosts whose sessions are not closed yet.
+    pub fn open_hosts(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .filter(|(_, h)| !h.closed)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Ends the run: every host's summary, the exit status, and the `run_finished` event
+    /// (last in the returned events).
+    pub fn finish(&mut self, now: f64) -> (Outcome, Vec<Event>) {
+        let mut actions = Vec::new();
+        // A host still running a step here never answered: its state is unknown.
+        for h in self.hosts.values_mut().filter(|h| h.busy) {
+            h.busy = false;
+            self.running -= 1;
+            for step in &h.steps {
+                if self.state[*step] == StepState::Running {
+                    self.state[*step] = StepState::Unknown;
+                }
+            }
+            h.failure = Some(HostFailure {
+                status: HostStatus::Timeout,
+                error: vec!["the session ended during a step: the host's state is unknown".into()],
+            });
+        }
+        // Whatever has not started now never will.
+        self.stop.get_or_insert(Stop::Failure);
+        self.advance(now, &mut actions);
+        let mut events: Vec<Event> = actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Emit(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        let mut exit = Exit::Success;
+        let mut hosts = Vec::new();
+        for name in self.hosts.keys() {
+            let (status, detail) = self.host_status(name);
+            if let Some(code) = status.exit() {
+                exit = exit.worst(code);
+            }
+            hosts.push(HostSummary {
+                host: name.clone(),
+                status: status.to_string(),
+                detail,
+            });
+        }
+        // Hosts left out because of another host's failure carry that host's exit status;
+        // only when nothing else failed do they count as a failed deploy.
+        if exit == Exit::Success
+            && hosts
+                .iter()
+                .any(|s| s.status == "skipped" || s.status == "not_attempted")
+        {
+            exit = Exit::DeployFailed;
+        }
+        events.push(Event::RunFinished {
+            hosts: hosts.clone(),
+            seconds: now,
+        });
+        (Outcome { hosts, exit }, events)
+    }
+
+    /// Starts what can start, skips what cannot run, finishes hosts that can do nothing more.
+    fn advance(&mut self, now: f64, actions: &mut Vec<Action>) {
+        if self.preparing {
+            return;
+        }
+        if self.stop.is_none() {
+            self.start_ready_steps(actions);
+        }
+        // Nothing runs and nothing can start: whatever is left waits for nothing.
+        if self.running == 0 && self.stop.is_none() {
+            let stuck = self
+                .hosts
+                .values()
+                .any(|h| h.failure.is_none() && !h.queue.is_empty());
+            if stuck {
+                self.stop = Some(Stop::Failure);
+            }
+        }
+        let names: Vec<String> = self.hosts.keys().cloned().collect();
+        for name in names {
+            self.finish_host_if_done(&name, now, actions);
+        }
+    }
+
+    fn start_ready_steps(&mut self, actions: &mut Vec<Action>) {
+        let jobs = self.options.jobs.max(1);
+        let names: Vec<String> = self.hosts.keys().cloned().collect();
+        for name in names {
+            loop {
+                let h = &self.hosts[&name];
+                if !h.ready || h.busy || h.failure.is_some() {
+                    break;
+                }
+                let Some(&step) = h.queue.front() else { break };
+                match self.dependencies(step) {
+                    Deps::Waiting => break,
+                    Deps::Blocked(reason) => {
+                        self.hosts
+                            .get_mut(&name)
+                            .expect("known host")
+                            .queue
+                            .pop_front();
+                        actions.push(Action::Emit(Event::Skipped {
+                            host: name.clone(),
+                            component: self.steps[step].root.clone(),
+                            reason: reason.clone(),
+                        }));
+                        self.state[step] = StepState::NotRun(reason);
+                    }
+                    Deps::Done => {
+                        if self.running >= jobs {
+                            break;
+                        }
+                        let h = self.hosts.get_mut(&name).expect("known host");
+                        h.queue.pop_front();
+                        h.busy = true;
+                        self.running += 1;
+                        self.state[step] = StepState::Running;
+                        actions.push(Action::Start {
+                            host: name.clone(),
+                            step,
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish_host_if_done(&mut self, name: &str, now: f64, actions: &mut Vec<Action>) {
+        let stop = self.stop;
+        let h = self.hosts.get_mut(name).expect("known host");
+        if h.finished || h.busy {
+            return;
+        }
+        if h.failure.is_none() {
+            if let Some(stop) = stop {
+                let reason = stop.reason();
+                for step in h.queue.drain(..) {
+                    actions.push(Action::Emit(Event::Skipped {
+                        host: name.to_string(),
+                        component: self.steps[step].root.clone(),
+                        reason: reason.to_string(),
+                    }));
+                    self.state[step] = StepState::NotRun(reason.to_string());
+                }
+            } else if !h.ready || !h.queue.is_empty() {
+                return;
+            }
+        }
+        h.finished = true;
+        let send_finish = h.ready && !h.closed;
+        let event = self.host_finished_event(name, now);
+        actions.push(Action::Emit(event));
+        if send_finish {
+            actions.push(Action::Finish {
+                host: name.to_string(),
+            });
+        }
+    }
+
+    fn roots(&self, name: &str, pick: impl Fn(&StepState) -> bool) -> Vec<String> {
+        self.hosts[name]
+            .steps
+            .iter()
+            .filter(|i| pick(&self.state[**i]))
+            .map(|i| self.steps[*i].root.clone())
+            .collect()
+    }
+
+    fn host_finished_event(&self, name: &str, now: f64) -> Event {
+        Event::HostFinished {
+            host: name.to_string(),
+            dry_run: self.options.dry_run,
+            changed: self.roots(name, |s| *s == StepState::Done(RootOutcome::Changed)),
+            unchanged: self.roots(name, |s| *s == StepState::Done(RootOutcome::Unchanged)),
+            failed: self.roots(name, |s| {
+                matches!(s, StepState::Done(RootOutcome::Failed) | StepState::Unknown)
+            }),
+            not_attempted: self.roots(name, |s| {
+                matches!(s, StepState::NotRun(_) | StepState::Pending)
+            }),
+            seconds: now,
+        }
+    }
+
+    fn host_status(&self, name: &str) -> (HostStatus, String) {
+        let h = &self.hosts[name];
+        if let Some(f) = &h.failure {
+            return (f.status, f.error.join(": "));
+        }
+        let changed = self.roots(name, |s| *s == StepState::Done(RootOutcome::Changed));
+        let unchanged = self.roots(name, |s| *s == StepState::Done(RootOutcome::Unchanged));
+        let not_run = self.roots(name, |s| {
+            matches!(s, StepState::NotRun(_) | StepState::Pending)
+        });
+        if !not_run.is_empty() && changed.is_empty() && unchanged.is_empty() {
+            let why = h
+                .steps
+                .iter()
+                .find_map(|i| match &self.state[*i] {
+                    StepState::NotRun(r) => Some(r.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            let status = if why.starts_with("not started") {
+                HostStatus::NotAttempted
+            } else {
+                HostStatus::Skipped
+            };
+            (status, why)
+        } else if !changed.is_empty() {
+            let verb = if self.options.dry_run {
+                "would change"
+            } else {
+                "changed"
+            };
+            (
+                HostStatus::Changed,
+                format!("{verb}: {}", changed.join(", ")),
+            )
+        } else {
+            (HostStatus::Unchanged, String::new())
+        }
+    }
+
+    fn dependencies(&self, step: usize) -> Deps {
+        let mut waiting = false;
+        for dep in &self.steps[step].after {
+            let label = format!("{}: {}", self.steps[*dep].host, self.steps[*dep].root);
+            match &self.state[*dep] {
+                // Checked before the run: deployed earlier, according to its host's journal.
+                StepState::Excluded => {}
+                StepState::Done(RootOutcome::Changed | RootOutcome::Unchanged) => {}
+                StepState::Pending | StepState::Running => waiting = true,
+                StepState::Done(_) | StepState::Unknown => {
+                    return Deps::Blocked(format!("it depends on `{label}`, which failed"));
+                }
+                StepState::NotRun(_) => {
+                    return Deps::Blocked(format!("it depends on `{label}`, which did not run"));
+                }
+            }
+        }
+        if waiting { Deps::Waiting } else { Deps::Done }
+    }
+}
+
+enum Deps {
+    Done,
+    Waiting,
+    Blocked(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// Steps given as `(host, root, [indices it waits for])`, in plan order as listed.
+    fn steps(spec: &[(&str, &str, &[usize])]) -> Vec<PlanStep> {
+        spec.iter()
+            .map(|(host, root, after)| PlanStep {
+                host: host.to_string(),
+                root: root.to_string(),
+                after: after.to_vec(),
+                after_keys: BTreeMap::new(),
+            })
+            .collect()
+    }
+
+    fn options(keep_going: bool, jobs: usize) -> SchedulerOptions {
+        SchedulerOptions {
+            dry_run: false,
+            keep_going,
+            jobs,
+        }
+    }
+
+    /// Drives a scheduler with canned reports and records what it asked for, compactly:
+    /// `start web1 app`, `finish web1`, `skipped web2 app`, `failed web1`, `done web1`.
+    struct Script<'p> {
+        sched: Scheduler<'p>,
+        steps: &'p [PlanStep],
+        log: Vec<String>,
+        clock: f64,
+    }
+
+    impl<'p> Script<'p> {
+        fn new(steps: &'p [PlanStep], hosts: &[&str], options: SchedulerOptions) -> Self {
+            let order: Vec<usize> = (0..steps.len()).collect();
+            let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+            Script {
+                sched: Scheduler::new(steps, &order, &hosts, options),
+                steps,
+                log: Vec::new(),
+                clock: 0.0,
+            }
+        }
+
+        fn report(&mut self, host: &str, report: Report) -> &mut Self {
+            self.clock += 1.0;
+            for action in self.sched.report(host, report, self.clock) {
+                self.log.push(match action {
+                    Action::Start { host, step } => {
+                        format!("start {host} {}", self.steps[step].root)
+                    }
+                    Action::Finish { host } => format!("finish {host}"),
+                    Action::Emit(Event::Skipped {
+                        host, component, ..
+                    }) => format!("skipped {host} {component}"),
+                    Action::Emit(Event::HostFailed { host, status, .. }) => {
+                        format!("{status} {host}")
+                    }
+                    Action::Emit(Event::HostFinished { host, seconds, .. }) => {
+                        format!("done {host} at {seconds}")
+                    }
+                    Action::Emit(other) => format!("{other:?}"),
+                });
+            }
+            self
+        }
+
+        fn ready(&mut self, host: &str) -> &mut Self {
+            self.report(host, Report::Ready)
+        }
+
+        fn done(&mut self, host: &str, root: &str, outcome: RootOutcome) -> &mut Self {
+            let step = self.step(host, root);
+            self.report(host, Report::StepDone { step, outcome })
+        }
+
+        fn step(&self, host: &str, root: &str) -> usize {
+            self.steps
+                .iter()
+                .position(|s| s.host == host && s.root == root)
+                .unwrap()
+        }
+
+        fn take(&mut self) -> Vec<String> {
+            std::mem::take(&mut self.log)
+        }
+
+        fn summary(&mut self) -> (Vec<(String, String)>, Exit) {
+            let (outcome, events) = self.sched.finish(self.clock);
+            assert!(matches!(events.last(), Some(Event::RunFinished { .. })));
+            let hosts = outcome
+                .hosts
+                .into_iter()
+                .map(|h| (h.host, h.status))
+                .collect();
+            (hosts, outcome.exit)
+        }
+    }
+
+    fn statuses(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(h, s)| (h.to_string(), s.to_string()))
+            .collect()
+    }
+
+    use RootOutcome::{Changed, Failed, Unchanged};
+
+    #[test]
+    fn steps_wait_for_every_host_to_be_ready_then_follow_dependencies() {
+        // db1's database first; web1's app requires it; web1's motd after its app.
+        let plan = steps(&[
+            ("db1", "database", &[]),
+            ("web1", "app", &[0]),
+            ("web1", "motd", &[]),
+        ]);
+        let mut s = Script::new(&plan, &["db1", "web1"], options(false, 8));
+        s.ready("web1");
+        assert!(
+            s.take().is_empty(),
+            "nothing starts before every host is ready"
+        );
+        s.ready("db1");
+        assert_eq!(s.take(), ["start db1 database"]);
+        s.done("db1", "database", Changed);
+        assert_eq!(s.take(), ["start web1 app", "done db1 at 3", "finish db1"]);
+        s.done("web1", "app", Unchanged);
+        assert_eq!(s.take(), ["start web1 motd"]);
+        s.done("web1", "motd", Unchanged);
+        assert_eq!(s.take(), ["done web1 at 5", "finish web1"]);
+        s.report("db1", Report::Closed)
+            .report("web1", Report::Closed);
+        assert!(s.sched.is_over());
+        let (hosts, exit) = s.summary();
+        assert_eq!(
+            hosts,
+            statuses(&[("db1", "changed"), ("web1", "unchanged")])
+        );
+        assert_eq!(exit, Exit::Success);
+    }
+
+    #[test]
+    fn jobs_cap_the_steps_running_at_once() {
+        let plan = steps(&[("a", "x", &[]), ("b", "x", &[]), ("c", "x", &[])]);
+        let mut s = Script::new(&plan, &["a", "b", "c"], options(false, 2));
+        s.ready("a").ready("b");
+        assert!(s.take().is_empty());
+        s.ready("c");
+        assert_eq!(s.take(), ["start a x", "start b x"]);
+        s.done("b", "x", Unchanged);
+        assert_eq!(s.take(), ["start c x", "done b at 4", "finish b"]);
+    }
+
+    #[test]
+    fn a_failure_stops_new_steps_and_leaves_the_rest_not_attempted() {
+        let plan = steps(&[
+            ("db1", "database", &[]),
+            ("web1", "motd", &[]),
+            ("web1", "app", &[0]),
+        ]);
+        let mut s = Script::new(&plan, &["db1", "web1"], options(false, 8));
+        s.ready("db1").ready("web1");
+        assert_eq!(s.take(), ["start db1 database", "start web1 motd"]);
+        s.done("db1", "database", Failed);
+        assert_eq!(s.take(), ["done db1 at 3", "finish db1"]);
+        // web1's running step finishes; its next step is not started.
+        s.done("web1", "motd", Changed);
+        assert_eq!(
+            s.take(),
+            ["skipped web1 app", "done web1 at 4", "finish web1"]
+        );
+        let (hosts, exit) = s.summary();
+        assert_eq!(hosts, statuses(&[("db1", "failed"), ("web1", "changed")]));
+        assert_eq!(exit, Exit::DeployFailed);
+    }
+
+    #[test]
+    fn keep_going_runs_what_does_not_depend_on_the_failure() {
+        let plan = steps(&[
+            ("db1", "database", &[]),
+            ("web1", "app", &[0]),
+            ("web2", "motd", &[]),
+        ]);
+        let mut s = Script::new(&plan, &["db1", "web1", "web2"], options(true, 8));
+        s.ready("db1").ready("web1").ready("web2");
+        assert_eq!(s.take(), ["start db1 database", "start web2 motd"]);
+        s.done("db1", "database", Failed);
+        assert_eq!(
+            s.take(),
+            [
+                "skipped web1 app",
+                "done db1 at 4",
+                "finish db1",
+                "done web1 at 4",
+                "finish web1"
+            ]
+        );
+        s.done("web2", "motd", Changed);
+        assert_eq!(s.take(), ["done web2 at 5", "finish web2"]);
+        let (hosts, exit) = s.summary();
+        assert_eq!(
+            hosts,
+            statuses(&[("db1", "failed"), ("web1", "skipped"), ("web2", "changed")])
+        );
+        assert_eq!(exit, Exit::DeployFailed);
+    }
+
+    #[test]
+    fn a_broken_session_makes_the_host_unknown_and_blocks_its_dependents() {
+        let plan = steps(&[("db1", "database", &[]), ("web1", "app", &[0])]);
+        let mut s = Script::new(&plan, &["db1", "web1"], options(true, 8));
+        s.ready("db1").ready("web1");
+        assert_eq!(s.take(), ["start db1 database"]);
+        let failure = HostFailure {
+            status: HostStatus::Timeout,
+            error: vec!["no message from the agent for 10 s".into()],
+        };
+        s.report(
+            "db1",
+            Report::Broken {
+                step: 0,
+                failure: failure.clone(),
+            },
+        );
+        assert_eq!(
+            s.take(),
+            [
+                "timeout db1",
+                "skipped web1 app",
+                "done db1 at 3",
+                "finish db1",
+                "done web1 at 3",
+                "finish web1"
+            ]
+        );
+        let (hosts, exit) = s.summary();
+        assert_eq!(hosts, statuses(&[("db1", "timeout"), ("web1", "skipped")]));
+        assert_eq!(exit, Exit::Timeout);
+    }
+
+    #[test]
+    fn a_host_that_cannot_be_prepared_stops_the_run_before_any_step() {
+        let plan = steps(&[("web1", "motd", &[]), ("web2", "motd", &[])]);
+        let mut s = Script::new(&plan, &["web1", "web2"], options(false, 8));
+        s.ready("web1");
+        s.report(
+            "web2",
+            Report::SetupFailed(HostFailure {
+                status: HostStatus::HostKeyRefused,
+                error: vec!["Host key verification failed.".into()],
+            }),
+        );
+        assert_eq!(
+            s.take(),
+            [
+                "host_key_refused web2",
+                "skipped web1 motd",
+                "done web1 at 2",
+                "finish web1",
+                "done web2 at 2"
+            ],
+            "the host that failed to prepare has no session to finish"
+        );
+        let (hosts, exit) = s.summary();
+        assert_eq!(
+            hosts,
+            statuses(&[("web1", "not_attempted"), ("web2", "host_key_refused")])
+        );
+        assert_eq!(exit, Exit::HostKeyOrAuthRefused);
+    }
+
+    #[test]
+    fn with_keep_going_prepared_hosts_deploy_despite_a_setup_failure() {
+        let plan = steps(&[("web1", "motd", &[]), ("web2", "motd", &[])]);
+        let mut s = Script::new(&plan, &["web1", "web2"], options(true, 8));
+        s.report(
+            "web2",
+            Report::SetupFailed(HostFailure {
+                status: HostStatus::Unreachable,
+                error: vec!["connection refused".into()],
+            }),
+        );
+        s.ready("web1");
+        assert_eq!(
+            s.take(),
+            ["unreachable web2", "start web1 motd", "done web2 at 2"]
+        );
+        s.done("web1", "motd", Unchanged);
+        let (hosts, exit) = s.summary();
+        assert_eq!(
+            hosts,
+            statuses(&[("web1", "unchanged"), ("web2", "unreachable")])
+        );
+        assert_eq!(exit, Exit::Unreachable);
+    }
+
+    #[test]
+    fn excluded_hosts_count_as_deployed() {
+        // web1 is in the run; db1 (outside `--hosts`) was checked beforehand.
+        let plan = steps(&[("db1", "database", &[]), ("web1", "app", &[0])]);
+        let mut s = Script::new(&plan, &["web1"], options(false, 8));
+        s.ready("web1");
+        assert_eq!(s.take(), ["start web1 app"]);
+        s.done("web1", "app", Changed);
+        let (hosts, exit) = s.summary();
+        assert_eq!(hosts, statuses(&[("web1", "changed")]));
+        assert_eq!(exit, Exit::Success);
+    }
+
+    #[test]
+    fn a_host_that_never_answers_ends_with_its_state_unknown() {
+        let plan = steps(&[("web1", "app", &[]), ("web2", "motd", &[])]);
+        let mut s = Script::new(&plan, &["web1", "web2"], options(false, 8));
+        s.ready("web1").ready("web2");
+        s.done("web2", "motd", Unchanged);
+        assert!(!s.sched.is_finished(), "web1 still runs `app`");
+        // The loop gave up waiting (its channel closed): the summary says what is known.
+        let (hosts, exit) = s.summary();
+        assert_eq!(
+            hosts,
+            statuses(&[("web1", "timeout"), ("web2", "unchanged")])
+        );
+        assert_eq!(exit, Exit::Timeout);
+    }
+
+    #[test]
+    fn a_dry_run_summary_says_would_change() {
+        let plan = steps(&[("web1", "motd", &[])]);
+        let mut s = Script::new(
+            &plan,
+            &["web1"],
+            SchedulerOptions {
+                dry_run: true,
+                keep_going: false,
+                jobs: 1,
+            },
+        );
+        s.ready("web1").done("web1", "motd", Changed);
+        let (outcome, _) = s.sched.finish(2.0);
+        assert_eq!(outcome.hosts[0].detail, "would change: motd");
+    }
+
+    #[test]
+    fn statuses_serialize_snake_case_and_map_to_exit_codes() {
+        assert_eq!(
+            serde_json::to_string(&HostStatus::HostKeyRefused).unwrap(),
+            "\"host_key_refused\""
+        );
+        assert_eq!(HostStatus::NotAttempted.exit(), None);
+        assert_eq!(HostStatus::LockHeld.exit(), Some(Exit::LockHeld));
+        assert!(HostStatus::Timeout.is_failure());
+        assert!(!HostStatus::Skipped.is_failure());
+    }
+}
