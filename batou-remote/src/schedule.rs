@@ -111,16 +111,15 @@ pub async fn deploy(
     for host in plan.hosts.iter().filter(|h| names.contains(&h.name)) {
         let (down_tx, down_rx) = mpsc::unbounded_channel();
         downs.insert(host.name.clone(), down_tx);
-        tokio::spawn(host_task(
-            host.clone(),
-            plan.host_jobs[&host.name].clone(),
-            Arc::clone(&agent),
-            controller.clone(),
-            options.clone(),
-            Arc::clone(&setup),
-            down_rx,
-            up_tx.clone(),
-        ));
+        let task = HostTask {
+            host: host.clone(),
+            job: plan.host_jobs[&host.name].clone(),
+            agent: Arc::clone(&agent),
+            controller: controller.clone(),
+            options: options.clone(),
+            setup: Arc::clone(&setup),
+        };
+        tokio::spawn(host_task(task, down_rx, up_tx.clone()));
     }
     drop(up_tx);
 
@@ -287,17 +286,31 @@ async fn deployed_roots(
     Ok(roots)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn host_task(
+/// What one host's task needs: how to reach the host, its job, the agent to ship, and the
+/// semaphore that bounds how many hosts are prepared at once.
+struct HostTask {
     host: RemoteHost,
     job: HostJob,
     agent: Arc<AgentBinary>,
     controller: Controller,
     options: DeployOptions,
     setup: Arc<Semaphore>,
+}
+
+/// Prepares the host, then runs the steps the loop sends until it says finish.
+async fn host_task(
+    task: HostTask,
     mut down: mpsc::UnboundedReceiver<Down>,
     up: mpsc::UnboundedSender<Up>,
 ) {
+    let HostTask {
+        host,
+        job,
+        agent,
+        controller,
+        options,
+        setup,
+    } = task;
     let name = host.name.clone();
     let permit = setup
         .acquire_owned()
