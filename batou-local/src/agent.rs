@@ -131,7 +131,11 @@ fn read_lines(link: Arc<Link>) -> std::sync::mpsc::Receiver<std::io::Result<Stri
             }
         }
         if link.lost() {
-            eprintln!("agent: the controller went away during a step; ending its commands");
+            // Not `eprintln!`, which panics (ending only this thread) when stderr is gone too.
+            let _ = writeln!(
+                std::io::stderr(),
+                "agent: the controller went away during a step; ending its commands"
+            );
             std::process::exit(1);
         }
     });
@@ -285,7 +289,10 @@ fn session(
             if heartbeat.try_send(&FromAgent::Heartbeat).is_err() {
                 // Nobody listens: a step's outcome could never be reported. Exiting makes
                 // the guards end any running command.
-                eprintln!("agent: cannot write to the controller; ending");
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "agent: cannot write to the controller; ending"
+                );
                 std::process::exit(1);
             }
         }
