@@ -8,7 +8,8 @@
 //!
 //! - the *alive* pipe, one per process, whose write end only the starting process holds: when
 //!   that process dies however it dies (SIGKILL included), the pipe reaches end of file and C
-//!   ends its whole group (SIGTERM, a grace, SIGKILL);
+//!   ends its whole group (SIGTERM, then SIGKILL once no descendant is left or after a grace;
+//!   C is a child subreaper, so every descendant's end is seen by it);
 //! - a per-run *exit* pipe, whose read end the starting process polls: it ends with C, so C's
 //!   exit is noticed without reaping C, and C's pid (the group id) cannot be reused while the
 //!   group is signalled;
@@ -392,9 +393,14 @@ fn spawn_guarded(command: &mut std::process::Command, keep: Keep) -> std::io::Re
     reason = "fork and raw system calls in the child of a multi-threaded process"
 )]
 fn guard(keep: &Keep) -> std::io::Result<()> {
-    // SAFETY: fork is async-signal-safe; the grandchild only returns to std's exec path, which
-    // is written for the child of a fork.
-    let g = unsafe { libc::fork() };
+    // SAFETY: prctl and fork are async-signal-safe; the grandchild only returns to std's exec
+    // path, which is written for the child of a fork.
+    let g = unsafe {
+        // Orphaned descendants of the program become the guard's children (the setting is not
+        // inherited by G), so that the guard can tell when none is left.
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        libc::fork()
+    };
     if g < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -433,9 +439,16 @@ unsafe fn watch(g: libc::pid_t, keep: &Keep) -> ! {
         let mut open: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut open);
         loop {
-            let mut status = 0;
-            if libc::waitpid(g, &mut status, libc::WNOHANG) == g {
-                pass_on(status);
+            // Reap G, and the orphans of its descendants, which are the guard's children now.
+            loop {
+                let mut status = 0;
+                let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                if pid == g {
+                    pass_on(status);
+                }
+                if pid <= 0 {
+                    break;
+                }
             }
             let mut fd = libc::pollfd {
                 fd: keep.alive,
@@ -448,27 +461,48 @@ unsafe fn watch(g: libc::pid_t, keep: &Keep) -> ! {
             };
             // Nobody writes to the alive pipe: any event is its end, the starter is gone.
             if libc::ppoll(&mut fd, 1, &second, &open) > 0 && fd.revents != 0 {
-                libc::kill(0, libc::SIGTERM);
-                let mut start: libc::timespec = std::mem::zeroed();
-                libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut start);
-                loop {
-                    libc::waitpid(g, &mut status, libc::WNOHANG);
-                    let mut now: libc::timespec = std::mem::zeroed();
-                    libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
-                    if (now.tv_sec - start.tv_sec) as u64 >= GRACE.as_secs() {
-                        break;
-                    }
-                    let tick = libc::timespec {
-                        tv_sec: 0,
-                        tv_nsec: 50_000_000,
-                    };
-                    libc::ppoll(std::ptr::null_mut(), 0, &tick, &open);
-                }
-                // This ends the guard too.
-                libc::kill(0, libc::SIGKILL);
-                libc::_exit(137);
+                end_group(&open);
             }
         }
+    }
+}
+
+/// Ends the guard's group after its starter died: SIGTERM, then, once no descendant is left or
+/// after the grace, SIGKILL to the group (the guard included).
+#[expect(unsafe_code, reason = "raw system calls between fork and exec")]
+fn end_group(open: &libc::sigset_t) -> ! {
+    // SAFETY: async-signal-safe system calls on stack values.
+    unsafe {
+        libc::kill(0, libc::SIGTERM);
+        let mut start: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut start);
+        loop {
+            let mut status = 0;
+            let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+            if pid > 0 {
+                continue;
+            }
+            if pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+                // Every descendant has ended (a subreaper inherits them all).
+                break;
+            }
+            let mut now: libc::timespec = std::mem::zeroed();
+            libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+            let elapsed_ms =
+                (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1_000_000;
+            if elapsed_ms >= GRACE.as_millis() as i64 {
+                break;
+            }
+            let tick = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 20_000_000,
+            };
+            // SIGCHLD (unblocked only here) cuts the tick short.
+            libc::ppoll(std::ptr::null_mut(), 0, &tick, open);
+        }
+        // Ends what is left of the group, and the guard.
+        libc::kill(0, libc::SIGKILL);
+        libc::_exit(137)
     }
 }
 
