@@ -3,8 +3,10 @@
 //!
 //! The agent holds an exclusive kernel lock (flock) on `<base_dir>/.batou/lock` for the whole
 //! session, so a second deploy of the host fails fast naming the holder; a dead holder's lock
-//! is released by the kernel. Each deploy appends `started` and `finished` (or `aborted`)
-//! records to `<base_dir>/.batou/journal.jsonl`. Dry runs neither lock nor write anything.
+//! is released by the kernel, but only once the command it was running has been ended (the
+//! lock is shared with the command runner's guards). Each deploy appends `started` and
+//! `finished` (or `aborted`) records to `<base_dir>/.batou/journal.jsonl`. Dry runs neither
+//! lock nor write anything.
 
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -152,3 +152,39 @@ fn values_no_program_can_receive_are_refused_at_configure_time() {
     p.env("dev", &job(CONVERGES));
     p.converge_twice(&["dev"]);
 }
+
+#[test]
+fn a_command_does_not_outlive_a_killed_run() {
+    let p = Project::new();
+    p.env(
+        "dev",
+        &job("argv = [\"sh\", \"-c\", \"sleep 20.126; touch made\"]\ncreates = \"made\""),
+    );
+    let mut run = std::process::Command::new(env!("CARGO_BIN_EXE_batou-local"))
+        .arg("dev")
+        .current_dir(p.root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .env_remove("BATOU_PROJECT_BINARY")
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sleeping("20.126") {
+        assert!(Instant::now() < deadline, "the command did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let killed = Instant::now();
+    while sleeping("20.126") {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "the command outlived the run"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!p.path("work/job/made").exists());
+
+    p.env("dev", &job(CONVERGES));
+    p.converge_twice(&["dev"]);
+}
