@@ -117,17 +117,18 @@ fn a_timeout_bounds_a_backgrounded_command_on_a_host() {
 }
 
 /// A command that records each start in `runs.log`, noting `double` when the previous
-/// starter still runs; the first run sleeps `marker` seconds (a marker for finding it), later
-/// ones a moment.
+/// starter still runs (a zombie does not count: nothing may reap it here); the first run ignores SIGTERM (so only the guard's SIGKILL, after its
+/// grace, ends it) and sleeps `marker` seconds (a marker for finding it), later ones a moment.
 fn recorded(marker: &str) -> String {
     RECORDED.replace("MARKER", marker)
 }
 
 const RECORDED: &str = r#"argv = ["sh", "-c", """
-if [ -f running ] && kill -0 "$(cat running)" 2>/dev/null; then echo double >> runs.log; fi
+old=/proc/$(cat running 2>/dev/null)
+if [ -f running ] && [ -e "$old" ] && ! grep -q '^State:.Z' "$old/status"; then echo double >> runs.log; fi
 echo $$ > running
 echo "start $$" >> runs.log
-if [ -f once ]; then sleep 0.2; else touch once; sleep MARKER; fi
+if [ -f once ]; then sleep 0.2; else touch once; trap '' TERM; sleep MARKER; fi
 echo "end $$" >> runs.log
 touch done
 """]
