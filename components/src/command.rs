@@ -233,6 +233,7 @@ pub fn run_command(
         env,
         timeout,
     })?;
+    let timed_out = out.status == Status::TimedOut;
     let status = match out.status {
         Status::Exited(0) => "succeeded".to_string(),
         Status::Exited(code) => format!("failed with exit code {code}"),
@@ -245,7 +246,7 @@ pub fn run_command(
         stdout: out.stdout,
         stderr: out.stderr,
     };
-    if out.status == "timed out" {
+    if timed_out {
         // `Display` of f64 writes `2` for 2.0 and `0.5` for 0.5, as the user wrote them.
         bail!(
             "command `{}` timed out after {} s and was killed{}",
