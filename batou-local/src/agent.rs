@@ -3,14 +3,17 @@
 //!
 //! The agent holds an exclusive kernel lock (flock) on `<base_dir>/.batou/lock` for the whole
 //! session, so a second deploy of the host fails fast naming the holder; a dead holder's lock
-//! is released by the kernel. Each deploy appends `started` and `finished` (or `aborted`)
-//! records to `<base_dir>/.batou/journal.jsonl`. Dry runs neither lock nor write anything.
+//! is released by the kernel, but only once the command it was running has been ended (the
+//! lock is shared with the command runner's guards). Each deploy appends `started` and
+//! `finished` (or `aborted`) records to `<base_dir>/.batou/journal.jsonl`. Dry runs neither
+//! lock nor write anything.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,9 +29,9 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Serves one controller session on stdin/stdout; returns the process exit status.
 pub fn serve(registry: &Registry) -> u8 {
     let out = Writer(Arc::new(Mutex::new(std::io::stdout())));
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
-    match session(registry, &out, &mut lines) {
+    let link = Arc::new(Link::default());
+    let mut lines = read_lines(Arc::clone(&link)).into_iter();
+    match session(registry, &out, &link, &mut lines) {
         Ok(()) => 0,
         Err(err) => {
             eprintln!("agent: {}", batou_core::redact::mask(&format!("{err:#}")));
@@ -86,21 +89,80 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
         .collect())
 }
 
+/// Where the session with the controller stands, shared by the session loop and the thread
+/// that reads stdin.
+///
+/// A lost connection must end a running step at once: the process exits, and the guards of
+/// its commands end them (see `batou_components::process`). Between steps the session loop
+/// notices the end of input itself and records the abort.
+#[derive(Default)]
+struct Link(AtomicU8);
+
+const IDLE: u8 = 0;
+const STEPPING: u8 = 1;
+const GONE: u8 = 2;
+
+impl Link {
+    /// Marks a step as running; false when the controller is already gone.
+    fn begin_step(&self) -> bool {
+        self.0
+            .compare_exchange(IDLE, STEPPING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    fn end_step(&self) {
+        let _ = self
+            .0
+            .compare_exchange(STEPPING, IDLE, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Records the end of input; true when a step is running.
+    fn lost(&self) -> bool {
+        self.0.swap(GONE, Ordering::SeqCst) == STEPPING
+    }
+}
+
+/// Reads stdin on a thread, so that its end is noticed while a step runs.
+fn read_lines(link: Arc<Link>) -> std::sync::mpsc::Receiver<std::io::Result<String>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let failed = line.is_err();
+            if tx.send(line).is_err() || failed {
+                break;
+            }
+        }
+        if link.lost() {
+            // Not `eprintln!`, which panics (ending only this thread) when stderr is gone too.
+            let _ = writeln!(
+                std::io::stderr(),
+                "agent: the controller went away during a step; ending its commands"
+            );
+            std::process::exit(1);
+        }
+    });
+    rx
+}
+
 /// Writes protocol messages, one line each, from any thread.
 #[derive(Clone)]
 struct Writer(Arc<Mutex<std::io::Stdout>>);
 
 impl Writer {
     fn send(&self, msg: &FromAgent) {
+        // A controller that went away is noticed by the stdin reader and the heartbeat.
+        let _ = self.try_send(msg);
+    }
+
+    fn try_send(&self, msg: &FromAgent) -> std::io::Result<()> {
         let line = serde_json::to_string(&batou_core::redact::to_masked_json(msg))
             .expect("protocol messages always serialize");
         let mut out = self
             .0
             .lock()
             .expect("the agent's stdout lock is never poisoned");
-        // A controller that went away is noticed when reading the next command.
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+        writeln!(out, "{line}")?;
+        out.flush()
     }
 }
 
@@ -113,6 +175,7 @@ impl EventSink for Writer {
 fn session(
     registry: &Registry,
     out: &Writer,
+    link: &Link,
     lines: &mut impl Iterator<Item = std::io::Result<String>>,
 ) -> anyhow::Result<()> {
     out.send(&FromAgent::Hello {
@@ -171,7 +234,13 @@ fn session(
         None
     } else {
         match lock(&state, &controller) {
-            Ok(lock) => Some(lock),
+            Ok(lock) => {
+                // Commands' guards keep the lock until they have ended their command, so a
+                // crashed agent's host stays locked while its last command is ended.
+                batou_components::process::keep_in_guards(&*lock)
+                    .context("cannot share the host lock with command guards")?;
+                Some(lock)
+            }
             Err(LockError::Held(holder)) => {
                 let message = match &holder {
                     Some(h) => format!(
@@ -219,7 +288,15 @@ fn session(
     std::thread::spawn(move || {
         loop {
             std::thread::sleep(HEARTBEAT);
-            heartbeat.send(&FromAgent::Heartbeat);
+            if heartbeat.try_send(&FromAgent::Heartbeat).is_err() {
+                // Nobody listens: a step's outcome could never be reported. Exiting makes
+                // the guards end any running command.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "agent: cannot write to the controller; ending"
+                );
+                std::process::exit(1);
+            }
         }
     });
 
@@ -239,9 +316,13 @@ fn session(
                     );
                     bail!("protocol error");
                 };
+                if !link.begin_step() {
+                    break;
+                }
                 let mut sink = out.clone();
                 let started = now();
                 let report = batou_core::converge_step(&mut plan, step, options, &mut sink);
+                link.end_step();
                 if let Some(j) = &journal {
                     j.append(
                         "step",
@@ -318,12 +399,7 @@ enum LockError {
 /// Takes the host's lock and records the holder in it.
 fn lock(state: &Path, controller: &Controller) -> Result<Flock<File>, LockError> {
     let other = |e: anyhow::Error| LockError::Other(e);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(state)
-        .with_context(|| format!("cannot create `{}`", state.display()))
-        .map_err(other)?;
+    create_state_dir(state).map_err(other)?;
     let path = state.join("lock");
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -358,6 +434,35 @@ fn lock(state: &Path, controller: &Controller) -> Result<Flock<File>, LockError>
         .with_context(|| format!("cannot record the lock holder in `{}`", path.display()))
         .map_err(other)?;
     Ok(lock)
+}
+
+/// Creates `state` with mode 0700 and its missing parents (the base directory and above) with
+/// mode 0755, whatever the umask, like a `directory` component would; existing directories
+/// keep their modes.
+fn create_state_dir(state: &Path) -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    let mut dir = state;
+    while !dir.is_dir() {
+        missing.push(dir);
+        match dir.parent() {
+            Some(parent) => dir = parent,
+            None => break,
+        }
+    }
+    for dir in missing.into_iter().rev() {
+        let mode = if dir == state { 0o700 } else { 0o755 };
+        match std::fs::DirBuilder::new().mode(mode).create(dir) {
+            Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("cannot set the mode of `{}`", dir.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot create `{}`", dir.display()))
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The current time, RFC 3339 in UTC with nanoseconds (records of one host sort by it).
@@ -426,7 +531,10 @@ impl Journal {
                 .collect::<Vec<_>>()
                 .into()
         };
-        let result = if outcomes.iter().any(|(_, o)| *o == RootOutcome::Failed) {
+        // A session can end without any step, when another host could not be prepared.
+        let result = if outcomes.is_empty() {
+            "not_attempted"
+        } else if outcomes.iter().any(|(_, o)| *o == RootOutcome::Failed) {
             "failed"
         } else {
             "success"
@@ -441,5 +549,35 @@ impl Journal {
                 ("components_changed", serde_json::json!(changed)),
             ]),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_state_directory_is_private_and_its_new_parents_are_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("existing")).unwrap();
+        std::fs::set_permissions(
+            tmp.path().join("existing"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
+        let state = tmp.path().join("existing/a/srv/.batou");
+        create_state_dir(&state).unwrap();
+        assert_eq!(mode(&tmp.path().join("existing")), 0o750);
+        assert_eq!(mode(&tmp.path().join("existing/a")), 0o755);
+        assert_eq!(mode(&tmp.path().join("existing/a/srv")), 0o755);
+        assert_eq!(mode(&state), 0o700);
+        // Existing directories keep their modes.
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o750)).unwrap();
+        create_state_dir(&state).unwrap();
+        assert_eq!(mode(&state), 0o750);
     }
 }

@@ -1,15 +1,14 @@
 //! `Command`: a guarded command, and [`run_command`] for components that run commands.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use batou_core::{Component, Configure, Deploy, Verdict};
 use serde::Deserialize;
+
+use crate::process::Status;
 
 /// Seconds a command may run when no timeout is given.
 const DEFAULT_TIMEOUT: f64 = 300.0;
@@ -101,6 +100,43 @@ impl Command {
         self
     }
 
+    /// Refuses values that no program can receive: NUL bytes end C strings, and `=` ends an
+    /// environment variable's name.
+    fn check_host_can_accept(&self) -> anyhow::Result<()> {
+        let nul = |what: String| -> anyhow::Result<()> {
+            bail!("{what} contains a NUL byte, which no command can receive")
+        };
+        for (i, arg) in self.argv.iter().enumerate() {
+            if arg.contains('\0') {
+                nul(format!("`argv` element {}", i + 1))?;
+            }
+        }
+        for (i, arg) in self.unless.iter().flatten().enumerate() {
+            if arg.contains('\0') {
+                nul(format!("`unless` element {}", i + 1))?;
+            }
+        }
+        for (name, value) in [("cwd", &self.cwd), ("creates", &self.creates)] {
+            if value.as_ref().is_some_and(|v| v.contains('\0')) {
+                nul(format!("`{name}`"))?;
+            }
+        }
+        for (key, value) in &self.env {
+            if key.contains('\0') {
+                nul(format!("`env` key {key:?}"))?;
+            }
+            if key.is_empty() || key.contains('=') {
+                bail!(
+                    "`env` key {key:?} is not a variable name: it must be non-empty and must not contain `=`"
+                );
+            }
+            if value.contains('\0') {
+                nul(format!("`env` value of `{key}`"))?;
+            }
+        }
+        Ok(())
+    }
+
     fn deadline(&self) -> Duration {
         Duration::from_secs_f64(self.timeout.unwrap_or(DEFAULT_TIMEOUT))
     }
@@ -129,6 +165,7 @@ impl Component for Command {
         {
             bail!("`timeout` must be a positive number of seconds");
         }
+        self.check_host_can_accept()?;
         self.resolved_cwd = match &self.cwd {
             Some(cwd) => cx.path(cwd)?,
             None => cx.workdir().to_path_buf(),
@@ -179,67 +216,46 @@ impl Component for Command {
     }
 }
 
-/// Runs `argv` in `cwd` with `env` added, capturing its output, killing its whole process
-/// group when `timeout` passes (a timeout is an error, never a success).
+/// Runs `argv` in `cwd` with `env` added, capturing its output (see [`crate::process`]).
+///
+/// `timeout` bounds the whole command: at the deadline its process group is killed and the
+/// result is an error carrying the tail of its output, never a success. Background processes
+/// the command leaves behind are ended when it exits.
 pub fn run_command(
     argv: &[String],
     cwd: &std::path::Path,
     env: &BTreeMap<String, String>,
     timeout: Duration,
 ) -> anyhow::Result<CommandOutput> {
-    let (program, args) = argv.split_first().context("empty command")?;
-    let mut child = std::process::Command::new(program)
-        .args(args)
-        .current_dir(cwd)
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("cannot start `{}` in `{}`", argv.join(" "), cwd.display()))?;
-    let stdout = reader(child.stdout.take());
-    let stderr = reader(child.stderr.take());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if started.elapsed() >= timeout {
-            let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-            let _ = child.wait();
-            bail!(
-                "command `{}` timed out after {:.1} s and was killed",
-                argv.join(" "),
-                timeout.as_secs_f64()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let out = crate::process::run(&crate::process::Request {
+        argv,
+        cwd,
+        env,
+        timeout,
+    })?;
+    let timed_out = out.status == Status::TimedOut;
+    let status = match out.status {
+        Status::Exited(0) => "succeeded".to_string(),
+        Status::Exited(code) => format!("failed with exit code {code}"),
+        Status::Signaled(signal) => format!("was killed by signal {signal}"),
+        Status::TimedOut => "timed out".to_string(),
     };
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
-    let status_text = match status.code() {
-        Some(0) => "succeeded".to_string(),
-        Some(code) => format!("failed with exit code {code}"),
-        None => "was killed by a signal".to_string(),
+    let out = CommandOutput {
+        success: out.status == Status::Exited(0),
+        status,
+        stdout: out.stdout,
+        stderr: out.stderr,
     };
-    Ok(CommandOutput {
-        success: status.success(),
-        status: status_text,
-        stdout,
-        stderr,
-    })
-}
-
-fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut p) = pipe {
-            let _ = p.read_to_end(&mut buf);
-        }
-        String::from_utf8_lossy(&buf).into_owned()
-    })
+    if timed_out {
+        // `Display` of f64 writes `2` for 2.0 and `0.5` for 0.5, as the user wrote them.
+        bail!(
+            "command `{}` timed out after {} s and was killed{}",
+            argv.join(" "),
+            timeout.as_secs_f64(),
+            format_output(&out)
+        );
+    }
+    Ok(out)
 }
 
 /// The last lines of a command's output, for an error message.

@@ -9,6 +9,7 @@ mod directory;
 mod file;
 mod fs;
 mod mode;
+pub mod process;
 mod symlink;
 
 pub use command::{Command, CommandOutput, run_command};
