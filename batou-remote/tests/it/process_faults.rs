@@ -78,7 +78,7 @@ fn a_timeout_bounds_a_backgrounded_command_on_a_host() {
         &job("argv = [\"sh\", \"-c\", \"sleep 20.201 & echo started; wait\"]\ncreates = \"never\"\ntimeout = 2"),
     );
     let started = Instant::now();
-    let out = cluster.run(p.path(), &["prod"]);
+    let out = cluster.run(p.root(), &["prod"]);
     let took = started.elapsed();
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(took < Duration::from_secs(12), "the run took {took:?}");
@@ -98,7 +98,7 @@ fn a_timeout_bounds_a_backgrounded_command_on_a_host() {
         &job("argv = [\"sh\", \"-c\", \"sleep 20.202 & echo started\"]\ncreates = \"never\"\ntimeout = 2"),
     );
     let started = Instant::now();
-    let out = cluster.run(p.path(), &["prod"]);
+    let out = cluster.run(p.root(), &["prod"]);
     let took = started.elapsed();
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(took < Duration::from_secs(12), "the run took {took:?}");
@@ -110,8 +110,8 @@ fn a_timeout_bounds_a_backgrounded_command_on_a_host() {
     assert!(processes(&["sleep", "20.202"]).is_empty());
 
     p.env("prod", &job(CONVERGES));
-    assert_eq!(cluster.run(p.path(), &["prod"]).code, 0);
-    let out = cluster.run(p.path(), &["prod", "--json"]);
+    assert_eq!(cluster.run(p.root(), &["prod"]).code, 0);
+    let out = cluster.run(p.root(), &["prod", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.count("changed"), 0, "{}", out.stdout);
 }
@@ -142,7 +142,7 @@ fn a_killed_agent_takes_its_command_with_it_and_a_step_never_runs_twice() {
     p.env("prod", &job(&recorded("20.203")));
     let web1 = cluster.host("web1");
     let first = cluster
-        .command(p.path(), &["prod", "--json"])
+        .command(p.root(), &["prod", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -155,7 +155,7 @@ fn a_killed_agent_takes_its_command_with_it_and_a_step_never_runs_twice() {
     kill(agent.unwrap(), nix::sys::signal::Signal::SIGKILL);
 
     // An immediate re-run is refused while the guard ends the old command, or runs after it.
-    let again = cluster.run(p.path(), &["prod", "--json"]);
+    let again = cluster.run(p.root(), &["prod", "--json"]);
     assert!(
         again.code == 5 || again.code == 0,
         "{}\n{}",
@@ -182,19 +182,19 @@ fn a_killed_agent_takes_its_command_with_it_and_a_step_never_runs_twice() {
     wait_until("the lock to be free", Duration::from_secs(10), || {
         agent_of(&web1.home).is_none()
     });
-    let mut out = cluster.run(p.path(), &["prod"]);
+    let mut out = cluster.run(p.root(), &["prod"]);
     for _ in 0..20 {
         if out.code != 5 {
             break;
         }
         std::thread::sleep(Duration::from_millis(250));
-        out = cluster.run(p.path(), &["prod"]);
+        out = cluster.run(p.root(), &["prod"]);
     }
     assert_eq!(out.code, 0, "{}", out.stderr);
     let runs = std::fs::read_to_string(&log).unwrap();
     assert!(!runs.contains("double"), "two copies ran at once:\n{runs}");
     assert_eq!(runs.matches("end ").count(), 1, "{runs}");
-    let out = cluster.run(p.path(), &["prod", "--json"]);
+    let out = cluster.run(p.root(), &["prod", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.count("changed"), 0, "{}", out.stdout);
 }
@@ -206,7 +206,7 @@ fn a_cut_connection_ends_the_running_command() {
     p.env("prod", &job(&recorded("20.204")));
     let web1 = cluster.host("web1");
     let first = cluster
-        .command(p.path(), &["prod", "--json"])
+        .command(p.root(), &["prod", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -233,18 +233,18 @@ fn a_cut_connection_ends_the_running_command() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let mut out = cluster.run(p.path(), &["prod"]);
+    let mut out = cluster.run(p.root(), &["prod"]);
     for _ in 0..20 {
         if out.code != 5 {
             break;
         }
         std::thread::sleep(Duration::from_millis(250));
-        out = cluster.run(p.path(), &["prod"]);
+        out = cluster.run(p.root(), &["prod"]);
     }
     assert_eq!(out.code, 0, "{}", out.stderr);
     let runs = std::fs::read_to_string(web1.home.join("srv/work/job/runs.log")).unwrap();
     assert!(!runs.contains("double"), "two copies ran at once:\n{runs}");
-    let out = cluster.run(p.path(), &["prod", "--json"]);
+    let out = cluster.run(p.root(), &["prod", "--json"]);
     assert_eq!(out.count("changed"), 0, "{}", out.stdout);
 }
 
@@ -264,7 +264,7 @@ fn a_prepared_host_records_that_no_step_ran_when_another_host_failed_to_prepare(
         .map_err(|(_, e)| e)
         .unwrap();
     assert!(held.as_raw_fd() >= 0);
-    let out = cluster.run(p.path(), &["prod", "--json"]);
+    let out = cluster.run(p.root(), &["prod", "--json"]);
     assert_eq!(out.code, 5, "{}", out.stderr);
     assert_eq!(out.statuses()["web1"], "not_attempted", "{}", out.stdout);
     let journal = cluster.host("web1").journal("srv");
@@ -290,10 +290,10 @@ fn a_prepared_host_records_that_no_step_ran_when_another_host_failed_to_prepare(
     assert_eq!(mode("srv/.batou"), 0o700);
 
     drop(held);
-    assert_eq!(cluster.run(p.path(), &["prod"]).code, 0);
+    assert_eq!(cluster.run(p.root(), &["prod"]).code, 0);
     let journal = cluster.host("web1").journal("srv");
     assert_eq!(journal.last().unwrap()["result"], "success", "{journal:?}");
-    let out = cluster.run(p.path(), &["prod", "--json"]);
+    let out = cluster.run(p.root(), &["prod", "--json"]);
     assert_eq!(out.count("changed"), 0, "{}", out.stdout);
 }
 
