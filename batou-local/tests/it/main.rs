@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod components;
+mod confinement;
 mod demo;
 mod example;
 mod failure;
