@@ -36,7 +36,7 @@ impl AllowedPaths {
     /// creates them creates real directories below the deepest existing one.
     pub fn check(&self, path: &Path) -> anyhow::Result<()> {
         let path = normalize(path);
-        if self.roots.iter().any(|root| *root == path) {
+        if self.roots.contains(&path) {
             // A root is trusted wherever it leads; only what lies below it is checked.
             return Ok(());
         }
