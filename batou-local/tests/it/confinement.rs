@@ -207,6 +207,26 @@ fn a_symlink_inside_base_dir_cannot_lead_a_write_outside() {
     }
 }
 
+/// A `work` directory that is a symlink out of `base_dir` cannot make the work directory of a
+/// root component appear outside.
+#[test]
+fn a_work_symlink_out_of_base_dir_is_refused() {
+    let out_dir = outside();
+    let before = snapshot(out_dir.path());
+    let p = Project::new();
+    std::os::unix::fs::symlink(out_dir.path(), p.path("work")).unwrap();
+    p.env("dev", &file_env("content = \"x\""));
+    let out = p.run(&["dev"]);
+    assert_refused(
+        &out,
+        1,
+        "through a symlink, outside what this deployment may change",
+    );
+    assert_eq!(snapshot(out_dir.path()), before);
+    std::fs::remove_file(p.path("work")).unwrap();
+    p.converge_twice(&["dev"]);
+}
+
 /// `base_dir` itself may be reached through a symlink (as `/srv -> /data/srv`).
 #[test]
 fn base_dir_reached_through_a_symlink_is_allowed() {
