@@ -468,3 +468,48 @@ key = "key-material-5a5a5a"
     assert_eq!(mode(&work.join("templated/templated")), 0o600);
     p.assert_idempotent(&args);
 }
+
+/// A deploy that cannot keep a file's owner (it runs as `nobody` and the file is root's, in a
+/// directory `nobody` may write) fails and leaves the file as it was, rather than hand it to
+/// `nobody`. Needs root, to start the run as `nobody`.
+#[test]
+fn an_unprivileged_rewrite_that_cannot_keep_the_owner_fails_and_keeps_the_file() {
+    let p = Project::new();
+    p.env("dev", &file_env("content = \"new\""));
+    let workdir = p.path("work/a");
+    std::fs::create_dir_all(&workdir).unwrap();
+    std::fs::write(workdir.join("a"), "old").unwrap();
+    for dir in [p.root(), &p.path("work"), &workdir] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let run = || {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_batou-local"))
+            .arg("dev")
+            .current_dir(p.root())
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("owner 0 and group 0"), "{stderr}");
+    let meta = std::fs::metadata(workdir.join("a")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    assert_eq!(std::fs::read_to_string(workdir.join("a")).unwrap(), "old");
+    let leftovers: Vec<_> = std::fs::read_dir(&workdir).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "a temporary file was left behind");
+
+    // Once the file may be given away, the same deploy converges and then changes nothing.
+    std::fs::remove_file(workdir.join("a")).unwrap();
+    assert!(run().status.success());
+    let again = run();
+    assert!(again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("0 changed"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
