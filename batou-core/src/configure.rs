@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::paths::{AllowedPaths, refuse_nul};
 use crate::resources::Resources;
 use crate::secrets::{Secret, SecretFiles};
 use crate::{Component, Host, Project, Templates, paths};
@@ -85,9 +86,14 @@ impl<'a> Configure<'a> {
     }
 
     /// `path` resolved against the work directory, refused if it lies outside the paths this
-    /// deployment may change (`base_dir` and the environment's `allow_paths`).
+    /// deployment may change (`base_dir` and the environment's `allow_paths`) or holds a NUL
+    /// byte, which no path on a host can.
+    ///
+    /// The check is lexical: configure does not touch the host. Components check the path
+    /// again on the host, with symlinks resolved, through [`Configure::allowed_paths`].
     pub fn path(&self, path: impl AsRef<Path>) -> anyhow::Result<PathBuf> {
         let path = path.as_ref();
+        refuse_nul("path", &path.to_string_lossy())?;
         let resolved = paths::resolve(&self.scope.workdir, path);
         if !paths::is_inside(&resolved, self.scope.allowed) {
             let allowed: Vec<String> = self
@@ -103,6 +109,12 @@ impl<'a> Configure<'a> {
             );
         }
         Ok(resolved)
+    }
+
+    /// The roots this deployment may change, for checking resolved paths on the host in
+    /// `verify` and `update` ([`AllowedPaths::check`]).
+    pub fn allowed_paths(&self) -> AllowedPaths {
+        AllowedPaths::new(self.scope.allowed.iter().cloned())
     }
 
     /// The content of the named secret file (`[files]` in the environment's secrets). Only

@@ -266,7 +266,10 @@ impl Run<'_> {
 }
 
 /// The work directory every root component gets, created before its sub-components converge.
-pub(crate) struct Workdir(pub(crate) PathBuf);
+///
+/// Checked against the allowed roots on the host like any path, so that a `work` symlink
+/// out of `base_dir` cannot make it create directories elsewhere.
+pub(crate) struct Workdir(pub(crate) PathBuf, pub(crate) crate::AllowedPaths);
 
 impl Component for Workdir {
     fn label(&self) -> String {
@@ -274,6 +277,7 @@ impl Component for Workdir {
     }
 
     fn verify(&self, _cx: &mut Deploy) -> anyhow::Result<Verdict> {
+        self.1.check(&self.0)?;
         match std::fs::metadata(&self.0) {
             Ok(m) if m.is_dir() => Ok(Verdict::UpToDate),
             Ok(_) => anyhow::bail!("`{}` exists and is not a directory", self.0.display()),
@@ -282,6 +286,7 @@ impl Component for Workdir {
     }
 
     fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
+        self.1.check(&self.0)?;
         std::fs::create_dir_all(&self.0)
             .with_context(|| format!("cannot create work directory `{}`", self.0.display()))
     }

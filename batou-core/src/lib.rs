@@ -56,6 +56,7 @@ pub use engine::{ConvergeOptions, HostReport, RootOutcome, StepReport, converge,
 pub use environment::{Connect, Environment, Host, Settings};
 pub use error::{ConfigError, Place};
 pub use event::{Event, EventSink, HostSummary};
+pub use paths::{AllowedPaths, refuse_nul};
 pub use plan::{Plan, Step};
 pub use project::{Project, ProjectEntry, ProjectEntryKind, ProjectFiles};
 pub use registry::Registry;

@@ -646,7 +646,10 @@ fn configure_root(
     let mut node = configure_tree(scope, resources, root.clone(), component)?;
     let workdir = Node {
         path: format!("{root} > Workdir"),
-        component: Box::new(crate::engine::Workdir(scope.workdir.clone())),
+        component: Box::new(crate::engine::Workdir(
+            scope.workdir.clone(),
+            crate::AllowedPaths::new(scope.allowed.iter().cloned()),
+        )),
         children: Vec::new(),
     };
     node.children.insert(0, workdir);

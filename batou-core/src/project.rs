@@ -4,6 +4,11 @@
 //! that paths stay inside the project and every file a plan reads is recorded. An agent on a
 //! remote host gets exactly those recorded files ([`ProjectFiles`]) and serves its configure
 //! from them.
+//!
+//! A project on disk is confined by resolved paths, not only lexically: a symlink inside the
+//! repository that points outside it is refused, so that nothing outside the project is ever
+//! read (and shipped, and shown in a diff) through it. Symlinks in a walked directory are
+//! listed as symlinks, never followed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,6 +46,22 @@ pub struct ProjectFiles {
     pub dirs: BTreeMap<String, Vec<ProjectEntry>>,
     /// Symlink targets by project-relative path.
     pub links: BTreeMap<String, String>,
+}
+
+/// A project path that leaves the project, lexically or through a symlink.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "project file `{relative}` lies outside the project{}",
+    match resolved {
+        Some(real) => format!(": it resolves to `{}` through a symlink", real.display()),
+        None => String::new(),
+    }
+)]
+pub struct OutsideProject {
+    /// The path as the component named it.
+    pub relative: String,
+    /// Where it leads on disk, when a symlink is what leaves the project.
+    pub resolved: Option<PathBuf>,
 }
 
 /// What a project directory entry is.
@@ -97,25 +118,52 @@ impl Project {
         self.record().clone()
     }
 
-    /// The absolute path of a project-relative path, refusing paths that leave the project.
+    /// The absolute path of a project-relative path, refusing paths that leave the project
+    /// lexically (absolute paths, `..` above the root) or hold a NUL byte.
     pub fn path(&self, relative: &str) -> anyhow::Result<PathBuf> {
+        paths::refuse_nul("project file", relative)?;
+        let outside = || OutsideProject {
+            relative: relative.to_string(),
+            resolved: None,
+        };
         let rel = Path::new(relative);
         if rel.is_absolute() {
-            bail!("project file `{relative}` must be relative to the project root");
+            return Err(outside().into());
         }
         let root = paths::normalize(&Path::new("/").join(self.root()));
         let resolved = paths::normalize(&root.join(rel));
         if !resolved.starts_with(&root) || resolved == root && relative != "." {
-            bail!("project file `{relative}` lies outside the project");
+            return Err(outside().into());
         }
         Ok(resolved)
+    }
+
+    /// `path` (the lexical path of `relative`) on disk with every symlink resolved, refused
+    /// unless it lies inside the project's own resolved root.
+    fn real_path(&self, relative: &str, path: &Path, what: &str) -> anyhow::Result<PathBuf> {
+        let root = std::fs::canonicalize(self.root()).with_context(|| {
+            format!(
+                "cannot read the project directory `{}`",
+                self.root().display()
+            )
+        })?;
+        let real = std::fs::canonicalize(path)
+            .with_context(|| format!("cannot read project {what} `{relative}`"))?;
+        if !real.starts_with(&root) {
+            return Err(OutsideProject {
+                relative: relative.to_string(),
+                resolved: Some(real),
+            }
+            .into());
+        }
+        Ok(real)
     }
 
     /// The bytes of a project file.
     pub fn read(&self, relative: &str) -> anyhow::Result<Vec<u8>> {
         let path = self.path(relative)?;
         let data = match &self.inner.source {
-            Source::Disk(_) => std::fs::read(&path)
+            Source::Disk(_) => std::fs::read(self.real_path(relative, &path, "file")?)
                 .with_context(|| format!("cannot read project file `{relative}`"))?,
             Source::Shipped(files) => files
                 .files
@@ -131,8 +179,9 @@ impl Project {
 
     /// Every entry below a project directory, sorted by path, not following symlinks.
     pub fn walk(&self, relative: &str) -> anyhow::Result<Vec<ProjectEntry>> {
+        let path = self.path(relative)?;
         let entries = match &self.inner.source {
-            Source::Disk(_) => walk_disk(&self.path(relative)?, relative)?,
+            Source::Disk(_) => walk_disk(&self.real_path(relative, &path, "directory")?, relative)?,
             Source::Shipped(files) => files
                 .dirs
                 .get(relative)
@@ -145,12 +194,17 @@ impl Project {
         Ok(entries)
     }
 
-    /// The target of a symlink in the project.
+    /// The target of a symlink in the project, as written; the target is never read.
     pub fn read_link(&self, relative: &str) -> anyhow::Result<PathBuf> {
+        let path = self.path(relative)?;
         let target = match &self.inner.source {
             Source::Disk(_) => {
-                let path = self.path(relative)?;
-                std::fs::read_link(&path)
+                // The link itself is not followed; the directories leading to it are.
+                let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                    bail!("project path `{relative}` is not a symlink");
+                };
+                let parent = self.real_path(relative, parent, "symlink")?;
+                std::fs::read_link(parent.join(name))
                     .with_context(|| format!("cannot read project symlink `{relative}`"))?
                     .to_string_lossy()
                     .into_owned()
@@ -229,6 +283,37 @@ mod tests {
         assert_eq!(p.path("a/b.txt").unwrap(), PathBuf::from("/proj/a/b.txt"));
         assert!(p.path("../etc/passwd").is_err());
         assert!(p.path("/etc/passwd").is_err());
+    }
+
+    #[test]
+    fn symlinks_leading_outside_are_refused_and_links_in_trees_are_not_followed() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "outside-content").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("dirlink")).unwrap();
+        std::fs::create_dir(dir.path().join("tree")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("tree/out")).unwrap();
+        std::fs::write(dir.path().join("inside"), "in").unwrap();
+        std::os::unix::fs::symlink("inside", dir.path().join("ok")).unwrap();
+        let p = Project::new(dir.path());
+        for err in [
+            p.read("link").unwrap_err(),
+            p.read("dirlink/secret").unwrap_err(),
+            p.walk("dirlink").unwrap_err(),
+            p.read("tree/out/secret").unwrap_err(),
+        ] {
+            assert!(err.is::<OutsideProject>(), "{err:#}");
+            assert!(err.to_string().contains("through a symlink"), "{err:#}");
+        }
+        assert_eq!(p.read("ok").unwrap(), b"in");
+        let entries = p.walk("tree").unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].kind, ProjectEntryKind::Symlink);
+        assert_eq!(p.read_link("tree/out").unwrap(), outside.path());
+        assert!(p.read("a\0b").unwrap_err().to_string().contains("NUL byte"));
+        let recorded = p.read_files();
+        assert!(!recorded.files.values().any(|v| v == b"outside-content"));
     }
 
     #[test]

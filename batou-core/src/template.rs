@@ -30,7 +30,14 @@ impl Templates {
         let cache = Arc::clone(&sources);
         env.set_loader(move |name| {
             let data = project.read(name).map_err(|e| {
-                minijinja::Error::new(minijinja::ErrorKind::TemplateNotFound, format!("{e:#}"))
+                // Not `TemplateNotFound` for a template outside the project: the file may
+                // well exist, and `ignore missing` must not skip it silently.
+                let kind = if e.is::<crate::project::OutsideProject>() {
+                    minijinja::ErrorKind::InvalidOperation
+                } else {
+                    minijinja::ErrorKind::TemplateNotFound
+                };
+                minijinja::Error::new(kind, format!("{e:#}"))
             })?;
             let text = String::from_utf8(data).map_err(|_| {
                 minijinja::Error::new(

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use batou_core::{Component, Configure, Deploy, ProjectEntryKind, Verdict};
+use batou_core::{AllowedPaths, Component, Configure, Deploy, ProjectEntryKind, Verdict};
 use serde::Deserialize;
 
 use crate::mode::Mode;
@@ -36,6 +36,8 @@ pub struct Directory {
     /// Relative paths the source tree defines, for purging.
     #[serde(skip)]
     expected: BTreeSet<PathBuf>,
+    #[serde(skip)]
+    allowed: AllowedPaths,
 }
 
 impl Directory {
@@ -48,6 +50,7 @@ impl Directory {
             purge: false,
             resolved: PathBuf::new(),
             expected: BTreeSet::new(),
+            allowed: AllowedPaths::default(),
         }
     }
 
@@ -109,6 +112,7 @@ impl Component for Directory {
 
     fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
         self.resolved = cx.path(&self.path)?;
+        self.allowed = cx.allowed_paths();
         if self.purge && self.source.is_none() {
             bail!("`purge` needs a `source` to know which entries belong");
         }
@@ -140,6 +144,8 @@ impl Component for Directory {
                         .create_parents(),
                 ),
                 ProjectEntryKind::Symlink => {
+                    // Copied as a symlink with the same target, never followed: what it
+                    // points to is not read, wherever it points.
                     let link = cx.project().read_link(&from)?;
                     cx.add(Symlink::new(target, link.to_string_lossy()))
                 }
@@ -149,6 +155,7 @@ impl Component for Directory {
     }
 
     fn verify(&self, _cx: &mut Deploy) -> anyhow::Result<Verdict> {
+        self.allowed.check(&self.resolved)?;
         let meta = match std::fs::symlink_metadata(&self.resolved) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Verdict::needs_update("missing"));
@@ -187,6 +194,7 @@ impl Component for Directory {
     }
 
     fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
+        self.allowed.check(&self.resolved)?;
         let created = !self.resolved.is_dir();
         if created {
             std::fs::create_dir_all(&self.resolved)

@@ -1,19 +1,21 @@
 //! `File`: a regular file with given content, mode and ownership.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use batou_core::{Component, Configure, Deploy, Verdict, diff};
-use serde::Deserialize;
+use batou_core::{AllowedPaths, Component, Configure, Deploy, Verdict, diff, refuse_nul};
+use serde::{Deserialize, Deserializer};
 
 use crate::fs::{gid, uid, write_atomic};
 use crate::mode::Mode;
 
 /// Mode of new files when none is given.
 const DEFAULT_MODE: u32 = 0o644;
-/// Mode of files installed from secrets when none is given.
+/// Mode of files installed from secrets, or whose content carries a secret value, when none
+/// is given.
 const SECRET_MODE: u32 = 0o600;
 
 /// A file whose content comes from a literal, a project template or a project source file.
@@ -26,8 +28,11 @@ const SECRET_MODE: u32 = 0o600;
 /// vars = { greeting = "hello" }       # extra template variables
 /// mode = 0o644
 /// ```
+///
+/// One of `content`, `template`, `source` and `secret` is required (`content = ""` for an
+/// empty file): a file without any would silently empty an existing one.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct File {
     pub path: String,
     #[serde(default)]
@@ -44,7 +49,8 @@ pub struct File {
     pub secret: Option<String>,
     #[serde(default)]
     pub vars: BTreeMap<String, serde_json::Value>,
-    /// Permission bits; new files get 0644 and existing files keep theirs when unset.
+    /// Permission bits; when unset, new files get 0644 (0600 when the content carries a secret
+    /// value) and existing files keep theirs.
     #[serde(default)]
     pub mode: Option<Mode>,
     #[serde(default)]
@@ -58,10 +64,39 @@ pub struct File {
     resolved: PathBuf,
     #[serde(skip)]
     data: Vec<u8>,
+    #[serde(skip)]
+    allowed: AllowedPaths,
 }
 
+impl<'de> Deserialize<'de> for File {
+    /// The derived deserializer plus the check that some content is given. The check runs
+    /// inside the attribute table's own deserializer, so that an environment file's error
+    /// names the table's place.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Attributes;
+        impl<'de> serde::de::Visitor<'de> for Attributes {
+            type Value = File;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table of file attributes")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<File, A::Error> {
+                let file = File::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                if !file.has_content() {
+                    return Err(serde::de::Error::custom(NO_CONTENT));
+                }
+                Ok(file)
+            }
+        }
+        deserializer.deserialize_map(Attributes)
+    }
+}
+
+const NO_CONTENT: &str = "a file needs one of `content`, `template`, `source` and `secret`; write `content = \"\"` for an empty file";
+
 impl File {
-    /// A file at `path` (relative to the work directory) with empty content.
+    /// A file at `path` (relative to the work directory); give it content with
+    /// [`content`](Self::content), [`template`](Self::template), [`source`](Self::source) or
+    /// [`secret`](Self::secret).
     pub fn new(path: impl Into<String>) -> Self {
         File {
             path: path.into(),
@@ -76,7 +111,14 @@ impl File {
             create_parents: false,
             resolved: PathBuf::new(),
             data: Vec::new(),
+            allowed: AllowedPaths::default(),
         }
+    }
+
+    /// Content from the named secret file of the environment's secrets.
+    pub fn secret(mut self, name: impl Into<String>) -> Self {
+        self.secret = Some(name.into());
+        self
     }
 
     /// Literal content.
@@ -129,6 +171,13 @@ impl File {
         &self.resolved
     }
 
+    fn has_content(&self) -> bool {
+        self.content.is_some()
+            || self.template.is_some()
+            || self.source.is_some()
+            || self.secret.is_some()
+    }
+
     fn ownership(&self) -> anyhow::Result<(Option<u32>, Option<u32>)> {
         let owner = self.owner.as_deref().map(uid).transpose()?;
         let group = self.group.as_deref().map(gid).transpose()?;
@@ -143,6 +192,13 @@ impl Component for File {
 
     fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
         self.resolved = cx.path(&self.path)?;
+        self.allowed = cx.allowed_paths();
+        if let Some(owner) = &self.owner {
+            refuse_nul("owner", owner)?;
+        }
+        if let Some(group) = &self.group {
+            refuse_nul("group", group)?;
+        }
         self.data = match (&self.content, &self.template, &self.source, &self.secret) {
             (Some(content), None, None, None) => content.clone().into_bytes(),
             (None, Some(template), None, None) => {
@@ -155,13 +211,17 @@ impl Component for File {
                 }
                 cx.secret_file(name)?.expose().clone().into_bytes()
             }
-            (None, None, None, None) => Vec::new(),
+            (None, None, None, None) => bail!(NO_CONTENT),
             _ => bail!("set only one of `content`, `template`, `source` and `secret`"),
         };
+        if self.mode.is_none() && carries_secret(&self.data) {
+            self.mode = Some(Mode(SECRET_MODE));
+        }
         Ok(())
     }
 
     fn verify(&self, cx: &mut Deploy) -> anyhow::Result<Verdict> {
+        self.allowed.check(&self.resolved)?;
         let meta = match std::fs::symlink_metadata(&self.resolved) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -216,6 +276,7 @@ impl Component for File {
     }
 
     fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
+        self.allowed.check(&self.resolved)?;
         if self.create_parents
             && let Some(parent) = self.resolved.parent()
         {
@@ -244,6 +305,20 @@ impl Component for File {
                 .with_context(|| format!("cannot set mode of `{}`", self.resolved.display()))?;
             return Ok(());
         }
+        // A rewritten file keeps its owner and group unless they are given: the temporary
+        // file would otherwise carry the ids of this process.
+        let owner = owner.or(existing.as_ref().map(MetadataExt::uid));
+        let group = group.or(existing.as_ref().map(MetadataExt::gid));
         write_atomic(&self.resolved, &self.data, mode, owner, group)
     }
+}
+
+/// Whether `data` contains a secret value registered for masking: such a file must not be
+/// world-readable, whichever attribute brought the secret in.
+fn carries_secret(data: &[u8]) -> bool {
+    batou_core::redact::active()
+        && matches!(
+            batou_core::redact::mask(&String::from_utf8_lossy(data)),
+            Cow::Owned(_)
+        )
 }

@@ -1,12 +1,15 @@
 //! File system helpers shared by the components: atomic writes and ownership lookups.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
 /// Writes `data` to `path` atomically with exactly `mode`, and the given ownership.
+///
+/// `owner` and `group` default to the ids of the process, as for any new file; to keep the
+/// ownership of a file being replaced, pass its ids.
 ///
 /// The temporary file lives in the same directory and is created with `mode` from the first
 /// byte (the umask can only narrow it; it is set exactly before the rename). On any error the
@@ -29,10 +32,12 @@ pub fn write_atomic(
             .with_context(|| format!("cannot create `{}`", tmp.display()))?;
         file.write_all(data)
             .with_context(|| format!("cannot write `{}`", tmp.display()))?;
-        if owner.is_some() || group.is_some() {
-            std::os::unix::fs::fchown(&file, owner, group)
-                .with_context(|| format!("cannot change owner of `{}`", tmp.display()))?;
-        }
+        let created = file
+            .metadata()
+            .with_context(|| format!("cannot inspect `{}`", tmp.display()))?;
+        set_ownership(path, &created, owner, group, |o, g| {
+            std::os::unix::fs::fchown(&file, o, g)
+        })?;
         file.set_permissions(std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("cannot set mode of `{}`", tmp.display()))?;
         file.sync_all()
@@ -46,6 +51,31 @@ pub fn write_atomic(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Gives a freshly created temporary file or link (with metadata `created`, to be renamed to
+/// `path`) the wanted `owner` and `group`, changing only what differs: an unprivileged run
+/// that keeps its own ids never needs the privilege to change them.
+pub(crate) fn set_ownership(
+    path: &Path,
+    created: &std::fs::Metadata,
+    owner: Option<u32>,
+    group: Option<u32>,
+    chown: impl FnOnce(Option<u32>, Option<u32>) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let owner = owner.filter(|o| *o != created.uid());
+    let group = group.filter(|g| *g != created.gid());
+    if owner.is_none() && group.is_none() {
+        return Ok(());
+    }
+    chown(owner, group).with_context(|| {
+        format!(
+            "cannot give `{}` owner {} and group {}",
+            path.display(),
+            owner.unwrap_or(created.uid()),
+            group.unwrap_or(created.gid()),
+        )
+    })
 }
 
 /// The parent directory of `path`, which must exist.

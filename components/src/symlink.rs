@@ -1,17 +1,18 @@
 //! `Symlink`: a symbolic link pointing at a given target.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use batou_core::{Component, Configure, Deploy, Verdict};
+use batou_core::{AllowedPaths, Component, Configure, Deploy, Verdict, refuse_nul};
 use serde::Deserialize;
 
-use crate::fs::{parent, sync_dir, temp_path};
+use crate::fs::{parent, set_ownership, sync_dir, temp_path};
 
 /// A symlink at `path` pointing to `target` (kept exactly as written, relative or absolute).
 ///
-/// An existing symlink is replaced atomically; an existing file or directory at `path` is an
-/// error, never silently removed.
+/// An existing symlink is replaced atomically, keeping its owner and group; an existing file
+/// or directory at `path` is an error, never silently removed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Symlink {
@@ -19,6 +20,8 @@ pub struct Symlink {
     pub target: String,
     #[serde(skip)]
     resolved: PathBuf,
+    #[serde(skip)]
+    allowed: AllowedPaths,
 }
 
 impl Symlink {
@@ -28,6 +31,7 @@ impl Symlink {
             path: path.into(),
             target: target.into(),
             resolved: PathBuf::new(),
+            allowed: AllowedPaths::default(),
         }
     }
 }
@@ -41,11 +45,14 @@ impl Component for Symlink {
         if self.target.is_empty() {
             bail!("`target` must not be empty");
         }
+        refuse_nul("target", &self.target)?;
         self.resolved = cx.path(&self.path)?;
+        self.allowed = cx.allowed_paths();
         Ok(())
     }
 
     fn verify(&self, _cx: &mut Deploy) -> anyhow::Result<Verdict> {
+        self.allowed.check(&self.resolved)?;
         match std::fs::symlink_metadata(&self.resolved) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Ok(Verdict::needs_update("missing"))
@@ -74,16 +81,33 @@ impl Component for Symlink {
     }
 
     fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
+        self.allowed.check(&self.resolved)?;
         let dir = parent(&self.resolved)?;
+        let existing = std::fs::symlink_metadata(&self.resolved).ok();
         let tmp = temp_path(&self.resolved);
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&self.target, &tmp)
             .with_context(|| format!("cannot create symlink `{}`", tmp.display()))?;
-        if let Err(e) = std::fs::rename(&tmp, &self.resolved) {
+        let result = (|| {
+            // A replaced link keeps its owner and group; the new one has this process's ids.
+            if let Some(old) = &existing {
+                let created = std::fs::symlink_metadata(&tmp)
+                    .with_context(|| format!("cannot inspect `{}`", tmp.display()))?;
+                set_ownership(
+                    &self.resolved,
+                    &created,
+                    Some(old.uid()),
+                    Some(old.gid()),
+                    |o, g| std::os::unix::fs::lchown(&tmp, o, g),
+                )?;
+            }
+            std::fs::rename(&tmp, &self.resolved)
+                .with_context(|| format!("cannot rename into `{}`", self.resolved.display()))
+        })();
+        if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
-            return Err(e)
-                .with_context(|| format!("cannot rename into `{}`", self.resolved.display()));
         }
+        result?;
         sync_dir(dir);
         Ok(())
     }

@@ -1,4 +1,4 @@
 //! The shared harness (`batou-test-support`): temporary deployment repositories and runs of
 //! the built binaries.
 
-pub use batou_test_support::{Project, bin, run_binary, snapshot, workspace_root};
+pub use batou_test_support::{Outcome, Project, bin, run_binary, snapshot, workspace_root};

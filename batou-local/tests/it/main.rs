@@ -3,6 +3,7 @@
 mod bad_input;
 mod commands;
 mod components;
+mod confinement;
 mod demo;
 mod example;
 mod failure;
