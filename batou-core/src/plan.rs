@@ -493,6 +493,7 @@ fn configure_slots(
                 let environment = cx
                     .source
                     .expect("TOML attributes come from an environment file");
+                check_decimal_modes(&value, environment, &slot.root)?;
                 render_value(&mut value, environment, scope, &slot.root)?;
                 Attributes::Toml(value)
             }
@@ -582,6 +583,46 @@ fn create(
             .hint("the agent must be the same deployment binary as the controller's")),
         },
     }
+}
+
+/// Refuses `mode = 644`: a decimal TOML integer whose digits are all octal digits is an octal
+/// mode written without its `0o`, and would set surprising bits (644 is 0o1204). Applies to
+/// every attribute called `mode`, at any depth.
+fn check_decimal_modes(
+    value: &Spanned<DeValue<'static>>,
+    environment: &Environment,
+    root: &str,
+) -> Result<(), ConfigError> {
+    match value.get_ref() {
+        DeValue::Table(table) => {
+            for (key, item) in table.iter() {
+                if key.get_ref() == "mode"
+                    && let DeValue::Integer(int) = item.get_ref()
+                    && int.radix() == 10
+                {
+                    let digits = int.as_str().replace('_', "");
+                    if digits.len() > 1 && digits.chars().all(|c| ('0'..='7').contains(&c)) {
+                        let decimal: u64 = digits.parse().unwrap_or(0);
+                        return Err(ConfigError::new(format!(
+                            "component `{root}`: `mode = {digits}` is the decimal number {decimal} ({decimal:#o} in octal)"
+                        ))
+                        .at(environment.source.place(item.span().start))
+                        .hint(format!(
+                            "did you mean 0o{digits}? TOML integers are decimal: write octal modes as 0o{digits} or \"{digits:0>4}\""
+                        )));
+                    }
+                }
+                check_decimal_modes(item, environment, root)?;
+            }
+        }
+        DeValue::Array(items) => {
+            for item in items {
+                check_decimal_modes(item, environment, root)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Renders every string attribute that contains template syntax, in place.
