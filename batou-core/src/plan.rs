@@ -861,6 +861,9 @@ mod tests {
             for step in &self.steps {
                 if let Some(key) = step.strip_prefix("provide:") {
                     cx.provide(key, &cx.host().name.clone())?;
+                } else if let Some(key) = step.strip_prefix("require_one:") {
+                    let value: String = cx.require_one(key)?;
+                    self.seen.push(value);
                 } else if let Some(key) = step.strip_prefix("require:") {
                     let values: Vec<String> = cx.require(key)?;
                     self.seen.extend(values);
@@ -993,6 +996,33 @@ steps = ["require:x", "provide:y"]
         assert_eq!(
             err.to_string(),
             "unsatisfied resource requirements: `h: a` requires `y`; `h: b` requires `x`, which no configured component provides in host `h`, component `a`"
+        );
+    }
+
+    #[test]
+    fn require_one_with_several_providers_names_them() {
+        let err = plan(
+            r#"
+[hosts.a]
+components = ["db"]
+[hosts.b]
+components = ["db", "app"]
+[components.db]
+type = "node"
+steps = ["provide:database"]
+[components.app]
+type = "node"
+steps = ["require_one:database"]
+"#,
+        )
+        .err()
+        .unwrap();
+        let chain = format!("{:#}", anyhow::Error::from(err));
+        assert!(
+            chain.contains(
+                "resource `database` is provided 2 times, expected once: by `a: db`, `b: db`"
+            ),
+            "{chain}"
         );
     }
 
