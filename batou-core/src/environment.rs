@@ -476,19 +476,53 @@ impl Environment {
     }
 
     /// The base directory as a controller plans with it for remote hosts: absolute paths as
-    /// they are, relative ones below `~` (each agent resolves `~` to its own home).
+    /// they are, relative ones (and `~/...`) below `~`, which each agent resolves to its own
+    /// home (see [`Plan::from_job`](crate::Plan::from_job)).
     pub fn remote_base_dir(&self) -> PathBuf {
-        let base = Path::new(&self.settings.base_dir);
-        if base.is_absolute() {
-            base.to_path_buf()
-        } else {
-            crate::paths::normalize(&Path::new("~").join(base))
-        }
+        planned_base_dir(&self.settings.base_dir)
     }
 
-    /// The resolved base directory for a run on this machine.
+    /// The resolved base directory for a run on this machine: relative to the project root,
+    /// `~/...` below this user's home.
     pub fn local_base_dir(&self, project_root: &Path) -> PathBuf {
-        crate::paths::resolve(project_root, Path::new(&self.settings.base_dir))
+        let base = &self.settings.base_dir;
+        if let (Some(rest), Some(home)) = (below_home(base), std::env::var_os("HOME")) {
+            return crate::paths::normalize(&Path::new(&home).join(rest));
+        }
+        crate::paths::resolve(project_root, Path::new(base))
+    }
+}
+
+/// What `base_dir` names below a home directory: `~/x` and `~` explicitly, nothing else.
+fn below_home(base_dir: &str) -> Option<&str> {
+    if base_dir == "~" {
+        Some("")
+    } else {
+        base_dir.strip_prefix("~/")
+    }
+}
+
+/// The base directory a controller plans with: absolute as it is, anything else below `~`
+/// (`srv`, `~/srv` and `./srv` are all `~/srv`).
+pub(crate) fn planned_base_dir(base_dir: &str) -> PathBuf {
+    let relative = below_home(base_dir).unwrap_or(base_dir);
+    let path = Path::new(relative);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        crate::paths::normalize(&Path::new("~").join(path))
+    }
+}
+
+/// The base directory on a remote host whose home is `home`: absolute as it is, anything
+/// else (`srv`, `~/srv`) below `home`.
+pub fn host_base_dir(base_dir: &str, home: &Path) -> PathBuf {
+    let relative = below_home(base_dir).unwrap_or(base_dir);
+    let path = Path::new(relative);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        crate::paths::normalize(&home.join(path))
     }
 }
 

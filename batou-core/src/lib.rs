@@ -51,7 +51,7 @@ pub use component::{Component, Verdict};
 pub use configure::Configure;
 pub use deploy::Deploy;
 pub use engine::{ConvergeOptions, HostReport, RootOutcome, StepReport, converge, converge_step};
-pub use environment::{Connect, Environment, Host, Settings};
+pub use environment::{Connect, Environment, Host, Settings, check_name, host_base_dir};
 pub use error::{ConfigError, Place};
 pub use event::{Event, EventSink, HostSummary};
 pub use plan::{Plan, Step};

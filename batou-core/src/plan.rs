@@ -301,6 +301,19 @@ impl Plan {
         let project = Project::shipped(job.files.clone());
         let templates = Templates::new(project.clone());
         let secret_files = Arc::new(SecretFiles::new(job.secret_files.clone(), None));
+        // The controller rendered attributes with a relative base directory planned as
+        // `~/...`; this host knows where that is.
+        let home = HomeExpansion::new(&job.base_dir, base_dir);
+        let job_steps: Vec<JobStep> = job
+            .steps
+            .iter()
+            .map(|s| JobStep {
+                root: s.root.clone(),
+                type_name: s.type_name.clone(),
+                attributes: home.value(&s.attributes),
+                components: s.components.iter().map(|c| home.text(c)).collect(),
+            })
+            .collect();
         let host = Host {
             name: job.host.name.clone(),
             components: job.steps.iter().map(|s| s.root.clone()).collect(),
@@ -309,8 +322,7 @@ impl Plan {
             port: None,
             user: None,
         };
-        let slots: Vec<Slot> = job
-            .steps
+        let slots: Vec<Slot> = job_steps
             .iter()
             .map(|s| Slot {
                 host: &host,
@@ -358,7 +370,7 @@ impl Plan {
             secret_files,
             secret_values: Vec::new(),
         };
-        for (i, expected) in job.steps.iter().enumerate() {
+        for (i, expected) in job_steps.iter().enumerate() {
             let configured = plan.component_paths(i);
             if configured != expected.components {
                 return Err(ConfigError::new(format!(
@@ -409,6 +421,68 @@ impl Plan {
 
     pub(crate) fn step_mut(&mut self, step: usize) -> &mut Step {
         &mut self.steps[step]
+    }
+}
+
+/// Replaces the planned `~/...` base directory in rendered attribute strings with the real
+/// one, where it stands as a path: at the start of the string or after whitespace, `=`, `:`,
+/// `,`, a quote or `(`, and followed by `/`, the end, or one of those.
+struct HomeExpansion {
+    planned: Option<(String, String)>,
+}
+
+impl HomeExpansion {
+    fn new(job_base_dir: &str, real: &Path) -> Self {
+        let planned = crate::environment::planned_base_dir(job_base_dir);
+        let planned = planned.to_string_lossy();
+        let real = real.to_string_lossy();
+        HomeExpansion {
+            planned: (planned.starts_with('~') && planned != real)
+                .then(|| (planned.into_owned(), real.into_owned())),
+        }
+    }
+
+    fn text(&self, s: &str) -> String {
+        let Some((planned, real)) = &self.planned else {
+            return s.to_string();
+        };
+        let before = |c: char| c.is_whitespace() || "=:,'\"(".contains(c);
+        let after = |c: char| c == '/' || before(c) || ")".contains(c);
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        let mut prev: Option<char> = None;
+        while let Some(at) = rest.find(planned.as_str()) {
+            let head = &rest[..at];
+            let p = head.chars().next_back().or(prev);
+            let tail = &rest[at + planned.len()..];
+            out.push_str(head);
+            if p.is_none_or(before) && tail.chars().next().is_none_or(after) {
+                out.push_str(real);
+            } else {
+                out.push_str(planned);
+            }
+            prev = planned.chars().next_back();
+            rest = tail;
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn value(&self, v: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        if self.planned.is_none() {
+            return v.clone();
+        }
+        match v {
+            Value::String(s) => Value::String(self.text(s)),
+            Value::Array(items) => Value::Array(items.iter().map(|i| self.value(i)).collect()),
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), self.value(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
     }
 }
 
@@ -1099,6 +1173,87 @@ steps = ["provide:database"]
         // The agent configures from what it received.
         let agent = Plan::from_job(&web, &registry, Path::new("/srv")).unwrap();
         assert_eq!(agent.component_paths(0), vec!["app > Workdir", "app"]);
+    }
+
+    /// A component whose label is its `path` attribute, like a file.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Labelled {
+        path: String,
+        #[serde(default)]
+        note: String,
+    }
+
+    impl Component for Labelled {
+        fn label(&self) -> String {
+            format!("Labelled('{}')", self.path)
+        }
+        fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+            if self.note == "leaf" {
+                return Ok(());
+            }
+            let resolved = cx.path(&self.path)?;
+            cx.add(Labelled {
+                path: resolved.display().to_string(),
+                note: "leaf".into(),
+            });
+            Ok(())
+        }
+        fn verify(&self, _cx: &mut crate::Deploy) -> anyhow::Result<Verdict> {
+            Ok(Verdict::UpToDate)
+        }
+    }
+
+    #[test]
+    fn the_agent_expands_the_planned_home_in_rendered_attributes() {
+        let mut registry = registry();
+        registry.register::<Labelled>("labelled");
+        for base_dir in ["srv", "~/srv", "./srv"] {
+            let toml = format!(
+                r#"
+[environment]
+base_dir = "{base_dir}"
+[hosts.web1]
+components = ["app"]
+[components.app]
+type = "labelled"
+path = "{{{{ workdir }}}}/app.conf"
+note = "root={{{{ environment.base_dir }}}} x=~/srvx y=a~/srv"
+"#
+            );
+            let env =
+                Environment::parse("test", "environments/test.toml", toml, &registry).unwrap();
+            let planned = env.remote_base_dir();
+            assert_eq!(planned, Path::new("~/srv"), "{base_dir}");
+            let plan = Plan::build(&env, &registry, &Project::new("/nonexistent"), &planned)
+                .unwrap();
+            let job = plan.host_job("web1").unwrap();
+            assert_eq!(job.steps[0].attributes["path"], "~/srv/work/app/app.conf");
+            let real = crate::host_base_dir(&job.base_dir, Path::new("/home/deploy"));
+            assert_eq!(real, Path::new("/home/deploy/srv"));
+            assert_eq!(
+                job.steps[0].components[1],
+                "app > Labelled('~/srv/work/app/app.conf')"
+            );
+            let agent = Plan::from_job(&job, &registry, &real).unwrap();
+            assert_eq!(
+                agent.component_paths(0),
+                [
+                    "app > Workdir",
+                    "app > Labelled('/home/deploy/srv/work/app/app.conf')",
+                    "app"
+                ]
+            );
+            let Attributes::Json(attributes) = &agent.steps()[0].attributes else {
+                panic!("an agent's attributes are JSON");
+            };
+            assert_eq!(attributes["path"], "/home/deploy/srv/work/app/app.conf");
+            // Only the base directory as a path is expanded, not look-alikes.
+            assert_eq!(
+                attributes["note"],
+                "root=/home/deploy/srv x=~/srvx y=a~/srv"
+            );
+        }
     }
 
     #[test]
