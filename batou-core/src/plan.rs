@@ -131,6 +131,7 @@ impl Plan {
                 });
             }
         }
+        check_unassigned(environment, registry, &templates)?;
         let allow_paths: Vec<String> = environment
             .settings
             .allow_paths
@@ -659,6 +660,63 @@ fn create(
     }
 }
 
+/// Checks the `[components.*]` tables that no host runs, so that their errors do not wait
+/// for the day a host lists them: decimal modes, the syntax of templated attributes, and the
+/// attributes against their type (with templated strings unrendered, since there is no host
+/// to render them for). `configure` does not run for them: it may depend on a host.
+fn check_unassigned(
+    environment: &Environment,
+    registry: &Registry,
+    templates: &Templates,
+) -> Result<(), ConfigError> {
+    for (name, def) in &environment.components {
+        if environment.hosts.iter().any(|h| h.components.contains(name)) {
+            continue;
+        }
+        let place = environment.source.place(def.attributes.span().start);
+        let unassigned = |mut e: ConfigError| {
+            e.message = format!("{} (`{name}` is not assigned to any host)", e.message);
+            e
+        };
+        check_decimal_modes(&def.attributes, environment, name).map_err(unassigned)?;
+        check_templates(&def.attributes, environment, templates, name).map_err(unassigned)?;
+        if let Err(err) = registry.create(&def.type_name, def.attributes.clone()) {
+            let mut e = environment.source.toml_error(&err);
+            e.message = format!("component `{name}`: {}", e.message);
+            if matches!(e.place.as_deref(), None | Some(Place::Path(_))) {
+                e = e.at(place);
+            }
+            return Err(unassigned(e));
+        }
+    }
+    Ok(())
+}
+
+/// Compiles every templated string attribute, without rendering it.
+fn check_templates(
+    value: &Spanned<DeValue<'static>>,
+    environment: &Environment,
+    templates: &Templates,
+    root: &str,
+) -> Result<(), ConfigError> {
+    match value.get_ref() {
+        DeValue::String(s) if is_template(s) => templates
+            .check_str(&format!("components.{root}"), s)
+            .map_err(|e| {
+                ConfigError::new(format!("invalid template in an attribute of `{root}`"))
+                    .at(environment.source.place(value.span().start))
+                    .caused_by(e)
+            }),
+        DeValue::Array(items) => items
+            .iter()
+            .try_for_each(|i| check_templates(i, environment, templates, root)),
+        DeValue::Table(table) => table
+            .iter()
+            .try_for_each(|(_, i)| check_templates(i, environment, templates, root)),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses `mode = 644`: a decimal TOML integer whose digits are all octal digits is an octal
 /// mode written without its `0o`, and would set surprising bits (644 is 0o1204). Applies to
 /// every attribute called `mode`, at any depth.
@@ -1098,6 +1156,31 @@ steps = ["require_one:database"]
             ),
             "{chain}"
         );
+    }
+
+    #[test]
+    fn components_no_host_runs_are_checked_too() {
+        let base = "[hosts.h]\ncomponents = [\"a\"]\n[components.a]\ntype = \"node\"\n[components.spare]\ntype = \"node\"\n";
+        assert!(plan(base).is_ok());
+        for (extra, want) in [
+            (
+                "stpes = []\n",
+                "component `spare`: unknown field `stpes`, expected one of `steps`, `password`, `secret_file` (`spare` is not assigned to any host) in environments/test.toml:7:1 (did you mean `steps`?)",
+            ),
+            (
+                "secret_file = \"{% if %}\"\n",
+                "invalid template in an attribute of `spare` (`spare` is not assigned to any host) in environments/test.toml:7:15",
+            ),
+            (
+                "[components.spare.x]\nmode = 755\n",
+                "component `spare`: `mode = 755` is the decimal number 755 (0o1363 in octal) (`spare` is not assigned to any host) in environments/test.toml:8:8",
+            ),
+        ] {
+            let err = plan(&format!("{base}{extra}")).err().expect(extra);
+            assert_eq!(err.to_string(), want);
+        }
+        // Templates that need a host are not rendered: no false error.
+        assert!(plan(&format!("{base}secret_file = \"{{{{ host.data.role }}}}\"\n")).is_ok());
     }
 
     #[test]

@@ -65,6 +65,15 @@ impl Templates {
             .map_err(|e| self.error(&e, Some(source), context))
     }
 
+    /// Compiles the inline template `source` without rendering it: syntax errors are found
+    /// without a context (unknown filters only show when rendering).
+    pub fn check_str(&self, name: &str, source: &str) -> anyhow::Result<()> {
+        self.env
+            .template_from_named_str(name, source)
+            .map(|_| ())
+            .map_err(|e| self.error(&e, Some(source), &Value::UNDEFINED))
+    }
+
     fn error(
         &self,
         err: &minijinja::Error,
