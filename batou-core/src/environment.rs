@@ -647,3 +647,129 @@ fn parse_components(
     }
     Ok(defs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Environment, ConfigError> {
+        let mut registry = Registry::new();
+        registry.register::<Nothing>("nothing");
+        Environment::parse("dev", "environments/dev.toml", text.into(), &registry)
+    }
+
+    #[derive(Deserialize)]
+    struct Nothing {}
+
+    impl crate::Component for Nothing {
+        fn label(&self) -> String {
+            "Nothing".into()
+        }
+        fn verify(&self, _cx: &mut crate::Deploy) -> anyhow::Result<crate::Verdict> {
+            Ok(crate::Verdict::UpToDate)
+        }
+    }
+
+    #[test]
+    fn environment_names_are_names() {
+        for good in ["dev", "prod-1", "eu_west.2", "A"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for (bad, why) in [
+            ("../other/evil", "contains `/`"),
+            (".hidden", "starts with `.`"),
+            ("..", "starts with `.`"),
+            ("", "is empty"),
+            ("a b", "contains the character ` `"),
+            ("a\nb", "contains the character `\\n`"),
+            ("ü", "contains `ü`"),
+        ] {
+            let err = check_name(bad).unwrap_err();
+            assert!(err.message.ends_with(why), "{bad:?}: {err}");
+            assert!(err.hint.is_some());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("other")).unwrap();
+        std::fs::create_dir_all(dir.path().join("environments")).unwrap();
+        std::fs::write(dir.path().join("other/evil.toml"), "[hosts.localhost]\n").unwrap();
+        let err = Environment::load(dir.path(), "../other/evil", &Registry::new()).unwrap_err();
+        assert!(err.message.starts_with("invalid environment name"), "{err}");
+    }
+
+    #[test]
+    fn host_connection_values_are_checked_with_their_place() {
+        for (host, want) in [
+            (
+                "address = \"-oProxyCommand=x\"",
+                "`hosts.web1.address` `-oProxyCommand=x` starts with `-` in environments/dev.toml:2:11",
+            ),
+            (
+                "address = \"a b\"",
+                "`hosts.web1.address` `a b` contains the character ` ` in environments/dev.toml:2:11",
+            ),
+            (
+                "user = \"ro\\not\"",
+                "`hosts.web1.user` `ro\\not` contains the character `\\n` in environments/dev.toml:2:8",
+            ),
+            ("user = \"\"", "`hosts.web1.user` is empty in environments/dev.toml:2:8"),
+            (
+                "port = 0",
+                "`hosts.web1.port` is 0: a port must be between 1 and 65535 in environments/dev.toml:2:8",
+            ),
+            (
+                "port = 65536",
+                "`hosts.web1.port` is 65536: a port must be between 1 and 65535 in environments/dev.toml:2:8",
+            ),
+            (
+                "port = -22",
+                "`hosts.web1.port` is -22: a port must be between 1 and 65535 in environments/dev.toml:2:8",
+            ),
+        ] {
+            let err = parse(&format!("[hosts.web1]\n{host}\n")).unwrap_err();
+            assert_eq!(err.to_string(), want);
+        }
+        let err = parse("[hosts.\"-oX\"]\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "host name `-oX` starts with `-` in environments/dev.toml:1:8"
+        );
+        let env = parse("[hosts.\"-oX\"]\naddress = \"10.0.0.1\"\nport = 2222\nuser = \"deploy\"\n")
+            .unwrap();
+        assert_eq!(env.hosts[0].port, Some(2222));
+    }
+
+    #[test]
+    fn unknown_tables_list_every_valid_one() {
+        let err = parse("[hostz.a]\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown field `hostz`, expected one of `environment`, `hosts`, `components` in environments/dev.toml:1:2 (did you mean `hosts`?)"
+        );
+    }
+
+    #[test]
+    fn non_utf8_files_name_the_first_bad_byte() {
+        let err = utf8("environments/dev.toml", b"[hosts.a]\nx = \"\xc3\xa9\xff\"\n".to_vec())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`environments/dev.toml` is not UTF-8 text: invalid byte 0xff in environments/dev.toml:2:7"
+        );
+    }
+
+    #[test]
+    fn base_dirs_below_home() {
+        assert_eq!(planned_base_dir("srv"), Path::new("~/srv"));
+        assert_eq!(planned_base_dir("~/srv"), Path::new("~/srv"));
+        assert_eq!(planned_base_dir("."), Path::new("~"));
+        assert_eq!(planned_base_dir("~"), Path::new("~"));
+        assert_eq!(planned_base_dir("/srv"), Path::new("/srv"));
+        let home = Path::new("/home/d");
+        assert_eq!(host_base_dir("~/srv", home), Path::new("/home/d/srv"));
+        assert_eq!(host_base_dir("srv", home), Path::new("/home/d/srv"));
+        assert_eq!(host_base_dir("~", home), Path::new("/home/d"));
+        assert_eq!(host_base_dir("/srv", home), Path::new("/srv"));
+        // `~user` is not a home directory of ours: a relative name like any other.
+        assert_eq!(host_base_dir("~x/srv", home), Path::new("/home/d/~x/srv"));
+    }
+}
