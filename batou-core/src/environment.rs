@@ -133,7 +133,10 @@ struct HostShape {
 impl HostShape {
     /// Address, port and user, checked: they end up on the `ssh` command line, so none may
     /// look like an option or hold whitespace or control characters.
-    #[expect(clippy::type_complexity, reason = "a private triple, named where it is used")]
+    #[expect(
+        clippy::type_complexity,
+        reason = "a private triple, named where it is used"
+    )]
     fn connection(
         &self,
         host: &str,
@@ -173,11 +176,11 @@ fn check_word(name: &str, value: &str) -> Result<(), ConfigError> {
         return Err(ConfigError::new(format!("{name} is empty")));
     }
     if value.starts_with('-') {
-        return Err(ConfigError::new(format!(
-            "{name} `{}` starts with `-`",
-            value.escape_debug()
-        ))
-        .hint("ssh would read it as an option; a host name or address never starts with `-`"));
+        return Err(
+            ConfigError::new(format!("{name} `{}` starts with `-`", value.escape_debug())).hint(
+                "ssh would read it as an option; a host name or address never starts with `-`",
+            ),
+        );
     }
     if let Some(c) = value.chars().find(|c| c.is_whitespace() || c.is_control()) {
         return Err(ConfigError::new(format!(
@@ -711,7 +714,10 @@ mod tests {
                 "user = \"ro\\not\"",
                 "`hosts.web1.user` `ro\\not` contains the character `\\n` in environments/dev.toml:2:8",
             ),
-            ("user = \"\"", "`hosts.web1.user` is empty in environments/dev.toml:2:8"),
+            (
+                "user = \"\"",
+                "`hosts.web1.user` is empty in environments/dev.toml:2:8",
+            ),
             (
                 "port = 0",
                 "`hosts.web1.port` is 0: a port must be between 1 and 65535 in environments/dev.toml:2:8",
@@ -733,8 +739,9 @@ mod tests {
             err.to_string(),
             "host name `-oX` starts with `-` in environments/dev.toml:1:8"
         );
-        let env = parse("[hosts.\"-oX\"]\naddress = \"10.0.0.1\"\nport = 2222\nuser = \"deploy\"\n")
-            .unwrap();
+        let env =
+            parse("[hosts.\"-oX\"]\naddress = \"10.0.0.1\"\nport = 2222\nuser = \"deploy\"\n")
+                .unwrap();
         assert_eq!(env.hosts[0].port, Some(2222));
     }
 
@@ -749,8 +756,11 @@ mod tests {
 
     #[test]
     fn non_utf8_files_name_the_first_bad_byte() {
-        let err = utf8("environments/dev.toml", b"[hosts.a]\nx = \"\xc3\xa9\xff\"\n".to_vec())
-            .unwrap_err();
+        let err = utf8(
+            "environments/dev.toml",
+            b"[hosts.a]\nx = \"\xc3\xa9\xff\"\n".to_vec(),
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "`environments/dev.toml` is not UTF-8 text: invalid byte 0xff in environments/dev.toml:2:7"

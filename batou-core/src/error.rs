@@ -156,7 +156,9 @@ impl SourceText {
         let (message, suggestion) = humanize_serde(message);
         let mut e = ConfigError::new(message).at(place);
         if e.message.contains("leading zero") {
-            e = e.hint("TOML integers have no leading zeros; write an octal mode as 0o644 or \"0644\"");
+            e = e.hint(
+                "TOML integers have no leading zeros; write an octal mode as 0o644 or \"0644\"",
+            );
         }
         e.suggestion = suggestion;
         e
@@ -166,7 +168,10 @@ impl SourceText {
     fn deepest_line(&self) -> Place {
         let mut best = (0, 0);
         for (i, line) in self.text.lines().enumerate() {
-            let depth = line.chars().filter(|c| matches!(c, '.' | '[' | '{')).count();
+            let depth = line
+                .chars()
+                .filter(|c| matches!(c, '.' | '[' | '{'))
+                .count();
             if depth > best.1 {
                 best = (i, depth);
             }
@@ -223,11 +228,7 @@ pub(crate) fn humanize_serde(message: &str) -> (String, Option<String>) {
         let Some((word, expected)) = rest.split_once('`') else {
             continue;
         };
-        let candidates: Vec<&str> = expected
-            .split('`')
-            .skip(1)
-            .step_by(2)
-            .collect();
+        let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
         let suggestion = did_you_mean(word, candidates.iter().copied()).map(str::to_string);
         return (message.clone(), suggestion);
     }
@@ -267,7 +268,10 @@ mod tests {
     #[test]
     fn serde_messages_get_suggestions_and_user_words() {
         let (m, s) = humanize_serde("unknown field `contnet`, expected one of `path`, `content`");
-        assert_eq!(m, "unknown field `contnet`, expected one of `path`, `content`");
+        assert_eq!(
+            m,
+            "unknown field `contnet`, expected one of `path`, `content`"
+        );
         assert_eq!(s.as_deref(), Some("content"));
         let (m, s) = humanize_serde("unknown variant `sssh`, expected `ssh` or `local`");
         assert_eq!(m, "unknown value `sssh`, expected `ssh` or `local`");
@@ -275,15 +279,24 @@ mod tests {
         let (_, s) = humanize_serde("unknown field `zzz`, expected `path`");
         assert_eq!(s, None);
         let (m, _) = humanize_serde("invalid type: string \"many\", expected usize");
-        assert_eq!(m, "invalid type: string \"many\", expected a non-negative integer");
+        assert_eq!(
+            m,
+            "invalid type: string \"many\", expected a non-negative integer"
+        );
     }
 
     #[test]
     fn duplicate_keys_are_named() {
         for (text, want) in [
-            ("a = 1\nfoo = 1\nfoo = 2\n", "duplicate key `foo` in e.toml:3:1"),
+            (
+                "a = 1\nfoo = 1\nfoo = 2\n",
+                "duplicate key `foo` in e.toml:3:1",
+            ),
             ("[hosts.h]\n[hosts.h]\n", "duplicate key `h` in e.toml:2:8"),
-            ("\"x y\" = 1\n\"x y\" = 2\n", "duplicate key `x y` in e.toml:2:1"),
+            (
+                "\"x y\" = 1\n\"x y\" = 2\n",
+                "duplicate key `x y` in e.toml:2:1",
+            ),
         ] {
             let src = SourceText {
                 path: "e.toml".into(),

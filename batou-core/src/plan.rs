@@ -670,7 +670,11 @@ fn check_unassigned(
     templates: &Templates,
 ) -> Result<(), ConfigError> {
     for (name, def) in &environment.components {
-        if environment.hosts.iter().any(|h| h.components.contains(name)) {
+        if environment
+            .hosts
+            .iter()
+            .any(|h| h.components.contains(name))
+        {
             continue;
         }
         let place = environment.source.place(def.attributes.span().start);
@@ -1180,7 +1184,12 @@ steps = ["require_one:database"]
             assert_eq!(err.to_string(), want);
         }
         // Templates that need a host are not rendered: no false error.
-        assert!(plan(&format!("{base}secret_file = \"{{{{ host.data.role }}}}\"\n")).is_ok());
+        assert!(
+            plan(&format!(
+                "{base}secret_file = \"{{{{ host.data.role }}}}\"\n"
+            ))
+            .is_ok()
+        );
     }
 
     #[test]
@@ -1308,8 +1317,8 @@ note = "root={{{{ environment.base_dir }}}} x=~/srvx y=a~/srv"
                 Environment::parse("test", "environments/test.toml", toml, &registry).unwrap();
             let planned = env.remote_base_dir();
             assert_eq!(planned, Path::new("~/srv"), "{base_dir}");
-            let plan = Plan::build(&env, &registry, &Project::new("/nonexistent"), &planned)
-                .unwrap();
+            let plan =
+                Plan::build(&env, &registry, &Project::new("/nonexistent"), &planned).unwrap();
             let job = plan.host_job("web1").unwrap();
             assert_eq!(job.steps[0].attributes["path"], "~/srv/work/app/app.conf");
             let real = crate::host_base_dir(&job.base_dir, Path::new("/home/deploy"));

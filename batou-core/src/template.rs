@@ -100,18 +100,92 @@ impl Templates {
 
 /// minijinja's built-in filters and tests, for suggesting a close name for an unknown one.
 const FILTERS: &[&str] = &[
-    "abs", "attr", "batch", "bool", "capitalize", "chain", "count", "d", "default", "dictsort",
-    "e", "escape", "first", "float", "format", "groupby", "indent", "int", "items", "join",
-    "last", "length", "lines", "list", "lower", "map", "max", "min", "pprint", "reject",
-    "rejectattr", "replace", "reverse", "round", "safe", "select", "selectattr", "slice",
-    "sort", "split", "string", "sum", "title", "tojson", "trim", "unique", "upper",
-    "urlencode", "zip",
+    "abs",
+    "attr",
+    "batch",
+    "bool",
+    "capitalize",
+    "chain",
+    "count",
+    "d",
+    "default",
+    "dictsort",
+    "e",
+    "escape",
+    "first",
+    "float",
+    "format",
+    "groupby",
+    "indent",
+    "int",
+    "items",
+    "join",
+    "last",
+    "length",
+    "lines",
+    "list",
+    "lower",
+    "map",
+    "max",
+    "min",
+    "pprint",
+    "reject",
+    "rejectattr",
+    "replace",
+    "reverse",
+    "round",
+    "safe",
+    "select",
+    "selectattr",
+    "slice",
+    "sort",
+    "split",
+    "string",
+    "sum",
+    "title",
+    "tojson",
+    "trim",
+    "unique",
+    "upper",
+    "urlencode",
+    "zip",
 ];
 const TESTS: &[&str] = &[
-    "boolean", "defined", "divisibleby", "endingwith", "eq", "equalto", "escaped", "even",
-    "false", "filter", "float", "ge", "greaterthan", "gt", "in", "integer", "iterable", "le",
-    "lessthan", "lower", "lt", "mapping", "ne", "none", "number", "odd", "safe", "sameas",
-    "sequence", "startingwith", "string", "test", "true", "undefined", "upper",
+    "boolean",
+    "defined",
+    "divisibleby",
+    "endingwith",
+    "eq",
+    "equalto",
+    "escaped",
+    "even",
+    "false",
+    "filter",
+    "float",
+    "ge",
+    "greaterthan",
+    "gt",
+    "in",
+    "integer",
+    "iterable",
+    "le",
+    "lessthan",
+    "lower",
+    "lt",
+    "mapping",
+    "ne",
+    "none",
+    "number",
+    "odd",
+    "safe",
+    "sameas",
+    "sequence",
+    "startingwith",
+    "string",
+    "test",
+    "true",
+    "undefined",
+    "upper",
 ];
 
 /// A close name for an unknown filter or test, or for an undefined variable among the
@@ -169,22 +243,27 @@ fn suggest_path(path: &[&str], context: &Value) -> Option<String> {
     let (prefix, start) = find_start(path[0], context, Vec::new(), 3)?;
     let mut value = start;
     let mut done = prefix;
+    let mut corrected = false;
     for part in path {
-        let next = value.get_attr(part).ok().filter(|v| !v.is_undefined());
-        match next {
-            Some(next) => {
-                done.push(part.to_string());
-                value = next;
-            }
+        let found = |name: &str| value.get_attr(name).ok().filter(|v| !v.is_undefined());
+        let (name, next) = match found(part) {
+            Some(next) => (part.to_string(), next),
             None => {
                 let keys = keys(&value);
-                let close = crate::error::did_you_mean(part, keys.iter().map(String::as_str))?;
-                done.push(close.to_string());
-                return Some(done.join("."));
+                let Some(close) = crate::error::did_you_mean(part, keys.iter().map(String::as_str))
+                else {
+                    // Nothing close below a corrected part: suggest what was corrected so far.
+                    return corrected.then(|| done.join("."));
+                };
+                corrected = true;
+                let next = found(close)?;
+                (close.to_string(), next)
             }
-        }
+        };
+        done.push(name);
+        value = next;
     }
-    None
+    corrected.then(|| done.join("."))
 }
 
 /// The map where a dotted name starts: the context itself, or the nearest nested map that
@@ -308,9 +387,14 @@ mod tests {
             host => context! { name => "n", data => context! { role => "r" } },
         };
         for (src, want) in [
-            ("{{ prot }}", "undefined value at `prot` (did you mean `port`?)"),
+            (
+                "{{ prot }}",
+                "undefined value at `prot` (did you mean `port`?)",
+            ),
             ("{{ x | uppper }}", "at `uppper` (did you mean `upper`?)"),
             ("{{ host.nmae }}", "(did you mean `host.name`?)"),
+            ("{{ hots.name }}", "(did you mean `host.name`?)"),
+            ("{{ hots.nmae }}", "(did you mean `host.name`?)"),
             ("{{ prot + 1 }}", "(did you mean `port`?)"),
             ("{% if prot %}{% endif %}", "(did you mean `port`?)"),
             ("{{ host.data.rol }}", "(did you mean `host.data.role`?)"),
@@ -320,7 +404,10 @@ mod tests {
             assert!(err.ends_with(want), "{src}: {err}");
             assert!(!err.contains("s3cret"), "{err}");
         }
-        let err = t.render_str("x", "{{ zzzzzz }}", &cx).unwrap_err().to_string();
+        let err = t
+            .render_str("x", "{{ zzzzzz }}", &cx)
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("did you mean"), "{err}");
     }
 

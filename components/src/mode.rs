@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 /// Permission bits (`0o7777` at most).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +92,9 @@ mod tests {
         let err = mode("\"64x\"").unwrap_err();
         assert!(err.starts_with("invalid mode `64x`"), "{err}");
         let err = mode("true").unwrap_err();
-        assert!(!err.contains("untagged") && !err.contains("variant"), "{err}");
+        assert!(
+            !err.contains("untagged") && !err.contains("variant"),
+            "{err}"
+        );
     }
 }
