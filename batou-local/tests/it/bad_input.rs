@@ -300,6 +300,11 @@ fn cases() -> Vec<Case> {
             .environment("../other/evil")
             .expect("invalid environment name `../other/evil`: it contains `/`")
             .expect("hint: an environment is named by its file `environments/<name>.toml`"),
+        case("bad environment name in a deployment repository that is a Cargo package", "[hosts.localhost]\n")
+            .file("Cargo.toml", "[package]\nname = \"shop\"\nversion = \"0.1.0\"\nedition = \"2024\"\n")
+            .file("src/main.rs", "fn main() {}\n")
+            .environment("../evil")
+            .expect("invalid environment name `../evil`: it contains `/`"),
         case("environment name through environments/", "[hosts.localhost]\n")
             .environment("dev/../dev")
             .expect("invalid environment name `dev/../dev`: it contains `/`"),
