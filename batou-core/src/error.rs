@@ -146,12 +146,12 @@ impl SourceText {
             Some(span) => self.place(span.start),
             None => Place::Path(self.path.clone()),
         };
-        if message == "duplicate key" {
-            if let Some(key) = span.and_then(|s| self.text.get(s)).map(key_at) {
-                return ConfigError::new(format!("duplicate key `{key}`"))
-                    .at(place)
-                    .hint("each key and table may be defined once; remove or rename one of them");
-            }
+        if message == "duplicate key"
+            && let Some(key) = span.and_then(|s| self.text.get(s)).map(key_at)
+        {
+            return ConfigError::new(format!("duplicate key `{key}`"))
+                .at(place)
+                .hint("each key and table may be defined once; remove or rename one of them");
         }
         let (message, suggestion) = humanize_serde(message);
         let mut e = ConfigError::new(message).at(place);
