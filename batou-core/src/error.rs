@@ -131,7 +131,7 @@ impl SourceText {
     pub(crate) fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let message = err.message().trim_end();
         let span = err.span();
-        if message == "recursion limit" {
+        if message == "recursion limit" || message.contains("max recursion depth") {
             let mut e = ConfigError::new(
                 "nested too deeply: keys and values may have at most 80 levels",
             )
@@ -320,6 +320,18 @@ mod tests {
         let e = src.toml_error(&err);
         assert!(e.message.starts_with("nested too deeply"), "{e}");
         assert_eq!(e.place.unwrap().to_string(), "e.toml:2:1");
+
+        let text: &'static str =
+            Box::leak(format!("a = 1\nx = {}{}\n", "[".repeat(200), "]".repeat(200)).into());
+        let src = SourceText {
+            path: "e.toml".into(),
+            text,
+            overlay: None,
+        };
+        let err = toml::de::DeTable::parse(text).err().unwrap();
+        let e = src.toml_error(&err);
+        assert!(e.message.starts_with("nested too deeply"), "{e}");
+        assert!(e.place.unwrap().to_string().starts_with("e.toml:2:"));
     }
 
     #[test]
