@@ -125,7 +125,7 @@ fn cases() -> Vec<Case> {
             .expect("invalid type: string \"many\", expected a non-negative integer in environments/dev.toml:2:8")
             .absent("usize"),
         case("negative jobs", "[environment]\njobs = -1\n[hosts.localhost]\n")
-            .expect("environments/dev.toml:2:8")
+            .expect("invalid value: integer `-1`, expected a non-negative integer in environments/dev.toml:2:8")
             .absent("usize"),
         case("unknown value of a setting", "[environment]\nconnect = \"sssh\"\n[hosts.localhost]\n")
             .expect("unknown value `sssh`, expected `ssh` or `local` in environments/dev.toml:2:11 (did you mean `ssh`?)"),
