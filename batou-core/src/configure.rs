@@ -136,30 +136,54 @@ impl<'a> Configure<'a> {
     /// The requiring root component is deployed after every provider. While nothing provides
     /// `key`, this fails and the plan configures this root component again later.
     pub fn require<T: DeserializeOwned>(&mut self, key: &str) -> anyhow::Result<Vec<T>> {
+        Ok(self
+            .require_from(key)?
+            .into_iter()
+            .map(|(_, value)| value)
+            .collect())
+    }
+
+    /// The values under `key` with the label of the step that provided each.
+    fn require_from<T: DeserializeOwned>(
+        &mut self,
+        key: &str,
+    ) -> anyhow::Result<Vec<(Option<&str>, T)>> {
         let values = self.resources.require(self.scope.step, key)?;
+        let fixed = self.resources.is_fixed();
         values
             .into_iter()
             .map(|(provider, value)| {
-                serde_json::from_value(value).with_context(|| {
-                    format!(
-                        "resource `{key}` provided by `{}` has an unexpected shape",
-                        self.scope.step_labels[provider]
-                    )
-                })
+                let label = self.scope.step_labels[provider].as_str();
+                let value = serde_json::from_value(value).with_context(|| {
+                    format!("resource `{key}` provided by `{label}` has an unexpected shape")
+                })?;
+                // On an agent, values come from the job and their providers are not known.
+                Ok(((!fixed).then_some(label), value))
             })
             .collect()
     }
 
-    /// The single value provided under `key`; several providers are an error.
+    /// The single value provided under `key`; several providers are an error naming them.
     pub fn require_one<T: DeserializeOwned>(&mut self, key: &str) -> anyhow::Result<T> {
-        let mut values = self.require::<T>(key)?;
+        let mut values = self.require_from::<T>(key)?;
         if values.len() != 1 {
+            let providers: Vec<String> = values
+                .iter()
+                .filter_map(|(label, _)| label.map(|l| format!("`{l}`")))
+                .collect();
+            if providers.is_empty() {
+                bail!(
+                    "resource `{key}` is provided {} times, expected once",
+                    values.len()
+                );
+            }
             bail!(
-                "resource `{key}` is provided {} times, expected once",
-                values.len()
+                "resource `{key}` is provided {} times, expected once: by {}",
+                values.len(),
+                providers.join(", ")
             );
         }
-        Ok(values.remove(0))
+        Ok(values.remove(0).1)
     }
 
     /// The template context: `host`, `environment`, `workdir` and `vars`' top-level keys.

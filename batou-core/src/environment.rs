@@ -110,7 +110,12 @@ struct FileShape {
     #[serde(default)]
     environment: Option<Settings>,
     #[serde(default)]
-    hosts: BTreeMap<String, HostShape>,
+    hosts: BTreeMap<Spanned<String>, HostShape>,
+    /// Taken out before deserializing (it keeps its spans); named here so that an unknown
+    /// table's error lists it among the valid ones.
+    #[serde(default)]
+    #[expect(dead_code, reason = "only its name is used, in error messages")]
+    components: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -120,18 +125,84 @@ struct HostShape {
     components: Vec<Spanned<String>>,
     #[serde(default)]
     data: BTreeMap<String, serde_json::Value>,
-    address: Option<String>,
-    port: Option<u16>,
-    user: Option<String>,
+    address: Option<Spanned<String>>,
+    port: Option<Spanned<i64>>,
+    user: Option<Spanned<String>>,
+}
+
+impl HostShape {
+    /// Address, port and user, checked: they end up on the `ssh` command line, so none may
+    /// look like an option or hold whitespace or control characters.
+    #[expect(
+        clippy::type_complexity,
+        reason = "a private triple, named where it is used"
+    )]
+    fn connection(
+        &self,
+        host: &str,
+        source: &SourceText,
+    ) -> Result<(Option<String>, Option<u16>, Option<String>), ConfigError> {
+        for (field, value) in [("address", &self.address), ("user", &self.user)] {
+            if let Some(value) = value {
+                check_word(&format!("`hosts.{host}.{field}`"), value.get_ref())
+                    .map_err(|e| e.at(source.place(value.span().start)))?;
+            }
+        }
+        let port = match &self.port {
+            None => None,
+            Some(port) => match u16::try_from(*port.get_ref()) {
+                Ok(p) if p > 0 => Some(p),
+                _ => {
+                    return Err(ConfigError::new(format!(
+                        "`hosts.{host}.port` is {}: a port must be between 1 and 65535",
+                        port.get_ref()
+                    ))
+                    .at(source.place(port.span().start)));
+                }
+            },
+        };
+        Ok((
+            self.address.as_ref().map(|a| a.get_ref().clone()),
+            port,
+            self.user.as_ref().map(|u| u.get_ref().clone()),
+        ))
+    }
+}
+
+/// Checks a host's `address` or `user`: not empty, no leading `-`, no whitespace or control
+/// characters.
+fn check_word(name: &str, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() {
+        return Err(ConfigError::new(format!("{name} is empty")));
+    }
+    if value.starts_with('-') {
+        return Err(
+            ConfigError::new(format!("{name} `{}` starts with `-`", value.escape_debug())).hint(
+                "ssh would read it as an option; a host name or address never starts with `-`",
+            ),
+        );
+    }
+    if let Some(c) = value.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::new(format!(
+            "{name} `{}` contains {}",
+            value.escape_debug(),
+            describe_char(c)
+        ))
+        .hint("a host name, address or user name has no whitespace or control characters"));
+    }
+    Ok(())
 }
 
 impl Environment {
     /// Loads `environments/<name>.toml` below `project_root` and checks it against `registry`.
+    ///
+    /// `name` must be a name (see [`check_name`]): it never reaches outside `environments/`.
     pub fn load(project_root: &Path, name: &str, registry: &Registry) -> Result<Self, ConfigError> {
+        check_name(name)?;
         let relative = format!("environments/{name}.toml");
         let path = project_root.join(&relative);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
+        let text = match std::fs::read(&path) {
+            Ok(bytes) => utf8(&relative, bytes)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let known = Self::list(project_root);
                 let mut err = ConfigError::new(format!(
@@ -205,7 +276,15 @@ impl Environment {
 
         let mut hosts = Vec::new();
         let mut reference_spans = BTreeMap::new();
-        for (host_name, shape) in shape.hosts {
+        for (host_key, shape) in shape.hosts {
+            let host_name = host_key.get_ref().clone();
+            if shape.address.is_none() {
+                // The name is the address ssh connects to.
+                check_word("host name", &host_name).map_err(|e| {
+                    e.at(source.place(host_key.span().start))
+                        .hint("without `address`, the host's name is its address")
+                })?;
+            }
             let mut names = Vec::new();
             for reference in &shape.components {
                 let component = reference.get_ref();
@@ -235,13 +314,14 @@ impl Environment {
                 );
                 names.push(component.clone());
             }
+            let (address, port, user) = shape.connection(&host_name, &source)?;
             hosts.push(Host {
                 name: host_name,
                 components: names,
                 data: shape.data,
-                address: shape.address,
-                port: shape.port,
-                user: shape.user,
+                address,
+                port,
+                user,
             });
         }
 
@@ -399,20 +479,109 @@ impl Environment {
     }
 
     /// The base directory as a controller plans with it for remote hosts: absolute paths as
-    /// they are, relative ones below `~` (each agent resolves `~` to its own home).
+    /// they are, relative ones (and `~/...`) below `~`, which each agent resolves to its own
+    /// home (see [`Plan::from_job`](crate::Plan::from_job)).
     pub fn remote_base_dir(&self) -> PathBuf {
-        let base = Path::new(&self.settings.base_dir);
-        if base.is_absolute() {
-            base.to_path_buf()
-        } else {
-            crate::paths::normalize(&Path::new("~").join(base))
-        }
+        planned_base_dir(&self.settings.base_dir)
     }
 
-    /// The resolved base directory for a run on this machine.
+    /// The resolved base directory for a run on this machine: relative to the project root,
+    /// `~/...` below this user's home.
     pub fn local_base_dir(&self, project_root: &Path) -> PathBuf {
-        crate::paths::resolve(project_root, Path::new(&self.settings.base_dir))
+        let base = &self.settings.base_dir;
+        if let (Some(rest), Some(home)) = (below_home(base), std::env::var_os("HOME")) {
+            return crate::paths::normalize(&Path::new(&home).join(rest));
+        }
+        crate::paths::resolve(project_root, Path::new(base))
     }
+}
+
+/// What `base_dir` names below a home directory: `~/x` and `~` explicitly, nothing else.
+fn below_home(base_dir: &str) -> Option<&str> {
+    if base_dir == "~" {
+        Some("")
+    } else {
+        base_dir.strip_prefix("~/")
+    }
+}
+
+/// The base directory a controller plans with: absolute as it is, anything else below `~`
+/// (`srv`, `~/srv` and `./srv` are all `~/srv`).
+pub(crate) fn planned_base_dir(base_dir: &str) -> PathBuf {
+    let relative = below_home(base_dir).unwrap_or(base_dir);
+    let path = Path::new(relative);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        crate::paths::normalize(&Path::new("~").join(path))
+    }
+}
+
+/// The base directory on a remote host whose home is `home`: absolute as it is, anything
+/// else (`srv`, `~/srv`) below `home`.
+pub fn host_base_dir(base_dir: &str, home: &Path) -> PathBuf {
+    let relative = below_home(base_dir).unwrap_or(base_dir);
+    let path = Path::new(relative);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        crate::paths::normalize(&home.join(path))
+    }
+}
+
+/// Checks that an environment name is a name: letters, digits, `.`, `_` and `-`, not starting
+/// with `.`, so that `environments/<name>.toml` and `secrets/<name>.age` stay in their
+/// directories.
+pub fn check_name(name: &str) -> Result<(), ConfigError> {
+    let bad = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')));
+    let problem = if name.is_empty() {
+        "is empty".to_string()
+    } else if let Some(c) = bad {
+        format!("contains {}", describe_char(c))
+    } else if name.starts_with('.') {
+        "starts with `.`".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::new(format!(
+        "invalid environment name `{}`: it {problem}",
+        name.escape_debug()
+    ))
+    .hint("an environment is named by its file `environments/<name>.toml`: letters, digits, `.`, `_` and `-`, not starting with `.`"))
+}
+
+/// A character as an error message names it: `/` in backticks, control characters and
+/// whitespace by their escape.
+fn describe_char(c: char) -> String {
+    if c.is_control() || c.is_whitespace() {
+        format!("the character `{}`", c.escape_default())
+    } else {
+        format!("`{c}`")
+    }
+}
+
+/// The text of a file that must be UTF-8, or an error placing its first invalid byte.
+pub(crate) fn utf8(path: &str, bytes: Vec<u8>) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let good = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let before = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let column = before[line_start..].chars().count() + 1;
+        ConfigError::new(format!(
+            "`{path}` is not UTF-8 text: invalid byte 0x{:02x}",
+            bytes[good]
+        ))
+        .at(Place::File {
+            path: path.to_string(),
+            line,
+            column,
+        })
+        .hint("save the file as UTF-8")
+    })
 }
 
 fn parse_components(
@@ -480,4 +649,137 @@ fn parse_components(
         );
     }
     Ok(defs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Environment, ConfigError> {
+        let mut registry = Registry::new();
+        registry.register::<Nothing>("nothing");
+        Environment::parse("dev", "environments/dev.toml", text.into(), &registry)
+    }
+
+    #[derive(Deserialize)]
+    struct Nothing {}
+
+    impl crate::Component for Nothing {
+        fn label(&self) -> String {
+            "Nothing".into()
+        }
+        fn verify(&self, _cx: &mut crate::Deploy) -> anyhow::Result<crate::Verdict> {
+            Ok(crate::Verdict::UpToDate)
+        }
+    }
+
+    #[test]
+    fn environment_names_are_names() {
+        for good in ["dev", "prod-1", "eu_west.2", "A"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for (bad, why) in [
+            ("../other/evil", "contains `/`"),
+            (".hidden", "starts with `.`"),
+            ("..", "starts with `.`"),
+            ("", "is empty"),
+            ("a b", "contains the character ` `"),
+            ("a\nb", "contains the character `\\n`"),
+            ("ü", "contains `ü`"),
+        ] {
+            let err = check_name(bad).unwrap_err();
+            assert!(err.message.ends_with(why), "{bad:?}: {err}");
+            assert!(err.hint.is_some());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("other")).unwrap();
+        std::fs::create_dir_all(dir.path().join("environments")).unwrap();
+        std::fs::write(dir.path().join("other/evil.toml"), "[hosts.localhost]\n").unwrap();
+        let err = Environment::load(dir.path(), "../other/evil", &Registry::new()).unwrap_err();
+        assert!(err.message.starts_with("invalid environment name"), "{err}");
+    }
+
+    #[test]
+    fn host_connection_values_are_checked_with_their_place() {
+        for (host, want) in [
+            (
+                "address = \"-oProxyCommand=x\"",
+                "`hosts.web1.address` `-oProxyCommand=x` starts with `-` in environments/dev.toml:2:11",
+            ),
+            (
+                "address = \"a b\"",
+                "`hosts.web1.address` `a b` contains the character ` ` in environments/dev.toml:2:11",
+            ),
+            (
+                "user = \"ro\\not\"",
+                "`hosts.web1.user` `ro\\not` contains the character `\\n` in environments/dev.toml:2:8",
+            ),
+            (
+                "user = \"\"",
+                "`hosts.web1.user` is empty in environments/dev.toml:2:8",
+            ),
+            (
+                "port = 0",
+                "`hosts.web1.port` is 0: a port must be between 1 and 65535 in environments/dev.toml:2:8",
+            ),
+            (
+                "port = 65536",
+                "`hosts.web1.port` is 65536: a port must be between 1 and 65535 in environments/dev.toml:2:8",
+            ),
+            (
+                "port = -22",
+                "`hosts.web1.port` is -22: a port must be between 1 and 65535 in environments/dev.toml:2:8",
+            ),
+        ] {
+            let err = parse(&format!("[hosts.web1]\n{host}\n")).unwrap_err();
+            assert_eq!(err.to_string(), want);
+        }
+        let err = parse("[hosts.\"-oX\"]\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "host name `-oX` starts with `-` in environments/dev.toml:1:8"
+        );
+        let env =
+            parse("[hosts.\"-oX\"]\naddress = \"10.0.0.1\"\nport = 2222\nuser = \"deploy\"\n")
+                .unwrap();
+        assert_eq!(env.hosts[0].port, Some(2222));
+    }
+
+    #[test]
+    fn unknown_tables_list_every_valid_one() {
+        let err = parse("[hostz.a]\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown field `hostz`, expected one of `environment`, `hosts`, `components` in environments/dev.toml:1:2 (did you mean `hosts`?)"
+        );
+    }
+
+    #[test]
+    fn non_utf8_files_name_the_first_bad_byte() {
+        let err = utf8(
+            "environments/dev.toml",
+            b"[hosts.a]\nx = \"\xc3\xa9\xff\"\n".to_vec(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`environments/dev.toml` is not UTF-8 text: invalid byte 0xff in environments/dev.toml:2:7"
+        );
+    }
+
+    #[test]
+    fn base_dirs_below_home() {
+        assert_eq!(planned_base_dir("srv"), Path::new("~/srv"));
+        assert_eq!(planned_base_dir("~/srv"), Path::new("~/srv"));
+        assert_eq!(planned_base_dir("."), Path::new("~"));
+        assert_eq!(planned_base_dir("~"), Path::new("~"));
+        assert_eq!(planned_base_dir("/srv"), Path::new("/srv"));
+        let home = Path::new("/home/d");
+        assert_eq!(host_base_dir("~/srv", home), Path::new("/home/d/srv"));
+        assert_eq!(host_base_dir("srv", home), Path::new("/home/d/srv"));
+        assert_eq!(host_base_dir("~", home), Path::new("/home/d"));
+        assert_eq!(host_base_dir("/srv", home), Path::new("/srv"));
+        // `~user` is not a home directory of ours: a relative name like any other.
+        assert_eq!(host_base_dir("~x/srv", home), Path::new("/home/d/~x/srv"));
+    }
 }

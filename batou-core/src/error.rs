@@ -125,15 +125,114 @@ impl SourceText {
         }
     }
 
-    /// A configuration error from a TOML parse or deserialize error, placed at its span.
+    /// A configuration error from a TOML parse or deserialize error, placed at its span,
+    /// with serde's wording made precise: the duplicate key named, a close name suggested
+    /// for an unknown one.
     pub(crate) fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
-        let message = err.message().trim_end().to_string();
-        let place = match err.span() {
+        let message = err.message().trim_end();
+        let span = err.span();
+        if message == "recursion limit" || message.contains("max recursion depth") {
+            let mut e = ConfigError::new(
+                "nested too deeply: keys and values may have at most 80 levels",
+            )
+            .hint("a dotted key or a nesting of arrays and tables this deep is never intended");
+            e = match span {
+                Some(span) => e.at(self.place(span.start)),
+                None => e.at(self.deepest_line()),
+            };
+            return e;
+        }
+        let place = match &span {
             Some(span) => self.place(span.start),
             None => Place::Path(self.path.clone()),
         };
-        ConfigError::new(message).at(place)
+        if message == "duplicate key"
+            && let Some(key) = span.and_then(|s| self.text.get(s)).map(key_at)
+        {
+            return ConfigError::new(format!("duplicate key `{key}`"))
+                .at(place)
+                .hint("each key and table may be defined once; remove or rename one of them");
+        }
+        let (message, suggestion) = humanize_serde(message);
+        let mut e = ConfigError::new(message).at(place);
+        if e.message.contains("leading zero") {
+            e = e.hint(
+                "TOML integers have no leading zeros; write an octal mode as 0o644 or \"0644\"",
+            );
+        }
+        e.suggestion = suggestion;
+        e
     }
+
+    /// The line (in this text, not an overlay) where keys or brackets nest the deepest.
+    fn deepest_line(&self) -> Place {
+        let mut best = (0, 0);
+        for (i, line) in self.text.lines().enumerate() {
+            let depth = line
+                .chars()
+                .filter(|c| matches!(c, '.' | '[' | '{'))
+                .count();
+            if depth > best.1 {
+                best = (i, depth);
+            }
+        }
+        Place::File {
+            path: self.path.clone(),
+            line: best.0 + 1,
+            column: 1,
+        }
+    }
+}
+
+/// The key that a span of TOML starts with: a bare or quoted key, up to `=`, `.` or `]`.
+fn key_at(text: &str) -> String {
+    let text = text.trim_start_matches(['[', ' ', '\t']);
+    if let Some(rest) = text.strip_prefix('"') {
+        return rest.split('"').next().unwrap_or_default().to_string();
+    }
+    if let Some(rest) = text.strip_prefix('\'') {
+        return rest.split('\'').next().unwrap_or_default().to_string();
+    }
+    text.split(['=', '.', ']', ' ', '\t', '\n'])
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// serde's messages in the words of an environment file, and a suggestion for an unknown
+/// name: `unknown field `x`, expected one of `a`, `b`` (and the same for variants, which
+/// a user knows as values).
+pub(crate) fn humanize_serde(message: &str) -> (String, Option<String>) {
+    let mut message = message.replace("unknown variant", "unknown value");
+    // Rust's integer type names mean nothing to someone writing TOML.
+    for (rust, words) in [
+        ("usize", "a non-negative integer"),
+        ("u64", "a non-negative integer"),
+        ("u32", "a non-negative integer"),
+        ("u16", "an integer between 0 and 65535"),
+        ("u8", "an integer between 0 and 255"),
+        ("i64", "an integer"),
+        ("i32", "an integer"),
+        ("f64", "a number"),
+    ] {
+        for pattern in [format!("expected {rust}"), format!("expected a {rust}")] {
+            if let Some(rest) = message.strip_suffix(pattern.as_str()) {
+                message = format!("{rest}expected {words}");
+            }
+        }
+    }
+    for prefix in ["unknown field `", "unknown value `"] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        let Some((word, expected)) = rest.split_once('`') else {
+            continue;
+        };
+        let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let suggestion = did_you_mean(word, candidates.iter().copied()).map(str::to_string);
+        return (message.clone(), suggestion);
+    }
+    (message, None)
 }
 
 /// The closest of `candidates` to `word`, when one is close enough to be a likely typo.
@@ -164,6 +263,75 @@ mod tests {
         assert_eq!(src.place(6).to_string(), "env.toml:2:1");
         // `=` after a two-byte character is the fourth character of line 2.
         assert_eq!(src.place(10).to_string(), "env.toml:2:4");
+    }
+
+    #[test]
+    fn serde_messages_get_suggestions_and_user_words() {
+        let (m, s) = humanize_serde("unknown field `contnet`, expected one of `path`, `content`");
+        assert_eq!(
+            m,
+            "unknown field `contnet`, expected one of `path`, `content`"
+        );
+        assert_eq!(s.as_deref(), Some("content"));
+        let (m, s) = humanize_serde("unknown variant `sssh`, expected `ssh` or `local`");
+        assert_eq!(m, "unknown value `sssh`, expected `ssh` or `local`");
+        assert_eq!(s.as_deref(), Some("ssh"));
+        let (_, s) = humanize_serde("unknown field `zzz`, expected `path`");
+        assert_eq!(s, None);
+        let (m, _) = humanize_serde("invalid type: string \"many\", expected usize");
+        assert_eq!(
+            m,
+            "invalid type: string \"many\", expected a non-negative integer"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_named() {
+        for (text, want) in [
+            (
+                "a = 1\nfoo = 1\nfoo = 2\n",
+                "duplicate key `foo` in e.toml:3:1",
+            ),
+            ("[hosts.h]\n[hosts.h]\n", "duplicate key `h` in e.toml:2:8"),
+            (
+                "\"x y\" = 1\n\"x y\" = 2\n",
+                "duplicate key `x y` in e.toml:2:1",
+            ),
+        ] {
+            let src = SourceText {
+                path: "e.toml".into(),
+                text,
+                overlay: None,
+            };
+            let err = toml::de::DeTable::parse(text).err().unwrap();
+            assert_eq!(src.toml_error(&err).to_string(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_too_deep_key_names_its_line() {
+        let text: &'static str = Box::leak(format!("a = 1\n{}b = 1\n", "a.".repeat(100)).into());
+        let src = SourceText {
+            path: "e.toml".into(),
+            text,
+            overlay: None,
+        };
+        let err = toml::de::DeTable::parse(text).err().unwrap();
+        let e = src.toml_error(&err);
+        assert!(e.message.starts_with("nested too deeply"), "{e}");
+        assert_eq!(e.place.unwrap().to_string(), "e.toml:2:1");
+
+        let text: &'static str =
+            Box::leak(format!("a = 1\nx = {}{}\n", "[".repeat(200), "]".repeat(200)).into());
+        let src = SourceText {
+            path: "e.toml".into(),
+            text,
+            overlay: None,
+        };
+        let err = toml::de::DeTable::parse(text).err().unwrap();
+        let e = src.toml_error(&err);
+        assert!(e.message.starts_with("nested too deeply"), "{e}");
+        assert!(e.place.unwrap().to_string().starts_with("e.toml:2:"));
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub use component::{Component, Verdict};
 pub use configure::{Configure, SubComponent};
 pub use deploy::Deploy;
 pub use engine::{ConvergeOptions, HostReport, RootOutcome, StepReport, converge, converge_step};
-pub use environment::{Connect, Environment, Host, Settings};
+pub use environment::{Connect, Environment, Host, Settings, check_name, host_base_dir};
 pub use error::{ConfigError, Place};
 pub use event::{Event, EventSink, HostSummary};
 pub use paths::{AllowedPaths, refuse_nul};

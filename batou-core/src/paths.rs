@@ -64,9 +64,11 @@ impl AllowedPaths {
 
 /// `path` made absolute against `base` and normalized without touching the file system.
 ///
-/// `..` is resolved lexically; it never climbs above `/`.
+/// `..` is resolved lexically; it never climbs above `/`. When `base` is below a home
+/// directory not yet known (`~/...`, as a controller plans for remote hosts), a `path` below
+/// `~` is anchored there too.
 pub(crate) fn resolve(base: &Path, path: &Path) -> PathBuf {
-    let joined = if path.is_absolute() {
+    let joined = if path.is_absolute() || (base.starts_with("~") && path.starts_with("~")) {
         path.to_path_buf()
     } else {
         base.join(path)

@@ -131,6 +131,7 @@ impl Plan {
                 });
             }
         }
+        check_unassigned(environment, registry, &templates)?;
         let allow_paths: Vec<String> = environment
             .settings
             .allow_paths
@@ -301,6 +302,19 @@ impl Plan {
         let project = Project::shipped(job.files.clone());
         let templates = Templates::new(project.clone());
         let secret_files = Arc::new(SecretFiles::new(job.secret_files.clone(), None));
+        // The controller rendered attributes with a relative base directory planned as
+        // `~/...`; this host knows where that is.
+        let home = HomeExpansion::new(&job.base_dir, base_dir);
+        let job_steps: Vec<JobStep> = job
+            .steps
+            .iter()
+            .map(|s| JobStep {
+                root: s.root.clone(),
+                type_name: s.type_name.clone(),
+                attributes: home.value(&s.attributes),
+                components: s.components.iter().map(|c| home.text(c)).collect(),
+            })
+            .collect();
         let host = Host {
             name: job.host.name.clone(),
             components: job.steps.iter().map(|s| s.root.clone()).collect(),
@@ -309,8 +323,7 @@ impl Plan {
             port: None,
             user: None,
         };
-        let slots: Vec<Slot> = job
-            .steps
+        let slots: Vec<Slot> = job_steps
             .iter()
             .map(|s| Slot {
                 host: &host,
@@ -358,7 +371,7 @@ impl Plan {
             secret_files,
             secret_values: Vec::new(),
         };
-        for (i, expected) in job.steps.iter().enumerate() {
+        for (i, expected) in job_steps.iter().enumerate() {
             let configured = plan.component_paths(i);
             if configured != expected.components {
                 return Err(ConfigError::new(format!(
@@ -409,6 +422,68 @@ impl Plan {
 
     pub(crate) fn step_mut(&mut self, step: usize) -> &mut Step {
         &mut self.steps[step]
+    }
+}
+
+/// Replaces the planned `~/...` base directory in rendered attribute strings with the real
+/// one, where it stands as a path: at the start of the string or after whitespace, `=`, `:`,
+/// `,`, a quote or `(`, and followed by `/`, the end, or one of those.
+struct HomeExpansion {
+    planned: Option<(String, String)>,
+}
+
+impl HomeExpansion {
+    fn new(job_base_dir: &str, real: &Path) -> Self {
+        let planned = crate::environment::planned_base_dir(job_base_dir);
+        let planned = planned.to_string_lossy();
+        let real = real.to_string_lossy();
+        HomeExpansion {
+            planned: (planned.starts_with('~') && planned != real)
+                .then(|| (planned.into_owned(), real.into_owned())),
+        }
+    }
+
+    fn text(&self, s: &str) -> String {
+        let Some((planned, real)) = &self.planned else {
+            return s.to_string();
+        };
+        let before = |c: char| c.is_whitespace() || "=:,'\"(".contains(c);
+        let after = |c: char| c == '/' || before(c) || ")".contains(c);
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        let mut prev: Option<char> = None;
+        while let Some(at) = rest.find(planned.as_str()) {
+            let head = &rest[..at];
+            let p = head.chars().next_back().or(prev);
+            let tail = &rest[at + planned.len()..];
+            out.push_str(head);
+            if p.is_none_or(before) && tail.chars().next().is_none_or(after) {
+                out.push_str(real);
+            } else {
+                out.push_str(planned);
+            }
+            prev = planned.chars().next_back();
+            rest = tail;
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn value(&self, v: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        if self.planned.is_none() {
+            return v.clone();
+        }
+        match v {
+            Value::String(s) => Value::String(self.text(s)),
+            Value::Array(items) => Value::Array(items.iter().map(|i| self.value(i)).collect()),
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), self.value(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
     }
 }
 
@@ -493,6 +568,7 @@ fn configure_slots(
                 let environment = cx
                     .source
                     .expect("TOML attributes come from an environment file");
+                check_decimal_modes(&value, environment, &slot.root)?;
                 render_value(&mut value, environment, scope, &slot.root)?;
                 Attributes::Toml(value)
             }
@@ -582,6 +658,107 @@ fn create(
             .hint("the agent must be the same deployment binary as the controller's")),
         },
     }
+}
+
+/// Checks the `[components.*]` tables that no host runs, so that their errors do not wait
+/// for the day a host lists them: decimal modes, the syntax of templated attributes, and the
+/// attributes against their type (with templated strings unrendered, since there is no host
+/// to render them for). `configure` does not run for them: it may depend on a host.
+fn check_unassigned(
+    environment: &Environment,
+    registry: &Registry,
+    templates: &Templates,
+) -> Result<(), ConfigError> {
+    for (name, def) in &environment.components {
+        if environment
+            .hosts
+            .iter()
+            .any(|h| h.components.contains(name))
+        {
+            continue;
+        }
+        let place = environment.source.place(def.attributes.span().start);
+        let unassigned = |mut e: ConfigError| {
+            e.message = format!("{} (`{name}` is not assigned to any host)", e.message);
+            e
+        };
+        check_decimal_modes(&def.attributes, environment, name).map_err(unassigned)?;
+        check_templates(&def.attributes, environment, templates, name).map_err(unassigned)?;
+        if let Err(err) = registry.create(&def.type_name, def.attributes.clone()) {
+            let mut e = environment.source.toml_error(&err);
+            e.message = format!("component `{name}`: {}", e.message);
+            if matches!(e.place.as_deref(), None | Some(Place::Path(_))) {
+                e = e.at(place);
+            }
+            return Err(unassigned(e));
+        }
+    }
+    Ok(())
+}
+
+/// Compiles every templated string attribute, without rendering it.
+fn check_templates(
+    value: &Spanned<DeValue<'static>>,
+    environment: &Environment,
+    templates: &Templates,
+    root: &str,
+) -> Result<(), ConfigError> {
+    match value.get_ref() {
+        DeValue::String(s) if is_template(s) => templates
+            .check_str(&format!("components.{root}"), s)
+            .map_err(|e| {
+                ConfigError::new(format!("invalid template in an attribute of `{root}`"))
+                    .at(environment.source.place(value.span().start))
+                    .caused_by(e)
+            }),
+        DeValue::Array(items) => items
+            .iter()
+            .try_for_each(|i| check_templates(i, environment, templates, root)),
+        DeValue::Table(table) => table
+            .iter()
+            .try_for_each(|(_, i)| check_templates(i, environment, templates, root)),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses `mode = 644`: a decimal TOML integer whose digits are all octal digits is an octal
+/// mode written without its `0o`, and would set surprising bits (644 is 0o1204). Applies to
+/// every attribute called `mode`, at any depth.
+fn check_decimal_modes(
+    value: &Spanned<DeValue<'static>>,
+    environment: &Environment,
+    root: &str,
+) -> Result<(), ConfigError> {
+    match value.get_ref() {
+        DeValue::Table(table) => {
+            for (key, item) in table.iter() {
+                if key.get_ref() == "mode"
+                    && let DeValue::Integer(int) = item.get_ref()
+                    && int.radix() == 10
+                {
+                    let digits = int.as_str().replace('_', "");
+                    if digits.len() > 1 && digits.chars().all(|c| ('0'..='7').contains(&c)) {
+                        let decimal: u64 = digits.parse().unwrap_or(0);
+                        return Err(ConfigError::new(format!(
+                            "component `{root}`: `mode = {digits}` is the decimal number {decimal} ({decimal:#o} in octal)"
+                        ))
+                        .at(environment.source.place(item.span().start))
+                        .hint(format!(
+                            "did you mean 0o{digits}? TOML integers are decimal: write octal modes as 0o{digits} or \"{digits:0>4}\""
+                        )));
+                    }
+                }
+                check_decimal_modes(item, environment, root)?;
+            }
+        }
+        DeValue::Array(items) => {
+            for item in items {
+                check_decimal_modes(item, environment, root)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Renders every string attribute that contains template syntax, in place.
@@ -823,6 +1000,9 @@ mod tests {
             for step in &self.steps {
                 if let Some(key) = step.strip_prefix("provide:") {
                     cx.provide(key, &cx.host().name.clone())?;
+                } else if let Some(key) = step.strip_prefix("require_one:") {
+                    let value: String = cx.require_one(key)?;
+                    self.seen.push(value);
                 } else if let Some(key) = step.strip_prefix("require:") {
                     let values: Vec<String> = cx.require(key)?;
                     self.seen.extend(values);
@@ -959,6 +1139,63 @@ steps = ["require:x", "provide:y"]
     }
 
     #[test]
+    fn require_one_with_several_providers_names_them() {
+        let err = plan(
+            r#"
+[hosts.a]
+components = ["db"]
+[hosts.b]
+components = ["db", "app"]
+[components.db]
+type = "node"
+steps = ["provide:database"]
+[components.app]
+type = "node"
+steps = ["require_one:database"]
+"#,
+        )
+        .err()
+        .unwrap();
+        let chain = format!("{:#}", anyhow::Error::from(err));
+        assert!(
+            chain.contains(
+                "resource `database` is provided 2 times, expected once: by `a: db`, `b: db`"
+            ),
+            "{chain}"
+        );
+    }
+
+    #[test]
+    fn components_no_host_runs_are_checked_too() {
+        let base = "[hosts.h]\ncomponents = [\"a\"]\n[components.a]\ntype = \"node\"\n[components.spare]\ntype = \"node\"\n";
+        assert!(plan(base).is_ok());
+        for (extra, want) in [
+            (
+                "stpes = []\n",
+                "component `spare`: unknown field `stpes`, expected one of `steps`, `password`, `secret_file` (`spare` is not assigned to any host) in environments/test.toml:7:1 (did you mean `steps`?)",
+            ),
+            (
+                "secret_file = \"{% if %}\"\n",
+                "invalid template in an attribute of `spare` (`spare` is not assigned to any host) in environments/test.toml:7:15",
+            ),
+            (
+                "[components.spare.x]\nmode = 755\n",
+                "component `spare`: `mode = 755` is the decimal number 755 (0o1363 in octal) (`spare` is not assigned to any host) in environments/test.toml:8:8",
+            ),
+        ] {
+            let err = plan(&format!("{base}{extra}")).err().expect(extra);
+            assert_eq!(err.to_string(), want);
+        }
+        // Templates that need a host are not rendered: no false error.
+        assert!(
+            plan(&format!(
+                "{base}secret_file = \"{{{{ host.data.role }}}}\"\n"
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn unsatisfied_names_who_requires_what() {
         let err = plan(
             "[hosts.h]\ncomponents = [\"a\"]\n[components.a]\ntype = \"node\"\nsteps = [\"require:db\"]\n",
@@ -1031,6 +1268,87 @@ steps = ["provide:database"]
         // The agent configures from what it received.
         let agent = Plan::from_job(&web, &registry, Path::new("/srv")).unwrap();
         assert_eq!(agent.component_paths(0), vec!["app > Workdir", "app"]);
+    }
+
+    /// A component whose label is its `path` attribute, like a file.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Labelled {
+        path: String,
+        #[serde(default)]
+        note: String,
+    }
+
+    impl Component for Labelled {
+        fn label(&self) -> String {
+            format!("Labelled('{}')", self.path)
+        }
+        fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+            if self.note == "leaf" {
+                return Ok(());
+            }
+            let resolved = cx.path(&self.path)?;
+            cx.add(Labelled {
+                path: resolved.display().to_string(),
+                note: "leaf".into(),
+            });
+            Ok(())
+        }
+        fn verify(&self, _cx: &mut crate::Deploy) -> anyhow::Result<Verdict> {
+            Ok(Verdict::UpToDate)
+        }
+    }
+
+    #[test]
+    fn the_agent_expands_the_planned_home_in_rendered_attributes() {
+        let mut registry = registry();
+        registry.register::<Labelled>("labelled");
+        for base_dir in ["srv", "~/srv", "./srv"] {
+            let toml = format!(
+                r#"
+[environment]
+base_dir = "{base_dir}"
+[hosts.web1]
+components = ["app"]
+[components.app]
+type = "labelled"
+path = "{{{{ workdir }}}}/app.conf"
+note = "root={{{{ environment.base_dir }}}} x=~/srvx y=a~/srv"
+"#
+            );
+            let env =
+                Environment::parse("test", "environments/test.toml", toml, &registry).unwrap();
+            let planned = env.remote_base_dir();
+            assert_eq!(planned, Path::new("~/srv"), "{base_dir}");
+            let plan =
+                Plan::build(&env, &registry, &Project::new("/nonexistent"), &planned).unwrap();
+            let job = plan.host_job("web1").unwrap();
+            assert_eq!(job.steps[0].attributes["path"], "~/srv/work/app/app.conf");
+            let real = crate::host_base_dir(&job.base_dir, Path::new("/home/deploy"));
+            assert_eq!(real, Path::new("/home/deploy/srv"));
+            assert_eq!(
+                job.steps[0].components[1],
+                "app > Labelled('~/srv/work/app/app.conf')"
+            );
+            let agent = Plan::from_job(&job, &registry, &real).unwrap();
+            assert_eq!(
+                agent.component_paths(0),
+                [
+                    "app > Workdir",
+                    "app > Labelled('/home/deploy/srv/work/app/app.conf')",
+                    "app"
+                ]
+            );
+            let Attributes::Json(attributes) = &agent.steps()[0].attributes else {
+                panic!("an agent's attributes are JSON");
+            };
+            assert_eq!(attributes["path"], "/home/deploy/srv/work/app/app.conf");
+            // Only the base directory as a path is expanded, not look-alikes.
+            assert_eq!(
+                attributes["note"],
+                "root=/home/deploy/srv x=~/srvx y=a~/srv"
+            );
+        }
     }
 
     #[test]

@@ -67,6 +67,11 @@ impl Resources {
     }
 
     /// Every value of `key` with its provider, recording that `step` consumed them.
+    /// Whether values are served from a job (on an agent) rather than from providers.
+    pub(crate) fn is_fixed(&self) -> bool {
+        self.fixed.is_some()
+    }
+
     pub(crate) fn require(
         &mut self,
         step: usize,

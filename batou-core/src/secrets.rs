@@ -685,9 +685,30 @@ pub fn load(
             return Err(ConfigError::new(format!("cannot read `{relative}`")).caused_by(e.into()));
         }
     };
+    check_age_format(&data, &relative)?;
     let identities = identities.load()?;
     let text = decrypt(&data, &relative, &identities)?;
     Secrets::parse(&relative, text).map(Some)
+}
+
+/// Refuses a file that is not age at all (neither binary nor armored), before any identity
+/// is looked for: a cleartext or empty file is a mistake, not damage.
+fn check_age_format(data: &[u8], path: &str) -> Result<(), ConfigError> {
+    const BINARY: &[u8] = b"age-encryption.org/";
+    const ARMOR: &[u8] = b"-----BEGIN AGE ENCRYPTED FILE-----";
+    let trimmed = data.trim_ascii_start();
+    if data.starts_with(BINARY) || trimmed.starts_with(ARMOR) {
+        return Ok(());
+    }
+    let what = if data.is_empty() {
+        "it is empty".to_string()
+    } else {
+        "it starts with neither `age-encryption.org/` nor `-----BEGIN AGE ENCRYPTED FILE-----`"
+            .to_string()
+    };
+    Err(ConfigError::new(format!("`{path}` is not an age-encrypted file: {what}"))
+        .at(Place::Path(path.to_string()))
+        .hint("create or rewrite it with `batou-remote secrets create <environment>` or `batou-remote secrets edit <environment>`; cleartext secrets do not belong in `secrets/`"))
 }
 
 #[cfg(test)]
@@ -734,6 +755,20 @@ mod tests {
             err.to_string().contains("damaged or was tampered with"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_file_that_is_not_age_says_so() {
+        for data in [&b""[..], b"[files]\nx = \"1\"\n", b"\x00\x01garbage"] {
+            let err = check_age_format(data, "secrets/dev.age").unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("`secrets/dev.age` is not an age-encrypted file"),
+                "{err}"
+            );
+        }
+        assert!(check_age_format(b"age-encryption.org/v1\n-> X25519", "s").is_ok());
+        assert!(check_age_format(b"\n-----BEGIN AGE ENCRYPTED FILE-----\n", "s").is_ok());
     }
 
     #[test]

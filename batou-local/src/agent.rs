@@ -381,14 +381,13 @@ fn chain(err: &anyhow::Error) -> Vec<String> {
     err.chain().map(|e| e.to_string()).collect()
 }
 
-/// The base directory on this host: relative paths are relative to `$HOME`.
+/// The base directory on this host: relative paths (and `~/...`) are relative to `$HOME`.
 fn resolve_base_dir(base_dir: &str) -> anyhow::Result<PathBuf> {
-    let path = Path::new(base_dir);
-    if path.is_absolute() {
-        return Ok(path.to_path_buf());
+    if Path::new(base_dir).is_absolute() {
+        return Ok(PathBuf::from(base_dir));
     }
     let home = std::env::var_os("HOME").context("`HOME` is not set on this host")?;
-    Ok(batou_core::normalize_path(&Path::new(&home).join(path)))
+    Ok(batou_core::host_base_dir(base_dir, Path::new(&home)))
 }
 
 enum LockError {

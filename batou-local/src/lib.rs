@@ -164,6 +164,8 @@ fn run_local(register: impl FnOnce(&mut Registry), stock: bool) -> ExitCode {
     let args = Args::parse();
     let json = args.json;
     let result = settings(args).and_then(|settings| {
+        // Before a hand-over builds anything: a bad name must end the run untouched.
+        batou_core::check_name(&settings.environment)?;
         if stock && std::env::var_os(handover::GUARD).is_none() {
             handover::hand_over_if_package(&settings.project)?;
         }

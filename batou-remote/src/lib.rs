@@ -187,6 +187,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
 /// The remote plan and the agent binary: the project's own binary when the deployment
 /// repository is a Cargo package, this binary otherwise.
 fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
+    // Before building the project's binary: a bad name must end the run untouched.
+    batou_core::check_name(&settings.environment)?;
     if let Some(binary) = batou_local::handover::build_if_package(&settings.project)? {
         let mut command = std::process::Command::new(&binary);
         command

@@ -21,7 +21,7 @@ pub use cluster::{Cluster, Host, INSTALL};
 pub use filters::snapshot_filters;
 /// Snapshot testing, re-exported for [`assert_output_snapshot!`].
 pub use insta;
-pub use project::{Outcome, Project, run_binary, snapshot};
+pub use project::{Outcome, Project, run_binary, run_binary_in, snapshot};
 
 use std::path::{Path, PathBuf};
 

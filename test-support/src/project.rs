@@ -38,9 +38,14 @@ impl Project {
 
     /// Writes a project file, creating its directories.
     pub fn file(&self, relative: &str, text: &str) -> &Self {
+        self.file_bytes(relative, text.as_bytes())
+    }
+
+    /// Writes a project file of any bytes, creating its directories.
+    pub fn file_bytes(&self, relative: &str, data: &[u8]) -> &Self {
         let path = self.path(relative);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
+        std::fs::write(path, data).unwrap();
         self
     }
 
@@ -95,6 +100,56 @@ pub fn run_binary(binary: impl AsRef<Path>, cwd: &Path, args: &[&str]) -> Outcom
         .output()
         .unwrap();
     Outcome::from(out)
+}
+
+/// Runs `binary` with `args` in `cwd` with `HOME` set to `home` and no identity from the
+/// environment; panics when it runs longer than `deadline` (after killing it).
+pub fn run_binary_in(
+    binary: &Path,
+    cwd: &Path,
+    home: &Path,
+    args: &[&std::ffi::OsStr],
+    deadline: std::time::Duration,
+) -> Outcome {
+    use std::io::Read;
+    let mut child = Command::new(binary)
+        .args(args)
+        .current_dir(cwd)
+        .env("HOME", home)
+        .env("RUST_BACKTRACE", "0")
+        .env_remove("BATOU_PROJECT_BINARY")
+        .env_remove("BATOU_IDENTITY")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            pipe.read_to_end(&mut out).unwrap();
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    };
+    let stdout = reader(Box::new(child.stdout.take().unwrap()));
+    let stderr = reader(Box::new(child.stderr.take().unwrap()));
+    let end = std::time::Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > end {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("`{}` ran longer than {deadline:?}", binary.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    Outcome {
+        code: status.code().unwrap_or(-1),
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
 
 impl From<std::process::Output> for Outcome {

@@ -1,5 +1,6 @@
 //! End-to-end tests: `batou-remote` against real sshd hosts on loopback.
 
+mod base_dir;
 mod confinement;
 mod deploy;
 mod example;
