@@ -36,6 +36,7 @@ mod engine;
 mod environment;
 mod error;
 mod event;
+pub mod journal;
 pub mod output;
 mod paths;
 mod plan;

@@ -8,7 +8,6 @@
 //! `finished` (or `aborted`) records to `<base_dir>/.batou/journal.jsonl`. Dry runs neither
 //! lock nor write anything.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -18,10 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use batou_core::journal::{DeployResult, JournalEntry, JournalRecord};
 use batou_core::protocol::{Controller, FromAgent, PROTOCOL_VERSION, Refusal, ToAgent};
 use batou_core::{ConvergeOptions, Event, EventSink, Plan, Registry, RootOutcome};
 use nix::fcntl::{Flock, FlockArg};
-use serde::Serialize;
 
 /// How often the agent says it is alive, so a controller can tell a busy agent from a dead one.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -265,7 +264,7 @@ fn session(
         controller: controller.clone(),
     });
     if let Some(j) = &journal {
-        j.append("started", &BTreeMap::new())?;
+        j.append(JournalEntry::Started)?;
     }
 
     let mut plan = match Plan::from_job(&job, registry, &base_dir) {
@@ -274,10 +273,7 @@ fn session(
             let e = anyhow::Error::new(e);
             refuse(out, Refusal::PlanMismatch, chain(&e), None);
             if let Some(j) = &journal {
-                j.append(
-                    "aborted",
-                    &BTreeMap::from([("error", serde_json::json!(chain(&e)))]),
-                )?;
+                j.append(JournalEntry::Aborted { error: chain(&e) })?;
             }
             return Ok(());
         }
@@ -324,15 +320,12 @@ fn session(
                 let report = batou_core::converge_step(&mut plan, step, options, &mut sink);
                 link.end_step();
                 if let Some(j) = &journal {
-                    j.append(
-                        "step",
-                        &BTreeMap::from([
-                            ("component", serde_json::json!(root)),
-                            ("outcome", serde_json::json!(report.outcome)),
-                            ("started", serde_json::json!(started)),
-                            ("changed", serde_json::json!(report.changed)),
-                        ]),
-                    )?;
+                    j.append(JournalEntry::Step {
+                        component: root.clone(),
+                        outcome: report.outcome,
+                        started,
+                        changed: report.changed.clone(),
+                    })?;
                 }
                 changed_components.extend(report.changed);
                 outcomes.push((root.clone(), report.outcome));
@@ -361,10 +354,9 @@ fn session(
     }
     // The controller went away mid-session.
     if let Some(j) = &journal {
-        j.append(
-            "aborted",
-            &BTreeMap::from([("error", serde_json::json!(["controller disconnected"]))]),
-        )?;
+        j.append(JournalEntry::Aborted {
+            error: vec!["controller disconnected".into()],
+        })?;
     }
     bail!("controller disconnected")
 }
@@ -477,35 +469,19 @@ struct Journal {
     controller: Controller,
 }
 
-#[derive(Serialize)]
-struct Record<'a> {
-    time: String,
-    record: &'a str,
-    environment: &'a str,
-    host: &'a str,
-    user: &'a str,
-    controller_host: &'a str,
-    pid: u32,
-    #[serde(flatten)]
-    extra: &'a BTreeMap<&'a str, serde_json::Value>,
-}
-
 impl Journal {
-    fn append(
-        &self,
-        record: &str,
-        extra: &BTreeMap<&str, serde_json::Value>,
-    ) -> anyhow::Result<()> {
-        let line = serde_json::to_string(&batou_core::redact::to_masked_json(&Record {
+    /// Appends one record, masked, and syncs it.
+    fn append(&self, entry: JournalEntry) -> anyhow::Result<()> {
+        let record = JournalRecord {
             time: now(),
-            record,
-            environment: &self.environment,
-            host: &self.host,
-            user: &self.controller.user,
-            controller_host: &self.controller.host,
+            environment: self.environment.clone(),
+            host: self.host.clone(),
+            user: self.controller.user.clone(),
+            controller_host: self.controller.host.clone(),
             pid: self.controller.pid,
-            extra,
-        }))?;
+            entry,
+        };
+        let line = serde_json::to_string(&batou_core::redact::to_masked_json(&record))?;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -522,32 +498,28 @@ impl Journal {
         outcomes: &[(String, RootOutcome)],
         changed: &[String],
     ) -> anyhow::Result<()> {
-        let of = |o: RootOutcome| -> serde_json::Value {
+        let of = |o: RootOutcome| -> Vec<String> {
             outcomes
                 .iter()
                 .filter(|(_, x)| *x == o)
                 .map(|(r, _)| r.clone())
-                .collect::<Vec<_>>()
-                .into()
+                .collect()
         };
         // A session can end without any step, when another host could not be prepared.
         let result = if outcomes.is_empty() {
-            "not_attempted"
+            DeployResult::NotAttempted
         } else if outcomes.iter().any(|(_, o)| *o == RootOutcome::Failed) {
-            "failed"
+            DeployResult::Failed
         } else {
-            "success"
+            DeployResult::Success
         };
-        self.append(
-            "finished",
-            &BTreeMap::from([
-                ("result", serde_json::json!(result)),
-                ("changed", of(RootOutcome::Changed)),
-                ("unchanged", of(RootOutcome::Unchanged)),
-                ("failed", of(RootOutcome::Failed)),
-                ("components_changed", serde_json::json!(changed)),
-            ]),
-        )
+        self.append(JournalEntry::Finished {
+            result,
+            changed: of(RootOutcome::Changed),
+            unchanged: of(RootOutcome::Unchanged),
+            failed: of(RootOutcome::Failed),
+            components_changed: changed.to_vec(),
+        })
     }
 }
 

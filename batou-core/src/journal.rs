@@ -1,0 +1,128 @@
+//! The host's deploy journal: one typed record per line of `<base_dir>/.batou/journal.jsonl`.
+//!
+//! The agent appends records ([`JournalRecord`]); the controller reads them back (the
+//! `--hosts` check, and later status and history) with the same types, so that neither side
+//! compares strings of the other's making.
+
+use serde::{Deserialize, Serialize};
+
+use crate::RootOutcome;
+
+/// One line of a host's journal: who deployed, and what happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalRecord {
+    /// RFC 3339 in UTC with nanoseconds: a host's records sort by it.
+    pub time: String,
+    pub environment: String,
+    pub host: String,
+    /// The controller's user, machine and process.
+    pub user: String,
+    pub controller_host: String,
+    pub pid: u32,
+    /// What happened; its kind is the `record` field.
+    #[serde(flatten)]
+    pub entry: JournalEntry,
+}
+
+/// What a journal record says happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum JournalEntry {
+    /// A deploy took the host's lock.
+    Started,
+    /// A root component converged (or failed).
+    Step {
+        component: String,
+        outcome: RootOutcome,
+        /// When the step started (the record's `time` is when it ended).
+        started: String,
+        /// The component paths that changed.
+        changed: Vec<String>,
+    },
+    /// The deploy ended normally; lists are root component names.
+    Finished {
+        result: DeployResult,
+        changed: Vec<String>,
+        unchanged: Vec<String>,
+        failed: Vec<String>,
+        /// Every component path that changed, in order.
+        components_changed: Vec<String>,
+    },
+    /// The deploy ended early: the agent's configure differed from the controller's, or the
+    /// controller disconnected.
+    Aborted { error: Vec<String> },
+}
+
+/// How a finished deploy went on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployResult {
+    /// Every step converged.
+    Success,
+    /// Some step failed.
+    Failed,
+    /// The session ended before any step ran (another host could not be prepared, or the
+    /// run was interrupted).
+    NotAttempted,
+}
+
+impl JournalRecord {
+    /// Parses one journal line; `None` for a line this version cannot read (a torn last
+    /// line, a record of a newer version).
+    pub fn parse(line: &str) -> Option<JournalRecord> {
+        serde_json::from_str(line).ok()
+    }
+
+    /// For a step record, the root component and whether it converged.
+    pub fn step(&self) -> Option<(&str, RootOutcome)> {
+        match &self.entry {
+            JournalEntry::Step {
+                component, outcome, ..
+            } => Some((component, *outcome)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_back_as_written_with_their_kind_in_record() {
+        let record = JournalRecord {
+            time: "2026-12-03T09:00:00.000000000Z".into(),
+            environment: "production".into(),
+            host: "web1".into(),
+            user: "alice".into(),
+            controller_host: "laptop".into(),
+            pid: 42,
+            entry: JournalEntry::Step {
+                component: "app".into(),
+                outcome: RootOutcome::Changed,
+                started: "2026-12-03T08:59:59.000000000Z".into(),
+                changed: vec!["app > File('app.toml')".into()],
+            },
+        };
+        let line = serde_json::to_string(&record).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["record"], "step");
+        assert_eq!(value["outcome"], "changed");
+        assert_eq!(JournalRecord::parse(&line), Some(record.clone()));
+        assert_eq!(record.step(), Some(("app", RootOutcome::Changed)));
+        assert_eq!(JournalRecord::parse("{\"record\":\"step\""), None);
+    }
+
+    #[test]
+    fn finished_records_carry_their_result() {
+        let line = r#"{"time":"t","environment":"e","host":"h","user":"u","controller_host":"c","pid":1,"record":"finished","result":"not_attempted","changed":[],"unchanged":[],"failed":[],"components_changed":[]}"#;
+        let record = JournalRecord::parse(line).unwrap();
+        assert!(matches!(
+            record.entry,
+            JournalEntry::Finished {
+                result: DeployResult::NotAttempted,
+                ..
+            }
+        ));
+    }
+}
