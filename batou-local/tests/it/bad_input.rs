@@ -1,9 +1,16 @@
 //! The bad-input corpus: each case is refused by both binaries with its exit code, message and
-//! place, and writes nothing anywhere (project, base directory and its parent, home, `/tmp`).
+//! place, and writes nothing anywhere (project, base directory and its parent, home, `/tmp`,
+//! the directory outside the project that a case's symlinks point to), and the content of the
+//! file outside the project appears in no output.
 //!
 //! A case is built with [`case`] and its builder methods; add a case by appending one to
 //! [`cases`]. `batou-remote` runs with an ssh_config that sends every host to 127.0.0.1 port 9,
 //! where nothing listens: a configuration error must end the run before any connection.
+//!
+//! Every case's stderr is pinned in one snapshot per binary (`snapshots/bad_input_*.snap`, one
+//! block per case in the table's order), so that a change in any message shows in review;
+//! accept a deliberate change with `INSTA_UPDATE=always cargo test -p batou-local --test it
+//! bad_input` and read the diff.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -20,13 +27,27 @@ enum Binary {
 }
 
 /// Text that no error may ever show: serde's internal names, panics.
-const NEVER: &[&str] = &["untagged", "variant", "Raw", "panicked", "RUST_BACKTRACE"];
+const NEVER: &[&str] = &[
+    "untagged",
+    "variant",
+    "Raw",
+    "panicked",
+    "RUST_BACKTRACE",
+    CANARY,
+];
+
+/// Content of `secret` in the directory outside the project that a case's symlinks may point
+/// to: it must appear in no output.
+const CANARY: &str = "outside-canary-corpus-7f3e21";
 
 struct Case {
     name: &'static str,
     /// `environments/dev.toml`.
     env: Vec<u8>,
     files: Vec<(&'static str, Vec<u8>)>,
+    /// Symlinks in the project: path and target, where `{outside}` in the target stands for
+    /// a directory outside the project holding `secret` with [`CANARY`].
+    symlinks: Vec<(&'static str, &'static str)>,
     /// The environment argument.
     environment: &'static str,
     /// Arguments after the environment.
@@ -45,6 +66,7 @@ fn case(name: &'static str, env: impl Into<Vec<u8>>) -> Case {
         name,
         env: env.into(),
         files: Vec::new(),
+        symlinks: Vec::new(),
         environment: "dev",
         args: Vec::new(),
         code: 3,
@@ -57,6 +79,11 @@ fn case(name: &'static str, env: impl Into<Vec<u8>>) -> Case {
 impl Case {
     fn file(mut self, path: &'static str, data: impl Into<Vec<u8>>) -> Self {
         self.files.push((path, data.into()));
+        self
+    }
+    /// A symlink `path` in the project to `target` (`{outside}` is replaced, see [`Case`]).
+    fn symlink(mut self, path: &'static str, target: &'static str) -> Self {
+        self.symlinks.push((path, target));
         self
     }
     fn environment(mut self, name: &'static str) -> Self {
@@ -111,6 +138,25 @@ type = "file"
 fn spare(lines: &str) -> String {
     format!("{}[components.spare]\n{lines}", motd("content = \"x\"\n"))
 }
+
+/// A host running `job`, a command component (lines 4 and 5), followed by `job`'s attributes
+/// from line 6.
+fn job(attributes: &str) -> String {
+    format!(
+        "[hosts.localhost]\ncomponents = [\"job\"]\n\n[components.job]\ntype = \"command\"\n{attributes}\n"
+    )
+}
+
+/// A host running `c`, a component of type `kind` (line 5), followed by `c`'s attributes
+/// from line 6.
+fn one(kind: &str, attributes: &str) -> String {
+    format!(
+        "[hosts.localhost]\ncomponents = [\"c\"]\n\n[components.c]\ntype = \"{kind}\"\n{attributes}\n"
+    )
+}
+
+/// Where a case's symlinks may point: a file outside the project holding [`CANARY`].
+const OUTSIDE_SECRET: &str = "{outside}/secret";
 
 fn cases() -> Vec<Case> {
     vec![
@@ -344,6 +390,120 @@ fn cases() -> Vec<Case> {
             .args(&["--hosts", "localhots"])
             .only(Binary::Remote)
             .expect("unknown host `localhots` in `--hosts` for environment `dev` (did you mean `localhost`?)"),
+        // Commands: values no program can receive.
+        case("NUL byte in argv", job("argv = [\"echo\", \"a\\u0000b\"]\ncreates = \"x\""))
+            .expect("error: cannot configure `job` in host `localhost`, component `job`")
+            .expect("caused by: `argv` element 2 contains a NUL byte, which no command can receive"),
+        case("NUL byte in unless", job("argv = [\"true\"]\nunless = [\"test\", \"-e\", \"a\\u0000b\"]"))
+            .expect("error: cannot configure `job` in host `localhost`, component `job`")
+            .expect("caused by: `unless` element 3 contains a NUL byte, which no command can receive"),
+        case("NUL byte in creates", job("argv = [\"true\"]\ncreates = \"a\\u0000b\""))
+            .expect("error: cannot configure `job` in host `localhost`, component `job`")
+            .expect("caused by: `creates` contains a NUL byte, which no command can receive"),
+        case("NUL byte in cwd", job("argv = [\"true\"]\ncreates = \"x\"\ncwd = \"a\\u0000b\""))
+            .expect("error: cannot configure `job` in host `localhost`, component `job`")
+            .expect("caused by: `cwd` contains a NUL byte, which no command can receive"),
+        case("NUL byte in an env value", job("argv = [\"true\"]\ncreates = \"x\"\nenv = { GREETING = \"a\\u0000b\" }"))
+            .expect("error: cannot configure `job` in host `localhost`, component `job`")
+            .expect("caused by: `env` value of `GREETING` contains a NUL byte, which no command can receive"),
+        // Not `A\0B`: the snapshot filters would read `0B` as a size.
+        case("NUL byte in an env key", job("argv = [\"true\"]\ncreates = \"x\"\nenv = { \"K\\u0000EY\" = \"x\" }"))
+            .expect("error: cannot configure `job` in host `localhost`, component `job`")
+            .expect("caused by: `env` key \"K\\0EY\" contains a NUL byte, which no command can receive"),
+        case("env key with =", job("argv = [\"true\"]\ncreates = \"x\"\nenv = { \"A=B\" = \"x\" }"))
+            .expect("error: cannot configure `job` in host `localhost`, component `job`")
+            .expect("caused by: `env` key \"A=B\" is not a variable name: it must be non-empty and must not contain `=`"),
+        case("empty env key", job("argv = [\"true\"]\ncreates = \"x\"\nenv = { \"\" = \"x\" }"))
+            .expect("error: cannot configure `job` in host `localhost`, component `job`")
+            .expect("caused by: `env` key \"\" is not a variable name: it must be non-empty and must not contain `=`"),
+        // Paths, link targets and names no host accepts.
+        case("NUL byte in a file's path", one("file", "path = \"a\\u0000b\"\ncontent = \"x\""))
+            .expect("error: cannot configure `c` in host `localhost`, component `c`")
+            .expect("caused by: `path` contains a NUL byte (`a\\0b`), which no host accepts"),
+        case("NUL byte in a directory's path", one("directory", "path = \"d\\u0000\""))
+            .expect("error: cannot configure `c` in host `localhost`, component `c`")
+            .expect("caused by: `path` contains a NUL byte (`d\\0`), which no host accepts"),
+        case("NUL byte in a symlink's path", one("symlink", "path = \"l\\u0000\"\ntarget = \"t\""))
+            .expect("error: cannot configure `c` in host `localhost`, component `c`")
+            .expect("caused by: `path` contains a NUL byte (`l\\0`), which no host accepts"),
+        case("NUL byte in a symlink's target", one("symlink", "path = \"l\"\ntarget = \"t\\u0000\""))
+            .expect("error: cannot configure `c` in host `localhost`, component `c`")
+            .expect("caused by: `target` contains a NUL byte (`t\\0`), which no host accepts"),
+        case("NUL byte in an owner", one("file", "path = \"a\"\ncontent = \"x\"\nowner = \"ro\\u0000ot\""))
+            .expect("error: cannot configure `c` in host `localhost`, component `c`")
+            .expect("caused by: `owner` contains a NUL byte (`ro\\0ot`), which no host accepts"),
+        case("NUL byte in a group", one("file", "path = \"a\"\ncontent = \"x\"\ngroup = \"ro\\u0000ot\""))
+            .expect("error: cannot configure `c` in host `localhost`, component `c`")
+            .expect("caused by: `group` contains a NUL byte (`ro\\0ot`), which no host accepts"),
+        case("NUL byte in a source file name", one("file", "path = \"a\"\nsource = \"a\\u0000b\""))
+            .file("a", "a\n")
+            .expect("error: cannot configure `c` in host `localhost`, component `c`")
+            .expect("caused by: `project file` contains a NUL byte (`a\\0b`), which no host accepts"),
+        case("NUL byte in a template file name", one("file", "path = \"a\"\ntemplate = \"a\\u0000b\""))
+            .file("a", "a\n")
+            .expect("error: cannot configure `c` in host `localhost`, component `c`")
+            .expect("`project file` contains a NUL byte (`a\\0b`), which no host accepts"),
+        case("NUL byte in a synced tree's source", one("directory", "path = \"d\"\nsource = \"t\\u0000\""))
+            .file("t/a", "a\n")
+            .expect("error: cannot configure `c` in host `localhost`, component `c`")
+            .expect("caused by: `project file` contains a NUL byte (`t\\0`), which no host accepts"),
+        // A file needs content.
+        case("file without content", motd(""))
+            .expect("error: component `motd`: a file needs one of `content`, `template`, `source` and `secret`; write `content = \"\"` for an empty file in environments/dev.toml:4:1"),
+        case("file with a mode but without content", motd("mode = 0o600\n"))
+            .expect("a file needs one of `content`, `template`, `source` and `secret`; write `content = \"\"` for an empty file in environments/dev.toml:4:1"),
+        case("file without content that no host runs", spare("type = \"file\"\npath = \"x\"\n"))
+            .expect("a file needs one of `content`, `template`, `source` and `secret`")
+            .expect("in environments/dev.toml:8:1"),
+        // Project files are confined by their resolved path.
+        case("source that is a symlink out of the project", motd("source = \"link\"\n"))
+            .symlink("link", OUTSIDE_SECRET)
+            .expect("error: cannot configure `motd` in host `localhost`, component `motd`")
+            .expect("caused by: project file `link` lies outside the project: it resolves to `/tmp/")
+            .expect("` through a symlink"),
+        case("template that is a symlink out of the project", motd("template = \"link\"\n"))
+            .symlink("link", OUTSIDE_SECRET)
+            .expect("error: cannot configure `motd` in host `localhost`, component `motd`")
+            .expect("project file `link` lies outside the project: it resolves to `/tmp/"),
+        case("include of a symlink out of the project", motd("template = \"t.j2\"\n"))
+            .file("t.j2", "{% include \"link\" %}\n")
+            .symlink("link", OUTSIDE_SECRET)
+            .expect("in host `localhost`, component `motd`")
+            .expect("project file `link` lies outside the project: it resolves to `/tmp/"),
+        case("import of a symlink out of the project", motd("template = \"t.j2\"\n"))
+            .file("t.j2", "{% import \"link\" as m %}{{ m.x }}\n")
+            .symlink("link", OUTSIDE_SECRET)
+            .expect("in host `localhost`, component `motd`")
+            .expect("project file `link` lies outside the project: it resolves to `/tmp/"),
+        case("include ignore missing of a symlink out of the project", motd("template = \"t.j2\"\n"))
+            .file("t.j2", "{% include \"link\" ignore missing %}\n")
+            .symlink("link", OUTSIDE_SECRET)
+            .expect("in host `localhost`, component `motd`")
+            .expect("project file `link` lies outside the project: it resolves to `/tmp/"),
+        case("source below a symlinked directory out of the project", motd("source = \"files/secret\"\n"))
+            .symlink("files", "{outside}")
+            .expect("in host `localhost`, component `motd`")
+            .expect("project file `files/secret` lies outside the project: it resolves to `/tmp/"),
+        case("source through a chain of symlinks out of the project", motd("source = \"link\"\n"))
+            .symlink("link", "link2")
+            .symlink("link2", OUTSIDE_SECRET)
+            .expect("in host `localhost`, component `motd`")
+            .expect("project file `link` lies outside the project: it resolves to `/tmp/"),
+        case("synced tree that is a symlink out of the project", one("directory", "path = \"htdocs\"\nsource = \"tree\""))
+            .symlink("tree", "{outside}")
+            .expect("error: cannot configure `c` in host `localhost`, component `c`")
+            .expect("project file `tree` lies outside the project: it resolves to `/tmp/"),
+        case("include of a path outside the project", motd("template = \"t.j2\"\n"))
+            .file("t.j2", "{% include \"../../etc/passwd\" %}\n")
+            .expect("in host `localhost`, component `motd`")
+            .expect("project file `../../etc/passwd` lies outside the project")
+            .absent("not found")
+            .absent("non-existing")
+            .absent("root:x:0:0"),
+        case("absolute source outside the project", motd("source = \"/etc/passwd\"\n"))
+            .expect("in host `localhost`, component `motd`")
+            .expect("project file `/etc/passwd` lies outside the project")
+            .absent("root:x:0:0"),
     ]
 }
 
@@ -361,8 +521,9 @@ fn tmp_entries() -> BTreeSet<PathBuf> {
         .collect()
 }
 
-/// Runs one case with one binary; the failure's description, if any.
-fn run_case(case: &Case, binary: Binary, path: &Path) -> Result<(), String> {
+/// Runs one case with one binary: its snapshot block (name, exit code, stderr), or the
+/// failure's description.
+fn run_case(case: &Case, binary: Binary, path: &Path) -> Result<String, String> {
     let p = Project::new();
     p.file_bytes("environments/dev.toml", &case.env);
     for (file, data) in &case.files {
@@ -372,6 +533,13 @@ fn run_case(case: &Case, binary: Binary, path: &Path) -> Result<(), String> {
         .prefix("batou-it-outside")
         .tempdir()
         .unwrap();
+    std::fs::write(outside.path().join("secret"), CANARY).unwrap();
+    for (link, target) in &case.symlinks {
+        let target = target.replace("{outside}", &outside.path().to_string_lossy());
+        let link = p.path(link);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, link).unwrap();
+    }
     let home = outside.path().join("home");
     std::fs::create_dir(&home).unwrap();
     let ssh_config = outside.path().join("ssh_config");
@@ -396,6 +564,7 @@ fn run_case(case: &Case, binary: Binary, path: &Path) -> Result<(), String> {
         attempts += 1;
         let project_before = snapshot(p.root());
         let home_before = snapshot(&home);
+        let outside_before = snapshot(outside.path());
         let tmp_before = tmp_entries();
         let out = run_binary_in(path, p.root(), &home, &args, Duration::from_secs(60));
         let new_tmp: Vec<PathBuf> = tmp_entries().difference(&tmp_before).cloned().collect();
@@ -419,6 +588,8 @@ fn run_case(case: &Case, binary: Binary, path: &Path) -> Result<(), String> {
         }
         if snapshot(&home) != home_before {
             problems.push("the home directory (the remote base directory) changed".into());
+        } else if snapshot(outside.path()) != outside_before {
+            problems.push("the directory outside the project changed".into());
         }
         if !out.stdout.is_empty() {
             problems.push(format!("stdout is not empty: {}", out.stdout));
@@ -430,7 +601,10 @@ fn run_case(case: &Case, binary: Binary, path: &Path) -> Result<(), String> {
             problems.push(format!("new entries in /tmp: {new_tmp:?}"));
         }
         if problems.is_empty() {
-            return Ok(());
+            return Ok(format!(
+                "### {}\nexit {}\n{}",
+                case.name, out.code, out.stderr
+            ));
         }
         return Err(format!(
             "case `{}` with {binary:?}: {}\n--- stderr ---\n{}",
@@ -441,18 +615,24 @@ fn run_case(case: &Case, binary: Binary, path: &Path) -> Result<(), String> {
     }
 }
 
-fn run_corpus(binary: Binary, path: &Path) {
+/// Runs every case for `binary`, then compares their messages with the snapshot
+/// `snapshots/<snapshot_name>.snap`, one block per case in the table's order.
+fn run_corpus(binary: Binary, path: &Path, snapshot_name: &str) {
     let cases = cases();
     let mut names = BTreeSet::new();
     for case in &cases {
         assert!(names.insert(case.name), "two cases called `{}`", case.name);
     }
-    let failures: Vec<String> = cases
-        .iter()
-        .filter(|c| c.binaries.contains(&binary))
-        .filter_map(|c| run_case(c, binary, path).err())
-        .collect();
+    let mut blocks = Vec::new();
+    let mut failures = Vec::new();
+    for case in cases.iter().filter(|c| c.binaries.contains(&binary)) {
+        match run_case(case, binary, path) {
+            Ok(block) => blocks.push(block),
+            Err(failure) => failures.push(failure),
+        }
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    batou_test_support::assert_output_snapshot!(snapshot_name, blocks.join("\n"));
 }
 
 #[test]
@@ -469,12 +649,20 @@ fn the_corpus_is_large_enough() {
 
 #[test]
 fn bad_input_is_refused_by_batou_local_with_its_place_and_touches_nothing() {
-    run_corpus(Binary::Local, Path::new(env!("CARGO_BIN_EXE_batou-local")));
+    run_corpus(
+        Binary::Local,
+        Path::new(env!("CARGO_BIN_EXE_batou-local")),
+        "bad_input_batou_local",
+    );
 }
 
 #[test]
 fn bad_input_is_refused_by_batou_remote_with_its_place_and_touches_nothing() {
-    run_corpus(Binary::Remote, &workspace_binary("batou-remote"));
+    run_corpus(
+        Binary::Remote,
+        &workspace_binary("batou-remote"),
+        "bad_input_batou_remote",
+    );
 }
 
 #[test]
