@@ -85,6 +85,10 @@ impl HumanOutput<Vec<u8>> {
                 component,
                 reason,
             } => self.lines(&host, &format!("skipped {component}: {reason}")),
+            Event::Interrupted { host, not_started } => self.lines(
+                &host,
+                &format!("interrupted: not started: {}", not_started.join(", ")),
+            ),
             Event::HostFailed {
                 host,
                 status,

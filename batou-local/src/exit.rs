@@ -23,6 +23,8 @@ pub enum Exit {
     Timeout = 6,
     /// A host could not be reached.
     Unreachable = 7,
+    /// The run was interrupted (SIGINT or SIGTERM) and stopped before it was done.
+    Interrupted = 130,
 }
 
 impl Exit {
@@ -46,15 +48,18 @@ impl Exit {
             Exit::LockHeld => "lock_held",
             Exit::Timeout => "timeout",
             Exit::Unreachable => "unreachable",
+            Exit::Interrupted => "interrupted",
         }
     }
 
     /// Which of two exit statuses a run with both ends with: the one a person must look at
-    /// first (unknown state, then failures, then refusals, then unreachable hosts).
+    /// first (unknown state, then an interrupt, then failures, then refusals, then
+    /// unreachable hosts).
     pub fn worst(self, other: Exit) -> Exit {
         fn rank(e: Exit) -> u8 {
             match e {
-                Exit::Timeout => 7,
+                Exit::Timeout => 8,
+                Exit::Interrupted => 7,
                 Exit::DeployFailed => 6,
                 Exit::InvalidConfiguration => 5,
                 Exit::HostKeyOrAuthRefused => 4,

@@ -138,8 +138,10 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
                 connect_timeout: whole_seconds(seconds(args.connect_timeout, "connect-timeout")?),
                 keepalive: whole_seconds(seconds(args.keepalive, "keepalive")?),
                 control_dir: PathBuf::new(),
+                masters: ssh::Masters::default(),
             },
             hosts,
+            interrupt: schedule::Interrupt::default(),
         },
     })
 }
@@ -155,9 +157,26 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     check_hosts(&plan, settings)?;
     let mut options = settings.deploy.clone();
     options.jobs = settings.jobs.unwrap_or(plan.jobs).max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // From here on a signal no longer kills the process: the first one stops the run in
+    // order, the second one at once (see `watch_signals`).
+    let signals = {
+        let _enter = runtime.enter();
+        Signals::new().context("cannot handle SIGINT and SIGTERM")?
+    };
     let control_dir =
         ssh::control_dir().context("cannot create a directory for SSH control sockets")?;
     options.ssh.control_dir = control_dir.path().to_path_buf();
+    runtime.spawn(watch_signals(
+        signals,
+        options.interrupt.clone(),
+        options.ssh.masters.clone(),
+        control_dir.path().to_path_buf(),
+    ));
     let agent = Arc::new(AgentBinary::new(&agent_path)?);
     let controller = controller();
     let mut sink: Box<dyn EventSink + Send> = if settings.json {
@@ -165,11 +184,6 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     } else {
         Box::new(HumanOutput::new(std::io::stderr()))
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     runtime.block_on(schedule::check_excluded_dependencies(&plan, &options))?;
     let report = runtime.block_on(schedule::deploy(
         &plan,
@@ -178,9 +192,54 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
         &options,
         sink.as_mut(),
     ));
-    // Sessions are closed; do not wait for stray tasks.
+    // Sessions are closed; do not wait for stray tasks, and end any master left over.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    options.ssh.masters.terminate_all();
+    drop(control_dir);
     Ok(report.exit)
+}
+
+/// The signals that stop a run: SIGINT (Ctrl-C) and SIGTERM.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// The first signal stops the run after the running steps; the second ends the process at
+/// once, still ending the master connections and removing the control directory.
+async fn watch_signals(
+    mut signals: Signals,
+    interrupt: schedule::Interrupt,
+    masters: ssh::Masters,
+    control_dir: PathBuf,
+) {
+    let first = signals.next().await;
+    interrupt.raise();
+    eprintln!(
+        "{first}: no further step starts; running steps finish first (send it again to stop at once)"
+    );
+    let second = signals.next().await;
+    eprintln!("{second} again: stopping at once; the hosts' state is unknown");
+    masters.terminate_all();
+    let _ = std::fs::remove_dir_all(&control_dir);
+    std::process::exit(i32::from(Exit::Interrupted as u8));
 }
 
 /// The remote plan and the agent binary: the project's own binary when the deployment
@@ -232,8 +291,19 @@ fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
     Ok((plan, me))
 }
 
-/// `--hosts` must name hosts of the plan.
+/// The plan must have hosts, and `--hosts` must name hosts of the plan.
 fn check_hosts(plan: &RemotePlan, settings: &Settings) -> Result<(), ConfigError> {
+    if plan.hosts.is_empty() {
+        // The same error as `batou-local`'s.
+        return Err(
+            ConfigError::new(format!("environment `{}` has no hosts", plan.environment))
+                .at(batou_core::Place::Path(format!(
+                    "environments/{}.toml",
+                    plan.environment
+                )))
+                .hint("add a `[hosts.<name>]` table with `components = [...]`"),
+        );
+    }
     let Some(hosts) = &settings.hosts else {
         return Ok(());
     };

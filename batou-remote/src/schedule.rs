@@ -5,15 +5,21 @@
 //! that cannot be reached or is locked stops the run before anything changed (unless
 //! `keep_going`). After a failure no new step starts; with `keep_going` every step that does
 //! not depend on the failure still runs.
+//!
+//! An [`Interrupt`] (the first SIGINT or SIGTERM) works like a failure that nothing depends
+//! on: no new step starts, every agent finishes the step it is running (for at most the
+//! agent timeout), and every session ends with `finish`, so that journals are complete and
+//! locks released. The hosts left with steps not run are reported as `interrupted`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use batou_core::protocol::{Controller, HostJob, RemoteHost, RemotePlan};
 use batou_core::{Event, EventSink, HostSummary, RootOutcome};
 use batou_local::Exit;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::agent::{AgentBinary, AgentSession, SessionError, ensure_agent};
 use crate::ssh::{self, ConnectError, SshOptions};
@@ -30,6 +36,36 @@ pub struct DeployOptions {
     pub ssh: SshOptions,
     /// Limit the run to these hosts.
     pub hosts: Option<BTreeSet<String>>,
+    /// Raised when the run must stop starting steps.
+    pub interrupt: Interrupt,
+}
+
+/// A request to stop a run after the steps that are running; cloned handles share it.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt(Arc<(AtomicBool, Notify)>);
+
+impl Interrupt {
+    /// Asks the run to stop starting steps.
+    pub fn raise(&self) {
+        self.0.0.store(true, Ordering::SeqCst);
+        self.0.1.notify_waiters();
+    }
+
+    /// Whether the run was asked to stop.
+    pub fn is_raised(&self) -> bool {
+        self.0.0.load(Ordering::SeqCst)
+    }
+
+    /// Completes once the run is asked to stop.
+    pub async fn raised(&self) {
+        let notified = self.0.1.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_raised() {
+            return;
+        }
+        notified.await;
+    }
 }
 
 /// How a run ended for each host, and the exit status it implies.
@@ -49,6 +85,8 @@ enum StepState {
     Done(RootOutcome),
     /// Not run: the reason says why (a dependency failed, the run stopped, ...).
     NotRun(String),
+    /// Not started because the run was interrupted.
+    Interrupted,
     /// The agent died or went silent during this step.
     Unknown,
 }
@@ -204,7 +242,10 @@ pub async fn deploy(
         }
     }
     let setup_failed = hosts.values().any(|h| h.failure.is_some());
-    let mut stop = setup_failed && !options.keep_going;
+    let mut interrupted = options.interrupt.is_raised();
+    let mut stop = (setup_failed && !options.keep_going) || interrupted;
+    // After an interrupt, running steps get the agent timeout to finish.
+    let mut grace = tokio::time::Instant::now() + options.agent_timeout;
     for (name, h) in hosts.iter_mut() {
         if let Some(f) = &h.failure {
             for step in h.queue.drain(..) {
@@ -252,7 +293,34 @@ pub async fn deploy(
         if running == 0 {
             break;
         }
-        let Some(msg) = up.recv().await else { break };
+        let msg = tokio::select! {
+            msg = up.recv() => msg,
+            () = options.interrupt.raised(), if !interrupted => {
+                interrupted = true;
+                stop = true;
+                grace = tokio::time::Instant::now() + options.agent_timeout;
+                continue;
+            }
+            () = tokio::time::sleep_until(grace), if interrupted => {
+                // Steps still running: their hosts' state is unknown.
+                for (i, s) in state.iter_mut().enumerate() {
+                    if matches!(s, StepState::Running) {
+                        *s = StepState::Unknown;
+                        let h = hosts.get_mut(&plan.steps[i].host).expect("known host");
+                        h.failure = Some(HostFailure {
+                            status: "interrupted",
+                            exit: Exit::Timeout,
+                            error: vec![format!(
+                                "`{}` was still running {:.0?} after the interrupt: the host's state is unknown",
+                                plan.steps[i].root, options.agent_timeout
+                            )],
+                        });
+                    }
+                }
+                break;
+            }
+        };
+        let Some(msg) = msg else { break };
         match msg {
             Up::Event(e) => sink.event(e),
             Up::StepDone(step, outcome) => {
@@ -296,7 +364,9 @@ pub async fn deploy(
             Up::Ready(_) | Up::SetupFailed(..) => {}
         }
     }
-    let reason = if setup_failed {
+    let reason = if interrupted {
+        "not started: the deploy was interrupted"
+    } else if setup_failed {
         "not started: another host could not be prepared"
     } else {
         "not started: the deploy stopped after a failure"
@@ -308,7 +378,11 @@ pub async fn deploy(
                 component: plan.steps[step].root.clone(),
                 reason: reason.to_string(),
             });
-            state[step] = StepState::NotRun(reason.to_string());
+            state[step] = if interrupted {
+                StepState::Interrupted
+            } else {
+                StepState::NotRun(reason.to_string())
+            };
         }
     }
 
@@ -318,8 +392,11 @@ pub async fn deploy(
             let _ = h.down.send(Down::Finish);
         }
     }
-    let finish_deadline =
+    let mut finish_deadline =
         tokio::time::Instant::now() + options.agent_timeout + Duration::from_secs(5);
+    if interrupted {
+        finish_deadline = finish_deadline.min(grace + Duration::from_secs(5));
+    }
     while hosts.values().any(|h| !h.closed) {
         match tokio::time::timeout_at(finish_deadline, up.recv()).await {
             Ok(Some(Up::Closed(host))) => hosts.get_mut(&host).expect("known host").closed = true,
@@ -347,7 +424,19 @@ pub async fn deploy(
         let unchanged = roots(&|s| matches!(s, StepState::Done(RootOutcome::Unchanged)));
         let failed =
             roots(&|s| matches!(s, StepState::Done(RootOutcome::Failed) | StepState::Unknown));
-        let not_run = roots(&|s| matches!(s, StepState::NotRun(_) | StepState::Pending));
+        let not_run = roots(&|s| {
+            matches!(
+                s,
+                StepState::NotRun(_) | StepState::Pending | StepState::Interrupted
+            )
+        });
+        let not_started = roots(&|s| matches!(s, StepState::Interrupted));
+        if !not_started.is_empty() {
+            sink.event(Event::Interrupted {
+                host: name.clone(),
+                not_started: not_started.clone(),
+            });
+        }
         sink.event(Event::HostFinished {
             host: name.clone(),
             dry_run: options.dry_run,
@@ -359,7 +448,26 @@ pub async fn deploy(
         });
         let (status, detail) = if let Some(f) = &h.failure {
             exit = exit.worst(f.exit);
+            if f.status == "interrupted" {
+                exit = exit.worst(Exit::Interrupted);
+            }
             (f.status.to_string(), f.error.join(": "))
+        } else if !not_started.is_empty() {
+            exit = exit.worst(Exit::Interrupted);
+            let verb = if options.dry_run {
+                "would change"
+            } else {
+                "changed"
+            };
+            let mut parts = Vec::new();
+            if !changed.is_empty() {
+                parts.push(format!("{verb}: {}", changed.join(", ")));
+            }
+            if !unchanged.is_empty() {
+                parts.push(format!("unchanged: {}", unchanged.join(", ")));
+            }
+            parts.push(format!("not started: {}", not_started.join(", ")));
+            ("interrupted".to_string(), parts.join("; "))
         } else if !not_run.is_empty() && changed.is_empty() && unchanged.is_empty() {
             let why = steps
                 .iter()
@@ -512,7 +620,7 @@ async fn deployed_roots(
     )
     .await
     .map_err(|_| anyhow::anyhow!("no answer within {:.0?}", options.agent_timeout))??;
-    close(session).await;
+    ssh::close(session, &options.ssh.masters).await;
     let mut roots = BTreeSet::new();
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -547,7 +655,7 @@ fn dependencies(plan: &RemotePlan, state: &[StepState], step: usize) -> Deps {
             StepState::Done(_) | StepState::Unknown => {
                 return Deps::Blocked(format!("it depends on `{label}`, which failed"));
             }
-            StepState::NotRun(_) => {
+            StepState::NotRun(_) | StepState::Interrupted => {
                 return Deps::Blocked(format!("it depends on `{label}`, which did not run"));
             }
         }
@@ -600,7 +708,7 @@ async fn host_task(
         Ok(s) => s,
         Err(err) => {
             let _ = up.send(Up::SetupFailed(name, HostFailure::session(&err)));
-            close(session).await;
+            ssh::close(session, &options.ssh.masters).await;
             return;
         }
     };
@@ -622,7 +730,7 @@ async fn host_task(
                     Err(err) => {
                         let _ = up.send(Up::Broken(name.clone(), step, err));
                         drop(agent_session);
-                        close(session).await;
+                        ssh::close(session, &options.ssh.masters).await;
                         let _ = up.send(Up::Closed(name));
                         return;
                     }
@@ -636,17 +744,10 @@ async fn host_task(
                         message: format!("ending the agent session failed: {err}"),
                     }));
                 }
-                close(session).await;
+                ssh::close(session, &options.ssh.masters).await;
                 let _ = up.send(Up::Closed(name));
                 return;
             }
         }
-    }
-}
-
-/// Closes a master connection once nothing else uses it.
-async fn close(session: Arc<openssh::Session>) {
-    if let Ok(session) = Arc::try_unwrap(session) {
-        let _ = tokio::time::timeout(Duration::from_secs(5), session.close()).await;
     }
 }
