@@ -300,7 +300,7 @@ fn hosts_limits_the_run_and_checks_dependencies_outside_it() {
     );
 }
 
-fn wait_for(mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_for(mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting");
@@ -308,7 +308,7 @@ fn wait_for(mut done: impl FnMut() -> bool) {
     }
 }
 
-fn wait_for_pid(mut find: impl FnMut() -> Option<u32>) -> u32 {
+pub(crate) fn wait_for_pid(mut find: impl FnMut() -> Option<u32>) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(pid) = find() {
@@ -320,7 +320,7 @@ fn wait_for_pid(mut find: impl FnMut() -> Option<u32>) -> u32 {
 }
 
 /// A process whose first argument contains `program` and whose second is `arg`.
-fn find_process(program: &str, arg: &str) -> Option<u32> {
+pub(crate) fn find_process(program: &str, arg: &str) -> Option<u32> {
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;

@@ -4,4 +4,5 @@ mod deploy;
 mod example;
 mod faults;
 mod harness;
+mod interrupts;
 mod secrets;

@@ -1,0 +1,243 @@
+//! Interrupts: SIGINT and SIGTERM to a running controller stop it in order (running steps
+//! finish, later steps do not start, sessions end, masters stop, the control directory goes,
+//! exit 130); a second signal stops it at once, still cleaning up.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+use crate::faults::{find_process, wait_for};
+use crate::harness::{Cluster, Project};
+
+/// web1 runs a slow command, then a file; web2 a file, waiting for a free slot (`--jobs 1`).
+fn slow(seconds: &str) -> String {
+    format!(
+        r#"
+[environment]
+base_dir = "srv"
+
+[hosts.web1]
+components = ["slow", "motd"]
+
+[hosts.web2]
+components = ["motd"]
+
+[components.slow]
+type = "command"
+argv = ["sh", "-c", "sleep {seconds}; touch done"]
+creates = "done"
+
+[components.motd]
+type = "file"
+path = "motd"
+content = "hello\n"
+"#
+    )
+}
+
+/// How a signal reaches the controller.
+#[derive(Clone, Copy)]
+enum Target {
+    Process,
+    Group,
+}
+
+struct Running {
+    child: Child,
+    masters: Vec<u32>,
+    control_dir: PathBuf,
+}
+
+/// Starts a deploy and waits until web1's slow command runs.
+fn start(cluster: &Cluster, p: &Project, seconds: &str) -> Running {
+    let child = cluster
+        .command(p.path(), &["prod", "--json", "--jobs", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    wait_for(|| find_process("sleep", seconds).is_some());
+    let masters = masters(cluster);
+    assert_eq!(masters.len(), 2, "one master per host");
+    let control_dir = masters
+        .iter()
+        .find_map(|pid| control_socket(*pid))
+        .and_then(|s| s.parent().map(PathBuf::from))
+        .expect("a master's control socket");
+    assert!(control_dir.starts_with("/tmp"), "{control_dir:?}");
+    assert!(control_dir.is_dir());
+    Running {
+        child,
+        masters,
+        control_dir,
+    }
+}
+
+fn signal(run: &Running, target: Target, signal: Signal) {
+    let pid = Pid::from_raw(run.child.id() as i32);
+    match target {
+        Target::Process => kill(pid, signal).unwrap(),
+        Target::Group => killpg(pid, signal).unwrap(),
+    }
+}
+
+/// Everything a run must leave behind it, whichever way it was stopped.
+fn assert_cleaned_up(masters: &[u32], control_dir: &Path) {
+    assert!(
+        !control_dir.exists(),
+        "control directory {control_dir:?} left"
+    );
+    wait_for(|| masters.iter().all(|pid| !alive(*pid)));
+}
+
+fn interrupted_in_order(target: Target, sig: Signal, seconds: &str) {
+    let cluster = Cluster::start(&["web1", "web2"]);
+    let p = Project::new();
+    p.env("prod", &slow(seconds));
+    let run = start(&cluster, &p, seconds);
+    signal(&run, target, sig);
+    let Running {
+        child,
+        masters,
+        control_dir,
+    } = run;
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(130), "{stdout}\n{stderr}");
+    assert!(stderr.contains("no further step starts"), "{stderr}");
+    let outcome = crate::harness::Outcome {
+        code: 130,
+        stdout,
+        stderr,
+    };
+    let statuses = outcome.statuses();
+    assert_eq!(statuses["web1"], "interrupted", "{}", outcome.stdout);
+    assert_eq!(statuses["web2"], "interrupted", "{}", outcome.stdout);
+    let web1 = cluster.host("web1");
+    let web2 = cluster.host("web2");
+    // The running step finished; the steps after it did not start.
+    assert!(web1.home.join("srv/work/slow/done").exists());
+    assert!(!web1.home.join("srv/work/motd").exists());
+    assert!(!web2.home.join("srv/work/motd").exists());
+    let interrupted: Vec<_> = outcome
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "interrupted")
+        .collect();
+    assert_eq!(interrupted.len(), 2, "{}", outcome.stdout);
+    // Sessions ended with `finish`: both journals are complete.
+    for host in [web1, web2] {
+        let journal = host.journal("srv");
+        assert_eq!(journal.last().unwrap()["record"], "finished", "{journal:?}");
+    }
+    assert_cleaned_up(&masters, &control_dir);
+    converge_and_settle(&cluster, &p);
+}
+
+/// The locks are free: a re-run converges the rest, and a further run changes nothing.
+fn converge_and_settle(cluster: &Cluster, p: &Project) {
+    let out = cluster.run(p.path(), &["prod", "--json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.count("changed") >= 2, "{}", out.stdout);
+    let out = cluster.run(p.path(), &["prod", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.count("changed"), 0, "{}", out.stdout);
+}
+
+#[test]
+fn sigint_to_the_controller_stops_after_the_running_step() {
+    interrupted_in_order(Target::Process, Signal::SIGINT, "3.31");
+}
+
+#[test]
+fn sigterm_to_the_controller_stops_after_the_running_step() {
+    interrupted_in_order(Target::Process, Signal::SIGTERM, "3.32");
+}
+
+#[test]
+fn sigint_to_the_process_group_spares_the_ssh_masters() {
+    interrupted_in_order(Target::Group, Signal::SIGINT, "3.33");
+}
+
+#[test]
+fn a_second_signal_stops_at_once_and_still_cleans_up() {
+    let cluster = Cluster::start(&["web1", "web2"]);
+    let p = Project::new();
+    p.env("prod", &slow("4.34"));
+    let mut run = start(&cluster, &p, "4.34");
+    signal(&run, Target::Group, Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    signal(&run, Target::Group, Signal::SIGINT);
+    let status = run.child.wait().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Some(130));
+    // The slow command was still running: the controller did not wait for it.
+    assert!(find_process("sleep", "4.34").is_some());
+    assert_cleaned_up(&run.masters, &run.control_dir);
+    // The agent ends once its step is done and it finds its controller gone, which frees
+    // the lock.
+    let agents = format!(
+        "{}/.cache/batou/agents/",
+        cluster.host("web1").home.display()
+    );
+    wait_for(|| find_process(&agents, "agent").is_none());
+    converge_and_settle(&cluster, &p);
+}
+
+/// The master connections of this cluster's runs (by their `-F` argument).
+fn masters(cluster: &Cluster) -> Vec<u32> {
+    let config = cluster.ssh_config.to_string_lossy().into_owned();
+    processes()
+        .into_iter()
+        .filter(|(_, args)| {
+            args.first().is_some_and(|a| a.ends_with("ssh"))
+                && args.iter().any(|a| a == "-M")
+                && args.iter().any(|a| *a == config)
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+fn control_socket(pid: u32) -> Option<PathBuf> {
+    let (_, args) = processes().into_iter().find(|(p, _)| *p == pid)?;
+    let i = args.iter().position(|a| a == "-S")?;
+    args.get(i + 1).map(PathBuf::from)
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, r)| !r.starts_with('Z'))
+    })
+}
+
+fn processes() -> Vec<(u32, Vec<String>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        out.push((pid, args));
+    }
+    out
+}
