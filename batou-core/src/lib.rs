@@ -50,7 +50,9 @@ mod template;
 pub use component::{Component, Verdict};
 pub use configure::Configure;
 pub use deploy::Deploy;
-pub use engine::{ConvergeOptions, HostReport, RootOutcome, StepReport, converge, converge_step};
+pub use engine::{
+    ConvergeOptions, HostReport, RootOutcome, StepReport, converge, converge_step, converge_until,
+};
 pub use environment::{Connect, Environment, Host, Settings};
 pub use error::{ConfigError, Place};
 pub use event::{Event, EventSink, HostSummary};

@@ -19,6 +19,9 @@ pub mod handover;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
 
 use batou_core::output::{HumanOutput, JsonOutput};
 use batou_core::secrets::IdentitySource;
@@ -202,11 +205,16 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
     } else {
         Box::new(HumanOutput::new(std::io::stderr().lock()))
     };
-    let report = batou_core::converge(&mut plan, &host, options, sink.as_mut());
+    // From here on a signal no longer kills the process: the first one stops after the
+    // running root component, the second one at once.
+    let interrupt = watch_signals()?;
+    let report = batou_core::converge_until(&mut plan, &host, options, interrupt, sink.as_mut());
     drop(sink);
     if !settings.json {
         let state = if !report.succeeded() {
             "1 failed"
+        } else if report.interrupted {
+            "1 interrupted"
         } else if report.changed_components.is_empty() {
             "0 changed"
         } else if settings.dry_run {
@@ -216,11 +224,50 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
         };
         eprintln!("1 host: {state} in {:.2} s", report.seconds);
     }
-    Ok(if report.succeeded() {
-        Exit::Success
-    } else {
+    Ok(if !report.succeeded() {
         Exit::DeployFailed
+    } else if report.interrupted {
+        Exit::Interrupted
+    } else {
+        Exit::Success
     })
+}
+
+/// Takes SIGINT and SIGTERM away from their default (ending the process) and serves them on
+/// a thread of their own: the first sets the returned flag, the second ends the process with
+/// exit status 130.
+///
+/// The signals are blocked in this thread before any other starts, so that every thread
+/// inherits the mask and only `sigwait` sees them; child processes start with an empty mask
+/// (the standard library resets it).
+fn watch_signals() -> anyhow::Result<&'static AtomicBool> {
+    use nix::sys::signal::{SigSet, Signal};
+    static INTERRUPT: AtomicBool = AtomicBool::new(false);
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()
+        .context("cannot take over SIGINT and SIGTERM")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let Ok(first) = set.wait() else { return };
+            INTERRUPT.store(true, Ordering::SeqCst);
+            say(&format!(
+                "{}: no further root component starts; the running one finishes first (send it again to stop at once)\n",
+                first.as_str()
+            ));
+            let Ok(second) = set.wait() else { return };
+            say(&format!("{} again: stopping at once\n", second.as_str()));
+            std::process::exit(i32::from(Exit::Interrupted as u8));
+        })
+        .context("cannot start the signal thread")?;
+    Ok(&INTERRUPT)
+}
+
+/// Writes to stderr past its lock, which the human output holds for the whole converge.
+fn say(text: &str) {
+    let _ = nix::unistd::write(std::io::stderr(), text.as_bytes());
 }
 
 fn settings(args: Args) -> anyhow::Result<Settings> {

@@ -6,4 +6,5 @@ mod demo;
 mod example;
 mod failure;
 mod harness;
+mod interrupts;
 mod secrets;
