@@ -117,7 +117,7 @@ impl HostFailure {
     fn session(err: &SessionError) -> Self {
         let (status, exit) = match err {
             SessionError::LockHeld(_) => ("lock_held", Exit::LockHeld),
-            SessionError::Timeout(_) | SessionError::Died(_) => ("timeout", Exit::Timeout),
+            SessionError::Timeout(_) | SessionError::Died { .. } => ("timeout", Exit::Timeout),
             SessionError::Refused(_) | SessionError::Failed(_) => ("failed", Exit::DeployFailed),
         };
         HostFailure {

@@ -359,3 +359,113 @@ fn children(parent: u32) -> Vec<u32> {
     }
     out
 }
+
+#[test]
+fn a_crashing_agent_shows_its_stderr() {
+    let cluster = Cluster::start(&["web1"]);
+    let p = Project::new();
+    p.env(
+        "prod",
+        "[environment]\nbase_dir = \"srv\"\n[hosts.web1]\ncomponents = [\"motd\"]\n[components.motd]\ntype = \"file\"\npath = \"motd\"\ncontent = \"hi\\n\"\n",
+    );
+    assert_eq!(cluster.run(p.path(), &["prod"]).code, 0);
+    // Put a crashing program where the cached agent is.
+    let cache = cluster.host("web1").home.join(".cache/batou/agents");
+    let agent = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .unwrap();
+    let mut script = String::from("#!/bin/sh\n");
+    for i in 0..50 {
+        script.push_str(&format!("echo \"noise {i}\" >&2\n"));
+    }
+    script.push_str("echo 'agent: out of cheese' >&2\nexit 3\n");
+    std::fs::write(&agent, script).unwrap();
+    let out = cluster.run(p.path(), &["prod", "--json"]);
+    assert_eq!(out.code, 6, "{}\n{}", out.stdout, out.stderr);
+    let failed = out
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "host_failed")
+        .unwrap();
+    let error = failed["error"][0].as_str().unwrap();
+    assert!(error.contains("the agent ended unexpectedly"), "{error}");
+    assert!(error.contains("\n  agent: out of cheese"), "{error}");
+    // Only the last lines are kept.
+    assert!(error.contains("noise 49"), "{error}");
+    assert!(!error.contains("noise 10\n"), "{error}");
+    let out = cluster.run(p.path(), &["prod"]);
+    assert_eq!(out.code, 6);
+    for line in out.stderr.lines().filter(|l| l.contains("cheese")) {
+        assert!(
+            line.starts_with("web1: ") || line.starts_with("  web1  "),
+            "{line:?}\n{}",
+            out.stderr
+        );
+    }
+
+    // A removed agent is uploaded again; then nothing changes.
+    std::fs::remove_file(&agent).unwrap();
+    let out = cluster.run(p.path(), &["prod", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.count("agent_uploaded"), 1);
+    assert_eq!(out.count("changed"), 0);
+}
+
+#[test]
+fn every_line_of_a_multi_line_ssh_error_names_its_host() {
+    let mut cluster = Cluster::start(&["web1", "web2"]);
+    let p = Project::new();
+    p.env("prod", TWO_HOSTS);
+    assert_eq!(cluster.run(p.path(), &["prod"]).code, 0);
+    // A changed key makes ssh print its many-line warning.
+    cluster.replace_host_key("web1");
+    let out = cluster.run(p.path(), &["prod"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "{}",
+        out.stderr
+    );
+    let summary = out.stderr.find("summary:").unwrap();
+    let (live, summary) = out.stderr.split_at(summary);
+    for line in live.lines() {
+        assert!(
+            line.starts_with("web1: ") || line.starts_with("web2: "),
+            "{line:?}\n{}",
+            out.stderr
+        );
+    }
+    let summary: Vec<&str> = summary.lines().collect();
+    assert!(summary.len() > 4, "{}", out.stderr);
+    for line in &summary[1..summary.len() - 1] {
+        assert!(
+            line.starts_with("  web1  ") || line.starts_with("  web2  "),
+            "{line:?}\n{}",
+            out.stderr
+        );
+    }
+    cluster.forget("web1");
+    cluster.trust("web1");
+    let out = cluster.run(p.path(), &["prod", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.count("changed"), 0);
+}
+
+#[test]
+fn an_environment_without_hosts_is_a_configuration_error() {
+    let cluster = Cluster::start(&["web1"]);
+    let p = Project::new();
+    p.env("prod", "[environment]\nbase_dir = \"srv\"\n");
+    let out = cluster.run(p.path(), &["prod"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert_eq!(
+        out.stderr,
+        "error: environment `prod` has no hosts in environments/prod.toml\nhint: add a `[hosts.<name>]` table with `components = [...]`\n"
+    );
+    // The same words as batou-local's `choose_host`.
+    assert_eq!(cluster.host("web1").logins(), 0);
+}
