@@ -27,10 +27,29 @@ pub enum Exit {
     Interrupted = 130,
 }
 
+/// An error found before any host was deployed that ends the run with `exit` rather than
+/// with exit 3 (for example an unreachable host whose journal a `--hosts` run must read).
+#[derive(Debug)]
+pub struct ExitError {
+    pub exit: Exit,
+    /// What is wrong, with its hint.
+    pub error: ConfigError,
+}
+
+impl std::fmt::Display for ExitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for ExitError {}
+
 impl Exit {
     /// The exit status for an error that ended a run early.
     pub fn of_error(err: &anyhow::Error) -> Exit {
-        if err.chain().any(|e| e.is::<ConfigError>()) {
+        if let Some(e) = err.chain().find_map(|e| e.downcast_ref::<ExitError>()) {
+            e.exit
+        } else if err.chain().any(|e| e.is::<ConfigError>()) {
             Exit::InvalidConfiguration
         } else {
             Exit::DeployFailed

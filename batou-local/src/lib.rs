@@ -28,7 +28,7 @@ use batou_core::secrets::IdentitySource;
 use batou_core::{ConfigError, ConvergeOptions, Environment, EventSink, Plan, Project, Registry};
 use clap::Parser;
 
-pub use exit::Exit;
+pub use exit::{Exit, ExitError};
 
 /// Converge an environment's components on this machine.
 #[derive(Debug, Parser)]
@@ -348,7 +348,10 @@ fn choose_host(environment: &Environment, requested: Option<&str>) -> Result<Str
 pub fn print_error(err: &anyhow::Error, json: bool) {
     let hint = err
         .chain()
-        .find_map(|e| e.downcast_ref::<ConfigError>())
+        .find_map(|e| {
+            e.downcast_ref::<ConfigError>()
+                .or_else(|| e.downcast_ref::<ExitError>().map(|x| &x.error))
+        })
         .and_then(|c| c.hint.clone());
     let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
     if json {

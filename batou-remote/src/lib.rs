@@ -184,7 +184,19 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     } else {
         Box::new(HumanOutput::new(std::io::stderr()))
     };
-    runtime.block_on(schedule::check_excluded_dependencies(&plan, &options))?;
+    let json = settings.json;
+    runtime.block_on(schedule::check_excluded_dependencies(
+        &plan,
+        &options,
+        &mut |warning| {
+            if json {
+                let event = serde_json::json!({"event": "warning", "message": warning});
+                println!("{}", batou_core::redact::to_masked_json(&event));
+            } else {
+                eprintln!("warning: {}", batou_core::redact::mask(&warning));
+            }
+        },
+    ))?;
     let report = runtime.block_on(schedule::deploy(
         &plan,
         agent,

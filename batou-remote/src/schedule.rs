@@ -522,12 +522,17 @@ pub async fn deploy(
 }
 
 /// With `--hosts`, every step of the run whose dependency lies outside the run must find that
-/// dependency deployed in its host's journal; the missing ones are an error before any
-/// deploy starts.
+/// dependency deployed in its host's journal: the latest record of that step says it
+/// converged (a later failed deploy of it counts against it). Missing dependencies are an
+/// invalid configuration (exit 3); an excluded host that cannot be asked ends the run with
+/// the status of its connection failure (unreachable: 7). Both before any deploy starts.
+///
+/// A dry run connects to no host outside `--hosts`: it skips the check and says so.
 pub async fn check_excluded_dependencies(
     plan: &RemotePlan,
     options: &DeployOptions,
-) -> Result<(), batou_core::ConfigError> {
+    warn: &mut dyn FnMut(String),
+) -> anyhow::Result<()> {
     let Some(selected) = &options.hosts else {
         return Ok(());
     };
@@ -547,56 +552,89 @@ pub async fn check_excluded_dependencies(
         }
     }
     let label = |i: usize| format!("{}: {}", plan.steps[i].host, plan.steps[i].root);
+    if options.dry_run {
+        for (dep, requirer) in needed.values().flatten() {
+            warn(format!(
+                "dry run: not checking that `{}`, which `{}` requires and which is not in this run, was deployed (hosts outside `--hosts` are not contacted)",
+                label(*dep),
+                label(*requirer)
+            ));
+        }
+        return Ok(());
+    }
     let mut missing = Vec::new();
+    let mut unchecked: Option<(Exit, Vec<String>)> = None;
     for (host, deps) in needed {
-        let deployed = deployed_roots(plan, host, options).await;
-        for (dep, requirer) in deps {
-            let ok = deployed
-                .as_ref()
-                .is_ok_and(|roots| roots.contains(&plan.steps[dep].root));
-            if !ok {
-                let why = match &deployed {
-                    Ok(_) => "has not been deployed according to its host's journal".to_string(),
-                    Err(e) => format!("could not be checked ({e})"),
-                };
-                missing.push(format!(
-                    "`{}` requires `{}`, which is not in this run and {why}",
-                    label(requirer),
-                    label(dep)
-                ));
+        match deployed_roots(plan, host, options).await {
+            Ok(latest) => {
+                for (dep, requirer) in deps {
+                    let why = match latest.get(&plan.steps[dep].root) {
+                        Some(true) => continue,
+                        Some(false) => "its last deploy failed according to its host's journal",
+                        None => "has not been deployed according to its host's journal",
+                    };
+                    missing.push(format!(
+                        "`{}` requires `{}`, which is not in this run and {why}",
+                        label(requirer),
+                        label(dep)
+                    ));
+                }
+            }
+            Err((exit, error)) => {
+                let (worst, lines) = unchecked.get_or_insert((exit, Vec::new()));
+                *worst = worst.worst(exit);
+                for (dep, requirer) in deps {
+                    lines.push(format!(
+                        "`{}` requires `{}`, which is not in this run and could not be checked: {error}",
+                        label(requirer),
+                        label(dep)
+                    ));
+                }
             }
         }
     }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let hosts: BTreeSet<&str> = plan
+    let outside: BTreeSet<&str> = plan
         .steps
         .iter()
         .filter(|s| !selected.contains(&s.host))
         .map(|s| s.host.as_str())
         .collect();
-    Err(batou_core::ConfigError::new(format!(
-        "dependencies outside `--hosts` are missing: {}",
-        missing.join("; ")
-    ))
-    .hint(format!(
-        "deploy them first or add their hosts to `--hosts` (not in this run: {})",
-        hosts.into_iter().collect::<Vec<_>>().join(", ")
-    )))
+    let outside = outside.into_iter().collect::<Vec<_>>().join(", ");
+    if !missing.is_empty() {
+        return Err(batou_core::ConfigError::new(format!(
+            "dependencies outside `--hosts` are missing: {}",
+            missing.join("; ")
+        ))
+        .hint(format!(
+            "deploy them first or add their hosts to `--hosts` (not in this run: {outside})"
+        ))
+        .into());
+    }
+    if let Some((exit, lines)) = unchecked {
+        let error = batou_core::ConfigError::new(format!(
+            "dependencies outside `--hosts` could not be checked: {}",
+            lines.join("; ")
+        ))
+        .hint(format!(
+            "make the host reachable or add it to `--hosts` (not in this run: {outside}); nothing was deployed"
+        ));
+        return Err(batou_local::ExitError { exit, error }.into());
+    }
+    Ok(())
 }
 
-/// The root components that a host's journal records as deployed (changed or unchanged).
+/// For each root component that a host's journal records, whether its latest step record
+/// says it converged (changed or unchanged).
 async fn deployed_roots(
     plan: &RemotePlan,
     host: &str,
     options: &DeployOptions,
-) -> anyhow::Result<BTreeSet<String>> {
+) -> Result<BTreeMap<String, bool>, (Exit, String)> {
     let remote = plan
         .hosts
         .iter()
         .find(|h| h.name == host)
-        .ok_or_else(|| anyhow::anyhow!("unknown host `{host}`"))?;
+        .ok_or_else(|| (Exit::DeployFailed, format!("unknown host `{host}`")))?;
     let base = &plan.host_jobs[host].base_dir;
     let journal = if std::path::Path::new(base).is_absolute() {
         ssh::Word::Literal(format!(
@@ -609,7 +647,9 @@ async fn deployed_roots(
             base.trim_end_matches('/')
         ))
     };
-    let session = ssh::connect(remote, &options.ssh).await?;
+    let session = ssh::connect(remote, &options.ssh)
+        .await
+        .map_err(|e| (HostFailure::connect(&e).exit, format!("host `{host}` {e}")))?;
     let command = format!(
         "{} 2>/dev/null || true",
         ssh::shell_command(&[ssh::Word::Literal("cat".into()), journal])
@@ -618,23 +658,41 @@ async fn deployed_roots(
         options.agent_timeout,
         session.raw_command(&command).output(),
     )
-    .await
-    .map_err(|_| anyhow::anyhow!("no answer within {:.0?}", options.agent_timeout))??;
+    .await;
     ssh::close(session, &options.ssh.masters).await;
-    let mut roots = BTreeSet::new();
+    let output = match output {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => {
+            return Err((
+                Exit::Unreachable,
+                format!("cannot read the journal of host `{host}`: {e}"),
+            ));
+        }
+        Err(_) => {
+            return Err((
+                Exit::Timeout,
+                format!(
+                    "host `{host}` did not send its journal within {:.0?}",
+                    options.agent_timeout
+                ),
+            ));
+        }
+    };
+    // Records are appended in time order: the last one of a step is its latest deploy.
+    let mut latest: BTreeMap<String, bool> = BTreeMap::new();
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
         if record["record"] == "step"
             && record["environment"] == plan.environment.as_str()
-            && (record["outcome"] == "changed" || record["outcome"] == "unchanged")
             && let Some(root) = record["component"].as_str()
         {
-            roots.insert(root.to_string());
+            let converged = record["outcome"] == "changed" || record["outcome"] == "unchanged";
+            latest.insert(root.to_string(), converged);
         }
     }
-    Ok(roots)
+    Ok(latest)
 }
 
 enum Deps {

@@ -469,3 +469,80 @@ fn an_environment_without_hosts_is_a_configuration_error() {
     // The same words as batou-local's `choose_host`.
     assert_eq!(cluster.host("web1").logins(), 0);
 }
+
+#[test]
+fn the_hosts_check_wants_the_latest_deploy_to_have_succeeded() {
+    let mut cluster = Cluster::start(&["db1", "web1", "web2"]);
+    let shop = workspace_root().join("examples/shop");
+    assert_eq!(
+        cluster.run(&shop, &["production", "--hosts", "db1"]).code,
+        0
+    );
+    let db1 = cluster.host("db1");
+    let journal = db1.home.join("srv/.batou/journal.jsonl");
+    let succeeded = std::fs::read_to_string(&journal).unwrap();
+
+    // A later deploy of `database` failed: its success before no longer counts.
+    let mut failed = succeeded.clone();
+    failed.push_str(
+        &serde_json::json!({
+            "time": "2100-01-01T00:00:00Z", "record": "step", "environment": "production",
+            "host": "db1", "user": "root", "controller_host": "test", "pid": 1,
+            "component": "database", "outcome": "failed", "changed": [],
+        })
+        .to_string(),
+    );
+    failed.push('\n');
+    std::fs::write(&journal, &failed).unwrap();
+    let out = cluster.run(&shop, &["production", "--hosts", "web1"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("`web1: app` requires `db1: database`, which is not in this run and its last deploy failed according to its host's journal"),
+        "{}",
+        out.stderr
+    );
+    assert!(!cluster.host("web1").home.join("srv").exists());
+
+    // A dry run contacts no host outside `--hosts`: it skips the check with a warning.
+    let logins = cluster.host("db1").logins();
+    let out = cluster.run(&shop, &["production", "--hosts", "web1", "--dry-run"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("warning: dry run: not checking that `db1: database`, which `web1: app` requires and which is not in this run, was deployed"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(cluster.host("db1").logins(), logins, "db1 was contacted");
+    assert!(!cluster.host("web1").home.join("srv").exists());
+
+    // With the journal as the successful deploy left it, web1 converges, and then again
+    // with nothing to do.
+    std::fs::write(&journal, &succeeded).unwrap();
+    let out = cluster.run(&shop, &["production", "--hosts", "web1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = cluster.run(&shop, &["production", "--hosts", "web1", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.count("changed"), 0, "{}", out.stdout);
+    let web1_journal = cluster.host("web1").journal("srv").len();
+
+    // An excluded host that cannot be reached is unreachable (7), not a configuration error.
+    cluster.hosts.get_mut("db1").unwrap().stop();
+    let out = cluster.run(&shop, &["production", "--hosts", "web1", "--json"]);
+    assert_eq!(out.code, 7, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(r#""kind":"unreachable""#),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("error: dependencies outside `--hosts` could not be checked: `web1: app` requires `db1: database`, which is not in this run and could not be checked: host `db1` unreachable: "),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("hint: make the host reachable"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(cluster.host("web1").journal("srv").len(), web1_journal);
+}
