@@ -328,4 +328,91 @@ mod tests {
             .unwrap();
         assert_eq!(String::from_utf8(out.stdout).unwrap(), "a 'b' $c \"d\"");
     }
+
+    fn options(dir: &Path, config: PathBuf) -> SshOptions {
+        SshOptions {
+            accept_new_host_keys: false,
+            config_file: Some(config),
+            connect_timeout: Duration::from_secs(2),
+            keepalive: Duration::from_secs(1),
+            control_dir: dir.to_path_buf(),
+            masters: Masters::default(),
+        }
+    }
+
+    #[test]
+    fn the_destination_follows_a_double_dash() {
+        let host = RemoteHost {
+            name: "web1".into(),
+            address: Some("-oProxyCommand=x".into()),
+            port: Some(2222),
+            user: Some("-oUser=x".into()),
+        };
+        let argv = master_argv(
+            &host,
+            &options(Path::new("/tmp/d"), "/c".into()),
+            Path::new("/tmp/d/0.sock"),
+            Path::new("/tmp/d/0.log"),
+        );
+        let argv: Vec<&str> = argv.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(&argv[argv.len() - 2..], ["--", "-oProxyCommand=x"]);
+        // Values of options are the argument that follows the option.
+        let user = argv.iter().position(|a| *a == "-l").unwrap();
+        assert_eq!(argv[user + 1], "-oUser=x");
+    }
+
+    /// An address that `ssh` would take for an option never runs what it says: connecting
+    /// fails, and the command of the would-be option is not run.
+    #[test]
+    fn an_address_that_looks_like_an_option_is_only_a_name() {
+        let dir = control_dir().unwrap();
+        let marker = dir.path().join("proxied");
+        // Every name goes to a closed port on loopback: no lookup or traffic leaves the
+        // machine.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("ssh_config");
+        std::fs::write(
+            &config,
+            format!("Host *\n  HostName 127.0.0.1\n  Port {port}\n  BatchMode yes\n"),
+        )
+        .unwrap();
+        let address = format!("-oProxyCommand=touch {}", marker.display());
+
+        // The control: as an option, the value runs its command.
+        let status = std::process::Command::new("ssh")
+            .arg("-F")
+            .arg(&config)
+            .arg(&address)
+            .arg("web1")
+            .arg("true")
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!status.success());
+        assert!(marker.exists(), "the control did not run the proxy command");
+        std::fs::remove_file(&marker).unwrap();
+
+        let host = RemoteHost {
+            name: "web1".into(),
+            address: Some(address),
+            port: None,
+            user: None,
+        };
+        let options = options(dir.path(), config);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let result = runtime.block_on(connect(&host, &options));
+        assert!(
+            matches!(result, Err(ConnectError::Unreachable(_))),
+            "{:?}",
+            result.err()
+        );
+        assert!(!marker.exists(), "the address was taken for an option");
+    }
 }
