@@ -26,16 +26,62 @@ use anyhow::Context;
 use batou_core::output::{HumanOutput, JsonOutput};
 use batou_core::secrets::IdentitySource;
 use batou_core::{ConfigError, ConvergeOptions, Environment, EventSink, Plan, Project, Registry};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 pub use exit::{Exit, ExitError};
 
 /// Converge an environment's components on this machine.
+///
+/// `batou-local ENVIRONMENT` and `batou-local deploy ENVIRONMENT` are the same; an
+/// environment named like a command (`deploy`, `agent`, `plan`, `help`, ...) needs `deploy`.
 #[derive(Debug, Parser)]
-#[command(name = "batou-local", version, about)]
+#[command(
+    name = "batou-local",
+    version,
+    about,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    args: Args,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Converge an environment (what `batou-local ENVIRONMENT` does).
+    Deploy(Args),
+    #[command(flatten)]
+    Role(Role),
+}
+
+/// The roles every deployment binary has besides its command line, for a controller. They
+/// are commands of their own, hidden from `--help`.
+#[derive(Debug, Subcommand)]
+pub enum Role {
+    /// Serve one controller session on stdin/stdout.
+    #[command(hide = true)]
+    Agent,
+    /// Verify an uploaded agent (this binary) against its SHA-256 and install it.
+    #[command(hide = true)]
+    AgentInstall { sha256: String, target: PathBuf },
+    /// Print the remote plan of an environment as JSON.
+    #[command(hide = true)]
+    Plan {
+        environment: String,
+        #[arg(default_value = ".")]
+        project: PathBuf,
+    },
+}
+
+/// The options of a converge.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// The environment: `environments/<ENVIRONMENT>.toml`.
-    environment: String,
+    #[arg(required = true)]
+    environment: Option<String>,
     /// The host of the environment that this machine is; needed when it has several.
     #[arg(long)]
     host: Option<String>,
@@ -90,23 +136,20 @@ pub fn registry(register: impl FnOnce(&mut Registry)) -> Registry {
     registry
 }
 
-/// Serves the roles every deployment binary has besides its command line, when the first
-/// argument names one: `agent` (converge as a controller says over stdin/stdout),
-/// `agent-install <sha256> <path>` (verify and install an uploaded agent) and
-/// `plan <environment> [DIR]` (print the remote plan as JSON for a controller).
-pub fn serve_role(register: impl FnOnce(&mut Registry)) -> Option<ExitCode> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("agent") => Some(ExitCode::from(agent::serve(&registry(register)))),
-        Some("agent-install") if args.len() == 3 => Some(ExitCode::from(agent::install(
-            &args[1],
-            Path::new(&args[2]),
-        ))),
-        Some("plan") if (2..=3).contains(&args.len()) => {
-            let project = args.get(2).map(PathBuf::from).unwrap_or_else(|| ".".into());
-            let identities = IdentitySource::new(None);
-            Some(
-                match remote_plan(&project, &args[1], &registry(register), &identities) {
+impl Role {
+    /// Serves this role with the library's component types plus the project's.
+    pub fn serve(self, register: impl FnOnce(&mut Registry)) -> ExitCode {
+        match self {
+            Role::Agent => ExitCode::from(agent::serve(&registry(register))),
+            Role::AgentInstall { sha256, target } => {
+                ExitCode::from(agent::install(&sha256, &target))
+            }
+            Role::Plan {
+                environment,
+                project,
+            } => {
+                let identities = IdentitySource::new(None);
+                match remote_plan(&project, &environment, &registry(register), &identities) {
                     Ok(plan) => {
                         println!(
                             "{}",
@@ -119,10 +162,9 @@ pub fn serve_role(register: impl FnOnce(&mut Registry)) -> Option<ExitCode> {
                         print_error(&err, false);
                         exit.into()
                     }
-                },
-            )
+                }
+            }
         }
-        _ => None,
     }
 }
 
@@ -157,14 +199,15 @@ pub fn load_environment(
 }
 
 fn run_main(register: impl Fn(&mut Registry), stock: bool) -> ExitCode {
-    if let Some(code) = serve_role(&register) {
-        return code;
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Role(role)) => role.serve(register),
+        Some(Command::Deploy(args)) => run_local(args, register, stock),
+        None => run_local(cli.args, register, stock),
     }
-    run_local(register, stock)
 }
 
-fn run_local(register: impl FnOnce(&mut Registry), stock: bool) -> ExitCode {
-    let args = Args::parse();
+fn run_local(args: Args, register: impl FnOnce(&mut Registry), stock: bool) -> ExitCode {
     let json = args.json;
     let result = settings(args).and_then(|settings| {
         if stock && std::env::var_os(handover::GUARD).is_none() {
@@ -286,7 +329,9 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         None => find_project(&std::env::current_dir()?)?,
     };
     Ok(Settings {
-        environment: args.environment,
+        environment: args
+            .environment
+            .expect("clap requires the environment of a converge"),
         host: args.host,
         dry_run: args.dry_run,
         json: args.json,

@@ -21,18 +21,52 @@ use batou_core::output::{HumanOutput, JsonOutput};
 use batou_core::protocol::{Controller, RemotePlan};
 use batou_core::{ConfigError, EventSink};
 use batou_local::Exit;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use crate::agent::AgentBinary;
 use crate::schedule::DeployOptions;
 use crate::ssh::SshOptions;
 
 /// Deploy an environment to every host over SSH.
+///
+/// `batou-remote ENVIRONMENT` and `batou-remote deploy ENVIRONMENT` are the same; an
+/// environment named like a command (`deploy`, `secrets`, `agent`, `plan`, `help`, ...)
+/// needs `deploy`.
 #[derive(Debug, Parser)]
-#[command(name = "batou-remote", version, about)]
+#[command(
+    name = "batou-remote",
+    version,
+    about,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    args: Args,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Deploy an environment (what `batou-remote ENVIRONMENT` does).
+    Deploy(Args),
+    /// Create, edit, show and share an environment's secrets (see `secrets --help`).
+    #[command(disable_help_flag = true)]
+    Secrets {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    #[command(flatten)]
+    Role(batou_local::Role),
+}
+
+/// The options of a deploy.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// The environment: `environments/<ENVIRONMENT>.toml`.
-    environment: String,
+    #[arg(required = true)]
+    environment: Option<String>,
     /// Report what would change without changing anything on any host.
     #[arg(long)]
     dry_run: bool,
@@ -86,13 +120,20 @@ pub struct Settings {
     pub deploy: DeployOptions,
 }
 
-/// Entry point of the stock binary.
+/// Entry point of the stock binary, which is also the agent (and the planner) for
+/// deployment repositories without component types of their own.
 pub fn main() -> ExitCode {
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if argv.get(1).is_some_and(|a| a == "secrets") {
-        return secrets::main(argv);
-    }
-    let args = Args::parse();
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Role(role)) => return role.serve(|_| {}),
+        Some(Command::Secrets { args }) => {
+            let mut argv: Vec<std::ffi::OsString> = vec!["batou-remote".into(), "secrets".into()];
+            argv.extend(args);
+            return secrets::main(argv);
+        }
+        Some(Command::Deploy(args)) => args,
+        None => cli.args,
+    };
     let json = args.json;
     match settings(args).and_then(|s| run(&s)) {
         Ok(exit) => exit.into(),
@@ -120,7 +161,9 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
     };
     let hosts = args.hosts.map(|h| h.into_iter().collect::<BTreeSet<_>>());
     Ok(Settings {
-        environment: args.environment,
+        environment: args
+            .environment
+            .expect("clap requires the environment of a deploy"),
         project,
         json: args.json,
         jobs: args.jobs,

@@ -1,6 +1,7 @@
 //! Integration tests: the built `batou-local` binary on temporary deployment repositories.
 
 mod bad_input;
+mod cli;
 mod components;
 mod demo;
 mod example;

@@ -1,5 +1,6 @@
 //! End-to-end tests: `batou-remote` against real sshd hosts on loopback.
 
+mod cli;
 mod deploy;
 mod example;
 mod faults;
