@@ -220,7 +220,7 @@ fn masters(cluster: &Cluster) -> Vec<u32> {
         .filter(|(_, args)| {
             args.first().is_some_and(|a| a.ends_with("ssh"))
                 && args.iter().any(|a| a == "-M")
-                && args.iter().any(|a| *a == config)
+                && args.contains(&config)
         })
         .map(|(pid, _)| pid)
         .collect()
