@@ -16,6 +16,7 @@
 pub mod agent;
 mod exit;
 pub mod handover;
+pub mod secrets;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -53,8 +54,22 @@ struct Cli {
 enum Command {
     /// Converge an environment (what `batou-local ENVIRONMENT` does).
     Deploy(Args),
+    /// Create, edit, show and share an environment's secrets (see `secrets --help`).
+    #[command(disable_help_flag = true)]
+    Secrets {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     #[command(flatten)]
     Role(Role),
+}
+
+/// Runs `<program> secrets ARGS...` (the secrets commands parse their own arguments).
+pub fn secrets_main(args: Vec<std::ffi::OsString>) -> ExitCode {
+    let program = std::env::args_os().next().unwrap_or_else(|| "batou".into());
+    let mut argv = vec![program, "secrets".into()];
+    argv.extend(args);
+    secrets::main(argv)
 }
 
 /// The roles every deployment binary has besides its command line, for a controller. They
@@ -202,6 +217,7 @@ fn run_main(register: impl Fn(&mut Registry), stock: bool) -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Role(role)) => role.serve(register),
+        Some(Command::Secrets { args }) => secrets_main(args),
         Some(Command::Deploy(args)) => run_local(args, register, stock),
         None => run_local(cli.args, register, stock),
     }

@@ -7,8 +7,10 @@
 
 pub mod agent;
 pub mod schedule;
-pub mod secrets;
 pub mod ssh;
+
+/// The secrets commands, shared with `batou-local` (`batou-local/src/secrets.rs`).
+pub use batou_local::secrets;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -126,11 +128,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Role(role)) => return role.serve(|_| {}),
-        Some(Command::Secrets { args }) => {
-            let mut argv: Vec<std::ffi::OsString> = vec!["batou-remote".into(), "secrets".into()];
-            argv.extend(args);
-            return secrets::main(argv);
-        }
+        Some(Command::Secrets { args }) => return batou_local::secrets_main(args),
         Some(Command::Deploy(args)) => args,
         None => cli.args,
     };
