@@ -130,6 +130,8 @@ impl HostFailure {
 
 enum Up {
     Ready(String),
+    /// The run was interrupted before the host was prepared: it was not contacted.
+    Cancelled(String),
     SetupFailed(String, HostFailure),
     Event(Event),
     StepDone(usize, RootOutcome),
@@ -232,6 +234,10 @@ pub async fn deploy(
                 let h = hosts.get_mut(&host).expect("known host");
                 h.failure = Some(failure);
                 h.closed = true;
+                waiting -= 1;
+            }
+            Up::Cancelled(host) => {
+                hosts.get_mut(&host).expect("known host").closed = true;
                 waiting -= 1;
             }
             Up::Event(e) => sink.event(e),
@@ -361,7 +367,7 @@ pub async fn deploy(
                 stop |= !options.keep_going;
             }
             Up::Closed(host) => hosts.get_mut(&host).expect("known host").closed = true,
-            Up::Ready(_) | Up::SetupFailed(..) => {}
+            Up::Ready(_) | Up::SetupFailed(..) | Up::Cancelled(_) => {}
         }
     }
     let reason = if interrupted {
@@ -737,6 +743,10 @@ async fn host_task(
         .acquire_owned()
         .await
         .expect("the semaphore is never closed");
+    if options.interrupt.is_raised() {
+        let _ = up.send(Up::Cancelled(name));
+        return;
+    }
     let session = match ssh::connect(&host, &options.ssh).await {
         Ok(session) => session,
         Err(err) => {

@@ -258,3 +258,87 @@ fn processes() -> Vec<(u32, Vec<String>)> {
     }
     out
 }
+
+/// A host still waiting to be prepared when the signal comes is not contacted at all.
+#[test]
+fn hosts_not_yet_prepared_are_not_contacted_after_a_signal() {
+    let cluster = Cluster::start(&["a1", "b2"]);
+    let p = Project::new();
+    p.env(
+        "prod",
+        "[environment]\nbase_dir = \"srv\"\n[hosts.a1]\ncomponents = [\"motd\"]\n[hosts.b2]\ncomponents = [\"motd\"]\n[components.motd]\ntype = \"file\"\npath = \"motd\"\ncontent = \"hi\\n\"\n",
+    );
+    // a1's sshd accepts connections but never answers: its preparation takes until the
+    // connect deadline, while b2 waits for the only slot (`--jobs 1`).
+    let frozen = Pid::from_raw(cluster.host("a1").pid() as i32);
+    kill(frozen, Signal::SIGSTOP).unwrap();
+    let child = cluster
+        .command(p.path(), &["prod", "--json", "--jobs", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    kill(frozen, Signal::SIGCONT).unwrap();
+    let outcome = crate::harness::Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    };
+    assert_eq!(outcome.code, 130, "{}\n{}", outcome.stdout, outcome.stderr);
+    let statuses = outcome.statuses();
+    assert_eq!(statuses["a1"], "unreachable", "{}", outcome.stdout);
+    assert_eq!(statuses["b2"], "interrupted", "{}", outcome.stdout);
+    assert_eq!(cluster.host("b2").logins(), 0, "b2 was contacted");
+    assert!(!cluster.host("b2").home.join("srv").exists());
+
+    let out = cluster.run(p.path(), &["prod", "--json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let out = cluster.run(p.path(), &["prod", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.count("changed"), 0, "{}", out.stdout);
+}
+
+/// A step still running `--agent-timeout` after the signal leaves its host's state unknown.
+#[test]
+fn a_step_that_outlasts_the_grace_leaves_its_host_unknown() {
+    let cluster = Cluster::start(&["web1", "web2"]);
+    let p = Project::new();
+    // The harness's agent timeout is 10 s.
+    p.env("prod", &slow("13.5"));
+    let run = start(&cluster, &p, "13.5", true);
+    let started = Instant::now();
+    signal(&run, Target::Process, Signal::SIGTERM);
+    let Running {
+        child,
+        masters,
+        control_dir,
+    } = run;
+    let out = child.wait_with_output().unwrap();
+    let elapsed = started.elapsed();
+    let outcome = crate::harness::Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    };
+    assert_eq!(outcome.code, 6, "{}\n{}", outcome.stdout, outcome.stderr);
+    assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
+    assert_eq!(outcome.statuses()["web1"], "interrupted");
+    assert_eq!(outcome.statuses()["web2"], "interrupted");
+    assert!(
+        outcome.stdout.contains(
+            "`slow` was still running 10s after the interrupt: the host's state is unknown"
+        ),
+        "{}",
+        outcome.stdout
+    );
+    assert_cleaned_up(&masters, &control_dir);
+    let agents = format!(
+        "{}/.cache/batou/agents/",
+        cluster.host("web1").home.display()
+    );
+    wait_for(|| find_process(&agents, "agent").is_none());
+    converge_and_settle(&cluster, &p);
+}
