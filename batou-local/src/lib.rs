@@ -242,6 +242,9 @@ fn run_local(args: Args, register: impl FnOnce(&mut Registry), stock: bool) -> E
 }
 
 /// Loads, plans and converges; returns the exit status of a completed run.
+///
+/// Once the plan is built, this takes SIGINT and SIGTERM over for the rest of the process
+/// (see `watch_signals`): the first stops the converge after the running root component.
 pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
     let environment = load_environment(
         &settings.project,

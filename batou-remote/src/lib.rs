@@ -193,6 +193,9 @@ fn whole_seconds(d: Duration) -> Duration {
 }
 
 /// Plans locally, then deploys; returns the exit status of a completed run.
+///
+/// Once the plan is built, this takes SIGINT and SIGTERM over for the rest of the process
+/// (see `watch_signals`): the first stops the run in order, the second at once.
 pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     let (plan, agent_path) = plan(settings)?;
     check_hosts(&plan, settings)?;
