@@ -68,6 +68,11 @@ fn start(cluster: &Cluster, p: &Project, seconds: &str, json: bool) -> Running {
     wait_for(|| find_process("sleep", seconds).is_some());
     let masters = masters(cluster);
     assert_eq!(masters.len(), 2, "one master per host");
+    // A terminal's Ctrl-C goes to its foreground process group: the masters are not in the
+    // controller's (which the test made its own with `process_group(0)`).
+    for pid in &masters {
+        assert_ne!(process_group(*pid), child.id(), "master {pid}");
+    }
     let control_dir = masters
         .iter()
         .find_map(|pid| control_socket(*pid))
@@ -230,6 +235,14 @@ fn control_socket(pid: u32) -> Option<PathBuf> {
     let (_, args) = processes().into_iter().find(|(p, _)| *p == pid)?;
     let i = args.iter().position(|a| a == "-S")?;
     args.get(i + 1).map(PathBuf::from)
+}
+
+/// The process group of `pid`.
+fn process_group(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(") ").unwrap().1;
+    // After the state: the parent PID, then the process group.
+    rest.split_whitespace().nth(2).unwrap().parse().unwrap()
 }
 
 /// Whether `pid` runs (a zombie does not).
