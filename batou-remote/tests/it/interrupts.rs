@@ -291,7 +291,9 @@ fn hosts_not_yet_prepared_are_not_contacted_after_a_signal() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The controller is connecting to a1 (so it handles signals already).
+    wait_for(|| !masters(&cluster).is_empty());
+    std::thread::sleep(Duration::from_millis(300));
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     let out = child.wait_with_output().unwrap();
     kill(frozen, Signal::SIGCONT).unwrap();
