@@ -5,6 +5,7 @@
 //! attempted, and the report says which components had already changed.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -39,6 +40,8 @@ pub struct HostReport {
     pub changed_components: Vec<String>,
     /// The component path and cause chain of a failure.
     pub failure: Option<(String, Vec<String>)>,
+    /// Whether an interrupt left root components not started.
+    pub interrupted: bool,
     pub seconds: f64,
 }
 
@@ -124,6 +127,19 @@ pub fn converge(
     options: ConvergeOptions,
     sink: &mut dyn EventSink,
 ) -> HostReport {
+    converge_until(plan, host, options, &AtomicBool::new(false), sink)
+}
+
+/// Like [`converge`], but stops before the next root component once `interrupt` is set: the
+/// running root component finishes, the later ones are not attempted, and the report says
+/// it was interrupted.
+pub fn converge_until(
+    plan: &mut Plan,
+    host: &str,
+    options: ConvergeOptions,
+    interrupt: &AtomicBool,
+    sink: &mut dyn EventSink,
+) -> HostReport {
     let started = Instant::now();
     sink.event(Event::HostStarted {
         host: host.to_string(),
@@ -135,11 +151,18 @@ pub fn converge(
         roots: Vec::new(),
         changed_components: Vec::new(),
         failure: None,
+        interrupted: false,
         seconds: 0.0,
     };
+    let mut not_started = Vec::new();
     for step in plan.host_order(host) {
         let root = plan.steps()[step].root.clone();
         if report.failure.is_some() {
+            report.roots.push((root, RootOutcome::NotAttempted));
+            continue;
+        }
+        if interrupt.load(Ordering::SeqCst) {
+            not_started.push(root.clone());
             report.roots.push((root, RootOutcome::NotAttempted));
             continue;
         }
@@ -149,6 +172,13 @@ pub fn converge(
         report.roots.push((root, step_report.outcome));
     }
     report.seconds = started.elapsed().as_secs_f64();
+    if !not_started.is_empty() {
+        report.interrupted = true;
+        sink.event(Event::Interrupted {
+            host: host.to_string(),
+            not_started,
+        });
+    }
     sink.event(report.finished_event(options.dry_run));
     report
 }

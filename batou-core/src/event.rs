@@ -50,8 +50,15 @@ pub enum Event {
         component: String,
         reason: String,
     },
+    /// The run was interrupted (SIGINT or SIGTERM) before these root components of the host
+    /// started; the steps that were running finished first.
+    Interrupted {
+        host: String,
+        not_started: Vec<String>,
+    },
     /// A host could not be deployed or its state is unknown: `status` is one of
-    /// `unreachable`, `host_key_refused`, `auth_refused`, `lock_held`, `timeout`, `failed`.
+    /// `unreachable`, `host_key_refused`, `auth_refused`, `lock_held`, `timeout`, `failed`,
+    /// `interrupted`.
     HostFailed {
         host: String,
         status: String,
@@ -59,7 +66,7 @@ pub enum Event {
     },
     /// A remote run ended: one status per host (`changed`, `unchanged`, `failed`,
     /// `unreachable`, `host_key_refused`, `auth_refused`, `lock_held`, `timeout`, `skipped`,
-    /// `not_attempted`) with a detail for people.
+    /// `not_attempted`, `interrupted`) with a detail for people.
     RunFinished {
         hosts: Vec<HostSummary>,
         seconds: f64,

@@ -35,17 +35,23 @@ pub enum JournalEntry {
         component: String,
         outcome: RootOutcome,
         /// When the step started (the record's `time` is when it ended).
+        #[serde(default)]
         started: String,
         /// The component paths that changed.
+        #[serde(default)]
         changed: Vec<String>,
     },
     /// The deploy ended normally; lists are root component names.
     Finished {
         result: DeployResult,
+        #[serde(default)]
         changed: Vec<String>,
+        #[serde(default)]
         unchanged: Vec<String>,
+        #[serde(default)]
         failed: Vec<String>,
         /// Every component path that changed, in order.
+        #[serde(default)]
         components_changed: Vec<String>,
     },
     /// The deploy ended early: the agent's configure differed from the controller's, or the
@@ -111,6 +117,12 @@ mod tests {
         assert_eq!(JournalRecord::parse(&line), Some(record.clone()));
         assert_eq!(record.step(), Some(("app", RootOutcome::Changed)));
         assert_eq!(JournalRecord::parse("{\"record\":\"step\""), None);
+        // Lists and times that a record lacks read as empty.
+        let short = r#"{"time":"t","environment":"e","host":"h","user":"u","controller_host":"c","pid":1,"record":"step","component":"db","outcome":"failed"}"#;
+        assert_eq!(
+            JournalRecord::parse(short).unwrap().step(),
+            Some(("db", RootOutcome::Failed))
+        );
     }
 
     #[test]

@@ -47,7 +47,14 @@ impl HumanOutput<Vec<u8>> {
                 let mut counts: Vec<(String, usize)> = Vec::new();
                 for h in &hosts {
                     let status = h.status.replace('_', " ");
-                    let _ = writeln!(self.out, "  {:width$}  {:16} {}", h.host, status, h.detail);
+                    // A detail of several lines (an ssh error, an agent's stderr) keeps the
+                    // host on each of its lines.
+                    let mut lines = h.detail.lines();
+                    let first = lines.next().unwrap_or_default();
+                    let _ = writeln!(self.out, "  {:width$}  {:16} {}", h.host, status, first);
+                    for line in lines {
+                        let _ = writeln!(self.out, "  {:width$}  {:16} {}", h.host, "", line);
+                    }
                     match counts.iter_mut().find(|(s, _)| *s == status) {
                         Some((_, n)) => *n += 1,
                         None => counts.push((status, 1)),
@@ -85,6 +92,10 @@ impl HumanOutput<Vec<u8>> {
                 component,
                 reason,
             } => self.lines(&host, &format!("skipped {component}: {reason}")),
+            Event::Interrupted { host, not_started } => self.lines(
+                &host,
+                &format!("interrupted: not started: {}", not_started.join(", ")),
+            ),
             Event::HostFailed {
                 host,
                 status,
@@ -189,6 +200,7 @@ impl<W: Write> EventSink for JsonOutput<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::HostSummary;
 
     fn render(events: Vec<Event>) -> String {
         let mut buf = Vec::new();
@@ -231,5 +243,45 @@ mod tests {
             text.contains("web1:   error: boom\nweb1:     second line\nweb1:   caused by: cause\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_line_of_a_summary_detail_names_its_host() {
+        let text = render(vec![
+            Event::HostFailed {
+                host: "db1".into(),
+                status: "unreachable".into(),
+                error: vec!["unreachable: ssh: connect to host\nsecond line of ssh".into()],
+            },
+            Event::RunFinished {
+                hosts: vec![
+                    HostSummary {
+                        host: "db1".into(),
+                        status: "unreachable".into(),
+                        detail: "unreachable: first\nsecond line of ssh\n".into(),
+                    },
+                    HostSummary {
+                        host: "web10".into(),
+                        status: "unchanged".into(),
+                        detail: String::new(),
+                    },
+                ],
+                seconds: 1.0,
+            },
+        ]);
+        let mut lines = text.lines();
+        for line in lines.by_ref().take(3) {
+            assert!(line.starts_with("db1: "), "{line:?}\n{text}");
+        }
+        assert_eq!(lines.next(), Some("summary:"), "{text}");
+        assert_eq!(
+            lines.next(),
+            Some("  db1    unreachable      unreachable: first")
+        );
+        assert_eq!(
+            lines.next(),
+            Some("  db1                     second line of ssh")
+        );
+        assert_eq!(lines.next(), Some("  web10  unchanged        "));
     }
 }

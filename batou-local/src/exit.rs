@@ -23,12 +23,33 @@ pub enum Exit {
     Timeout = 6,
     /// A host could not be reached.
     Unreachable = 7,
+    /// The run was interrupted (SIGINT or SIGTERM) and stopped before it was done.
+    Interrupted = 130,
 }
+
+/// An error found before any host was deployed that ends the run with `exit` rather than
+/// with exit 3 (for example an unreachable host whose journal a `--hosts` run must read).
+#[derive(Debug)]
+pub struct ExitError {
+    pub exit: Exit,
+    /// What is wrong, with its hint.
+    pub error: ConfigError,
+}
+
+impl std::fmt::Display for ExitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for ExitError {}
 
 impl Exit {
     /// The exit status for an error that ended a run early.
     pub fn of_error(err: &anyhow::Error) -> Exit {
-        if err.chain().any(|e| e.is::<ConfigError>()) {
+        if let Some(e) = err.chain().find_map(|e| e.downcast_ref::<ExitError>()) {
+            e.exit
+        } else if err.chain().any(|e| e.is::<ConfigError>()) {
             Exit::InvalidConfiguration
         } else {
             Exit::DeployFailed
@@ -46,15 +67,18 @@ impl Exit {
             Exit::LockHeld => "lock_held",
             Exit::Timeout => "timeout",
             Exit::Unreachable => "unreachable",
+            Exit::Interrupted => "interrupted",
         }
     }
 
     /// Which of two exit statuses a run with both ends with: the one a person must look at
-    /// first (unknown state, then failures, then refusals, then unreachable hosts).
+    /// first (unknown state, then an interrupt, then failures, then refusals, then
+    /// unreachable hosts).
     pub fn worst(self, other: Exit) -> Exit {
         fn rank(e: Exit) -> u8 {
             match e {
-                Exit::Timeout => 7,
+                Exit::Timeout => 8,
+                Exit::Interrupted => 7,
                 Exit::DeployFailed => 6,
                 Exit::InvalidConfiguration => 5,
                 Exit::HostKeyOrAuthRefused => 4,

@@ -16,23 +16,87 @@
 pub mod agent;
 mod exit;
 pub mod handover;
+pub mod secrets;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
 
 use batou_core::output::{HumanOutput, JsonOutput};
 use batou_core::secrets::IdentitySource;
 use batou_core::{ConfigError, ConvergeOptions, Environment, EventSink, Plan, Project, Registry};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
-pub use exit::Exit;
+pub use exit::{Exit, ExitError};
 
 /// Converge an environment's components on this machine.
+///
+/// `batou-local ENVIRONMENT` and `batou-local deploy ENVIRONMENT` are the same; an
+/// environment named like a command (`deploy`, `agent`, `plan`, `help`, ...) needs `deploy`.
 #[derive(Debug, Parser)]
-#[command(name = "batou-local", version, about)]
+#[command(
+    name = "batou-local",
+    version,
+    about,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    args: Args,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Converge an environment (what `batou-local ENVIRONMENT` does).
+    Deploy(Args),
+    /// Create, edit, show and share an environment's secrets (see `secrets --help`).
+    #[command(disable_help_flag = true)]
+    Secrets {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    #[command(flatten)]
+    Role(Role),
+}
+
+/// Runs `<program> secrets ARGS...` (the secrets commands parse their own arguments).
+pub fn secrets_main(args: Vec<std::ffi::OsString>) -> ExitCode {
+    let program = std::env::args_os().next().unwrap_or_else(|| "batou".into());
+    let mut argv = vec![program, "secrets".into()];
+    argv.extend(args);
+    secrets::main(argv)
+}
+
+/// The roles every deployment binary has besides its command line, for a controller. They
+/// are commands of their own, hidden from `--help`.
+#[derive(Debug, Subcommand)]
+pub enum Role {
+    /// Serve one controller session on stdin/stdout.
+    #[command(hide = true)]
+    Agent,
+    /// Verify an uploaded agent (this binary) against its SHA-256 and install it.
+    #[command(hide = true)]
+    AgentInstall { sha256: String, target: PathBuf },
+    /// Print the remote plan of an environment as JSON.
+    #[command(hide = true)]
+    Plan {
+        environment: String,
+        #[arg(default_value = ".")]
+        project: PathBuf,
+    },
+}
+
+/// The options of a converge.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// The environment: `environments/<ENVIRONMENT>.toml`.
-    environment: String,
+    #[arg(required = true)]
+    environment: Option<String>,
     /// The host of the environment that this machine is; needed when it has several.
     #[arg(long)]
     host: Option<String>,
@@ -87,23 +151,20 @@ pub fn registry(register: impl FnOnce(&mut Registry)) -> Registry {
     registry
 }
 
-/// Serves the roles every deployment binary has besides its command line, when the first
-/// argument names one: `agent` (converge as a controller says over stdin/stdout),
-/// `agent-install <sha256> <path>` (verify and install an uploaded agent) and
-/// `plan <environment> [DIR]` (print the remote plan as JSON for a controller).
-pub fn serve_role(register: impl FnOnce(&mut Registry)) -> Option<ExitCode> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("agent") => Some(ExitCode::from(agent::serve(&registry(register)))),
-        Some("agent-install") if args.len() == 3 => Some(ExitCode::from(agent::install(
-            &args[1],
-            Path::new(&args[2]),
-        ))),
-        Some("plan") if (2..=3).contains(&args.len()) => {
-            let project = args.get(2).map(PathBuf::from).unwrap_or_else(|| ".".into());
-            let identities = IdentitySource::new(None);
-            Some(
-                match remote_plan(&project, &args[1], &registry(register), &identities) {
+impl Role {
+    /// Serves this role with the library's component types plus the project's.
+    pub fn serve(self, register: impl FnOnce(&mut Registry)) -> ExitCode {
+        match self {
+            Role::Agent => ExitCode::from(agent::serve(&registry(register))),
+            Role::AgentInstall { sha256, target } => {
+                ExitCode::from(agent::install(&sha256, &target))
+            }
+            Role::Plan {
+                environment,
+                project,
+            } => {
+                let identities = IdentitySource::new(None);
+                match remote_plan(&project, &environment, &registry(register), &identities) {
                     Ok(plan) => {
                         println!(
                             "{}",
@@ -116,10 +177,9 @@ pub fn serve_role(register: impl FnOnce(&mut Registry)) -> Option<ExitCode> {
                         print_error(&err, false);
                         exit.into()
                     }
-                },
-            )
+                }
+            }
         }
-        _ => None,
     }
 }
 
@@ -154,14 +214,16 @@ pub fn load_environment(
 }
 
 fn run_main(register: impl Fn(&mut Registry), stock: bool) -> ExitCode {
-    if let Some(code) = serve_role(&register) {
-        return code;
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Role(role)) => role.serve(register),
+        Some(Command::Secrets { args }) => secrets_main(args),
+        Some(Command::Deploy(args)) => run_local(args, register, stock),
+        None => run_local(cli.args, register, stock),
     }
-    run_local(register, stock)
 }
 
-fn run_local(register: impl FnOnce(&mut Registry), stock: bool) -> ExitCode {
-    let args = Args::parse();
+fn run_local(args: Args, register: impl FnOnce(&mut Registry), stock: bool) -> ExitCode {
     let json = args.json;
     let result = settings(args).and_then(|settings| {
         // Before a hand-over builds anything: a bad name must end the run untouched.
@@ -182,6 +244,9 @@ fn run_local(register: impl FnOnce(&mut Registry), stock: bool) -> ExitCode {
 }
 
 /// Loads, plans and converges; returns the exit status of a completed run.
+///
+/// Once the plan is built, this takes SIGINT and SIGTERM over for the rest of the process
+/// (see `watch_signals`): the first stops the converge after the running root component.
 pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
     let environment = load_environment(
         &settings.project,
@@ -204,11 +269,16 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
     } else {
         Box::new(HumanOutput::new(std::io::stderr().lock()))
     };
-    let report = batou_core::converge(&mut plan, &host, options, sink.as_mut());
+    // From here on a signal no longer kills the process: the first one stops after the
+    // running root component, the second one at once.
+    let interrupt = watch_signals()?;
+    let report = batou_core::converge_until(&mut plan, &host, options, interrupt, sink.as_mut());
     drop(sink);
     if !settings.json {
         let state = if !report.succeeded() {
             "1 failed"
+        } else if report.interrupted {
+            "1 interrupted"
         } else if report.changed_components.is_empty() {
             "0 changed"
         } else if settings.dry_run {
@@ -218,11 +288,50 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
         };
         eprintln!("1 host: {state} in {:.2} s", report.seconds);
     }
-    Ok(if report.succeeded() {
-        Exit::Success
-    } else {
+    Ok(if !report.succeeded() {
         Exit::DeployFailed
+    } else if report.interrupted {
+        Exit::Interrupted
+    } else {
+        Exit::Success
     })
+}
+
+/// Takes SIGINT and SIGTERM away from their default (ending the process) and serves them on
+/// a thread of their own: the first sets the returned flag, the second ends the process with
+/// exit status 130.
+///
+/// The signals are blocked in this thread before any other starts, so that every thread
+/// inherits the mask and only `sigwait` sees them; child processes start with an empty mask
+/// (the standard library resets it).
+fn watch_signals() -> anyhow::Result<&'static AtomicBool> {
+    use nix::sys::signal::{SigSet, Signal};
+    static INTERRUPT: AtomicBool = AtomicBool::new(false);
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()
+        .context("cannot take over SIGINT and SIGTERM")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let Ok(first) = set.wait() else { return };
+            INTERRUPT.store(true, Ordering::SeqCst);
+            say(&format!(
+                "{}: no further root component starts; the running one finishes first (send it again to stop at once)\n",
+                first.as_str()
+            ));
+            let Ok(second) = set.wait() else { return };
+            say(&format!("{} again: stopping at once\n", second.as_str()));
+            std::process::exit(i32::from(Exit::Interrupted as u8));
+        })
+        .context("cannot start the signal thread")?;
+    Ok(&INTERRUPT)
+}
+
+/// Writes to stderr past its lock, which the human output holds for the whole converge.
+fn say(text: &str) {
+    let _ = nix::unistd::write(std::io::stderr(), text.as_bytes());
 }
 
 fn settings(args: Args) -> anyhow::Result<Settings> {
@@ -241,7 +350,9 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         None => find_project(&std::env::current_dir()?)?,
     };
     Ok(Settings {
-        environment: args.environment,
+        environment: args
+            .environment
+            .expect("clap requires the environment of a converge"),
         host: args.host,
         dry_run: args.dry_run,
         json: args.json,
@@ -303,7 +414,10 @@ fn choose_host(environment: &Environment, requested: Option<&str>) -> Result<Str
 pub fn print_error(err: &anyhow::Error, json: bool) {
     let hint = err
         .chain()
-        .find_map(|e| e.downcast_ref::<ConfigError>())
+        .find_map(|e| {
+            e.downcast_ref::<ConfigError>()
+                .or_else(|| e.downcast_ref::<ExitError>().map(|x| &x.error))
+        })
         .and_then(|c| c.hint.clone());
     let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
     if json {

@@ -2,10 +2,13 @@
 //!
 //! Every read has a deadline: the agent sends heartbeats while it works, so silence longer
 //! than the agent timeout means the host's state is unknown, never that it succeeded.
+//! The agent's stderr is kept (its last [`STDERR_LINES`] lines) and shown when the agent
+//! ends unexpectedly, so that a crash says why.
 
 use openssh::Stdio;
+use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use batou_core::protocol::{Controller, FromAgent, HostJob, PROTOCOL_VERSION, Refusal, ToAgent};
@@ -18,6 +21,15 @@ use crate::ssh::{Word, shell_command};
 /// Where agents are cached on hosts, below `$HOME`.
 const AGENT_CACHE: &str = ".cache/batou/agents";
 
+/// How many of the agent's last stderr lines an error shows.
+pub const STDERR_LINES: usize = 40;
+
+/// How many characters of each of those lines it keeps.
+const STDERR_LINE_CHARS: usize = 1000;
+
+/// How long to wait for the rest of a dead agent's stderr.
+const STDERR_GRACE: Duration = Duration::from_secs(1);
+
 /// Why a host's session failed after connecting.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -25,8 +37,13 @@ pub enum SessionError {
     LockHeld(String),
     #[error("no answer from the agent within {0:.0?}: the host's state is unknown")]
     Timeout(Duration),
-    #[error("the agent ended unexpectedly: the host's state is unknown{0}")]
-    Died(String),
+    #[error("the agent ended unexpectedly: the host's state is unknown{detail}{stderr}")]
+    Died {
+        /// ` (the I/O error)`, or empty.
+        detail: String,
+        /// `\n` and the agent's last stderr lines, or empty.
+        stderr: String,
+    },
     #[error("the agent refused: {}", .0.join(": "))]
     Refused(Vec<String>),
     #[error("{0}")]
@@ -131,6 +148,69 @@ pub struct AgentSession {
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
     timeout: Duration,
+    stderr: StderrTail,
+}
+
+/// The last lines an agent wrote to stderr, read by a task of their own.
+#[derive(Clone, Default)]
+struct StderrTail {
+    lines: Arc<Mutex<VecDeque<String>>>,
+    closed: Arc<tokio::sync::Notify>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StderrTail {
+    fn spawn(stderr: openssh::ChildStderr) -> Self {
+        let tail = StderrTail::default();
+        let keep = tail.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut kept = keep.lock();
+                if kept.len() == STDERR_LINES {
+                    kept.pop_front();
+                }
+                // Lines are bounded too: a runaway line must not grow the controller.
+                // Masked before it is cut, so that no part of a secret survives.
+                let line = batou_core::redact::mask(&line);
+                kept.push_back(line.chars().take(STDERR_LINE_CHARS).collect());
+            }
+            keep.done.store(true, std::sync::atomic::Ordering::SeqCst);
+            keep.closed.notify_waiters();
+        });
+        tail
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<String>> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `\n` and the kept lines, once stderr is closed or a short grace has passed.
+    async fn text(&self) -> String {
+        let closed = self.closed.notified();
+        tokio::pin!(closed);
+        closed.as_mut().enable();
+        if !self.done.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = tokio::time::timeout(STDERR_GRACE, closed).await;
+        }
+        let lines = self.lock();
+        if lines.is_empty() {
+            return String::new();
+        }
+        let mut text = String::from("\nthe agent's stderr (last lines):");
+        for line in lines.iter() {
+            text.push_str("\n  ");
+            text.push_str(line);
+        }
+        text
+    }
+
+    async fn died(&self, detail: String) -> SessionError {
+        SessionError::Died {
+            detail,
+            stderr: self.text().await,
+        }
+    }
 }
 
 impl AgentSession {
@@ -147,17 +227,19 @@ impl AgentSession {
         let mut child = Session::to_raw_command(session, command)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .await
             .map_err(|e| SessionError::Failed(format!("cannot start the agent: {e}")))?;
         let stdin = child.stdin().take().expect("stdin is piped");
         let stdout = child.stdout().take().expect("stdout is piped");
+        let stderr = StderrTail::spawn(child.stderr().take().expect("stderr is piped"));
         let mut me = AgentSession {
             child,
             stdin,
             lines: BufReader::new(stdout).lines(),
             timeout,
+            stderr,
         };
         match me.read().await? {
             FromAgent::Hello { protocol, .. } if protocol == PROTOCOL_VERSION => {}
@@ -226,19 +308,21 @@ impl AgentSession {
             self.stdin.write_all(line.as_bytes()).await?;
             self.stdin.flush().await
         };
-        within(self.timeout, write)
-            .await?
-            .map_err(|e| SessionError::Died(format!(" ({e})")))
+        match within(self.timeout, write).await? {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.stderr.died(format!(" ({e})")).await),
+        }
     }
 
     /// The next message that is not a heartbeat.
     async fn read(&mut self) -> Result<FromAgent, SessionError> {
         loop {
-            let line = within(self.timeout, self.lines.next_line())
-                .await?
-                .map_err(|e| SessionError::Died(format!(" ({e})")))?;
+            let line = match within(self.timeout, self.lines.next_line()).await? {
+                Ok(line) => line,
+                Err(e) => return Err(self.stderr.died(format!(" ({e})")).await),
+            };
             let Some(line) = line else {
-                return Err(SessionError::Died(String::new()));
+                return Err(self.stderr.died(String::new()).await);
             };
             match serde_json::from_str::<FromAgent>(&line) {
                 Ok(FromAgent::Heartbeat) => continue,

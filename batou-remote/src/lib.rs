@@ -8,8 +8,10 @@
 pub mod agent;
 pub mod schedule;
 pub mod scheduler;
-pub mod secrets;
 pub mod ssh;
+
+/// The secrets commands, shared with `batou-local` (`batou-local/src/secrets.rs`).
+pub use batou_local::secrets;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -22,18 +24,52 @@ use batou_core::output::{HumanOutput, JsonOutput};
 use batou_core::protocol::{Controller, RemotePlan};
 use batou_core::{ConfigError, EventSink};
 use batou_local::Exit;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use crate::agent::AgentBinary;
 use crate::schedule::DeployOptions;
 use crate::ssh::SshOptions;
 
 /// Deploy an environment to every host over SSH.
+///
+/// `batou-remote ENVIRONMENT` and `batou-remote deploy ENVIRONMENT` are the same; an
+/// environment named like a command (`deploy`, `secrets`, `agent`, `plan`, `help`, ...)
+/// needs `deploy`.
 #[derive(Debug, Parser)]
-#[command(name = "batou-remote", version, about)]
+#[command(
+    name = "batou-remote",
+    version,
+    about,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    args: Args,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Deploy an environment (what `batou-remote ENVIRONMENT` does).
+    Deploy(Args),
+    /// Create, edit, show and share an environment's secrets (see `secrets --help`).
+    #[command(disable_help_flag = true)]
+    Secrets {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    #[command(flatten)]
+    Role(batou_local::Role),
+}
+
+/// The options of a deploy.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// The environment: `environments/<ENVIRONMENT>.toml`.
-    environment: String,
+    #[arg(required = true)]
+    environment: Option<String>,
     /// Report what would change without changing anything on any host.
     #[arg(long)]
     dry_run: bool,
@@ -87,13 +123,16 @@ pub struct Settings {
     pub deploy: DeployOptions,
 }
 
-/// Entry point of the stock binary.
+/// Entry point of the stock binary, which is also the agent (and the planner) for
+/// deployment repositories without component types of their own.
 pub fn main() -> ExitCode {
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if argv.get(1).is_some_and(|a| a == "secrets") {
-        return secrets::main(argv);
-    }
-    let args = Args::parse();
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Role(role)) => return role.serve(|_| {}),
+        Some(Command::Secrets { args }) => return batou_local::secrets_main(args),
+        Some(Command::Deploy(args)) => args,
+        None => cli.args,
+    };
     let json = args.json;
     match settings(args).and_then(|s| run(&s)) {
         Ok(exit) => exit.into(),
@@ -121,7 +160,9 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
     };
     let hosts = args.hosts.map(|h| h.into_iter().collect::<BTreeSet<_>>());
     Ok(Settings {
-        environment: args.environment,
+        environment: args
+            .environment
+            .expect("clap requires the environment of a deploy"),
         project,
         json: args.json,
         jobs: args.jobs,
@@ -139,8 +180,10 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
                 connect_timeout: whole_seconds(seconds(args.connect_timeout, "connect-timeout")?),
                 keepalive: whole_seconds(seconds(args.keepalive, "keepalive")?),
                 control_dir: PathBuf::new(),
+                masters: ssh::Masters::default(),
             },
             hosts,
+            interrupt: schedule::Interrupt::default(),
         },
     })
 }
@@ -151,14 +194,34 @@ fn whole_seconds(d: Duration) -> Duration {
 }
 
 /// Plans locally, then deploys; returns the exit status of a completed run.
+///
+/// Once the plan is built, this takes SIGINT and SIGTERM over for the rest of the process
+/// (see `watch_signals`): the first stops the run in order, the second at once.
 pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     let (plan, agent_path) = plan(settings)?;
     check_hosts(&plan, settings)?;
     let mut options = settings.deploy.clone();
     options.jobs = settings.jobs.unwrap_or(plan.jobs).max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // From here on a signal no longer kills the process: the first one stops the run in
+    // order, the second one at once (see `watch_signals`).
+    let signals = {
+        let _enter = runtime.enter();
+        Signals::new().context("cannot handle SIGINT and SIGTERM")?
+    };
     let control_dir =
         ssh::control_dir().context("cannot create a directory for SSH control sockets")?;
     options.ssh.control_dir = control_dir.path().to_path_buf();
+    runtime.spawn(watch_signals(
+        signals,
+        options.interrupt.clone(),
+        options.ssh.masters.clone(),
+        control_dir.path().to_path_buf(),
+    ));
     let agent = Arc::new(AgentBinary::new(&agent_path)?);
     let controller = controller();
     let mut sink: Box<dyn EventSink + Send> = if settings.json {
@@ -166,12 +229,19 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     } else {
         Box::new(HumanOutput::new(std::io::stderr()))
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(schedule::check_excluded_dependencies(&plan, &options))?;
+    let json = settings.json;
+    runtime.block_on(schedule::check_excluded_dependencies(
+        &plan,
+        &options,
+        &mut |warning| {
+            if json {
+                let event = serde_json::json!({"event": "warning", "message": warning});
+                println!("{}", batou_core::redact::to_masked_json(&event));
+            } else {
+                eprintln!("warning: {}", batou_core::redact::mask(&warning));
+            }
+        },
+    ))?;
     let report = runtime.block_on(schedule::deploy(
         &plan,
         agent,
@@ -179,9 +249,54 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
         &options,
         sink.as_mut(),
     ));
-    // Sessions are closed; do not wait for stray tasks.
+    // Sessions are closed; do not wait for stray tasks, and end any master left over.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    options.ssh.masters.terminate_all();
+    drop(control_dir);
     Ok(report.exit)
+}
+
+/// The signals that stop a run: SIGINT (Ctrl-C) and SIGTERM.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// The first signal stops the run after the running steps; the second ends the process at
+/// once, still ending the master connections and removing the control directory.
+async fn watch_signals(
+    mut signals: Signals,
+    interrupt: schedule::Interrupt,
+    masters: ssh::Masters,
+    control_dir: PathBuf,
+) {
+    let first = signals.next().await;
+    interrupt.raise();
+    eprintln!(
+        "{first}: no further step starts; running steps finish first (send it again to stop at once)"
+    );
+    let second = signals.next().await;
+    eprintln!("{second} again: stopping at once; the hosts' state is unknown");
+    masters.terminate_all();
+    let _ = std::fs::remove_dir_all(&control_dir);
+    std::process::exit(i32::from(Exit::Interrupted as u8));
 }
 
 /// The remote plan and the agent binary: the project's own binary when the deployment
@@ -235,8 +350,19 @@ fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
     Ok((plan, me))
 }
 
-/// `--hosts` must name hosts of the plan.
+/// The plan must have hosts, and `--hosts` must name hosts of the plan.
 fn check_hosts(plan: &RemotePlan, settings: &Settings) -> Result<(), ConfigError> {
+    if plan.hosts.is_empty() {
+        // The same error as `batou-local`'s.
+        return Err(
+            ConfigError::new(format!("environment `{}` has no hosts", plan.environment))
+                .at(batou_core::Place::Path(format!(
+                    "environments/{}.toml",
+                    plan.environment
+                )))
+                .hint("add a `[hosts.<name>]` table with `components = [...]`"),
+        );
+    }
     let Some(hosts) = &settings.hosts else {
         return Ok(());
     };

@@ -2,15 +2,21 @@
 //! loop passes what the tasks report to the [`Scheduler`](crate::scheduler::Scheduler),
 //! which decides what runs next (the rules are in `scheduler.rs`), and carries out its
 //! actions: send a step, end a session, emit an event. Also the journal check of `--hosts`.
+//!
+//! An [`Interrupt`] (the first SIGINT or SIGTERM) stops new steps; running steps get the
+//! agent timeout to finish, then every session ends with `finish`, so that journals are
+//! complete and locks released.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use batou_core::journal::JournalRecord;
 use batou_core::protocol::{Controller, HostJob, RemoteHost, RemotePlan};
-use batou_core::{Event, EventSink, HostSummary};
+use batou_core::{Event, EventSink, HostSummary, RootOutcome};
 use batou_local::Exit;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::agent::{AgentBinary, AgentSession, SessionError, ensure_agent};
 use crate::scheduler::{Action, HostFailure, HostStatus, Report, Scheduler, SchedulerOptions};
@@ -28,6 +34,36 @@ pub struct DeployOptions {
     pub ssh: SshOptions,
     /// Limit the run to these hosts.
     pub hosts: Option<BTreeSet<String>>,
+    /// Raised when the run must stop starting steps.
+    pub interrupt: Interrupt,
+}
+
+/// A request to stop a run after the steps that are running; cloned handles share it.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt(Arc<(AtomicBool, Notify)>);
+
+impl Interrupt {
+    /// Asks the run to stop starting steps.
+    pub fn raise(&self) {
+        self.0.0.store(true, Ordering::SeqCst);
+        self.0.1.notify_waiters();
+    }
+
+    /// Whether the run was asked to stop.
+    pub fn is_raised(&self) -> bool {
+        self.0.0.load(Ordering::SeqCst)
+    }
+
+    /// Completes once the run is asked to stop.
+    pub async fn raised(&self) {
+        let notified = self.0.1.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_raised() {
+            return;
+        }
+        notified.await;
+    }
 }
 
 /// How a run ended for each host, and the exit status it implies.
@@ -45,22 +81,16 @@ impl HostFailure {
             ConnectError::Auth(_) => HostStatus::AuthRefused,
             ConnectError::Unreachable(_) | ConnectError::Timeout(_) => HostStatus::Unreachable,
         };
-        HostFailure {
-            status,
-            error: vec![err.to_string()],
-        }
+        HostFailure::new(status, vec![err.to_string()])
     }
 
     fn session(err: &SessionError) -> Self {
         let status = match err {
             SessionError::LockHeld(_) => HostStatus::LockHeld,
-            SessionError::Timeout(_) | SessionError::Died(_) => HostStatus::Timeout,
+            SessionError::Timeout(_) | SessionError::Died { .. } => HostStatus::Timeout,
             SessionError::Refused(_) | SessionError::Failed(_) => HostStatus::Failed,
         };
-        HostFailure {
-            status,
-            error: vec![err.to_string()],
-        }
+        HostFailure::new(status, vec![err.to_string()])
     }
 }
 
@@ -123,19 +153,32 @@ pub async fn deploy(
     }
     drop(up_tx);
 
-    // Sessions get the agent timeout (plus a margin) to end once no step runs any more.
+    // Sessions get the agent timeout (plus a margin) to end once no step runs any more;
+    // after an interrupt, running steps get the agent timeout to finish.
     let mut closing_deadline: Option<tokio::time::Instant> = None;
+    let mut grace_end: Option<tokio::time::Instant> = None;
     while !scheduler.is_over() {
         if scheduler.is_finished() && closing_deadline.is_none() {
             closing_deadline =
                 Some(tokio::time::Instant::now() + options.agent_timeout + Duration::from_secs(5));
         }
-        let msg = match closing_deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, up.recv()).await {
-                Ok(msg) => msg,
-                Err(_) => break,
-            },
-            None => up.recv().await,
+        let never = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+        let msg = tokio::select! {
+            msg = up.recv() => msg,
+            () = options.interrupt.raised(), if !scheduler.is_interrupted() => {
+                grace_end = Some(tokio::time::Instant::now() + options.agent_timeout);
+                let actions = scheduler.interrupt(started.elapsed().as_secs_f64());
+                perform(actions, &downs, plan, sink);
+                continue;
+            }
+            () = tokio::time::sleep_until(grace_end.unwrap_or(never)), if grace_end.is_some() && !scheduler.is_finished() => {
+                grace_end = None;
+                let now = started.elapsed().as_secs_f64();
+                let actions = scheduler.grace_expired(options.agent_timeout, now);
+                perform(actions, &downs, plan, sink);
+                continue;
+            }
+            () = tokio::time::sleep_until(closing_deadline.unwrap_or(never)), if closing_deadline.is_some() => break,
         };
         let Some(msg) = msg else { break };
         let (host, report) = match msg {
@@ -145,17 +188,8 @@ pub async fn deploy(
             }
             Up::Report(host, report) => (host, report),
         };
-        for action in scheduler.report(&host, report, started.elapsed().as_secs_f64()) {
-            match action {
-                Action::Start { host, step } => {
-                    let _ = downs[&host].send(Down::Step(step, plan.steps[step].root.clone()));
-                }
-                Action::Finish { host } => {
-                    let _ = downs[&host].send(Down::Finish);
-                }
-                Action::Emit(event) => sink.event(event),
-            }
-        }
+        let actions = scheduler.report(&host, report, started.elapsed().as_secs_f64());
+        perform(actions, &downs, plan, sink);
     }
 
     let seconds = started.elapsed().as_secs_f64();
@@ -171,12 +205,17 @@ pub async fn deploy(
 }
 
 /// With `--hosts`, every step of the run whose dependency lies outside the run must find that
-/// dependency deployed in its host's journal; the missing ones are an error before any
-/// deploy starts.
+/// dependency deployed in its host's journal: the latest record of that step says it
+/// converged (a later failed deploy of it counts against it). Missing dependencies are an
+/// invalid configuration (exit 3); an excluded host that cannot be asked ends the run with
+/// the status of its connection failure (unreachable: 7). Both before any deploy starts.
+///
+/// A dry run connects to no host outside `--hosts`: it skips the check and says so.
 pub async fn check_excluded_dependencies(
     plan: &RemotePlan,
     options: &DeployOptions,
-) -> Result<(), batou_core::ConfigError> {
+    warn: &mut dyn FnMut(String),
+) -> anyhow::Result<()> {
     let Some(selected) = &options.hosts else {
         return Ok(());
     };
@@ -196,56 +235,89 @@ pub async fn check_excluded_dependencies(
         }
     }
     let label = |i: usize| format!("{}: {}", plan.steps[i].host, plan.steps[i].root);
+    if options.dry_run {
+        for (dep, requirer) in needed.values().flatten() {
+            warn(format!(
+                "dry run: not checking that `{}`, which `{}` requires and which is not in this run, was deployed (hosts outside `--hosts` are not contacted)",
+                label(*dep),
+                label(*requirer)
+            ));
+        }
+        return Ok(());
+    }
     let mut missing = Vec::new();
+    let mut unchecked: Option<(Exit, Vec<String>)> = None;
     for (host, deps) in needed {
-        let deployed = deployed_roots(plan, host, options).await;
-        for (dep, requirer) in deps {
-            let ok = deployed
-                .as_ref()
-                .is_ok_and(|roots| roots.contains(&plan.steps[dep].root));
-            if !ok {
-                let why = match &deployed {
-                    Ok(_) => "has not been deployed according to its host's journal".to_string(),
-                    Err(e) => format!("could not be checked ({e})"),
-                };
-                missing.push(format!(
-                    "`{}` requires `{}`, which is not in this run and {why}",
-                    label(requirer),
-                    label(dep)
-                ));
+        match deployed_roots(plan, host, options).await {
+            Ok(latest) => {
+                for (dep, requirer) in deps {
+                    let why = match latest.get(&plan.steps[dep].root) {
+                        Some(true) => continue,
+                        Some(false) => "its last deploy failed according to its host's journal",
+                        None => "has not been deployed according to its host's journal",
+                    };
+                    missing.push(format!(
+                        "`{}` requires `{}`, which is not in this run and {why}",
+                        label(requirer),
+                        label(dep)
+                    ));
+                }
+            }
+            Err((exit, error)) => {
+                let (worst, lines) = unchecked.get_or_insert((exit, Vec::new()));
+                *worst = worst.worst(exit);
+                for (dep, requirer) in deps {
+                    lines.push(format!(
+                        "`{}` requires `{}`, which is not in this run and could not be checked: {error}",
+                        label(requirer),
+                        label(dep)
+                    ));
+                }
             }
         }
     }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let hosts: BTreeSet<&str> = plan
+    let outside: BTreeSet<&str> = plan
         .steps
         .iter()
         .filter(|s| !selected.contains(&s.host))
         .map(|s| s.host.as_str())
         .collect();
-    Err(batou_core::ConfigError::new(format!(
-        "dependencies outside `--hosts` are missing: {}",
-        missing.join("; ")
-    ))
-    .hint(format!(
-        "deploy them first or add their hosts to `--hosts` (not in this run: {})",
-        hosts.into_iter().collect::<Vec<_>>().join(", ")
-    )))
+    let outside = outside.into_iter().collect::<Vec<_>>().join(", ");
+    if !missing.is_empty() {
+        return Err(batou_core::ConfigError::new(format!(
+            "dependencies outside `--hosts` are missing: {}",
+            missing.join("; ")
+        ))
+        .hint(format!(
+            "deploy them first or add their hosts to `--hosts` (not in this run: {outside})"
+        ))
+        .into());
+    }
+    if let Some((exit, lines)) = unchecked {
+        let error = batou_core::ConfigError::new(format!(
+            "dependencies outside `--hosts` could not be checked: {}",
+            lines.join("; ")
+        ))
+        .hint(format!(
+            "make the host reachable or add it to `--hosts` (not in this run: {outside}); nothing was deployed"
+        ));
+        return Err(batou_local::ExitError { exit, error }.into());
+    }
+    Ok(())
 }
 
-/// The root components that a host's journal records as deployed (changed or unchanged).
+/// For each root component that a host's journal records, whether its latest step record
+/// says it converged (changed or unchanged).
 async fn deployed_roots(
     plan: &RemotePlan,
     host: &str,
     options: &DeployOptions,
-) -> anyhow::Result<BTreeSet<String>> {
+) -> Result<BTreeMap<String, bool>, (Exit, String)> {
     let remote = plan
         .hosts
         .iter()
         .find(|h| h.name == host)
-        .ok_or_else(|| anyhow::anyhow!("unknown host `{host}`"))?;
+        .ok_or_else(|| (Exit::DeployFailed, format!("unknown host `{host}`")))?;
     let base = &plan.host_jobs[host].base_dir;
     let journal = if std::path::Path::new(base).is_absolute() {
         ssh::Word::Literal(format!(
@@ -258,7 +330,12 @@ async fn deployed_roots(
             base.trim_end_matches('/')
         ))
     };
-    let session = ssh::connect(remote, &options.ssh).await?;
+    let session = ssh::connect(remote, &options.ssh).await.map_err(|e| {
+        (
+            HostFailure::connect(&e).exit(),
+            format!("host `{host}` {e}"),
+        )
+    })?;
     let command = format!(
         "{} 2>/dev/null || true",
         ssh::shell_command(&[ssh::Word::Literal("cat".into()), journal])
@@ -267,23 +344,62 @@ async fn deployed_roots(
         options.agent_timeout,
         session.raw_command(&command).output(),
     )
-    .await
-    .map_err(|_| anyhow::anyhow!("no answer within {:.0?}", options.agent_timeout))??;
-    close(session).await;
-    let mut roots = BTreeSet::new();
+    .await;
+    ssh::close(session, &options.ssh.masters).await;
+    let output = match output {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => {
+            return Err((
+                Exit::Unreachable,
+                format!("cannot read the journal of host `{host}`: {e}"),
+            ));
+        }
+        Err(_) => {
+            return Err((
+                Exit::Timeout,
+                format!(
+                    "host `{host}` did not send its journal within {:.0?}",
+                    options.agent_timeout
+                ),
+            ));
+        }
+    };
+    // Records are appended in time order: the last one of a step is its latest deploy.
+    let mut latest: BTreeMap<String, bool> = BTreeMap::new();
     for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
+        let Some(record) = JournalRecord::parse(line) else {
             continue;
         };
-        if record["record"] == "step"
-            && record["environment"] == plan.environment.as_str()
-            && (record["outcome"] == "changed" || record["outcome"] == "unchanged")
-            && let Some(root) = record["component"].as_str()
-        {
-            roots.insert(root.to_string());
+        if record.environment != plan.environment {
+            continue;
+        }
+        if let Some((root, outcome)) = record.step() {
+            let converged = matches!(outcome, RootOutcome::Changed | RootOutcome::Unchanged);
+            latest.insert(root.to_string(), converged);
         }
     }
-    Ok(roots)
+    Ok(latest)
+}
+
+/// Carries out the scheduler's actions: steps and finishes go to the hosts' tasks, events to
+/// the sink.
+fn perform(
+    actions: Vec<Action>,
+    downs: &BTreeMap<String, mpsc::UnboundedSender<Down>>,
+    plan: &RemotePlan,
+    sink: &mut dyn EventSink,
+) {
+    for action in actions {
+        match action {
+            Action::Start { host, step } => {
+                let _ = downs[&host].send(Down::Step(step, plan.steps[step].root.clone()));
+            }
+            Action::Finish { host } => {
+                let _ = downs[&host].send(Down::Finish);
+            }
+            Action::Emit(event) => sink.event(event),
+        }
+    }
 }
 
 /// What one host's task needs: how to reach the host, its job, the agent to ship, and the
@@ -316,6 +432,10 @@ async fn host_task(
         .acquire_owned()
         .await
         .expect("the semaphore is never closed");
+    if options.interrupt.is_raised() {
+        let _ = up.send(Up::Report(name, Report::Cancelled));
+        return;
+    }
     let session = match ssh::connect(&host, &options.ssh).await {
         Ok(session) => session,
         Err(err) => {
@@ -351,7 +471,7 @@ async fn host_task(
                 name,
                 Report::SetupFailed(HostFailure::session(&err)),
             ));
-            close(session).await;
+            ssh::close(session, &options.ssh.masters).await;
             return;
         }
     };
@@ -375,7 +495,7 @@ async fn host_task(
                         let failure = HostFailure::session(&err);
                         let _ = up.send(Up::Report(name.clone(), Report::Broken { step, failure }));
                         drop(agent_session);
-                        close(session).await;
+                        ssh::close(session, &options.ssh.masters).await;
                         let _ = up.send(Up::Report(name, Report::Closed));
                         return;
                     }
@@ -389,17 +509,10 @@ async fn host_task(
                         message: format!("ending the agent session failed: {err}"),
                     }));
                 }
-                close(session).await;
+                ssh::close(session, &options.ssh.masters).await;
                 let _ = up.send(Up::Report(name, Report::Closed));
                 return;
             }
         }
-    }
-}
-
-/// Closes a master connection once nothing else uses it.
-async fn close(session: Arc<openssh::Session>) {
-    if let Ok(session) = Arc::try_unwrap(session) {
-        let _ = tokio::time::timeout(Duration::from_secs(5), session.close()).await;
     }
 }

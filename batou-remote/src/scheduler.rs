@@ -14,7 +14,11 @@
 //! - a step whose dependency failed or did not run is skipped with the reason; after a failure
 //!   no new step starts (unless `keep_going`), nor after an interrupt;
 //! - a host is finished as soon as it can do nothing more: it is told to end its session at
-//!   once, and its `host_finished` event carries its own time.
+//!   once, and its `host_finished` event carries its own time;
+//! - an interrupt ([`Scheduler::interrupt`]) works like a failure that nothing depends on:
+//!   no new step starts, running steps finish, every session ends; hosts left with steps not
+//!   run are `interrupted`. A step still running when the grace after the interrupt ends
+//!   ([`Scheduler::grace_expired`]) leaves its host's state unknown.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -46,6 +50,8 @@ pub enum HostStatus {
     Skipped,
     /// The host's steps were not started because the run stopped early.
     NotAttempted,
+    /// The run was interrupted before all of the host's steps ran.
+    Interrupted,
 }
 
 impl HostStatus {
@@ -62,6 +68,7 @@ impl HostStatus {
             HostStatus::Timeout => "timeout",
             HostStatus::Skipped => "skipped",
             HostStatus::NotAttempted => "not_attempted",
+            HostStatus::Interrupted => "interrupted",
         }
     }
 
@@ -77,6 +84,7 @@ impl HostStatus {
             }
             HostStatus::LockHeld => Some(Exit::LockHeld),
             HostStatus::Timeout => Some(Exit::Timeout),
+            HostStatus::Interrupted => Some(Exit::Interrupted),
             HostStatus::Skipped | HostStatus::NotAttempted => None,
         }
     }
@@ -104,6 +112,29 @@ impl std::fmt::Display for HostStatus {
 pub struct HostFailure {
     pub status: HostStatus,
     pub error: Vec<String>,
+    /// Whether the host's state is unknown (a step may still be running), whatever the
+    /// status: the run then exits with `timeout`.
+    pub state_unknown: bool,
+}
+
+impl HostFailure {
+    /// A failure with this status and cause chain.
+    pub fn new(status: HostStatus, error: Vec<String>) -> HostFailure {
+        HostFailure {
+            status,
+            error,
+            state_unknown: status == HostStatus::Timeout,
+        }
+    }
+
+    /// The exit status this failure gives the run.
+    pub fn exit(&self) -> Exit {
+        if self.state_unknown {
+            Exit::Timeout
+        } else {
+            self.status.exit().unwrap_or(Exit::DeployFailed)
+        }
+    }
 }
 
 /// What a host's task reports to the scheduler.
@@ -113,6 +144,8 @@ pub enum Report {
     Ready,
     /// The host could not be prepared.
     SetupFailed(HostFailure),
+    /// The run was interrupted before the host was prepared: it was not contacted.
+    Cancelled,
     /// A step finished on the host.
     StepDone { step: usize, outcome: RootOutcome },
     /// The session broke during a step (agent died or went silent).
@@ -159,6 +192,8 @@ enum StepState {
     NotRun(String),
     /// The agent died or went silent during this step.
     Unknown,
+    /// Not started because the run was interrupted.
+    Interrupted,
 }
 
 #[derive(Debug)]
@@ -168,6 +203,8 @@ struct HostRun {
     /// Every step of the host, in plan order.
     steps: Vec<usize>,
     ready: bool,
+    /// Never contacted: the run was interrupted before its turn to be prepared.
+    cancelled: bool,
     busy: bool,
     failure: Option<HostFailure>,
     /// Done: no step will run on it any more; `host_finished` was emitted.
@@ -180,6 +217,7 @@ struct HostRun {
 enum Stop {
     SetupFailed,
     Failure,
+    Interrupted,
 }
 
 impl Stop {
@@ -187,6 +225,15 @@ impl Stop {
         match self {
             Stop::SetupFailed => "not started: another host could not be prepared",
             Stop::Failure => "not started: the deploy stopped after a failure",
+            Stop::Interrupted => "not started: the deploy was interrupted",
+        }
+    }
+
+    /// What steps that never started because of this stop are.
+    fn state(self) -> StepState {
+        match self {
+            Stop::Interrupted => StepState::Interrupted,
+            other => StepState::NotRun(other.reason().to_string()),
         }
     }
 }
@@ -233,6 +280,7 @@ impl<'p> Scheduler<'p> {
                     queue: mine.iter().copied().collect(),
                     steps: mine,
                     ready: false,
+                    cancelled: false,
                     busy: false,
                     failure: None,
                     finished: false,
@@ -261,6 +309,13 @@ impl<'p> Scheduler<'p> {
         };
         match report {
             Report::Ready => h.ready = true,
+            Report::Cancelled => {
+                for step in h.queue.drain(..) {
+                    self.state[step] = StepState::Interrupted;
+                }
+                h.cancelled = true;
+                h.closed = true;
+            }
             Report::SetupFailed(failure) => {
                 actions.push(Action::Emit(Event::HostFailed {
                     host: host.to_string(),
@@ -275,14 +330,18 @@ impl<'p> Scheduler<'p> {
                 h.closed = true;
             }
             Report::StepDone { step, outcome } => {
+                if self.state[step] != StepState::Running {
+                    // Given up on (the grace after an interrupt ended): its host stays unknown.
+                    return actions;
+                }
                 self.running -= 1;
                 self.state[step] = StepState::Done(outcome);
                 h.busy = false;
                 if outcome == RootOutcome::Failed {
-                    h.failure = Some(HostFailure {
-                        status: HostStatus::Failed,
-                        error: vec![format!("`{}` failed", self.steps[step].root)],
-                    });
+                    h.failure = Some(HostFailure::new(
+                        HostStatus::Failed,
+                        vec![format!("`{}` failed", self.steps[step].root)],
+                    ));
                     for later in h.queue.drain(..) {
                         self.state[later] = StepState::NotRun(
                             "an earlier root component on this host failed".into(),
@@ -294,6 +353,9 @@ impl<'p> Scheduler<'p> {
                 }
             }
             Report::Broken { step, failure } => {
+                if self.state[step] != StepState::Running {
+                    return actions;
+                }
                 self.running -= 1;
                 actions.push(Action::Emit(Event::HostFailed {
                     host: host.to_string(),
@@ -312,12 +374,71 @@ impl<'p> Scheduler<'p> {
             }
             Report::Closed => h.closed = true,
         }
-        if self.preparing && self.hosts.values().all(|h| h.ready || h.failure.is_some()) {
+        if self.preparing
+            && self
+                .hosts
+                .values()
+                .all(|h| h.ready || h.cancelled || h.failure.is_some())
+        {
             self.preparing = false;
-            if self.hosts.values().any(|h| h.failure.is_some()) && !self.options.keep_going {
+            if self.hosts.values().any(|h| h.failure.is_some())
+                && !self.options.keep_going
+                && self.stop.is_none()
+            {
                 self.stop = Some(Stop::SetupFailed);
             }
         }
+        self.advance(now, &mut actions);
+        actions
+    }
+
+    /// The run was interrupted: no new step starts; running steps may finish.
+    pub fn interrupt(&mut self, now: f64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.stop = Some(Stop::Interrupted);
+        self.advance(now, &mut actions);
+        actions
+    }
+
+    /// Whether the run was interrupted.
+    pub fn is_interrupted(&self) -> bool {
+        self.stop == Some(Stop::Interrupted)
+    }
+
+    /// The grace after an interrupt is over: steps still running are given up on, and their
+    /// hosts' state is unknown. `grace` is how long they had, for the message.
+    pub fn grace_expired(&mut self, grace: std::time::Duration, now: f64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for (name, h) in self.hosts.iter_mut().filter(|(_, h)| h.busy) {
+            let Some(&step) = h
+                .steps
+                .iter()
+                .find(|i| self.state[**i] == StepState::Running)
+            else {
+                continue;
+            };
+            self.state[step] = StepState::Unknown;
+            self.running -= 1;
+            h.busy = false;
+            let failure = HostFailure {
+                status: HostStatus::Interrupted,
+                error: vec![format!(
+                    "`{}` was still running {grace:.0?} after the interrupt: the host's state is unknown",
+                    self.steps[step].root
+                )],
+                state_unknown: true,
+            };
+            actions.push(Action::Emit(Event::HostFailed {
+                host: name.clone(),
+                status: failure.status.to_string(),
+                error: failure.error.clone(),
+            }));
+            for later in h.queue.drain(..) {
+                self.state[later] = StepState::Interrupted;
+            }
+            h.failure = Some(failure);
+        }
+        self.stop = Some(Stop::Interrupted);
         self.advance(now, &mut actions);
         actions
     }
@@ -354,10 +475,10 @@ impl<'p> Scheduler<'p> {
                     self.state[*step] = StepState::Unknown;
                 }
             }
-            h.failure = Some(HostFailure {
-                status: HostStatus::Timeout,
-                error: vec!["the session ended during a step: the host's state is unknown".into()],
-            });
+            h.failure = Some(HostFailure::new(
+                HostStatus::Timeout,
+                vec!["the session ended during a step: the host's state is unknown".into()],
+            ));
         }
         // Whatever has not started now never will.
         self.stop.get_or_insert(Stop::Failure);
@@ -373,7 +494,11 @@ impl<'p> Scheduler<'p> {
         let mut hosts = Vec::new();
         for name in self.hosts.keys() {
             let (status, detail) = self.host_status(name);
-            if let Some(code) = status.exit() {
+            let code = match &self.hosts[name].failure {
+                Some(failure) => Some(failure.exit()),
+                None => status.exit(),
+            };
+            if let Some(code) = code {
                 exit = exit.worst(code);
             }
             hosts.push(HostSummary {
@@ -482,7 +607,7 @@ impl<'p> Scheduler<'p> {
                         component: self.steps[step].root.clone(),
                         reason: reason.to_string(),
                     }));
-                    self.state[step] = StepState::NotRun(reason.to_string());
+                    self.state[step] = stop.state();
                 }
             } else if !h.ready || !h.queue.is_empty() {
                 return;
@@ -490,6 +615,13 @@ impl<'p> Scheduler<'p> {
         }
         h.finished = true;
         let send_finish = h.ready && !h.closed;
+        let not_started = self.roots(name, |s| *s == StepState::Interrupted);
+        if !not_started.is_empty() {
+            actions.push(Action::Emit(Event::Interrupted {
+                host: name.to_string(),
+                not_started,
+            }));
+        }
         let event = self.host_finished_event(name, now);
         actions.push(Action::Emit(event));
         if send_finish {
@@ -518,7 +650,10 @@ impl<'p> Scheduler<'p> {
                 matches!(s, StepState::Done(RootOutcome::Failed) | StepState::Unknown)
             }),
             not_attempted: self.roots(name, |s| {
-                matches!(s, StepState::NotRun(_) | StepState::Pending)
+                matches!(
+                    s,
+                    StepState::NotRun(_) | StepState::Pending | StepState::Interrupted
+                )
             }),
             seconds: now,
         }
@@ -534,6 +669,23 @@ impl<'p> Scheduler<'p> {
         let not_run = self.roots(name, |s| {
             matches!(s, StepState::NotRun(_) | StepState::Pending)
         });
+        let verb = if self.options.dry_run {
+            "would change"
+        } else {
+            "changed"
+        };
+        let not_started = self.roots(name, |s| *s == StepState::Interrupted);
+        if !not_started.is_empty() {
+            let mut parts = Vec::new();
+            if !changed.is_empty() {
+                parts.push(format!("{verb}: {}", changed.join(", ")));
+            }
+            if !unchanged.is_empty() {
+                parts.push(format!("unchanged: {}", unchanged.join(", ")));
+            }
+            parts.push(format!("not started: {}", not_started.join(", ")));
+            return (HostStatus::Interrupted, parts.join("; "));
+        }
         if !not_run.is_empty() && changed.is_empty() && unchanged.is_empty() {
             let why = h
                 .steps
@@ -550,11 +702,6 @@ impl<'p> Scheduler<'p> {
             };
             (status, why)
         } else if !changed.is_empty() {
-            let verb = if self.options.dry_run {
-                "would change"
-            } else {
-                "changed"
-            };
             (
                 HostStatus::Changed,
                 format!("{verb}: {}", changed.join(", ")),
@@ -576,7 +723,7 @@ impl<'p> Scheduler<'p> {
                 StepState::Done(_) | StepState::Unknown => {
                     return Deps::Blocked(format!("it depends on `{label}`, which failed"));
                 }
-                StepState::NotRun(_) => {
+                StepState::NotRun(_) | StepState::Interrupted => {
                     return Deps::Blocked(format!("it depends on `{label}`, which did not run"));
                 }
             }
@@ -807,10 +954,10 @@ mod tests {
         let mut s = Script::new(&plan, &["db1", "web1"], options(true, 8));
         s.ready("db1").ready("web1");
         assert_eq!(s.take(), ["start db1 database"]);
-        let failure = HostFailure {
-            status: HostStatus::Timeout,
-            error: vec!["no message from the agent for 10 s".into()],
-        };
+        let failure = HostFailure::new(
+            HostStatus::Timeout,
+            vec!["no message from the agent for 10 s".into()],
+        );
         s.report(
             "db1",
             Report::Broken {
@@ -841,10 +988,10 @@ mod tests {
         s.ready("web1");
         s.report(
             "web2",
-            Report::SetupFailed(HostFailure {
-                status: HostStatus::HostKeyRefused,
-                error: vec!["Host key verification failed.".into()],
-            }),
+            Report::SetupFailed(HostFailure::new(
+                HostStatus::HostKeyRefused,
+                vec!["Host key verification failed.".into()],
+            )),
         );
         assert_eq!(
             s.take(),
@@ -871,10 +1018,10 @@ mod tests {
         let mut s = Script::new(&plan, &["web1", "web2"], options(true, 8));
         s.report(
             "web2",
-            Report::SetupFailed(HostFailure {
-                status: HostStatus::Unreachable,
-                error: vec!["connection refused".into()],
-            }),
+            Report::SetupFailed(HostFailure::new(
+                HostStatus::Unreachable,
+                vec!["connection refused".into()],
+            )),
         );
         s.ready("web1");
         assert_eq!(
@@ -934,6 +1081,89 @@ mod tests {
         s.ready("web1").done("web1", "motd", Changed);
         let (outcome, _) = s.sched.finish(2.0);
         assert_eq!(outcome.hosts[0].detail, "would change: motd");
+    }
+
+    #[test]
+    fn an_interrupt_lets_running_steps_finish_and_starts_nothing_new() {
+        let plan = steps(&[
+            ("web1", "app", &[]),
+            ("web1", "motd", &[]),
+            ("web2", "motd", &[]),
+        ]);
+        let mut s = Script::new(&plan, &["web1", "web2"], options(false, 1));
+        s.ready("web1").ready("web2");
+        assert_eq!(s.take(), ["start web1 app"]);
+        s.clock += 1.0;
+        let actions = s.sched.interrupt(s.clock);
+        assert!(s.sched.is_interrupted());
+        // web2 never started a step: it is done at once; web1 still runs `app`.
+        assert_eq!(actions.len(), 4, "{actions:?}");
+        assert!(
+            matches!(&actions[1], Action::Emit(Event::Interrupted { host, .. }) if host == "web2")
+        );
+        s.done("web1", "app", Changed);
+        assert_eq!(
+            s.take(),
+            [
+                "skipped web1 motd",
+                "Interrupted { host: \"web1\", not_started: [\"motd\"] }",
+                "done web1 at 4",
+                "finish web1"
+            ]
+        );
+        let (outcome, _) = s.sched.finish(s.clock);
+        let hosts: Vec<_> = outcome
+            .hosts
+            .iter()
+            .map(|h| (h.status.as_str(), h.detail.as_str()))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("interrupted", "changed: app; not started: motd"),
+                ("interrupted", "not started: motd")
+            ]
+        );
+        assert_eq!(outcome.exit, Exit::Interrupted);
+    }
+
+    #[test]
+    fn a_step_that_outlasts_the_grace_leaves_its_host_unknown() {
+        let plan = steps(&[("web1", "slow", &[]), ("web1", "motd", &[])]);
+        let mut s = Script::new(&plan, &["web1"], options(false, 8));
+        s.ready("web1");
+        s.sched.interrupt(2.0);
+        let actions = s
+            .sched
+            .grace_expired(std::time::Duration::from_secs(10), 12.0);
+        assert!(
+            matches!(&actions[0], Action::Emit(Event::HostFailed { status, .. }) if status == "interrupted"),
+            "{actions:?}"
+        );
+        // The step's late answer changes nothing.
+        s.done("web1", "slow", Changed);
+        let (outcome, _) = s.sched.finish(13.0);
+        assert_eq!(outcome.hosts[0].status, "interrupted");
+        assert_eq!(outcome.exit, Exit::Timeout);
+    }
+
+    #[test]
+    fn hosts_not_yet_prepared_when_interrupted_are_never_contacted() {
+        let plan = steps(&[("web1", "motd", &[]), ("web2", "motd", &[])]);
+        let mut s = Script::new(&plan, &["web1", "web2"], options(false, 1));
+        s.ready("web1");
+        s.clock += 1.0;
+        s.sched.interrupt(s.clock);
+        s.report("web2", Report::Cancelled);
+        let log = s.take();
+        assert!(log.contains(&"finish web1".to_string()), "{log:?}");
+        assert!(!log.contains(&"finish web2".to_string()), "{log:?}");
+        let (hosts, exit) = s.summary();
+        assert_eq!(
+            hosts,
+            statuses(&[("web1", "interrupted"), ("web2", "interrupted")])
+        );
+        assert_eq!(exit, Exit::Interrupted);
     }
 
     #[test]

@@ -16,7 +16,10 @@ pub fn snapshot_filters() -> Vec<(&'static str, &'static str)> {
         // Durations: `0.03 s`, `1.5s`, `12 ms`.
         (r"\b\d+(\.\d+)? ?(s|ms)\b", "[DURATION]"),
         // Sizes, as whole words (not `\0B` inside an escaped string).
-        (r"(^|[\s(])\d+(\.\d+)? ?(bytes|B|KiB|MiB|kB|MB)\b", "$1[SIZE]"),
+        (
+            r"(^|[\s(])\d+(\.\d+)? ?(bytes|B|KiB|MiB|kB|MB)\b",
+            "$1[SIZE]",
+        ),
         // Loopback addresses with ports, and ports after a colon.
         (r"127\.0\.0\.\d+:\d+", "127.0.0.x:[PORT]"),
         (r"\bport \d+", "port [PORT]"),

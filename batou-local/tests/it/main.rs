@@ -1,6 +1,7 @@
 //! Integration tests: the built `batou-local` binary on temporary deployment repositories.
 
 mod bad_input;
+mod cli;
 mod commands;
 mod components;
 mod confinement;
@@ -8,5 +9,6 @@ mod demo;
 mod example;
 mod failure;
 mod harness;
+mod interrupts;
 mod secrets;
 mod snapshots;

@@ -300,7 +300,7 @@ fn hosts_limits_the_run_and_checks_dependencies_outside_it() {
     );
 }
 
-fn wait_for(mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_for(mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting");
@@ -308,7 +308,7 @@ fn wait_for(mut done: impl FnMut() -> bool) {
     }
 }
 
-fn wait_for_pid(mut find: impl FnMut() -> Option<u32>) -> u32 {
+pub(crate) fn wait_for_pid(mut find: impl FnMut() -> Option<u32>) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(pid) = find() {
@@ -320,7 +320,7 @@ fn wait_for_pid(mut find: impl FnMut() -> Option<u32>) -> u32 {
 }
 
 /// A process whose first argument contains `program` and whose second is `arg`.
-fn find_process(program: &str, arg: &str) -> Option<u32> {
+pub(crate) fn find_process(program: &str, arg: &str) -> Option<u32> {
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -358,4 +358,191 @@ fn children(parent: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+#[test]
+fn a_crashing_agent_shows_its_stderr() {
+    let cluster = Cluster::start(&["web1"]);
+    let p = Project::new();
+    p.env(
+        "prod",
+        "[environment]\nbase_dir = \"srv\"\n[hosts.web1]\ncomponents = [\"motd\"]\n[components.motd]\ntype = \"file\"\npath = \"motd\"\ncontent = \"hi\\n\"\n",
+    );
+    assert_eq!(cluster.run(p.root(), &["prod"]).code, 0);
+    // Put a crashing program where the cached agent is.
+    let cache = cluster.host("web1").home.join(".cache/batou/agents");
+    let agent = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .unwrap();
+    let mut script = String::from("#!/bin/sh\n");
+    for i in 0..50 {
+        script.push_str(&format!("echo \"noise {i}\" >&2\n"));
+    }
+    script.push_str("echo 'agent: out of cheese' >&2\nexit 3\n");
+    std::fs::write(&agent, script).unwrap();
+    let out = cluster.run(p.root(), &["prod", "--json"]);
+    assert_eq!(out.code, 6, "{}\n{}", out.stdout, out.stderr);
+    let failed = out
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "host_failed")
+        .unwrap();
+    let error = failed["error"][0].as_str().unwrap();
+    assert!(error.contains("the agent ended unexpectedly"), "{error}");
+    assert!(error.contains("\n  agent: out of cheese"), "{error}");
+    // Only the last lines are kept.
+    assert!(error.contains("noise 49"), "{error}");
+    assert!(!error.contains("noise 10\n"), "{error}");
+    let out = cluster.run(p.root(), &["prod"]);
+    assert_eq!(out.code, 6);
+    for line in out.stderr.lines().filter(|l| l.contains("cheese")) {
+        assert!(
+            line.starts_with("web1: ") || line.starts_with("  web1  "),
+            "{line:?}\n{}",
+            out.stderr
+        );
+    }
+
+    // A removed agent is uploaded again; then nothing changes.
+    std::fs::remove_file(&agent).unwrap();
+    let out = cluster.run(p.root(), &["prod", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.count("agent_uploaded"), 1);
+    assert_eq!(out.count("changed"), 0);
+}
+
+#[test]
+fn every_line_of_a_multi_line_ssh_error_names_its_host() {
+    let mut cluster = Cluster::start(&["web1", "web2"]);
+    let p = Project::new();
+    p.env("prod", TWO_HOSTS);
+    assert_eq!(cluster.run(p.root(), &["prod"]).code, 0);
+    // A changed key makes ssh print its many-line warning.
+    cluster.replace_host_key("web1");
+    let out = cluster.run(p.root(), &["prod"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "{}",
+        out.stderr
+    );
+    let summary = out.stderr.find("summary:").unwrap();
+    let (live, summary) = out.stderr.split_at(summary);
+    for line in live.lines() {
+        assert!(
+            line.starts_with("web1: ") || line.starts_with("web2: "),
+            "{line:?}\n{}",
+            out.stderr
+        );
+    }
+    let summary: Vec<&str> = summary.lines().collect();
+    assert!(summary.len() > 4, "{}", out.stderr);
+    for line in &summary[1..summary.len() - 1] {
+        assert!(
+            line.starts_with("  web1  ") || line.starts_with("  web2  "),
+            "{line:?}\n{}",
+            out.stderr
+        );
+    }
+    cluster.forget("web1");
+    cluster.trust("web1");
+    let out = cluster.run(p.root(), &["prod", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.count("changed"), 0);
+}
+
+#[test]
+fn an_environment_without_hosts_is_a_configuration_error() {
+    let cluster = Cluster::start(&["web1"]);
+    let p = Project::new();
+    p.env("prod", "[environment]\nbase_dir = \"srv\"\n");
+    let out = cluster.run(p.root(), &["prod"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert_eq!(
+        out.stderr,
+        "error: environment `prod` has no hosts in environments/prod.toml\nhint: add a `[hosts.<name>]` table with `components = [...]`\n"
+    );
+    // The same words as batou-local's `choose_host`.
+    assert_eq!(cluster.host("web1").logins(), 0);
+}
+
+#[test]
+fn the_hosts_check_wants_the_latest_deploy_to_have_succeeded() {
+    let mut cluster = Cluster::start(&["db1", "web1", "web2"]);
+    let shop = workspace_root().join("examples/shop");
+    assert_eq!(
+        cluster.run(&shop, &["production", "--hosts", "db1"]).code,
+        0
+    );
+    let db1 = cluster.host("db1");
+    let journal = db1.home.join("srv/.batou/journal.jsonl");
+    let succeeded = std::fs::read_to_string(&journal).unwrap();
+
+    // A later deploy of `database` failed: its success before no longer counts.
+    let mut failed = succeeded.clone();
+    failed.push_str(
+        &serde_json::json!({
+            "time": "2100-01-01T00:00:00Z", "record": "step", "environment": "production",
+            "host": "db1", "user": "root", "controller_host": "test", "pid": 1,
+            "component": "database", "outcome": "failed", "changed": [],
+        })
+        .to_string(),
+    );
+    failed.push('\n');
+    std::fs::write(&journal, &failed).unwrap();
+    let out = cluster.run(&shop, &["production", "--hosts", "web1"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("`web1: app` requires `db1: database`, which is not in this run and its last deploy failed according to its host's journal"),
+        "{}",
+        out.stderr
+    );
+    assert!(!cluster.host("web1").home.join("srv").exists());
+
+    // A dry run contacts no host outside `--hosts`: it skips the check with a warning.
+    let logins = cluster.host("db1").logins();
+    let out = cluster.run(&shop, &["production", "--hosts", "web1", "--dry-run"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("warning: dry run: not checking that `db1: database`, which `web1: app` requires and which is not in this run, was deployed"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(cluster.host("db1").logins(), logins, "db1 was contacted");
+    assert!(!cluster.host("web1").home.join("srv").exists());
+
+    // With the journal as the successful deploy left it, web1 converges, and then again
+    // with nothing to do.
+    std::fs::write(&journal, &succeeded).unwrap();
+    let out = cluster.run(&shop, &["production", "--hosts", "web1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = cluster.run(&shop, &["production", "--hosts", "web1", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.count("changed"), 0, "{}", out.stdout);
+    let web1_journal = cluster.host("web1").journal("srv").len();
+
+    // An excluded host that cannot be reached is unreachable (7), not a configuration error.
+    cluster.hosts.get_mut("db1").unwrap().stop();
+    let out = cluster.run(&shop, &["production", "--hosts", "web1", "--json"]);
+    assert_eq!(out.code, 7, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(r#""kind":"unreachable""#),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("error: dependencies outside `--hosts` could not be checked: `web1: app` requires `db1: database`, which is not in this run and could not be checked: host `db1` unreachable: "),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("hint: make the host reachable"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(cluster.host("web1").journal("srv").len(), web1_journal);
 }

@@ -1,10 +1,12 @@
 //! End-to-end tests: `batou-remote` against real sshd hosts on loopback.
 
 mod base_dir;
+mod cli;
 mod confinement;
 mod deploy;
 mod example;
 mod faults;
 mod harness;
+mod interrupts;
 mod process_faults;
 mod secrets;

@@ -1,4 +1,5 @@
-//! `batou-remote secrets ...`: create, edit, show and share an environment's secrets.
+//! `batou-local secrets ...` and `batou-remote secrets ...` (and `<project binary> secrets`):
+//! create, edit, show and share an environment's secrets.
 //!
 //! The cleartext exists only in this process's memory and, while `$EDITOR` runs, in a 0600
 //! file inside a private 0700 temporary directory (on `$XDG_RUNTIME_DIR` or `/dev/shm` when
@@ -12,17 +13,17 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::Exit;
 use anyhow::{Context, bail};
 use batou_core::secrets::{
     self, IdentitySource, Recipient, Secrets, parse_recipients, recipients_path, secrets_path,
 };
 use batou_core::{ConfigError, Environment, Registry};
-use batou_local::Exit;
 use clap::{Parser, Subcommand};
 
 /// Manage an environment's age-encrypted secrets (`secrets/<ENV>.age`).
 #[derive(Debug, Parser)]
-#[command(name = "batou-remote secrets")]
+#[command(name = "secrets")]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -73,9 +74,21 @@ enum Command {
     },
 }
 
-/// Runs `batou-remote secrets ...`; `args` starts with the program name.
+/// The command these commands are run as (`batou-remote secrets`), for hints.
+static COMMAND: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn command() -> &'static str {
+    COMMAND.get().map_or("batou-remote secrets", String::as_str)
+}
+
+/// Runs `<program> secrets ...`; `args` starts with the program name, then `secrets`.
 pub fn main(args: Vec<OsString>) -> ExitCode {
-    // `batou-remote secrets edit x` parses as `batou-remote-secrets edit x`.
+    let program = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map_or("batou-remote".into(), |n| n.to_string_lossy().into_owned());
+    let _ = COMMAND.set(format!("{program} secrets"));
+    // `batou-remote secrets edit x` parses as `secrets edit x`.
     let args = Args::parse_from(
         args.into_iter()
             .enumerate()
@@ -85,7 +98,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Ok(exit) => exit.into(),
         Err(err) => {
             let exit = Exit::of_error(&err);
-            batou_local::print_error(&err, false);
+            crate::print_error(&err, false);
             exit.into()
         }
     }
@@ -124,8 +137,9 @@ impl Repo {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ConfigError::new(format!("`{relative}` does not exist"))
                     .hint(format!(
-                        "create the secrets with `batou-remote secrets create {}`",
-                        self.environment
+                        "create the secrets with `{cmd} create {}`",
+                        self.environment,
+                        cmd = command()
                     ))
                     .into());
             }
@@ -135,7 +149,10 @@ impl Repo {
         if recipients.is_empty() {
             return Err(
                 ConfigError::new(format!("`{relative}` lists no recipients"))
-                    .hint("add a public key with `batou-remote secrets add-recipient`")
+                    .hint(format!(
+                        "add a public key with `{} add-recipient`",
+                        command()
+                    ))
                     .into(),
             );
         }
@@ -175,7 +192,7 @@ fn run(args: Args) -> anyhow::Result<Exit> {
     let repo = |environment: &str| -> anyhow::Result<Repo> {
         let root = match &args.project {
             Some(dir) => std::path::absolute(dir)?,
-            None => batou_local::find_project(&std::env::current_dir()?)?,
+            None => crate::find_project(&std::env::current_dir()?)?,
         };
         Ok(Repo {
             root,
@@ -207,7 +224,10 @@ fn keygen() -> anyhow::Result<Exit> {
     if path.exists() {
         return Err(
             ConfigError::new(format!("`{}` already exists", path.display()))
-                .hint("its public key: `batou-remote secrets create` uses it by default")
+                .hint(format!(
+                    "its public key: `{} create` uses it by default",
+                    command()
+                ))
                 .into(),
         );
     }
@@ -246,16 +266,18 @@ fn create(repo: &Repo, keys: &[String]) -> anyhow::Result<Exit> {
     if repo.secrets().exists() {
         return Err(ConfigError::new(format!("`{relative}` already exists"))
             .hint(format!(
-                "change it with `batou-remote secrets edit {}`",
-                repo.environment
+                "change it with `{cmd} edit {}`",
+                repo.environment,
+                cmd = command()
             ))
             .into());
     }
     let recipients = if repo.recipients_file().exists() {
         if !keys.is_empty() {
             bail!(
-                "`{}` exists already: add keys with `batou-remote secrets add-recipient`",
-                recipients_path(&repo.environment)
+                "`{}` exists already: add keys with `{cmd} add-recipient`",
+                recipients_path(&repo.environment),
+                cmd = command()
             );
         }
         repo.recipients()?
@@ -263,9 +285,14 @@ fn create(repo: &Repo, keys: &[String]) -> anyhow::Result<Exit> {
         let keys = if keys.is_empty() {
             let own = repo.identities.public_keys()?;
             if own.is_empty() {
-                return Err(ConfigError::new("no recipient given and no identity of yours found")
-                    .hint("create one with `batou-remote secrets keygen`, or pass `--recipient KEY`")
-                    .into());
+                return Err(
+                    ConfigError::new("no recipient given and no identity of yours found")
+                        .hint(format!(
+                            "create one with `{} keygen`, or pass `--recipient KEY`",
+                            command()
+                        ))
+                        .into(),
+                );
             }
             own
         } else {
@@ -287,9 +314,10 @@ fn create(repo: &Repo, keys: &[String]) -> anyhow::Result<Exit> {
     };
     repo.encrypt_to(&repo.secrets(), TEMPLATE, &recipients)?;
     eprintln!(
-        "created `{relative}` for {} recipient(s); add secrets with `batou-remote secrets edit {}`",
+        "created `{relative}` for {} recipient(s); add secrets with `{cmd} edit {}`",
         recipients.len(),
-        repo.environment
+        repo.environment,
+        cmd = command()
     );
     Ok(Exit::Success)
 }
@@ -362,7 +390,7 @@ fn edit(repo: &Repo) -> anyhow::Result<Exit> {
                 return Ok(Exit::Success);
             }
             Err(err) => {
-                batou_local::print_error(&anyhow::Error::new(err), false);
+                crate::print_error(&anyhow::Error::new(err), false);
                 if interactive && ask("edit again? [Y/n] ")? {
                     continue;
                 }
@@ -375,8 +403,9 @@ fn edit(repo: &Repo) -> anyhow::Result<Exit> {
                         .display()
                 ))
                 .hint(format!(
-                    "`batou-remote secrets edit {}` resumes from it",
-                    repo.environment
+                    "`{cmd} edit {}` resumes from it",
+                    repo.environment,
+                    cmd = command()
                 ))
                 .into());
             }
@@ -441,8 +470,9 @@ fn remove_recipient(repo: &Repo, which: &str) -> anyhow::Result<Exit> {
     reencrypt(repo, &recipients)?;
     eprintln!("removed {}", removed.join(", "));
     eprintln!(
-        "they may keep a copy of the secrets they could read: rotate the values with `batou-remote secrets edit {}`",
-        repo.environment
+        "they may keep a copy of the secrets they could read: rotate the values with `{cmd} edit {}`",
+        repo.environment,
+        cmd = command()
     );
     Ok(Exit::Success)
 }
