@@ -247,7 +247,11 @@ impl CommandOutput {
 
 #[cfg(test)]
 mod tests {
+    use batou_core::{Component, Configure, ConvergeOptions, Deploy, Verdict};
+    use serde::Deserialize;
+
     use super::*;
+    use crate::test_util::{pairs, project_with};
 
     fn sh(script: &str) -> Cmd {
         cmd(["sh", "-c", script])
@@ -306,14 +310,14 @@ mod tests {
         );
 
         let out = sh("echo started; sleep 30.201")
-            .timeout(Duration::from_millis(300))
+            .timeout(Duration::from_millis(1500))
             .run()
             .unwrap();
         assert!(out.timed_out());
         assert_eq!((out.code(), out.signal()), (None, None));
         assert_eq!(
             out.check().unwrap_err().to_string(),
-            "command `sh -c echo started; sleep 30.201` timed out after 0.3 s and was killed\n\
+            "command `sh -c echo started; sleep 30.201` timed out after 1.5 s and was killed\n\
              --- stdout ---\nstarted"
         );
     }
@@ -329,5 +333,96 @@ mod tests {
         assert_eq!(err.to_string(), "a command needs a program to run");
         let err = cmd(["true"]).env("A=B", "c").run().unwrap_err();
         assert!(err.to_string().contains("is not a variable name"), "{err}");
+    }
+
+    /// A component that asks the host with `cmd` and changes it with `cmd`: a marker file
+    /// that `make_marker` (a program in the work directory) creates.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Marker {
+        #[serde(default)]
+        fail: bool,
+        #[serde(skip)]
+        workdir: PathBuf,
+    }
+
+    impl Component for Marker {
+        fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+            self.workdir = cx.workdir().to_path_buf();
+            Ok(())
+        }
+
+        fn verify(&self, _cx: &mut Deploy) -> anyhow::Result<Verdict> {
+            // No `cwd`: in a dry run, the work directory may not exist yet.
+            let marker = self.workdir.join("marker");
+            let test = cmd(["test", "-e"]).arg(marker.to_string_lossy()).run()?;
+            Ok(match test.code() {
+                Some(0) => Verdict::UpToDate,
+                _ => Verdict::needs_update(format!("no marker: `test -e` {}", test.status)),
+            })
+        }
+
+        fn update(&mut self, cx: &mut Deploy) -> anyhow::Result<()> {
+            let script = if self.fail {
+                "echo cannot make the marker >&2; exit 4"
+            } else {
+                "echo \"$CONTENT\" > marker; echo made"
+            };
+            let out = cmd(["sh", "-c", script])
+                .cwd(&self.workdir)
+                .env("CONTENT", "marked")
+                .timeout(Duration::from_secs(10))
+                .check()?;
+            cx.log(out.stdout.trim_end().to_string());
+            Ok(())
+        }
+    }
+
+    fn marker(attributes: &str) -> batou_core::testing::TestProject {
+        project_with::<Marker>(
+            "marker",
+            &format!(
+                "[hosts.localhost]\ncomponents = [\"marker\"]\n\n[components.marker]\n{attributes}"
+            ),
+        )
+    }
+
+    #[test]
+    fn a_component_built_on_cmd_converges_and_stays() {
+        let project = marker("");
+        let dry = project.dry_run("dev");
+        dry.assert_changed(&["marker > Workdir", "marker"]);
+        assert!(!project.base_dir().exists());
+
+        let run = project.converge("dev");
+        run.assert_changed(&["marker > Workdir", "marker"]);
+        assert_eq!(
+            run.reasons(),
+            pairs(&[
+                ("marker > Workdir", "missing"),
+                ("marker", "no marker: `test -e` failed with exit code 1"),
+            ])
+        );
+        assert_eq!(run.logs(), ["made"]);
+        let path = project.workdir("marker").join("marker");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "marked\n");
+        project.converge("dev").assert_unchanged();
+
+        std::fs::remove_file(&path).unwrap();
+        project.converge("dev").assert_changed(&["marker"]);
+        project.converge("dev").assert_unchanged();
+    }
+
+    #[test]
+    fn a_failed_check_in_a_component_names_the_command_and_its_output() {
+        let project = marker("fail = true\n");
+        let run = project.run("dev", ConvergeOptions::default());
+        assert_eq!(
+            run.failure().as_deref(),
+            Some(
+                "marker: command `sh -c echo cannot make the marker >&2; exit 4` failed with exit code 4\n\
+                 --- stderr ---\ncannot make the marker"
+            )
+        );
     }
 }

@@ -224,3 +224,126 @@ pub fn run_command(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use batou_core::ConvergeOptions;
+
+    use crate::test_util::{config_error, pairs, project};
+
+    /// An environment with one command `build`, whose table is `attributes`.
+    fn build(attributes: &str) -> batou_core::testing::TestProject {
+        project(&format!(
+            "[hosts.localhost]\ncomponents = [\"build\"]\n\n[components.build]\ntype = \"command\"\n{attributes}"
+        ))
+    }
+
+    #[test]
+    fn creates_runs_the_command_until_the_path_exists() {
+        let project = build(
+            r#"argv = ["sh", "-c", "echo \"$GREETING\" > out"]
+creates = "out"
+env = { GREETING = "hello {{ host.name }}" }
+"#,
+        );
+        let run = project.converge("dev");
+        run.assert_changed(&["build > Workdir", "build"]);
+        assert_eq!(
+            run.reasons(),
+            pairs(&[
+                ("build > Workdir", "missing"),
+                ("build", "`out` does not exist")
+            ])
+        );
+        let out = project.workdir("build").join("out");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello localhost\n");
+        project.converge("dev").assert_unchanged();
+
+        std::fs::remove_file(&out).unwrap();
+        let run = project.converge("dev");
+        run.assert_changed(&["build"]);
+        assert_eq!(run.reasons(), pairs(&[("build", "`out` does not exist")]));
+        project.converge("dev").assert_unchanged();
+    }
+
+    #[test]
+    fn unless_runs_the_command_while_the_guard_fails_also_in_dry_runs() {
+        let project = build(
+            r#"argv = ["touch", "flag"]
+unless = ["test", "-e", "flag"]
+"#,
+        );
+        std::fs::create_dir_all(project.workdir("build")).unwrap();
+        let dry = project.dry_run("dev");
+        dry.assert_changed(&["build"]);
+        assert_eq!(
+            dry.reasons(),
+            pairs(&[("build", "`test -e flag` failed with exit code 1")])
+        );
+        assert!(!project.workdir("build").join("flag").exists());
+
+        project.converge("dev").assert_changed(&["build"]);
+        assert!(project.workdir("build").join("flag").exists());
+        project.converge("dev").assert_unchanged();
+    }
+
+    #[test]
+    fn show_output_logs_what_the_command_printed() {
+        let project = build(
+            r#"argv = ["sh", "-c", "echo built; touch out"]
+creates = "out"
+show_output = true
+"#,
+        );
+        assert_eq!(
+            project.converge_twice("dev").logs(),
+            ["--- stdout ---\nbuilt"]
+        );
+    }
+
+    #[test]
+    fn a_failing_command_shows_how_it_ended_and_its_output_tail() {
+        let project = build(
+            r#"argv = ["sh", "-c", "echo out; echo err >&2; exit 3"]
+creates = "out"
+"#,
+        );
+        let run = project.run("dev", ConvergeOptions::default());
+        assert_eq!(
+            run.failure().as_deref(),
+            Some(
+                "build: command `sh -c echo out; echo err >&2; exit 3` failed with exit code 3\n\
+                 --- stdout ---\nout\n--- stderr ---\nerr"
+            )
+        );
+    }
+
+    #[test]
+    fn a_command_past_its_timeout_is_killed_and_fails() {
+        let project = build(
+            r#"argv = ["sh", "-c", "echo started; sleep 30.301"]
+creates = "out"
+timeout = 1.5
+"#,
+        );
+        let run = project.run("dev", ConvergeOptions::default());
+        assert_eq!(
+            run.failure().as_deref(),
+            Some(
+                "build: command `sh -c echo started; sleep 30.301` timed out after 1.5 s and was killed\n\
+                 --- stdout ---\nstarted"
+            )
+        );
+    }
+
+    #[test]
+    fn a_command_without_a_guard_is_a_configuration_error() {
+        let err = config_error(&build("argv = [\"make\"]\n"));
+        assert!(
+            err.contains(
+                "command `make` has no guard: set `creates` or `unless` so that it can converge"
+            ),
+            "{err}"
+        );
+    }
+}
