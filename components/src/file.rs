@@ -32,7 +32,7 @@ const SECRET_MODE: u32 = 0o600;
 /// One of `content`, `template`, `source` and `secret` is required (`content = ""` for an
 /// empty file): a file without any would silently empty an existing one. From Rust, a
 /// [`Secret`] can be the content too: [`File::secret_content`].
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, remote = "Self")]
 pub struct File {
     pub path: String,
@@ -69,19 +69,32 @@ pub struct File {
     /// Why the `vars` given to [`File::template`] were refused, reported by configure.
     #[serde(skip)]
     vars_error: Option<String>,
+    /// Whether the `vars` given to [`File::template`] hold a [`Secret`].
     #[serde(skip)]
-    data: Data,
+    vars_secret: bool,
+    #[serde(skip)]
+    data: Vec<u8>,
     #[serde(skip)]
     allowed: AllowedPaths,
 }
 
-/// The content to write, which `Debug` does not show: it may carry a secret.
-#[derive(Clone, Default, PartialEq, Eq)]
-struct Data(Vec<u8>);
-
-impl std::fmt::Debug for Data {
+impl std::fmt::Debug for File {
+    /// Everything but the content and the values of `vars`, which may carry secrets.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "<{} bytes>", self.0.len())
+        let bytes = |n: usize| format!("<{n} bytes>");
+        f.debug_struct("File")
+            .field("path", &self.path)
+            .field("content", &self.content.as_ref().map(|c| bytes(c.len())))
+            .field("template", &self.template)
+            .field("source", &self.source)
+            .field("secret", &self.secret)
+            .field("secret_content", &self.secret_content)
+            .field("vars", &self.vars.keys().collect::<Vec<_>>())
+            .field("mode", &self.mode)
+            .field("owner", &self.owner)
+            .field("group", &self.group)
+            .field("create_parents", &self.create_parents)
+            .finish_non_exhaustive()
     }
 }
 
@@ -129,7 +142,8 @@ impl File {
             create_parents: false,
             resolved: PathBuf::new(),
             vars_error: None,
-            data: Data::default(),
+            vars_secret: false,
+            data: Vec::new(),
             allowed: AllowedPaths::default(),
         }
     }
@@ -157,9 +171,21 @@ impl File {
     /// Content rendered from a project template with extra `vars`: a value that serializes
     /// to a map (a struct, a map, `serde_json::json!({..})`), whose top-level keys become
     /// template variables. Anything else (a string, a list, `()`) is an error at configure.
+    /// A [`Secret`] in `vars` renders as its value, and makes the file secret like
+    /// [`secret_content`](Self::secret_content) does (0600 unless `mode` is given, no diff).
+    /// `serde_json::json!` turns a `Secret` into `"<secret>"` before the file sees it: pass a
+    /// struct or a map holding the `Secret` instead.
     pub fn template(mut self, template: impl Into<String>, vars: impl serde::Serialize) -> Self {
         let template = template.into();
-        match serde_json::to_value(vars) {
+        // Through the template engine's serializer, as `Configure::render_file` does, so
+        // that a `Secret` among the vars gives the template its value, not `<secret>`.
+        let exposed = serde_json::to_value(minijinja::Value::from_serialize(&vars));
+        // Serialized plainly, a `Secret` shows `<secret>`: a difference means one is there.
+        self.vars_secret = match (&exposed, serde_json::to_value(&vars)) {
+            (Ok(exposed), Ok(plain)) => *exposed != plain,
+            _ => false,
+        };
+        match exposed {
             Ok(serde_json::Value::Object(map)) => {
                 self.vars = map.into_iter().collect();
                 self.vars_error = None;
@@ -231,7 +257,7 @@ impl File {
 
     /// Whether the content is secret by declaration, so that no diff may show it.
     fn is_secret(&self) -> bool {
-        self.secret.is_some() || self.secret_content.is_some()
+        self.secret.is_some() || self.secret_content.is_some() || self.vars_secret
     }
 
     fn ownership(&self) -> anyhow::Result<(Option<u32>, Option<u32>)> {
@@ -286,8 +312,8 @@ impl Component for File {
         } else {
             unreachable!("one content attribute is set")
         };
-        self.data = Data(data);
-        if self.mode.is_none() && (self.is_secret() || carries_secret(&self.data.0)) {
+        self.data = data;
+        if self.mode.is_none() && (self.is_secret() || carries_secret(&self.data)) {
             self.mode = Some(Mode(SECRET_MODE));
         }
         Ok(())
@@ -299,7 +325,7 @@ impl Component for File {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !self.is_secret()
-                    && let Some(d) = diff::unified(&self.path, b"", &self.data.0)
+                    && let Some(d) = diff::unified(&self.path, b"", &self.data)
                 {
                     cx.show_diff(d);
                 }
@@ -320,10 +346,10 @@ impl Component for File {
             let current = std::fs::read(&self.resolved)
                 .with_context(|| format!("cannot read `{}`", self.resolved.display()))?;
             if self.is_secret() {
-                if current != self.data.0 {
+                if current != self.data {
                     reasons.push("secret content differs".into());
                 }
-            } else if let Some(d) = diff::unified(&self.path, &current, &self.data.0) {
+            } else if let Some(d) = diff::unified(&self.path, &current, &self.data) {
                 cx.show_diff(d);
                 reasons.push("content differs".into());
             }
@@ -366,7 +392,7 @@ impl Component for File {
         };
         let (owner, group) = self.ownership()?;
         let same_content = existing.is_some()
-            && std::fs::read(&self.resolved).is_ok_and(|current| current == self.data.0);
+            && std::fs::read(&self.resolved).is_ok_and(|current| current == self.data);
         if same_content {
             // Only metadata differs: change it in place, the content stays as it is.
             if owner.is_some() || group.is_some() {
@@ -382,7 +408,7 @@ impl Component for File {
         // file would otherwise carry the ids of this process.
         let owner = owner.or(existing.as_ref().map(MetadataExt::uid));
         let group = group.or(existing.as_ref().map(MetadataExt::gid));
-        write_atomic(&self.resolved, &self.data.0, mode, owner, group)
+        write_atomic(&self.resolved, &self.data, mode, owner, group)
     }
 }
 
@@ -542,6 +568,14 @@ vars = { name = "world" }
                     }
                     cx.add(File::new("conf").template("t.j2", Vars { port: 8080 }));
                 }
+                "vars-secret" => {
+                    #[derive(serde::Serialize)]
+                    struct Vars {
+                        port: Secret<String>,
+                    }
+                    let port = Secret::new("8443".to_string());
+                    cx.add(File::new("conf").template("t.j2", Vars { port }));
+                }
                 "vars-string" => {
                     cx.add(File::new("conf").template("t.j2", "port = 8080"));
                 }
@@ -629,6 +663,13 @@ vars = { name = "world" }
             std::fs::read_to_string(project.workdir("rust").join("conf")).unwrap(),
             "port = 8080\n"
         );
+        // A `Secret` among the vars renders as its value, privately and without a diff.
+        let project = from_rust("vars-secret");
+        let run = project.converge_twice("dev");
+        assert_eq!(run.diffs(), pairs(&[]));
+        let conf = project.workdir("rust").join("conf");
+        assert_eq!(std::fs::read_to_string(&conf).unwrap(), "port = 8443\n");
+        assert_eq!(mode(&conf), 0o600);
         for (case, kind) in [("vars-string", "a string"), ("vars-list", "a list")] {
             let err = config_error(&from_rust(case));
             assert!(
