@@ -3,8 +3,10 @@
 //! A deployment repository with component types of its own depends on `batou` alone: this
 //! crate re-exports the component model ([`Component`], [`Configure`], [`Deploy`],
 //! [`Verdict`], [`Secret`]), the library components ([`File`], [`Directory`], [`Symlink`],
-//! [`Command`]) and the entry point [`main_with`]. It adds nothing of its own, so that the
-//! crates behind it can be re-cut without touching any project.
+//! [`Command`]), the command runner [`cmd`] and the entry point [`main_with`]; with the
+//! feature `testing`, also `testing` (converging in process, for a project's tests). It adds
+//! nothing of its own, so that the crates behind it can be re-cut without touching any
+//! project.
 //!
 //! ```no_run
 //! use batou::{Component, Configure, Deploy, File, Verdict};
@@ -47,8 +49,43 @@ pub use batou_core::{
 pub use batou_core::{ConvergeOptions, Environment, HostReport, Plan, converge};
 
 pub use batou_components::{
-    Command, CommandOutput, Directory, File, Mode, Symlink, run_command, write_atomic,
+    Cmd, Command, CommandOutput, CommandStatus, Directory, File, Mode, Symlink, cmd, run_command,
+    write_atomic,
 };
+
+/// Converging an environment in process and asserting on its events, for tests of a
+/// project's component types (feature `testing`, for `[dev-dependencies]`).
+///
+/// ```
+/// use batou::testing::TestProject;
+/// use batou::{Component, Configure, File};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Motd {
+///     text: String,
+/// }
+///
+/// impl Component for Motd {
+///     fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+///         cx.add(File::new("motd").content(self.text.clone()));
+///         Ok(())
+///     }
+/// }
+///
+/// let project = TestProject::new(batou::registry(|r| {
+///     r.register::<Motd>("motd");
+/// }));
+/// project.env(
+///     "dev",
+///     "[hosts.localhost]\ncomponents = [\"motd\"]\n\n[components.motd]\ntext = \"hello\\n\"\n",
+/// );
+/// let run = project.converge("dev");
+/// run.assert_changed(&["motd > Workdir", "motd > File('motd')"]);
+/// assert_eq!(run.diffs()[0].1, "--- motd\n+++ motd\n@@ -0,0 +1 @@\n+hello\n");
+/// project.converge("dev").assert_unchanged();
+/// ```
+#[cfg(feature = "testing")]
+pub use batou_core::testing;
 
 /// The deployment binary's entry point and registry.
 pub use batou_local::{main_with, registry};

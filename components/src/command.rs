@@ -1,4 +1,4 @@
-//! `Command`: a guarded command, and [`run_command`] for components that run commands.
+//! `Command`: a guarded command, and [`run_command`], the older spelling of [`crate::cmd`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,12 +8,7 @@ use anyhow::bail;
 use batou_core::{Component, Configure, Deploy, Verdict};
 use serde::Deserialize;
 
-use crate::process::Status;
-
-/// Seconds a command may run when no timeout is given.
-const DEFAULT_TIMEOUT: f64 = 300.0;
-/// Lines of output kept for error messages.
-const OUTPUT_TAIL: usize = 40;
+use crate::cmd::{Cmd, CommandOutput, DEFAULT_TIMEOUT, cmd};
 
 /// A command that runs when its guard says the host needs it.
 ///
@@ -55,15 +50,6 @@ pub struct Command {
     resolved_cwd: PathBuf,
     #[serde(skip)]
     resolved_creates: Option<PathBuf>,
-}
-
-/// What a finished command printed.
-#[derive(Debug, Clone)]
-pub struct CommandOutput {
-    pub success: bool,
-    pub status: String,
-    pub stdout: String,
-    pub stderr: String,
 }
 
 impl Command {
@@ -137,8 +123,15 @@ impl Command {
         Ok(())
     }
 
-    fn deadline(&self) -> Duration {
-        Duration::from_secs_f64(self.timeout.unwrap_or(DEFAULT_TIMEOUT))
+    /// `argv` as this command runs it: in its `cwd`, with its `env` and `timeout`.
+    fn cmd(&self, argv: &[String]) -> Cmd {
+        let timeout = self
+            .timeout
+            .map_or(DEFAULT_TIMEOUT, Duration::from_secs_f64);
+        cmd(argv)
+            .cwd(&self.resolved_cwd)
+            .envs(&self.env)
+            .timeout(timeout)
     }
 }
 
@@ -184,8 +177,12 @@ impl Component for Command {
             )));
         }
         if let Some(unless) = &self.unless {
-            let out = run_command(unless, &self.resolved_cwd, &self.env, self.deadline())?;
-            if !out.success {
+            let out = self.cmd(unless).run()?;
+            // A guard that hangs is an error, not a reason to run the command.
+            if out.timed_out() {
+                return Err(anyhow::anyhow!(out.failure()));
+            }
+            if !out.success() {
                 return Ok(Verdict::needs_update(format!(
                     "`{}` {}",
                     unless.join(" "),
@@ -197,26 +194,20 @@ impl Component for Command {
     }
 
     fn update(&mut self, cx: &mut Deploy) -> anyhow::Result<()> {
-        let out = run_command(&self.argv, &self.resolved_cwd, &self.env, self.deadline())?;
-        if out.success && self.show_output {
-            let text = format_output(&out);
+        let out = self.cmd(&self.argv).run()?.check()?;
+        if self.show_output {
+            let text = out.tail();
             if !text.is_empty() {
-                cx.log(text.trim_start().to_string());
+                cx.log(text);
             }
-        }
-        if !out.success {
-            bail!(
-                "command `{}` {}{}",
-                self.argv.join(" "),
-                out.status,
-                format_output(&out)
-            );
         }
         Ok(())
     }
 }
 
-/// Runs `argv` in `cwd` with `env` added, capturing its output (see [`crate::process`]).
+/// Runs `argv` in `cwd` with `env` added, capturing its output: the same as
+/// `cmd(argv).cwd(cwd).envs(env).timeout(timeout).run()` (see [`crate::cmd`]), except that a
+/// timeout is an error.
 ///
 /// `timeout` bounds the whole command: at the deadline its process group is killed and the
 /// result is an error carrying the tail of its output, never a success. Background processes
@@ -227,54 +218,132 @@ pub fn run_command(
     env: &BTreeMap<String, String>,
     timeout: Duration,
 ) -> anyhow::Result<CommandOutput> {
-    let out = crate::process::run(&crate::process::Request {
-        argv,
-        cwd,
-        env,
-        timeout,
-    })?;
-    let timed_out = out.status == Status::TimedOut;
-    let status = match out.status {
-        Status::Exited(0) => "succeeded".to_string(),
-        Status::Exited(code) => format!("failed with exit code {code}"),
-        Status::Signaled(signal) => format!("was killed by signal {signal}"),
-        Status::TimedOut => "timed out".to_string(),
-    };
-    let out = CommandOutput {
-        success: out.status == Status::Exited(0),
-        status,
-        stdout: out.stdout,
-        stderr: out.stderr,
-    };
-    if timed_out {
-        // `Display` of f64 writes `2` for 2.0 and `0.5` for 0.5, as the user wrote them.
-        bail!(
-            "command `{}` timed out after {} s and was killed{}",
-            argv.join(" "),
-            timeout.as_secs_f64(),
-            format_output(&out)
-        );
+    let out = cmd(argv).cwd(cwd).envs(env).timeout(timeout).run()?;
+    if out.timed_out() {
+        bail!(out.failure());
     }
     Ok(out)
 }
 
-/// The last lines of a command's output, for an error message.
-fn format_output(out: &CommandOutput) -> String {
-    let mut text = String::new();
-    for (name, stream) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
-        let lines: Vec<&str> = stream.lines().collect();
-        if lines.is_empty() {
-            continue;
-        }
-        let skip = lines.len().saturating_sub(OUTPUT_TAIL);
-        text.push_str(&format!("\n--- {name} ---"));
-        if skip > 0 {
-            text.push_str(&format!("\n({skip} earlier lines not shown)"));
-        }
-        for line in &lines[skip..] {
-            text.push('\n');
-            text.push_str(line);
-        }
+#[cfg(test)]
+mod tests {
+    use batou_core::ConvergeOptions;
+
+    use crate::test_util::{config_error, pairs, project};
+
+    /// An environment with one command `build`, whose table is `attributes`.
+    fn build(attributes: &str) -> batou_core::testing::TestProject {
+        project(&format!(
+            "[hosts.localhost]\ncomponents = [\"build\"]\n\n[components.build]\ntype = \"command\"\n{attributes}"
+        ))
     }
-    text
+
+    #[test]
+    fn creates_runs_the_command_until_the_path_exists() {
+        let project = build(
+            r#"argv = ["sh", "-c", "echo \"$GREETING\" > out"]
+creates = "out"
+env = { GREETING = "hello {{ host.name }}" }
+"#,
+        );
+        let run = project.converge("dev");
+        run.assert_changed(&["build > Workdir", "build"]);
+        assert_eq!(
+            run.reasons(),
+            pairs(&[
+                ("build > Workdir", "missing"),
+                ("build", "`out` does not exist")
+            ])
+        );
+        let out = project.workdir("build").join("out");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello localhost\n");
+        project.converge("dev").assert_unchanged();
+
+        std::fs::remove_file(&out).unwrap();
+        let run = project.converge("dev");
+        run.assert_changed(&["build"]);
+        assert_eq!(run.reasons(), pairs(&[("build", "`out` does not exist")]));
+        project.converge("dev").assert_unchanged();
+    }
+
+    #[test]
+    fn unless_runs_the_command_while_the_guard_fails_also_in_dry_runs() {
+        let project = build(
+            r#"argv = ["touch", "flag"]
+unless = ["test", "-e", "flag"]
+"#,
+        );
+        std::fs::create_dir_all(project.workdir("build")).unwrap();
+        let dry = project.dry_run("dev");
+        dry.assert_changed(&["build"]);
+        assert_eq!(
+            dry.reasons(),
+            pairs(&[("build", "`test -e flag` failed with exit code 1")])
+        );
+        assert!(!project.workdir("build").join("flag").exists());
+
+        project.converge("dev").assert_changed(&["build"]);
+        assert!(project.workdir("build").join("flag").exists());
+        project.converge("dev").assert_unchanged();
+    }
+
+    #[test]
+    fn show_output_logs_what_the_command_printed() {
+        let project = build(
+            r#"argv = ["sh", "-c", "echo built; touch out"]
+creates = "out"
+show_output = true
+"#,
+        );
+        assert_eq!(
+            project.converge_twice("dev").logs(),
+            ["--- stdout ---\nbuilt"]
+        );
+    }
+
+    #[test]
+    fn a_failing_command_shows_how_it_ended_and_its_output_tail() {
+        let project = build(
+            r#"argv = ["sh", "-c", "echo out; echo err >&2; exit 3"]
+creates = "out"
+"#,
+        );
+        let run = project.run("dev", ConvergeOptions::default());
+        assert_eq!(
+            run.failure().as_deref(),
+            Some(
+                "build: command `sh -c echo out; echo err >&2; exit 3` failed with exit code 3\n\
+                 --- stdout ---\nout\n--- stderr ---\nerr"
+            )
+        );
+    }
+
+    #[test]
+    fn a_command_past_its_timeout_is_killed_and_fails() {
+        let project = build(
+            r#"argv = ["sh", "-c", "echo started; sleep 30.301"]
+creates = "out"
+timeout = 1.5
+"#,
+        );
+        let run = project.run("dev", ConvergeOptions::default());
+        assert_eq!(
+            run.failure().as_deref(),
+            Some(
+                "build: command `sh -c echo started; sleep 30.301` timed out after 1.5 s and was killed\n\
+                 --- stdout ---\nstarted"
+            )
+        );
+    }
+
+    #[test]
+    fn a_command_without_a_guard_is_a_configuration_error() {
+        let err = config_error(&build("argv = [\"make\"]\n"));
+        assert!(
+            err.contains(
+                "command `make` has no guard: set `creates` or `unless` so that it can converge"
+            ),
+            "{err}"
+        );
+    }
 }

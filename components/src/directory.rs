@@ -223,3 +223,159 @@ impl Component for Directory {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use batou_core::ConvergeOptions;
+
+    use crate::test_util::{config_error, mode, pairs, project};
+
+    const DATA: &str = r#"
+[hosts.localhost]
+components = ["data"]
+
+[components.data]
+type = "directory"
+path = "data"
+mode = 0o750
+"#;
+
+    const SITE: &str = r#"
+[hosts.localhost]
+components = ["site"]
+
+[components.site]
+type = "directory"
+path = "htdocs"
+source = "site"
+purge = true
+"#;
+
+    /// A project whose `site/` holds a page, a stylesheet below `css/` and a symlink.
+    fn site() -> batou_core::testing::TestProject {
+        let project = project(SITE);
+        project.file("site/index.html", "<h1>shop</h1>\n");
+        project.file("site/css/shop.css", "h1 { color: red }\n");
+        std::os::unix::fs::symlink("index.html", project.root().join("site/home.html")).unwrap();
+        project
+    }
+
+    #[test]
+    fn a_directory_gets_its_mode_and_drift_is_repaired() {
+        let project = project(DATA);
+        let run = project.converge("dev");
+        run.assert_changed(&["data > Workdir", "data"]);
+        assert_eq!(
+            run.reasons(),
+            pairs(&[("data > Workdir", "missing"), ("data", "missing")])
+        );
+        let path = project.workdir("data").join("data");
+        assert_eq!(mode(&path), 0o750);
+        project.converge("dev").assert_unchanged();
+
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let run = project.converge("dev");
+        run.assert_changed(&["data"]);
+        assert_eq!(run.reasons(), pairs(&[("data", "mode 0700 -> 0750")]));
+        assert_eq!(mode(&path), 0o750);
+        project.converge("dev").assert_unchanged();
+    }
+
+    #[test]
+    fn a_source_tree_is_mirrored_entry_by_entry() {
+        let project = site();
+        let run = project.converge("dev");
+        run.assert_changed(&[
+            "site > Workdir",
+            "site > Directory('htdocs')",
+            "site > Directory('htdocs/css')",
+            "site > File('htdocs/css/shop.css')",
+            "site > Symlink('htdocs/home.html')",
+            "site > File('htdocs/index.html')",
+        ]);
+        let htdocs = project.workdir("site").join("htdocs");
+        assert_eq!(
+            std::fs::read_to_string(htdocs.join("css/shop.css")).unwrap(),
+            "h1 { color: red }\n"
+        );
+        assert_eq!(
+            std::fs::read_link(htdocs.join("home.html")).unwrap(),
+            std::path::Path::new("index.html")
+        );
+        assert_eq!(
+            run.diffs()
+                .iter()
+                .map(|(c, _)| c.as_str())
+                .collect::<Vec<_>>(),
+            [
+                "site > File('htdocs/css/shop.css')",
+                "site > File('htdocs/index.html')"
+            ]
+        );
+        project.converge("dev").assert_unchanged();
+    }
+
+    #[test]
+    fn a_dry_run_predicts_the_tree_and_creates_nothing() {
+        let project = site();
+        let dry = project.dry_run("dev");
+        // The directory itself is predicted too: in a dry run, its sub-components did not
+        // create it.
+        assert_eq!(dry.changed().len(), 7, "{:?}", dry.changed());
+        assert_eq!(dry.changed().last().map(String::as_str), Some("site"));
+        assert!(!project.base_dir().exists());
+        project.converge_twice("dev");
+    }
+
+    #[test]
+    fn purge_removes_what_the_source_lacks_and_a_changed_file_is_rewritten() {
+        let project = site();
+        project.converge("dev");
+        let htdocs = project.workdir("site").join("htdocs");
+        std::fs::write(htdocs.join("stray.txt"), "left over\n").unwrap();
+        std::fs::create_dir(htdocs.join("old")).unwrap();
+        std::fs::write(htdocs.join("old/page.html"), "old\n").unwrap();
+        std::fs::write(htdocs.join("index.html"), "<h1>defaced</h1>\n").unwrap();
+
+        let run = project.converge("dev");
+        run.assert_changed(&["site > File('htdocs/index.html')", "site"]);
+        assert_eq!(
+            run.reasons(),
+            pairs(&[
+                ("site > File('htdocs/index.html')", "content differs"),
+                ("site", "extraneous: old, stray.txt"),
+            ])
+        );
+        assert!(!htdocs.join("stray.txt").exists());
+        assert!(!htdocs.join("old").exists());
+        assert_eq!(
+            std::fs::read_to_string(htdocs.join("index.html")).unwrap(),
+            "<h1>shop</h1>\n"
+        );
+        project.converge("dev").assert_unchanged();
+    }
+
+    #[test]
+    fn purge_without_a_source_is_a_configuration_error() {
+        let project = project(&format!("{DATA}purge = true\n"));
+        let err = config_error(&project);
+        assert!(
+            err.contains("`purge` needs a `source` to know which entries belong"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_in_the_way_is_a_failure_naming_it() {
+        let project = project(DATA);
+        std::fs::create_dir_all(project.workdir("data")).unwrap();
+        std::fs::write(project.workdir("data").join("data"), "").unwrap();
+        let run = project.run("dev", ConvergeOptions::default());
+        let failure = run.failure().expect("a directory cannot replace a file");
+        assert!(
+            failure.ends_with("/work/data/data` exists and is not a directory"),
+            "{failure}"
+        );
+    }
+}

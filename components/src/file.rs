@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use batou_core::{AllowedPaths, Component, Configure, Deploy, Verdict, diff, refuse_nul};
+use batou_core::{AllowedPaths, Component, Configure, Deploy, Secret, Verdict, diff, refuse_nul};
 use serde::{Deserialize, Deserializer};
 
 use crate::fs::{gid, uid, write_atomic};
@@ -30,8 +30,9 @@ const SECRET_MODE: u32 = 0o600;
 /// ```
 ///
 /// One of `content`, `template`, `source` and `secret` is required (`content = ""` for an
-/// empty file): a file without any would silently empty an existing one.
-#[derive(Debug, Clone, Deserialize)]
+/// empty file): a file without any would silently empty an existing one. From Rust, a
+/// [`Secret`] can be the content too: [`File::secret_content`].
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, remote = "Self")]
 pub struct File {
     pub path: String,
@@ -47,6 +48,9 @@ pub struct File {
     /// unless `mode` says otherwise, and its changes are reported without a diff.
     #[serde(default)]
     pub secret: Option<String>,
+    /// Secret content given from Rust ([`File::secret_content`]); treated like `secret`.
+    #[serde(skip)]
+    pub secret_content: Option<Secret<String>>,
     #[serde(default)]
     pub vars: BTreeMap<String, serde_json::Value>,
     /// Permission bits; when unset, new files get 0644 (0600 when the content carries a secret
@@ -62,10 +66,36 @@ pub struct File {
     pub create_parents: bool,
     #[serde(skip)]
     resolved: PathBuf,
+    /// Why the `vars` given to [`File::template`] were refused, reported by configure.
+    #[serde(skip)]
+    vars_error: Option<String>,
+    /// Whether the `vars` given to [`File::template`] hold a [`Secret`].
+    #[serde(skip)]
+    vars_secret: bool,
     #[serde(skip)]
     data: Vec<u8>,
     #[serde(skip)]
     allowed: AllowedPaths,
+}
+
+impl std::fmt::Debug for File {
+    /// Everything but the content and the values of `vars`, which may carry secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes = |n: usize| format!("<{n} bytes>");
+        f.debug_struct("File")
+            .field("path", &self.path)
+            .field("content", &self.content.as_ref().map(|c| bytes(c.len())))
+            .field("template", &self.template)
+            .field("source", &self.source)
+            .field("secret", &self.secret)
+            .field("secret_content", &self.secret_content)
+            .field("vars", &self.vars.keys().collect::<Vec<_>>())
+            .field("mode", &self.mode)
+            .field("owner", &self.owner)
+            .field("group", &self.group)
+            .field("create_parents", &self.create_parents)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'de> Deserialize<'de> for File {
@@ -104,12 +134,15 @@ impl File {
             template: None,
             source: None,
             secret: None,
+            secret_content: None,
             vars: BTreeMap::new(),
             mode: None,
             owner: None,
             group: None,
             create_parents: false,
             resolved: PathBuf::new(),
+            vars_error: None,
+            vars_secret: false,
             data: Vec::new(),
             allowed: AllowedPaths::default(),
         }
@@ -127,12 +160,55 @@ impl File {
         self
     }
 
-    /// Content rendered from a project template with extra `vars`.
+    /// Secret content, such as a key or a configuration built from a password: like a named
+    /// [`secret`](Self::secret) file, the file gets mode 0600 unless [`mode`](Self::mode)
+    /// says otherwise, and its changes are reported without a diff.
+    pub fn secret_content(mut self, content: Secret<String>) -> Self {
+        self.secret_content = Some(content);
+        self
+    }
+
+    /// Content rendered from a project template with extra `vars`: a value that serializes
+    /// to a map (a struct, a map, `serde_json::json!({..})`), whose top-level keys become
+    /// template variables. Anything else (a string, a list, `()`) is an error at configure.
+    /// A [`Secret`] in `vars` renders as its value, and makes the file secret like
+    /// [`secret_content`](Self::secret_content) does (0600 unless `mode` is given, no diff).
+    /// `serde_json::json!` turns a `Secret` into `"<secret>"` before the file sees it: pass a
+    /// struct or a map holding the `Secret` instead.
     pub fn template(mut self, template: impl Into<String>, vars: impl serde::Serialize) -> Self {
-        self.template = Some(template.into());
-        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(vars) {
-            self.vars = map.into_iter().collect();
+        let template = template.into();
+        // Through the template engine's serializer, as `Configure::render_file` does, so
+        // that a `Secret` among the vars gives the template its value, not `<secret>`.
+        let exposed = serde_json::to_value(minijinja::Value::from_serialize(&vars));
+        // Serialized plainly, a `Secret` shows `<secret>`: a difference means one is there.
+        self.vars_secret = match (&exposed, serde_json::to_value(&vars)) {
+            (Ok(exposed), Ok(plain)) => *exposed != plain,
+            _ => false,
+        };
+        match exposed {
+            Ok(serde_json::Value::Object(map)) => {
+                self.vars = map.into_iter().collect();
+                self.vars_error = None;
+            }
+            Ok(other) => {
+                let kind = match other {
+                    serde_json::Value::Null => "nothing (null)",
+                    serde_json::Value::Bool(_) => "a bool",
+                    serde_json::Value::Number(_) => "a number",
+                    serde_json::Value::String(_) => "a string",
+                    _ => "a list",
+                };
+                self.vars_error = Some(format!(
+                    "the `vars` of template `{template}` must be a map of variable names to values (a struct, a map or a `json!({{..}})` object), not {kind}"
+                ));
+            }
+            Err(e) => {
+                self.vars_error = Some(format!(
+                    "cannot turn the `vars` of template `{template}` into variables: {e}"
+                ));
+            }
         }
+        self.template = Some(template);
         self
     }
 
@@ -176,6 +252,12 @@ impl File {
             || self.template.is_some()
             || self.source.is_some()
             || self.secret.is_some()
+            || self.secret_content.is_some()
+    }
+
+    /// Whether the content is secret by declaration, so that no diff may show it.
+    fn is_secret(&self) -> bool {
+        self.secret.is_some() || self.secret_content.is_some() || self.vars_secret
     }
 
     fn ownership(&self) -> anyhow::Result<(Option<u32>, Option<u32>)> {
@@ -199,22 +281,39 @@ impl Component for File {
         if let Some(group) = &self.group {
             refuse_nul("group", group)?;
         }
-        self.data = match (&self.content, &self.template, &self.source, &self.secret) {
-            (Some(content), None, None, None) => content.clone().into_bytes(),
-            (None, Some(template), None, None) => {
-                cx.render_file(template, &self.vars)?.into_bytes()
-            }
-            (None, None, Some(source), None) => cx.project().read(source)?,
-            (None, None, None, Some(name)) => {
-                if self.mode.is_none() {
-                    self.mode = Some(Mode(SECRET_MODE));
-                }
-                cx.secret_file(name)?.expose().clone().into_bytes()
-            }
-            (None, None, None, None) => bail!(NO_CONTENT),
+        if let Some(error) = &self.vars_error {
+            bail!("{error}");
+        }
+        let given = [
+            self.content.is_some(),
+            self.template.is_some(),
+            self.source.is_some(),
+            self.secret.is_some(),
+            self.secret_content.is_some(),
+        ];
+        match given.iter().filter(|g| **g).count() {
+            0 => bail!(NO_CONTENT),
+            1 => {}
+            _ if self.secret_content.is_some() => bail!(
+                "set only one of `content`, `template`, `source`, `secret` and `secret_content`"
+            ),
             _ => bail!("set only one of `content`, `template`, `source` and `secret`"),
+        }
+        let data = if let Some(content) = &self.content {
+            content.clone().into_bytes()
+        } else if let Some(template) = &self.template {
+            cx.render_file(template, &self.vars)?.into_bytes()
+        } else if let Some(source) = &self.source {
+            cx.project().read(source)?
+        } else if let Some(name) = &self.secret {
+            cx.secret_file(name)?.expose().clone().into_bytes()
+        } else if let Some(secret) = &self.secret_content {
+            secret.expose().clone().into_bytes()
+        } else {
+            unreachable!("one content attribute is set")
         };
-        if self.mode.is_none() && carries_secret(&self.data) {
+        self.data = data;
+        if self.mode.is_none() && (self.is_secret() || carries_secret(&self.data)) {
             self.mode = Some(Mode(SECRET_MODE));
         }
         Ok(())
@@ -225,7 +324,7 @@ impl Component for File {
         let meta = match std::fs::symlink_metadata(&self.resolved) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if self.secret.is_none()
+                if !self.is_secret()
                     && let Some(d) = diff::unified(&self.path, b"", &self.data)
                 {
                     cx.show_diff(d);
@@ -246,7 +345,7 @@ impl Component for File {
         } else {
             let current = std::fs::read(&self.resolved)
                 .with_context(|| format!("cannot read `{}`", self.resolved.display()))?;
-            if self.secret.is_some() {
+            if self.is_secret() {
                 if current != self.data {
                     reasons.push("secret content differs".into());
                 }
@@ -321,4 +420,264 @@ fn carries_secret(data: &[u8]) -> bool {
             batou_core::redact::mask(&String::from_utf8_lossy(data)),
             Cow::Owned(_)
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use batou_core::{Component, Configure, ConvergeOptions, Secret};
+    use serde::Deserialize;
+
+    use super::File;
+    use crate::test_util::{config_error, mode, pairs, project, project_with};
+
+    const MOTD: &str = r#"
+[hosts.localhost]
+components = ["motd"]
+
+[components.motd]
+type = "file"
+path = "motd"
+content = "hello\n"
+mode = 0o640
+"#;
+
+    #[test]
+    fn content_converges_with_a_diff_and_then_stays() {
+        let project = project(MOTD);
+        let run = project.converge("dev");
+        run.assert_changed(&["motd > Workdir", "motd"]);
+        assert_eq!(
+            run.reasons(),
+            pairs(&[("motd > Workdir", "missing"), ("motd", "missing")])
+        );
+        assert_eq!(
+            run.diffs(),
+            pairs(&[("motd", "--- motd\n+++ motd\n@@ -0,0 +1 @@\n+hello\n")])
+        );
+        let path = project.workdir("motd").join("motd");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello\n");
+        assert_eq!(mode(&path), 0o640);
+        project.converge("dev").assert_unchanged();
+    }
+
+    #[test]
+    fn a_dry_run_predicts_and_writes_nothing() {
+        let project = project(MOTD);
+        let dry = project.dry_run("dev");
+        dry.assert_changed(&["motd > Workdir", "motd"]);
+        assert_eq!(dry.diffs().len(), 1, "{:?}", dry.diffs());
+        assert!(!project.base_dir().exists());
+        project.converge_twice("dev");
+    }
+
+    #[test]
+    fn drift_in_content_and_mode_is_reported_and_repaired() {
+        let project = project(MOTD);
+        project.converge("dev");
+        let path = project.workdir("motd").join("motd");
+        std::fs::write(&path, "tampered\n").unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .unwrap();
+
+        let dry = project.dry_run("dev");
+        dry.assert_changed(&["motd"]);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "tampered\n");
+
+        let run = project.converge("dev");
+        run.assert_changed(&["motd"]);
+        assert_eq!(
+            run.reasons(),
+            pairs(&[("motd", "content differs, mode 0666 -> 0640")])
+        );
+        assert_eq!(
+            run.diffs(),
+            pairs(&[(
+                "motd",
+                "--- motd\n+++ motd\n@@ -1 +1 @@\n-tampered\n+hello\n"
+            )])
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello\n");
+        assert_eq!(mode(&path), 0o640);
+        project.converge("dev").assert_unchanged();
+    }
+
+    #[test]
+    fn a_template_sees_its_vars_and_the_host() {
+        let project = project(
+            r#"
+[hosts.localhost]
+components = ["motd"]
+
+[components.motd]
+type = "file"
+path = "motd"
+template = "templates/motd.j2"
+vars = { name = "world" }
+"#,
+        );
+        project.file("templates/motd.j2", "Hello {{ name }} on {{ host.name }}\n");
+        project
+            .converge_twice("dev")
+            .assert_changed(&["motd > Workdir", "motd"]);
+        let path = project.workdir("motd").join("motd");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "Hello world on localhost\n"
+        );
+        assert_eq!(mode(&path), 0o644);
+    }
+
+    #[test]
+    fn a_directory_in_the_way_is_a_failure_naming_it() {
+        let project = project(MOTD);
+        std::fs::create_dir_all(project.workdir("motd").join("motd")).unwrap();
+        let run = project.run("dev", ConvergeOptions::default());
+        let failure = run.failure().expect("the file cannot replace a directory");
+        assert!(failure.starts_with("motd: `"), "{failure}");
+        assert!(
+            failure.ends_with("/work/motd/motd` is a directory"),
+            "{failure}"
+        );
+    }
+
+    /// Adds the library's `File` the way a Rust component does, in one of several ways.
+    #[derive(Deserialize)]
+    struct FromRust {
+        case: String,
+    }
+
+    impl Component for FromRust {
+        fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+            match self.case.as_str() {
+                "secret" => {
+                    let key = Secret::new("-----KEY rust-secret-content-value\n".to_string());
+                    cx.add(File::new("key").secret_content(key));
+                }
+                "secret-with-mode" => {
+                    let key = Secret::new("rust-secret-content-0640\n".to_string());
+                    cx.add(File::new("key").secret_content(key).mode(0o640));
+                }
+                "secret-and-content" => {
+                    let key = Secret::new("x".to_string());
+                    cx.add(File::new("key").secret_content(key).content("y"));
+                }
+                "vars-map" => {
+                    #[derive(serde::Serialize)]
+                    struct Vars {
+                        port: u16,
+                    }
+                    cx.add(File::new("conf").template("t.j2", Vars { port: 8080 }));
+                }
+                "vars-secret" => {
+                    #[derive(serde::Serialize)]
+                    struct Vars {
+                        port: Secret<String>,
+                    }
+                    let port = Secret::new("8443".to_string());
+                    cx.add(File::new("conf").template("t.j2", Vars { port }));
+                }
+                "vars-string" => {
+                    cx.add(File::new("conf").template("t.j2", "port = 8080"));
+                }
+                "vars-list" => {
+                    cx.add(File::new("conf").template("t.j2", [1, 2]));
+                }
+                other => anyhow::bail!("unknown case `{other}`"),
+            };
+            Ok(())
+        }
+    }
+
+    fn from_rust(case: &str) -> batou_core::testing::TestProject {
+        let project = project_with::<FromRust>(
+            "rust",
+            &format!(
+                "[hosts.localhost]\ncomponents = [\"rust\"]\n\n[components.rust]\ncase = \"{case}\"\n"
+            ),
+        );
+        project.file("t.j2", "port = {{ port }}\n");
+        project
+    }
+
+    #[test]
+    fn secret_content_is_private_and_never_shown_in_a_diff() {
+        let project = from_rust("secret");
+        let run = project.converge("dev");
+        run.assert_changed(&["rust > Workdir", "rust > File('key')"]);
+        assert_eq!(
+            run.reasons()[1],
+            pairs(&[("rust > File('key')", "missing")])[0]
+        );
+        assert_eq!(run.diffs(), pairs(&[]));
+        let path = project.workdir("rust").join("key");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "-----KEY rust-secret-content-value\n"
+        );
+        assert_eq!(mode(&path), 0o600);
+        project.converge("dev").assert_unchanged();
+
+        std::fs::write(&path, "tampered\n").unwrap();
+        let run = project.converge("dev");
+        run.assert_changed(&["rust > File('key')"]);
+        assert_eq!(
+            run.reasons(),
+            pairs(&[("rust > File('key')", "secret content differs")])
+        );
+        assert_eq!(run.diffs(), pairs(&[]));
+        let shown = format!("{:?}", run.events);
+        assert!(!shown.contains("rust-secret-content-value"), "{shown}");
+        project.converge("dev").assert_unchanged();
+    }
+
+    #[test]
+    fn a_mode_given_with_secret_content_wins() {
+        let project = from_rust("secret-with-mode");
+        project.converge_twice("dev");
+        assert_eq!(mode(&project.workdir("rust").join("key")), 0o640);
+    }
+
+    #[test]
+    fn a_file_never_shows_its_content_in_debug_output() {
+        let file = File::new("key").secret_content(Secret::new("debug-hidden-value".into()));
+        let shown = format!("{file:?}");
+        assert!(!shown.contains("debug-hidden-value"), "{shown}");
+    }
+
+    #[test]
+    fn secret_content_and_another_content_are_refused() {
+        let err = config_error(&from_rust("secret-and-content"));
+        assert!(
+            err.to_string().contains(
+                "set only one of `content`, `template`, `source`, `secret` and `secret_content`"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn template_vars_from_rust_must_be_a_map() {
+        let project = from_rust("vars-map");
+        project.converge_twice("dev");
+        assert_eq!(
+            std::fs::read_to_string(project.workdir("rust").join("conf")).unwrap(),
+            "port = 8080\n"
+        );
+        // A `Secret` among the vars renders as its value, privately and without a diff.
+        let project = from_rust("vars-secret");
+        let run = project.converge_twice("dev");
+        assert_eq!(run.diffs(), pairs(&[]));
+        let conf = project.workdir("rust").join("conf");
+        assert_eq!(std::fs::read_to_string(&conf).unwrap(), "port = 8443\n");
+        assert_eq!(mode(&conf), 0o600);
+        for (case, kind) in [("vars-string", "a string"), ("vars-list", "a list")] {
+            let err = config_error(&from_rust(case));
+            assert!(
+                err.contains(&format!(
+                    "the `vars` of template `t.j2` must be a map of variable names to values (a struct, a map or a `json!({{..}})` object), not {kind}"
+                )),
+                "{case}: {err}"
+            );
+        }
+    }
 }

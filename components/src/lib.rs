@@ -1,9 +1,11 @@
-//! The reusable component library: [`File`], [`Directory`], [`Symlink`] and [`Command`].
+//! The reusable component library: [`File`], [`Directory`], [`Symlink`] and [`Command`], and
+//! [`cmd`], the command runner for component authors.
 //!
 //! Each type is usable from Rust (builder methods) and from an environment file
 //! (`type = "file"` and the type's attributes). Every write is atomic: a temporary file in the
 //! same directory, created with its final mode, written, synced and renamed into place.
 
+mod cmd;
 mod command;
 mod directory;
 mod file;
@@ -12,11 +14,13 @@ mod mode;
 pub mod process;
 mod symlink;
 
-pub use command::{Command, CommandOutput, run_command};
+pub use cmd::{Cmd, CommandOutput, cmd};
+pub use command::{Command, run_command};
 pub use directory::Directory;
 pub use file::File;
 pub use fs::write_atomic;
 pub use mode::Mode;
+pub use process::Status as CommandStatus;
 pub use symlink::Symlink;
 
 /// Registers the library's types under their environment names:
@@ -27,4 +31,65 @@ pub fn register(registry: &mut batou_core::Registry) {
         .register::<Directory>("directory")
         .register::<Symlink>("symlink")
         .register::<Command>("command");
+}
+
+/// What the components' unit tests share: a [`TestProject`](batou_core::testing::TestProject)
+/// with the library registered.
+#[cfg(test)]
+mod test_util {
+    use batou_core::testing::TestProject;
+    use batou_core::{Component, Registry};
+
+    /// A project whose environment `dev` is `environment` (TOML), with the library's types in
+    /// its registry.
+    pub(crate) fn project(environment: &str) -> TestProject {
+        let mut registry = Registry::new();
+        crate::register(&mut registry);
+        with_registry(registry, environment)
+    }
+
+    /// Like [`project`], with a test's own component type registered as `name`.
+    pub(crate) fn project_with<T>(name: &str, environment: &str) -> TestProject
+    where
+        T: Component + serde::de::DeserializeOwned,
+    {
+        let mut registry = Registry::new();
+        crate::register(&mut registry);
+        registry.register::<T>(name);
+        with_registry(registry, environment)
+    }
+
+    fn with_registry(registry: Registry, environment: &str) -> TestProject {
+        let project = TestProject::new(registry);
+        project.env("dev", environment);
+        project
+    }
+
+    /// The configuration error of environment `dev` with its causes, joined by `: `; panics
+    /// if it configures. (`TestProject::configure` returns a `Plan`, which has no `Debug` for
+    /// `unwrap_err`.)
+    pub(crate) fn config_error(project: &TestProject) -> String {
+        match project.configure("dev") {
+            Ok(_) => panic!("environment `dev` configured without an error"),
+            Err(e) => format!("{:#}", anyhow::Error::from(e)),
+        }
+    }
+
+    /// The permission bits of `path`.
+    pub(crate) fn mode(path: &std::path::Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    /// `(component, reason)` pairs, for comparing with `Run::reasons`.
+    pub(crate) fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        expected
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
 }

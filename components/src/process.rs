@@ -23,9 +23,11 @@
 //! Output is accumulated as it arrives, so a pipe holder that escaped the group (`setsid`)
 //! never blocks the run, and what was written so far is still reported.
 //!
-//! What to run, and what a result means, is left to callers such as [`crate::Command`].
+//! What to run, and what a result means, is left to callers: [`crate::cmd`] (the builder
+//! component authors use) and, through it, [`crate::Command`].
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
@@ -71,6 +73,19 @@ pub enum Status {
     Signaled(i32),
     /// It was still running at the deadline, and its group was killed.
     TimedOut,
+}
+
+impl fmt::Display for Status {
+    /// How a program ended, as in a sentence: `succeeded`, `failed with exit code 2`, `was
+    /// killed by signal 9`, `timed out`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Status::Exited(0) => f.write_str("succeeded"),
+            Status::Exited(code) => write!(f, "failed with exit code {code}"),
+            Status::Signaled(signal) => write!(f, "was killed by signal {signal}"),
+            Status::TimedOut => f.write_str("timed out"),
+        }
+    }
 }
 
 /// What a program printed and how it ended.

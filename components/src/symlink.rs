@@ -112,3 +112,80 @@ impl Component for Symlink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use batou_core::ConvergeOptions;
+
+    use crate::test_util::{config_error, pairs, project};
+
+    const CURRENT: &str = r#"
+[hosts.localhost]
+components = ["current"]
+
+[components.current]
+type = "symlink"
+path = "current"
+target = "releases/2"
+"#;
+
+    #[test]
+    fn a_symlink_is_created_and_a_retargeted_one_repaired() {
+        let project = project(CURRENT);
+        let run = project.converge("dev");
+        run.assert_changed(&["current > Workdir", "current"]);
+        assert_eq!(
+            run.reasons(),
+            pairs(&[("current > Workdir", "missing"), ("current", "missing")])
+        );
+        let link = project.workdir("current").join("current");
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("releases/2"));
+        project.converge("dev").assert_unchanged();
+
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink("releases/1", &link).unwrap();
+        let run = project.converge("dev");
+        run.assert_changed(&["current"]);
+        assert_eq!(
+            run.reasons(),
+            pairs(&[("current", "points to `releases/1` instead of `releases/2`")])
+        );
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("releases/2"));
+        project.converge("dev").assert_unchanged();
+    }
+
+    #[test]
+    fn a_dry_run_predicts_and_links_nothing() {
+        let project = project(CURRENT);
+        project
+            .dry_run("dev")
+            .assert_changed(&["current > Workdir", "current"]);
+        assert!(!project.base_dir().exists());
+        project.converge_twice("dev");
+    }
+
+    #[test]
+    fn a_file_in_the_way_is_a_failure_never_removed() {
+        let project = project(CURRENT);
+        let path = project.workdir("current").join("current");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "keep me\n").unwrap();
+        let run = project.run("dev", ConvergeOptions::default());
+        let failure = run.failure().expect("a symlink cannot replace a file");
+        assert!(
+            failure.ends_with(
+                "/work/current/current` exists and is not a symlink; remove it or choose another path"
+            ),
+            "{failure}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me\n");
+    }
+
+    #[test]
+    fn an_empty_target_is_a_configuration_error() {
+        let err = config_error(&project(&CURRENT.replace("releases/2", "")));
+        assert!(err.contains("`target` must not be empty"), "{err}");
+    }
+}
