@@ -18,7 +18,6 @@ use crate::protocol::{HostJob, JobHost, JobStep, PlanStep, RemoteHost, RemotePla
 use crate::registry::Registry;
 use crate::resources::Resources;
 use crate::secrets::SecretFiles;
-use crate::template::Templates;
 
 impl Plan {
     /// The part of the plan that `host` needs: its steps in plan order, their rendered
@@ -61,7 +60,7 @@ impl Plan {
             allow_paths: self.allow_paths.clone(),
             steps: job_steps,
             resources: self.resources.consumed_by(&steps),
-            files: self.project.read_files(),
+            files: self.project.read_by(&steps),
             secret_files: self.secret_files.used_by(&steps),
             secrets: Vec::new(),
         };
@@ -126,7 +125,6 @@ impl Plan {
         base_dir: &Path,
     ) -> Result<Plan, ConfigError> {
         let project = Project::shipped(job.files.clone());
-        let templates = Templates::new(project.clone());
         let secret_files = Arc::new(SecretFiles::new(job.secret_files.clone(), None));
         // The controller rendered attributes with a relative base directory planned as
         // `~/...`; this host knows where that is.
@@ -166,7 +164,6 @@ impl Plan {
                 base_dir,
                 allow_paths: &job.allow_paths,
                 project: &project,
-                templates: &templates,
                 registry,
                 secret_files: &secret_files,
             },

@@ -108,7 +108,6 @@ impl Plan {
                 base_dir,
                 allow_paths: &allow_paths,
                 project,
-                templates: &templates,
                 registry,
                 secret_files: &secret_files,
             },
@@ -620,5 +619,70 @@ steps = ["provide:database"]
         let mut missing = job;
         missing.resources.clear();
         assert!(Plan::from_job(&missing, &registry, Path::new("/srv")).is_err());
+    }
+
+    /// A component that reads a project file and renders a project template in configure.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Reader {
+        file: String,
+        template: String,
+    }
+
+    impl Component for Reader {
+        fn label(&self) -> String {
+            "Reader".into()
+        }
+        fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+            cx.project().read(&self.file)?;
+            cx.render_file(&self.template, serde_json::json!({}))?;
+            Ok(())
+        }
+        fn verify(&self, _cx: &mut crate::Deploy) -> anyhow::Result<Verdict> {
+            Ok(Verdict::UpToDate)
+        }
+    }
+
+    #[test]
+    fn each_host_job_carries_only_the_project_files_its_steps_read() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["web.conf", "db.conf", "shared.j2"] {
+            std::fs::write(dir.path().join(name), name).unwrap();
+        }
+        let mut registry = registry();
+        registry.register::<Reader>("reader");
+        let toml = r#"
+[hosts.web1]
+components = ["web"]
+[hosts.db1]
+components = ["db"]
+[components.web]
+type = "reader"
+file = "web.conf"
+template = "shared.j2"
+[components.db]
+type = "reader"
+file = "db.conf"
+template = "shared.j2"
+"#;
+        let env =
+            Environment::parse("test", "environments/test.toml", toml.into(), &registry).unwrap();
+        let plan = Plan::build(
+            &env,
+            &registry,
+            &Project::new(dir.path()),
+            Path::new("/srv"),
+        )
+        .unwrap();
+        let files = |host: &str| {
+            let job = plan.host_job(host).unwrap();
+            job.files.files.into_keys().collect::<Vec<_>>()
+        };
+        // The template both render travels to both, though it was loaded once.
+        assert_eq!(files("web1"), ["shared.j2", "web.conf"]);
+        assert_eq!(files("db1"), ["db.conf", "shared.j2"]);
+        let job = plan.host_job("web1").unwrap();
+        let agent = Plan::from_job(&job, &registry, Path::new("/srv")).unwrap();
+        assert_eq!(agent.component_paths(0), ["web > Workdir", "web"]);
     }
 }

@@ -35,7 +35,6 @@ pub(super) struct Context<'a> {
     pub(super) base_dir: &'a Path,
     pub(super) allow_paths: &'a [String],
     pub(super) project: &'a Project,
-    pub(super) templates: &'a Templates,
     pub(super) registry: &'a Registry,
     pub(super) secret_files: &'a SecretFiles,
 }
@@ -91,8 +90,8 @@ pub(super) fn configure_slots(
                 base_dir: cx.base_dir,
                 workdir,
                 allowed: &allowed,
-                project: cx.project,
-                templates: cx.templates,
+                project: cx.project.for_step(step),
+                templates: Templates::new(cx.project.for_step(step)),
                 secret_files: cx.secret_files,
                 context,
             }
