@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use batou_core::output::{HumanOutput, JsonOutput};
-use batou_core::secrets::IdentitySource;
+use batou_core::secrets::{IDENTITY_ENV, IdentitySource, UserDirs};
 use batou_core::{ConfigError, ConvergeOptions, Environment, EventSink, Plan, Project, Registry};
 use clap::Parser;
 
@@ -101,7 +101,7 @@ pub fn serve_role(register: impl FnOnce(&mut Registry)) -> Option<ExitCode> {
         ))),
         Some("plan") if (2..=3).contains(&args.len()) => {
             let project = args.get(2).map(PathBuf::from).unwrap_or_else(|| ".".into());
-            let identities = IdentitySource::new(None);
+            let identities = identity_source(None);
             Some(
                 match remote_plan(&project, &args[1], &registry(register), &identities) {
                     Ok(plan) => {
@@ -135,6 +135,18 @@ pub fn remote_plan(
     let base_dir = environment.remote_base_dir();
     let plan = Plan::build(&environment, registry, &Project::new(project), &base_dir)?;
     Ok(plan.export(environment.settings.jobs)?)
+}
+
+/// Where this user's identities are: `explicit` (`--identity`), else `BATOU_IDENTITY`, else
+/// the default files below `HOME` and `XDG_CONFIG_HOME`.
+pub fn identity_source(explicit: Option<PathBuf>) -> IdentitySource {
+    let dirs = UserDirs::new(home().map(Into::into), std::env::var_os("XDG_CONFIG_HOME"));
+    IdentitySource::new(explicit, std::env::var_os(IDENTITY_ENV), dirs)
+}
+
+/// This user's home directory, from `HOME`.
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from)
 }
 
 /// Loads an environment with its secrets (when it has a secrets file) and registers every
@@ -187,13 +199,13 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
         &settings.project,
         &settings.environment,
         registry,
-        &IdentitySource::new(settings.identity.clone()),
+        &identity_source(settings.identity.clone()),
     )?;
     let host = choose_host(&environment, settings.host.as_deref())?;
     let project = Project::new(&settings.project);
     let base_dir = match &settings.base_dir {
         Some(dir) => std::path::absolute(dir)?,
-        None => environment.local_base_dir(&settings.project),
+        None => environment.local_base_dir(&settings.project, home().as_deref()),
     };
     let mut plan = Plan::build(&environment, registry, &project, &base_dir)?;
     let options = ConvergeOptions {

@@ -171,7 +171,7 @@ impl Repo {
 }
 
 fn run(args: Args) -> anyhow::Result<Exit> {
-    let identities = IdentitySource::new(args.identity.clone());
+    let identities = batou_local::identity_source(args.identity.clone());
     let repo = |environment: &str| -> anyhow::Result<Repo> {
         let root = match &args.project {
             Some(dir) => std::path::absolute(dir)?,
@@ -203,7 +203,9 @@ fn run(args: Args) -> anyhow::Result<Exit> {
 }
 
 fn keygen() -> anyhow::Result<Exit> {
-    let path = IdentitySource::default_file().context("cannot find the home directory")?;
+    let path = batou_local::identity_source(None)
+        .default_file()
+        .context("cannot find the home directory")?;
     if path.exists() {
         return Err(
             ConfigError::new(format!("`{}` already exists", path.display()))

@@ -4,9 +4,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::Deserialize;
-use serde::de::IntoDeserializer;
-
 use crate::environment::Host;
 use crate::error::{ConfigError, Place};
 use crate::plan::Plan;
@@ -30,18 +27,12 @@ impl Plan {
         let mut job_steps = Vec::with_capacity(steps.len());
         for i in &steps {
             let step = &self.steps[*i];
-            let attributes = match &step.attributes {
-                Attributes::Json(v) => v.clone(),
-                Attributes::Toml(v) => {
-                    serde_json::Value::deserialize(v.clone().into_deserializer()).map_err(|e| {
-                        ConfigError::new(format!(
-                            "cannot ship the attributes of `{}`: {}",
-                            step.label(),
-                            e.message()
-                        ))
-                    })?
-                }
-            };
+            let attributes = step.attributes.clone().map_err(|e| {
+                ConfigError::new(format!(
+                    "cannot ship the attributes of `{}`: {e}",
+                    step.label()
+                ))
+            })?;
             job_steps.push(JobStep {
                 root: step.root.clone(),
                 type_name: step.type_name.clone(),
@@ -153,14 +144,13 @@ impl Plan {
                 host: &host,
                 root: s.root.clone(),
                 type_name: s.type_name.clone(),
-                attributes: Attributes::Json(s.attributes.clone()),
+                attributes: Attributes::shipped(s.attributes.clone()),
             })
             .collect();
         let built = configure_slots(
             &slots,
             &Context {
                 environment: &job.environment,
-                source: None,
                 base_dir,
                 allow_paths: &job.allow_paths,
                 project: &project,
@@ -178,7 +168,7 @@ impl Plan {
                 after: Vec::new(),
                 after_keys: BTreeMap::new(),
                 type_name: slot.type_name,
-                attributes: slot.attributes,
+                attributes: slot.attributes.to_json(),
                 tree,
             })
             .collect();

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::environment::{Environment, Host};
+use crate::environment::{Environment, Host, MergedAttributes};
 use crate::error::ConfigError;
 use crate::plan::attributes::{Attributes, check_unassigned};
 use crate::plan::order::order_steps;
@@ -28,7 +28,7 @@ use crate::plan::rounds::{Context, Slot, configure_slots};
 use crate::project::Project;
 use crate::registry::Registry;
 use crate::resources::Resources;
-use crate::secrets::SecretFiles;
+use crate::secrets::{SecretFiles, SecretKeys};
 use crate::template::Templates;
 
 pub(crate) use step::Node;
@@ -67,29 +67,37 @@ impl Plan {
             environment.secrets_path.clone(),
         ));
         // Steps in environment order: hosts by name, components as each host lists them.
+        let attributes = environment.attributes()?;
         let mut slots = Vec::new();
         for host in &environment.hosts {
             for root in &host.components {
-                let (type_name, attributes) = match environment.components.get(root) {
-                    Some(def) => (def.type_name.clone(), def.attributes.clone()),
-                    None => {
-                        debug_assert!(registry.contains(root));
-                        let offset = environment
-                            .reference_spans
-                            .get(&(host.name.clone(), root.clone()))
-                            .copied()
-                            .unwrap_or(0);
-                        (
-                            root.clone(),
-                            Spanned::new(offset..offset, DeValue::Table(DeTable::new())),
-                        )
-                    }
-                };
+                let (type_name, merged) =
+                    match (environment.components.get(root), attributes.get(root)) {
+                        (Some(def), Some(merged)) => (def.type_name.clone(), merged.clone()),
+                        _ => {
+                            debug_assert!(registry.contains(root));
+                            let offset = environment
+                                .reference_spans
+                                .get(&(host.name.clone(), root.clone()))
+                                .copied()
+                                .unwrap_or(0);
+                            (
+                                root.clone(),
+                                MergedAttributes {
+                                    value: Spanned::new(
+                                        offset..offset,
+                                        DeValue::Table(DeTable::new()),
+                                    ),
+                                    secret: SecretKeys::default(),
+                                },
+                            )
+                        }
+                    };
                 slots.push(Slot {
                     host,
                     root: root.clone(),
                     type_name,
-                    attributes: Attributes::Toml(attributes),
+                    attributes: Attributes::from_environment(merged, environment),
                 });
             }
         }
@@ -104,7 +112,6 @@ impl Plan {
             &slots,
             &Context {
                 environment: &environment.name,
-                source: Some(environment),
                 base_dir,
                 allow_paths: &allow_paths,
                 project,
@@ -134,7 +141,7 @@ impl Plan {
                 after: after_keys.keys().copied().collect(),
                 after_keys,
                 type_name: slot.type_name,
-                attributes,
+                attributes: attributes.to_json(),
                 tree,
             })
             .collect();
@@ -567,7 +574,7 @@ note = "root={{{{ environment.base_dir }}}} x=~/srvx y=a~/srv"
                     "app"
                 ]
             );
-            let Attributes::Json(attributes) = &agent.steps()[0].attributes else {
+            let Ok(attributes) = &agent.steps()[0].attributes else {
                 panic!("an agent's attributes are JSON");
             };
             assert_eq!(attributes["path"], "/home/deploy/srv/work/app/app.conf");
@@ -684,5 +691,50 @@ template = "shared.j2"
         let job = plan.host_job("web1").unwrap();
         let agent = Plan::from_job(&job, &registry, Path::new("/srv")).unwrap();
         assert_eq!(agent.component_paths(0), ["web > Workdir", "web"]);
+    }
+
+    #[test]
+    fn merged_secrets_are_flagged_not_rendered_and_placed_in_their_file() {
+        let mut registry = registry();
+        registry.register::<Labelled>("labelled");
+        let plan_with = |secrets: &str| {
+            let toml = "[hosts.web1]\ncomponents = [\"app\"]\n[components.app]\ntype = \"labelled\"\npath = \"{{ workdir }}/x\"\n";
+            let mut env =
+                Environment::parse("test", "environments/test.toml", toml.into(), &registry)
+                    .unwrap();
+            let secrets =
+                crate::secrets::Secrets::parse("secrets/test.age", secrets.into()).unwrap();
+            env.apply_secrets(secrets, &registry)?;
+            Plan::build(
+                &env,
+                &registry,
+                &Project::new("/nonexistent"),
+                Path::new("/srv"),
+            )
+        };
+        // A secret that looks like a template is left as it is; the environment's is rendered.
+        let plan = plan_with("[components.app]\nnote = \"{{ pass }}word\"\n").unwrap();
+        let job = plan.host_job("web1").unwrap();
+        assert_eq!(job.steps[0].attributes["note"], "{{ pass }}word");
+        assert_eq!(job.steps[0].attributes["path"], "/srv/work/app/x");
+        // An error in a secret value names the secrets file, one in the environment its own.
+        let err = plan_with("\n[components.app]\nnote = 5\n").err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "component `app`: invalid type: integer `5`, expected a string in secrets/test.age:3:8"
+        );
+        let err = plan_with("[components.app]\nnope = \"x\"\n").err().unwrap();
+        assert!(
+            err.to_string()
+                .ends_with("in secrets/test.age:2:1 (did you mean `note`?)"),
+            "{err}"
+        );
+        let err = plan_with("[components.app]\npath = \"y\"\n").err().unwrap();
+        assert!(
+            err.to_string().ends_with(
+                "set both in the environment and in the secrets in secrets/test.age:2:1"
+            ),
+            "{err}"
+        );
     }
 }

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use crate::component::Component;
 use crate::configure::{Configure, Scope};
-use crate::environment::{Environment, Host};
+use crate::environment::Host;
 use crate::error::{ConfigError, Place};
-use crate::plan::attributes::{Attributes, attribute_error, check_decimal_modes, render_value};
+use crate::plan::attributes::Attributes;
 use crate::plan::step::Node;
 use crate::project::Project;
 use crate::registry::Registry;
@@ -24,14 +24,12 @@ pub(super) struct Slot<'a> {
     pub(super) host: &'a Host,
     pub(super) root: String,
     pub(super) type_name: String,
-    pub(super) attributes: Attributes,
+    pub(super) attributes: Attributes<'a>,
 }
 
 /// What configuring steps needs besides the steps themselves.
 pub(super) struct Context<'a> {
     pub(super) environment: &'a str,
-    /// The environment file, for placing attribute errors (absent on agents).
-    pub(super) source: Option<&'a Environment>,
     pub(super) base_dir: &'a Path,
     pub(super) allow_paths: &'a [String],
     pub(super) project: &'a Project,
@@ -39,19 +37,19 @@ pub(super) struct Context<'a> {
     pub(super) secret_files: &'a SecretFiles,
 }
 
-pub(super) struct Built {
+pub(super) struct Built<'a> {
     pub(super) trees: Vec<Node>,
     /// Attributes with templates rendered for each slot's host.
-    pub(super) attributes: Vec<Attributes>,
+    pub(super) attributes: Vec<Attributes<'a>>,
     pub(super) resources: Resources,
 }
 
 /// Configures every slot, in rounds until every `require` is satisfied and stable.
-pub(super) fn configure_slots(
-    slots: &[Slot],
+pub(super) fn configure_slots<'a>(
+    slots: &[Slot<'a>],
     cx: &Context,
     mut resources: Resources,
-) -> Result<Built, ConfigError> {
+) -> Result<Built<'a>, ConfigError> {
     let mut allowed: Vec<PathBuf> = vec![crate::paths::normalize(cx.base_dir)];
     allowed.extend(
         cx.allow_paths
@@ -99,21 +97,11 @@ pub(super) fn configure_slots(
         .collect();
 
     // Attributes are rendered once per step, before any configure runs.
-    let mut attributes = Vec::with_capacity(slots.len());
-    for (slot, scope) in slots.iter().zip(&scopes) {
-        attributes.push(match &slot.attributes {
-            Attributes::Toml(value) => {
-                let mut value = value.clone();
-                let environment = cx
-                    .source
-                    .expect("TOML attributes come from an environment file");
-                check_decimal_modes(&value, environment, &slot.root)?;
-                render_value(&mut value, environment, scope, &slot.root)?;
-                Attributes::Toml(value)
-            }
-            json => json.clone(),
-        });
-    }
+    let attributes = slots
+        .iter()
+        .zip(&scopes)
+        .map(|(slot, scope)| slot.attributes.render(scope))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let mut trees: Vec<Option<Node>> = (0..slots.len()).map(|_| None).collect();
     let mut pending: BTreeSet<usize> = (0..slots.len()).collect();
@@ -121,7 +109,8 @@ pub(super) fn configure_slots(
         let before = (resources.clone(), pending.clone());
         for step in pending.clone() {
             resources.reset(step);
-            let component = create(cx, &scopes[step], &slots[step].type_name, &attributes[step])?;
+            let component =
+                attributes[step].create(cx.registry, &slots[step].type_name, &scopes[step])?;
             match configure_root(&scopes[step], &mut resources, component) {
                 Ok(tree) => {
                     trees[step] = Some(tree);
@@ -162,41 +151,6 @@ pub(super) fn configure_slots(
         "resources did not settle after {MAX_ROUNDS} rounds of configuration"
     ))
     .hint("a component provides values that depend on what it requires in a loop"))
-}
-
-/// A fresh component of a step's type from its (rendered) attributes.
-fn create(
-    cx: &Context,
-    scope: &Scope,
-    type_name: &str,
-    attributes: &Attributes,
-) -> Result<Box<dyn Component>, ConfigError> {
-    match attributes {
-        Attributes::Toml(value) => {
-            let environment = cx
-                .source
-                .expect("TOML attributes come from an environment file");
-            cx.registry
-                .create(type_name, value.clone())
-                .map_err(|e| attribute_error(environment, scope, &e))
-        }
-        Attributes::Json(value) => match cx.registry.create_from_json(type_name, value.clone()) {
-            Some(result) => result.map_err(|e| {
-                ConfigError::new(format!("component `{}`: {e}", scope.root)).at(Place::Component {
-                    host: scope.host.name.clone(),
-                    path: scope.root.to_string(),
-                })
-            }),
-            None => Err(ConfigError::new(format!(
-                "this binary has no component type `{type_name}`"
-            ))
-            .at(Place::Component {
-                host: scope.host.name.clone(),
-                path: scope.root.to_string(),
-            })
-            .hint("the agent must be the same deployment binary as the controller's")),
-        },
-    }
 }
 
 /// Configures a root component and its sub-components, depth first in the order added.

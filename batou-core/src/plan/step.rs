@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 
 use crate::component::Component;
-use crate::plan::attributes::Attributes;
 
 /// A configured component and its configured sub-components.
 pub(crate) struct Node {
@@ -21,7 +20,8 @@ pub struct Step {
     /// The resource keys each of those steps provides to this one, for reports.
     pub after_keys: BTreeMap<usize, Vec<String>>,
     pub(crate) type_name: String,
-    pub(crate) attributes: Attributes,
+    /// The rendered attributes as a host job carries them, or why they cannot be.
+    pub(crate) attributes: Result<serde_json::Value, String>,
     pub(crate) tree: Node,
 }
 
