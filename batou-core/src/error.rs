@@ -272,6 +272,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn source_texts_never_show_their_text() {
+        let src = SourceText::new("secrets/dev.age", "pw = \"hunter2\"\n".into());
+        let shown = format!("{src:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("secrets/dev.age"), "{shown}");
+    }
+
+    #[test]
     fn offsets_become_lines_and_columns() {
         let src = SourceText::new("env.toml", "a = 1\nbé = 2\n".into());
         assert_eq!(src.place(0).to_string(), "env.toml:1:1");

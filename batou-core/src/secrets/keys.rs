@@ -410,4 +410,31 @@ mod tests {
         assert!(check_age_format(b"age-encryption.org/v1\n-> X25519", "s").is_ok());
         assert!(check_age_format(b"\n-----BEGIN AGE ENCRYPTED FILE-----\n", "s").is_ok());
     }
+
+    #[test]
+    fn identity_sources_take_the_callers_values() {
+        let dirs = UserDirs::new(Some("/home/u".into()), None);
+        let source = IdentitySource::new(None, None, dirs.clone());
+        assert_eq!(
+            source.candidates(),
+            [
+                PathBuf::from("/home/u/.config/batou/identity.txt"),
+                PathBuf::from("/home/u/.ssh/id_ed25519"),
+                PathBuf::from("/home/u/.ssh/id_rsa"),
+            ]
+        );
+        // `BATOU_IDENTITY`'s value wins over the defaults, `--identity` over both; an empty
+        // value counts as unset.
+        let from_env = IdentitySource::new(None, Some("/env/id".into()), dirs.clone());
+        assert_eq!(from_env.candidates(), [PathBuf::from("/env/id")]);
+        let explicit = IdentitySource::new(Some("/cli/id".into()), Some("/env/id".into()), dirs);
+        assert_eq!(explicit.candidates(), [PathBuf::from("/cli/id")]);
+        let empty = IdentitySource::new(None, Some("".into()), UserDirs::new(None, None));
+        assert!(empty.candidates().is_empty());
+        let xdg = UserDirs::new(Some("/home/u".into()), Some("/cfg".into()));
+        assert_eq!(
+            xdg.default_identity_file(),
+            Some(PathBuf::from("/cfg/batou/identity.txt"))
+        );
+    }
 }
