@@ -24,8 +24,10 @@ pub(crate) struct Scope<'a> {
     pub(crate) base_dir: &'a Path,
     pub(crate) workdir: PathBuf,
     pub(crate) allowed: &'a [PathBuf],
-    pub(crate) project: &'a Project,
-    pub(crate) templates: &'a Templates,
+    /// The project as this step reads it (reads are recorded for the step).
+    pub(crate) project: Project,
+    /// Templates loading through `project`.
+    pub(crate) templates: Templates,
     pub(crate) secret_files: &'a SecretFiles,
     pub(crate) context: minijinja::Value,
 }
@@ -82,7 +84,7 @@ impl<'a> Configure<'a> {
 
     /// The deployment repository, for reading source files.
     pub fn project(&self) -> &Project {
-        self.scope.project
+        &self.scope.project
     }
 
     /// `path` resolved against the work directory, refused if it lies outside the paths this

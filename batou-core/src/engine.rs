@@ -4,14 +4,11 @@
 //! update is updated and verified again. A failure stops the host: later steps are not
 //! attempted, and the report says which components had already changed.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::Context;
-
 use crate::plan::Node;
-use crate::{Component, Deploy, Event, EventSink, Plan, Verdict};
+use crate::{Deploy, Event, EventSink, Plan, Verdict};
 
 /// How to converge.
 #[derive(Debug, Clone, Copy, Default)]
@@ -292,32 +289,5 @@ impl Run<'_> {
         };
         let verdict = node.component.verify(&mut cx)?;
         Ok((verdict, cx.diff))
-    }
-}
-
-/// The work directory every root component gets, created before its sub-components converge.
-///
-/// Checked against the allowed roots on the host like any path, so that a `work` symlink
-/// out of `base_dir` cannot make it create directories elsewhere.
-pub(crate) struct Workdir(pub(crate) PathBuf, pub(crate) crate::AllowedPaths);
-
-impl Component for Workdir {
-    fn label(&self) -> String {
-        "Workdir".into()
-    }
-
-    fn verify(&self, _cx: &mut Deploy) -> anyhow::Result<Verdict> {
-        self.1.check(&self.0)?;
-        match std::fs::metadata(&self.0) {
-            Ok(m) if m.is_dir() => Ok(Verdict::UpToDate),
-            Ok(_) => anyhow::bail!("`{}` exists and is not a directory", self.0.display()),
-            Err(_) => Ok(Verdict::needs_update("missing")),
-        }
-    }
-
-    fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
-        self.1.check(&self.0)?;
-        std::fs::create_dir_all(&self.0)
-            .with_context(|| format!("cannot create work directory `{}`", self.0.display()))
     }
 }

@@ -2,19 +2,22 @@
 //!
 //! Loading checks everything that can be checked without configuring components: TOML syntax,
 //! the shape of `[environment]` and `[hosts.*]`, that every assigned component exists and is
-//! assigned at most once per host, and that every `type` is registered. Attribute overrides
-//! are kept with their source spans and deserialized per host by the plan.
+//! assigned at most once per host, and that every `type` is registered. The environment keeps
+//! its text (and that of merged secrets); the plan parses attribute overrides again from it,
+//! with source spans, and deserializes them per host.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::error::SourceText;
-use crate::secrets::Secrets;
-use crate::{ConfigError, Place, Registry};
+use crate::error::{ConfigError, Place, SourceText};
+use crate::registry::Registry;
+use crate::secrets::{SecretKeys, Secrets, merge};
 
 /// How the controller reaches the hosts of an environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -89,6 +92,9 @@ pub struct Environment {
     pub(crate) components: BTreeMap<String, ComponentDef>,
     /// Where each host's component references are, for placing errors.
     pub(crate) reference_spans: BTreeMap<(String, String), usize>,
+    /// The decrypted secrets' text, once merged: their attribute overrides are merged again
+    /// from it whenever the attributes are parsed.
+    pub(crate) secrets: Option<SourceText>,
     /// Named secret files and the path of the secrets file they came from.
     pub(crate) secret_files: BTreeMap<String, String>,
     pub(crate) secrets_path: Option<String>,
@@ -96,12 +102,24 @@ pub struct Environment {
     pub(crate) secret_values: Vec<(String, String)>,
 }
 
-/// A root component definition: its type and its attribute overrides.
+/// A root component definition: its type and where its attribute overrides are.
 #[derive(Debug, Clone)]
 pub(crate) struct ComponentDef {
     pub(crate) type_name: String,
-    /// The override table without `type`, with spans into the environment file.
-    pub(crate) attributes: Spanned<DeValue<'static>>,
+    /// The span of its `[components.<name>]` table (empty, at the host's reference, for a
+    /// registered type with secrets but no table).
+    pub(crate) span: Range<usize>,
+}
+
+/// A root component's attribute overrides, secrets merged in, borrowing from the
+/// environment's texts.
+#[derive(Clone)]
+pub(crate) struct MergedAttributes<'a> {
+    /// The override table without `type`, with spans into the environment file or, for
+    /// values in `secret`, into the secrets file.
+    pub(crate) value: Spanned<DeValue<'a>>,
+    /// Which keys came from the secrets file.
+    pub(crate) secret: SecretKeys,
 }
 
 #[derive(Deserialize)]
@@ -244,16 +262,9 @@ impl Environment {
         text: String,
         registry: &Registry,
     ) -> Result<Self, ConfigError> {
-        // The parsed tree borrows from the text and is kept for the whole run (overrides are
-        // deserialized per host from it), so the text lives as long as the process: one small
-        // file per run.
-        let text: &'static str = Box::leak(text.into_boxed_str());
-        let source = SourceText {
-            path: path.to_string(),
-            text,
-            overlay: None,
-        };
-        let doc = DeTable::parse(text).map_err(|e| source.toml_error(&e))?;
+        let text: Arc<str> = Arc::from(text);
+        let source = SourceText::new(path, Arc::clone(&text));
+        let doc = DeTable::parse(&text).map_err(|e| source.toml_error(&e))?;
         let span = doc.span();
         let mut table = doc.into_inner();
         let components_value = table.remove("components");
@@ -332,6 +343,7 @@ impl Environment {
             source,
             components,
             reference_spans,
+            secrets: None,
             secret_files: BTreeMap::new(),
             secrets_path: None,
             secret_values: Vec::new(),
@@ -346,15 +358,8 @@ impl Environment {
         secrets: Secrets,
         registry: &Registry,
     ) -> Result<(), ConfigError> {
-        let overlay = SourceText {
-            path: secrets.path.clone(),
-            text: secrets.text,
-            overlay: None,
-        };
-        // Secret spans are moved past the environment's text, so that places and the
-        // "do not render as a template" rule can tell them apart.
-        let shift = self.source.text.len() + 1;
-        for (name, attributes) in secrets.components {
+        let overlay = &secrets.source;
+        for name in &secrets.components {
             let component = name.get_ref();
             let assigned = self.hosts.iter().any(|h| h.components.contains(component));
             let known = self.components.contains_key(component)
@@ -393,21 +398,16 @@ impl Environment {
                 .find(|((_, c), _)| c == component)
                 .map(|(_, offset)| *offset)
                 .unwrap_or(0);
-            let def = self
-                .components
+            self.components
                 .entry(component.clone())
                 .or_insert_with(|| ComponentDef {
                     type_name: component.clone(),
-                    attributes: Spanned::new(offset..offset, DeValue::Table(DeTable::new())),
+                    span: offset..offset,
                 });
-            crate::secrets::merge(
-                &mut def.attributes,
-                attributes,
-                &format!("components.{component}"),
-                &overlay,
-                shift,
-            )?;
         }
+        // Merging once now refuses a key set in both places before anything else is done.
+        self.secrets = Some(secrets.source.clone());
+        self.attributes()?;
         for (name, data) in secrets.hosts {
             let Some(host) = self.hosts.iter_mut().find(|h| &h.name == name.get_ref()) else {
                 let names: Vec<String> = self.hosts.iter().map(|h| h.name.clone()).collect();
@@ -415,7 +415,7 @@ impl Environment {
                     "secrets for unknown host `{}`",
                     name.get_ref()
                 ))
-                .at(overlay.place(name.span().start))
+                .at(secrets.source.place(name.span().start))
                 .suggest(name.get_ref(), names.iter().map(String::as_str))
                 .hint(format!("hosts: {}", names.join(", "))));
             };
@@ -426,22 +426,57 @@ impl Environment {
                         host.name,
                         key.get_ref()
                     ))
-                    .at(overlay.place(key.span().start))
+                    .at(secrets.source.place(key.span().start))
                     .hint("set each value in one place: remove it from the environment file"));
                 }
                 host.data.insert(key.into_inner(), value);
             }
         }
         self.secret_files = secrets.files;
-        self.secrets_path = Some(secrets.path);
+        self.secrets_path = Some(secrets.source.path.clone());
         self.secret_values = secrets.values;
-        self.source.overlay = Some(Box::new((shift, overlay)));
         Ok(())
     }
 
-    /// Whether a span offset lies in merged secrets rather than in the environment file.
-    pub(crate) fn is_secret_offset(&self, offset: usize) -> bool {
-        self.source.overlay.as_ref().is_some_and(|o| offset >= o.0)
+    /// Every root component's attribute overrides, parsed again from the environment's text
+    /// with the secrets' overrides merged in and marked as secret.
+    pub(crate) fn attributes(&self) -> Result<BTreeMap<String, MergedAttributes<'_>>, ConfigError> {
+        let mut tables = component_tables(&self.source)?;
+        let mut out = BTreeMap::new();
+        for (name, def) in &self.components {
+            let value = match tables.remove(name) {
+                Some(mut value) => {
+                    if let DeValue::Table(table) = value.get_mut() {
+                        table.remove("type");
+                    }
+                    value
+                }
+                None => Spanned::new(def.span.clone(), DeValue::Table(DeTable::new())),
+            };
+            out.insert(
+                name.clone(),
+                MergedAttributes {
+                    value,
+                    secret: SecretKeys::default(),
+                },
+            );
+        }
+        if let Some(secrets) = &self.secrets {
+            for (name, from) in component_tables(secrets)? {
+                // `apply_secrets` refused secrets for components that are not defined.
+                if let Some(into) = out.get_mut(&name) {
+                    merge(
+                        &mut into.value,
+                        from,
+                        &format!("components.{name}"),
+                        &[],
+                        &mut into.secret,
+                        secrets,
+                    )?;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The host called `name`, or an error suggesting a close name.
@@ -486,11 +521,11 @@ impl Environment {
     }
 
     /// The resolved base directory for a run on this machine: relative to the project root,
-    /// `~/...` below this user's home.
-    pub fn local_base_dir(&self, project_root: &Path) -> PathBuf {
+    /// `~/...` below `home` (this user's home, as the caller read it from `HOME`).
+    pub fn local_base_dir(&self, project_root: &Path, home: Option<&Path>) -> PathBuf {
         let base = &self.settings.base_dir;
-        if let (Some(rest), Some(home)) = (below_home(base), std::env::var_os("HOME")) {
-            return crate::paths::normalize(&Path::new(&home).join(rest));
+        if let (Some(rest), Some(home)) = (below_home(base), home) {
+            return crate::paths::normalize(&home.join(rest));
         }
         crate::paths::resolve(project_root, Path::new(base))
     }
@@ -584,9 +619,28 @@ pub(crate) fn utf8(path: &str, bytes: Vec<u8>) -> Result<String, ConfigError> {
     })
 }
 
+/// The `[components.*]` tables of a parsed text by name, as written (with `type`); a text
+/// without `components`, or whose `components` is no table, has none.
+fn component_tables(
+    source: &SourceText,
+) -> Result<BTreeMap<String, Spanned<DeValue<'_>>>, ConfigError> {
+    let mut doc = source.parse()?.into_inner();
+    let Some(value) = doc.remove("components") else {
+        return Ok(BTreeMap::new());
+    };
+    let DeValue::Table(table) = value.into_inner() else {
+        return Ok(BTreeMap::new());
+    };
+    Ok(table
+        .into_iter()
+        .filter(|(_, v)| v.get_ref().is_table())
+        .map(|(k, v)| (k.into_inner().into_owned(), v))
+        .collect())
+}
+
 fn parse_components(
     source: &SourceText,
-    value: Option<Spanned<DeValue<'static>>>,
+    value: Option<Spanned<DeValue<'_>>>,
     registry: &Registry,
 ) -> Result<BTreeMap<String, ComponentDef>, ConfigError> {
     let mut defs = BTreeMap::new();
@@ -600,13 +654,13 @@ fn parse_components(
     for (key, value) in table {
         let name = key.get_ref().to_string();
         let span = value.span();
-        let DeValue::Table(mut attributes) = value.into_inner() else {
+        let DeValue::Table(attributes) = value.into_inner() else {
             return Err(ConfigError::new(format!(
                 "`components.{name}` must be a table of attributes"
             ))
             .at(source.place(span.start)));
         };
-        let type_name = match attributes.remove("type") {
+        let type_name = match attributes.get("type") {
             None => {
                 if !registry.contains(&name) {
                     return Err(ConfigError::new(format!(
@@ -640,13 +694,7 @@ fn parse_components(
                 t
             }
         };
-        defs.insert(
-            name,
-            ComponentDef {
-                type_name,
-                attributes: Spanned::new(span, DeValue::Table(attributes)),
-            },
-        );
+        defs.insert(name, ComponentDef { type_name, span });
     }
     Ok(defs)
 }

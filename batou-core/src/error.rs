@@ -1,6 +1,10 @@
 //! Configuration errors: what is wrong and where, found before any host is touched.
 
 use std::fmt;
+use std::sync::Arc;
+
+use toml::Spanned;
+use toml::de::DeTable;
 
 /// Where a configuration error is: a spot in a file, or a component on a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,24 +99,39 @@ impl ConfigError {
     }
 }
 
-/// A text file kept for turning byte offsets into `file:line:column` places.
-#[derive(Debug, Clone)]
+/// A text file, owned, kept for parsing it again and for turning byte offsets into
+/// `file:line:column` places.
+#[derive(Clone)]
 pub(crate) struct SourceText {
     pub(crate) path: String,
-    pub(crate) text: &'static str,
-    /// A second file whose spans start at an offset past this text (decrypted secrets
-    /// merged into an environment's attributes).
-    pub(crate) overlay: Option<Box<(usize, SourceText)>>,
+    pub(crate) text: Arc<str>,
+}
+
+impl fmt::Debug for SourceText {
+    // The text may be decrypted secrets: never shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceText")
+            .field("path", &self.path)
+            .field("len", &self.text.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SourceText {
+    pub(crate) fn new(path: &str, text: Arc<str>) -> Self {
+        SourceText {
+            path: path.to_string(),
+            text,
+        }
+    }
+
+    /// The text parsed as a TOML document, borrowing from it.
+    pub(crate) fn parse(&self) -> Result<Spanned<DeTable<'_>>, ConfigError> {
+        DeTable::parse(&self.text).map_err(|e| self.toml_error(&e))
+    }
+
     /// The place of a byte offset; columns count characters, not bytes.
     pub(crate) fn place(&self, offset: usize) -> Place {
-        if let Some(overlay) = &self.overlay
-            && offset >= overlay.0
-        {
-            return overlay.1.place(offset - overlay.0);
-        }
         let offset = offset.min(self.text.len());
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
@@ -164,7 +183,7 @@ impl SourceText {
         e
     }
 
-    /// The line (in this text, not an overlay) where keys or brackets nest the deepest.
+    /// The line where keys or brackets nest the deepest.
     fn deepest_line(&self) -> Place {
         let mut best = (0, 0);
         for (i, line) in self.text.lines().enumerate() {
@@ -253,12 +272,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn source_texts_never_show_their_text() {
+        let src = SourceText::new("secrets/dev.age", "pw = \"hunter2\"\n".into());
+        let shown = format!("{src:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("secrets/dev.age"), "{shown}");
+    }
+
+    #[test]
     fn offsets_become_lines_and_columns() {
-        let src = SourceText {
-            path: "env.toml".into(),
-            text: "a = 1\nbé = 2\n",
-            overlay: None,
-        };
+        let src = SourceText::new("env.toml", "a = 1\nbé = 2\n".into());
         assert_eq!(src.place(0).to_string(), "env.toml:1:1");
         assert_eq!(src.place(6).to_string(), "env.toml:2:1");
         // `=` after a two-byte character is the fourth character of line 2.
@@ -298,11 +321,7 @@ mod tests {
                 "duplicate key `x y` in e.toml:2:1",
             ),
         ] {
-            let src = SourceText {
-                path: "e.toml".into(),
-                text,
-                overlay: None,
-            };
+            let src = SourceText::new("e.toml", text.into());
             let err = toml::de::DeTable::parse(text).err().unwrap();
             assert_eq!(src.toml_error(&err).to_string(), want, "{text}");
         }
@@ -310,26 +329,17 @@ mod tests {
 
     #[test]
     fn a_too_deep_key_names_its_line() {
-        let text: &'static str = Box::leak(format!("a = 1\n{}b = 1\n", "a.".repeat(100)).into());
-        let src = SourceText {
-            path: "e.toml".into(),
-            text,
-            overlay: None,
-        };
-        let err = toml::de::DeTable::parse(text).err().unwrap();
-        let e = src.toml_error(&err);
+        let src = SourceText::new(
+            "e.toml",
+            format!("a = 1\n{}b = 1\n", "a.".repeat(100)).into(),
+        );
+        let e = src.parse().err().unwrap();
         assert!(e.message.starts_with("nested too deeply"), "{e}");
         assert_eq!(e.place.unwrap().to_string(), "e.toml:2:1");
 
-        let text: &'static str =
-            Box::leak(format!("a = 1\nx = {}{}\n", "[".repeat(200), "]".repeat(200)).into());
-        let src = SourceText {
-            path: "e.toml".into(),
-            text,
-            overlay: None,
-        };
-        let err = toml::de::DeTable::parse(text).err().unwrap();
-        let e = src.toml_error(&err);
+        let text = format!("a = 1\nx = {}{}\n", "[".repeat(200), "]".repeat(200));
+        let src = SourceText::new("e.toml", text.into());
+        let e = src.parse().err().unwrap();
         assert!(e.message.starts_with("nested too deeply"), "{e}");
         assert!(e.place.unwrap().to_string().starts_with("e.toml:2:"));
     }

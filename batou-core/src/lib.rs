@@ -49,6 +49,7 @@ pub mod secrets;
 mod template;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod workdir;
 
 pub use component::{Component, Verdict};
 pub use configure::{Configure, SubComponent};

@@ -2,8 +2,8 @@
 //!
 //! Components read project files only through [`Project`], never with `std::fs` directly, so
 //! that paths stay inside the project and every file a plan reads is recorded. An agent on a
-//! remote host gets exactly those recorded files ([`ProjectFiles`]) and serves its configure
-//! from them.
+//! remote host gets the files its own steps read ([`ProjectFiles`], recorded per step through
+//! [`Project::for_step`]) and serves its configure from them.
 //!
 //! A project on disk is confined by resolved paths, not only lexically: a symlink inside the
 //! repository that points outside it is refused, so that nothing outside the project is ever
@@ -23,12 +23,29 @@ use crate::paths;
 #[derive(Debug, Clone)]
 pub struct Project {
     inner: Arc<Inner>,
+    /// The plan step whose configure reads through this handle, if any.
+    step: Option<usize>,
 }
 
 #[derive(Debug)]
 struct Inner {
     source: Source,
-    read: Mutex<ProjectFiles>,
+    read: Mutex<Record>,
+}
+
+/// What was read: everything, and what each step read.
+#[derive(Debug, Default)]
+struct Record {
+    all: ProjectFiles,
+    by_step: BTreeMap<usize, ProjectFiles>,
+}
+
+impl Record {
+    /// The record of everything and, when reading for a step, that step's record.
+    fn targets(&mut self, step: Option<usize>) -> impl Iterator<Item = &mut ProjectFiles> {
+        let step = step.map(|s| self.by_step.entry(s).or_default());
+        std::iter::once(&mut self.all).chain(step)
+    }
 }
 
 #[derive(Debug)]
@@ -40,7 +57,8 @@ enum Source {
 /// Project files as read by a plan: the content an agent needs to configure the same way.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProjectFiles {
-    /// File contents by project-relative path.
+    /// File contents by project-relative path; on the wire as base64 strings.
+    #[serde(with = "base64_bytes")]
     pub files: BTreeMap<String, Vec<u8>>,
     /// Directory listings by project-relative path.
     pub dirs: BTreeMap<String, Vec<ProjectEntry>>,
@@ -102,6 +120,16 @@ impl Project {
                 source,
                 read: Mutex::default(),
             }),
+            step: None,
+        }
+    }
+
+    /// The same project, with every read also recorded for plan step `step`, so that a host's
+    /// job carries only the files its own steps read.
+    pub(crate) fn for_step(&self, step: usize) -> Project {
+        Project {
+            inner: Arc::clone(&self.inner),
+            step: Some(step),
         }
     }
 
@@ -115,7 +143,22 @@ impl Project {
 
     /// Everything read so far.
     pub fn read_files(&self) -> ProjectFiles {
-        self.record().clone()
+        self.record().all.clone()
+    }
+
+    /// What the plan steps `steps` read so far.
+    pub(crate) fn read_by(&self, steps: &[usize]) -> ProjectFiles {
+        let record = self.record();
+        let mut out = ProjectFiles::default();
+        for read in steps.iter().filter_map(|s| record.by_step.get(s)) {
+            out.files
+                .extend(read.files.iter().map(|(k, v)| (k.clone(), v.clone())));
+            out.dirs
+                .extend(read.dirs.iter().map(|(k, v)| (k.clone(), v.clone())));
+            out.links
+                .extend(read.links.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        out
     }
 
     /// The absolute path of a project-relative path, refusing paths that leave the project
@@ -171,9 +214,9 @@ impl Project {
                 .cloned()
                 .with_context(|| not_shipped(relative))?,
         };
-        self.record()
-            .files
-            .insert(relative.to_string(), data.clone());
+        for record in self.record().targets(self.step) {
+            record.files.insert(relative.to_string(), data.clone());
+        }
         Ok(data)
     }
 
@@ -188,9 +231,9 @@ impl Project {
                 .cloned()
                 .with_context(|| not_shipped(relative))?,
         };
-        self.record()
-            .dirs
-            .insert(relative.to_string(), entries.clone());
+        for record in self.record().targets(self.step) {
+            record.dirs.insert(relative.to_string(), entries.clone());
+        }
         Ok(entries)
     }
 
@@ -215,17 +258,48 @@ impl Project {
                 .cloned()
                 .with_context(|| not_shipped(relative))?,
         };
-        self.record()
-            .links
-            .insert(relative.to_string(), target.clone());
+        for record in self.record().targets(self.step) {
+            record.links.insert(relative.to_string(), target.clone());
+        }
         Ok(PathBuf::from(target))
     }
 
-    fn record(&self) -> std::sync::MutexGuard<'_, ProjectFiles> {
+    fn record(&self) -> std::sync::MutexGuard<'_, Record> {
         self.inner
             .read
             .lock()
             .expect("the project record lock is never poisoned")
+    }
+}
+
+/// Serde for file contents as base64 strings: compact and readable on the wire, where a
+/// JSON array of numbers took up to four bytes per byte.
+mod base64_bytes {
+    use std::collections::BTreeMap;
+
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        files: &BTreeMap<String, Vec<u8>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(files.iter().map(|(k, v)| (k, STANDARD.encode(v))))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
+        BTreeMap::<String, String>::deserialize(deserializer)?
+            .into_iter()
+            .map(|(k, v)| match STANDARD.decode(&v) {
+                Ok(bytes) => Ok((k, bytes)),
+                Err(e) => Err(serde::de::Error::custom(format!(
+                    "project file `{k}` is not valid base64: {e}"
+                ))),
+            })
+            .collect()
     }
 }
 
@@ -329,5 +403,44 @@ mod tests {
         assert_eq!(shipped.walk("t").unwrap(), disk.walk("t").unwrap());
         let err = shipped.read("t/b.j2").unwrap_err().to_string();
         assert!(err.contains("was not shipped to this host"), "{err}");
+    }
+
+    #[test]
+    fn file_contents_travel_as_base64() {
+        let mut files = ProjectFiles::default();
+        files
+            .files
+            .insert("bin/blob".into(), vec![0, 159, 146, 150, 255]);
+        files.files.insert("t/a.j2".into(), b"A".to_vec());
+        let json = serde_json::to_string(&files).unwrap();
+        assert_eq!(
+            json,
+            r#"{"files":{"bin/blob":"AJ+Slv8=","t/a.j2":"QQ=="},"dirs":{},"links":{}}"#
+        );
+        assert_eq!(serde_json::from_str::<ProjectFiles>(&json).unwrap(), files);
+        let err = serde_json::from_str::<ProjectFiles>(
+            r#"{"files":{"x":"not base64!"},"dirs":{},"links":{}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("project file `x` is not valid base64"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn reads_are_recorded_per_step() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), "A").unwrap();
+        std::fs::write(dir.path().join("b"), "B").unwrap();
+        let project = Project::new(dir.path());
+        project.for_step(0).read("a").unwrap();
+        project.for_step(1).read("b").unwrap();
+        project.for_step(1).read("a").unwrap();
+        let keys = |f: ProjectFiles| f.files.into_keys().collect::<Vec<_>>();
+        assert_eq!(keys(project.read_by(&[0])), ["a"]);
+        assert_eq!(keys(project.read_by(&[1])), ["a", "b"]);
+        assert_eq!(keys(project.read_files()), ["a", "b"]);
     }
 }

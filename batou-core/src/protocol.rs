@@ -15,7 +15,9 @@ use crate::project::ProjectFiles;
 use crate::{Event, RootOutcome};
 
 /// The protocol version both sides must agree on.
-pub const PROTOCOL_VERSION: u32 = 2;
+///
+/// 3: a job carries only the project files its host's steps read, file contents as base64.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Everything one host needs to configure and converge its part of a plan, and nothing more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,7 +31,7 @@ pub struct HostJob {
     pub steps: Vec<JobStep>,
     /// The resource values the host's root components require.
     pub resources: BTreeMap<String, Vec<serde_json::Value>>,
-    /// The project files the controller's configure read.
+    /// The project files the controller's configure of this host's steps read.
     pub files: ProjectFiles,
     /// The named secret files the host's components read.
     #[serde(default)]

@@ -9,7 +9,9 @@ use toml::de::DeValue;
 use crate::Component;
 
 type Factory = Box<
-    dyn Fn(Spanned<DeValue<'static>>) -> Result<Box<dyn Component>, toml::de::Error> + Send + Sync,
+    dyn for<'a> Fn(Spanned<DeValue<'a>>) -> Result<Box<dyn Component>, toml::de::Error>
+        + Send
+        + Sync,
 >;
 type JsonFactory =
     Box<dyn Fn(serde_json::Value) -> Result<Box<dyn Component>, serde_json::Error> + Send + Sync>;
@@ -36,7 +38,7 @@ impl Registry {
         self.types.insert(
             name.to_string(),
             (
-                Box::new(|value: Spanned<DeValue<'static>>| {
+                Box::new(|value: Spanned<DeValue<'_>>| {
                     let component = T::deserialize(value.into_deserializer())?;
                     Ok(Box::new(component) as Box<dyn Component>)
                 }),
@@ -73,7 +75,7 @@ impl Registry {
     pub(crate) fn create(
         &self,
         name: &str,
-        attributes: Spanned<DeValue<'static>>,
+        attributes: Spanned<DeValue<'_>>,
     ) -> Result<Box<dyn Component>, toml::de::Error> {
         let (factory, _) = self
             .types

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 
 use batou_core::output::{HumanOutput, JsonOutput};
-use batou_core::secrets::IdentitySource;
+use batou_core::secrets::{IDENTITY_ENV, IdentitySource, UserDirs};
 use batou_core::{ConfigError, ConvergeOptions, Environment, EventSink, Plan, Project, Registry};
 use clap::{Parser, Subcommand};
 
@@ -163,7 +163,7 @@ impl Role {
                 environment,
                 project,
             } => {
-                let identities = IdentitySource::new(None);
+                let identities = identity_source(None);
                 match remote_plan(&project, &environment, &registry(register), &identities) {
                     Ok(plan) => {
                         println!(
@@ -195,6 +195,18 @@ pub fn remote_plan(
     let base_dir = environment.remote_base_dir();
     let plan = Plan::build(&environment, registry, &Project::new(project), &base_dir)?;
     Ok(plan.export(environment.settings.jobs)?)
+}
+
+/// Where this user's identities are: `explicit` (`--identity`), else `BATOU_IDENTITY`, else
+/// the default files below `HOME` and `XDG_CONFIG_HOME`.
+pub fn identity_source(explicit: Option<PathBuf>) -> IdentitySource {
+    let dirs = UserDirs::new(home().map(Into::into), std::env::var_os("XDG_CONFIG_HOME"));
+    IdentitySource::new(explicit, std::env::var_os(IDENTITY_ENV), dirs)
+}
+
+/// This user's home directory, from `HOME`.
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from)
 }
 
 /// Loads an environment with its secrets (when it has a secrets file) and registers every
@@ -252,13 +264,13 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
         &settings.project,
         &settings.environment,
         registry,
-        &IdentitySource::new(settings.identity.clone()),
+        &identity_source(settings.identity.clone()),
     )?;
     let host = choose_host(&environment, settings.host.as_deref())?;
     let project = Project::new(&settings.project);
     let base_dir = match &settings.base_dir {
         Some(dir) => std::path::absolute(dir)?,
-        None => environment.local_base_dir(&settings.project),
+        None => environment.local_base_dir(&settings.project, home().as_deref()),
     };
     let mut plan = Plan::build(&environment, registry, &project, &base_dir)?;
     let options = ConvergeOptions {

@@ -188,7 +188,7 @@ impl Repo {
 }
 
 fn run(args: Args) -> anyhow::Result<Exit> {
-    let identities = IdentitySource::new(args.identity.clone());
+    let identities = crate::identity_source(args.identity.clone());
     let repo = |environment: &str| -> anyhow::Result<Repo> {
         let root = match &args.project {
             Some(dir) => std::path::absolute(dir)?,
@@ -220,7 +220,9 @@ fn run(args: Args) -> anyhow::Result<Exit> {
 }
 
 fn keygen() -> anyhow::Result<Exit> {
-    let path = IdentitySource::default_file().context("cannot find the home directory")?;
+    let path = crate::identity_source(None)
+        .default_file()
+        .context("cannot find the home directory")?;
     if path.exists() {
         return Err(
             ConfigError::new(format!("`{}` already exists", path.display()))

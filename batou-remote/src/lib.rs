@@ -339,7 +339,7 @@ fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
         return Ok((plan, binary));
     }
     let registry = batou_local::registry(|_| {});
-    let identities = batou_core::secrets::IdentitySource::new(settings.identity.clone());
+    let identities = batou_local::identity_source(settings.identity.clone());
     let plan = batou_local::remote_plan(
         &settings.project,
         &settings.environment,

@@ -1,0 +1,740 @@
+//! The plan: every host's configured root components, ordered by the resources they share.
+//!
+//! Building a plan configures every (host, root component) step of the environment once, in
+//! rounds until all `require`s are satisfied and stable (`rounds.rs`), then orders the steps
+//! as a DAG (`order.rs`: provider before requirer, otherwise the environment's order). All of
+//! it happens before any host is touched; every problem is a [`ConfigError`] with its place.
+//! What crosses to an agent, and how an agent configures it again, is in `job.rs`; attribute
+//! values and the checks and rendering they go through are in `attributes.rs`.
+
+mod attributes;
+mod job;
+mod order;
+mod rounds;
+mod step;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::environment::{Environment, Host, MergedAttributes};
+use crate::error::ConfigError;
+use crate::plan::attributes::{Attributes, check_unassigned};
+use crate::plan::order::order_steps;
+use crate::plan::rounds::{Context, Slot, configure_slots};
+use crate::project::Project;
+use crate::registry::Registry;
+use crate::resources::Resources;
+use crate::secrets::{SecretFiles, SecretKeys};
+use crate::template::Templates;
+
+pub(crate) use step::Node;
+pub use step::Step;
+
+/// The ordered steps of an environment.
+pub struct Plan {
+    pub environment: String,
+    steps: Vec<Step>,
+    order: Vec<usize>,
+    hosts: BTreeMap<String, Host>,
+    base_dir: String,
+    allow_paths: Vec<String>,
+    resources: Resources,
+    project: Project,
+    secret_files: Arc<SecretFiles>,
+    /// Every secret string of the environment with its name (empty on agents).
+    secret_values: Vec<(String, String)>,
+}
+
+impl Plan {
+    /// Configures every step of `environment` and orders them.
+    ///
+    /// `base_dir` is the environment's base directory as resolved for this run; root
+    /// components work in `<base_dir>/work/<name>` and may change only paths below `base_dir`
+    /// and the environment's `allow_paths`.
+    pub fn build(
+        environment: &Environment,
+        registry: &Registry,
+        project: &Project,
+        base_dir: &Path,
+    ) -> Result<Plan, ConfigError> {
+        let templates = Templates::new(project.clone());
+        let secret_files = Arc::new(SecretFiles::new(
+            environment.secret_files.clone(),
+            environment.secrets_path.clone(),
+        ));
+        // Steps in environment order: hosts by name, components as each host lists them.
+        let attributes = environment.attributes()?;
+        let mut slots = Vec::new();
+        for host in &environment.hosts {
+            for root in &host.components {
+                let (type_name, merged) =
+                    match (environment.components.get(root), attributes.get(root)) {
+                        (Some(def), Some(merged)) => (def.type_name.clone(), merged.clone()),
+                        _ => {
+                            debug_assert!(registry.contains(root));
+                            let offset = environment
+                                .reference_spans
+                                .get(&(host.name.clone(), root.clone()))
+                                .copied()
+                                .unwrap_or(0);
+                            (
+                                root.clone(),
+                                MergedAttributes {
+                                    value: Spanned::new(
+                                        offset..offset,
+                                        DeValue::Table(DeTable::new()),
+                                    ),
+                                    secret: SecretKeys::default(),
+                                },
+                            )
+                        }
+                    };
+                slots.push(Slot {
+                    host,
+                    root: root.clone(),
+                    type_name,
+                    attributes: Attributes::from_environment(merged, environment),
+                });
+            }
+        }
+        check_unassigned(environment, registry, &templates)?;
+        let allow_paths: Vec<String> = environment
+            .settings
+            .allow_paths
+            .iter()
+            .map(|p| p.get_ref().clone())
+            .collect();
+        let built = configure_slots(
+            &slots,
+            &Context {
+                environment: &environment.name,
+                base_dir,
+                allow_paths: &allow_paths,
+                project,
+                registry,
+                secret_files: &secret_files,
+            },
+            Resources::default(),
+        )?;
+        let labels: Vec<String> = slots
+            .iter()
+            .map(|s| format!("{}: {}", s.host.name, s.root))
+            .collect();
+        let edges = built.resources.edges();
+        let order = order_steps(slots.len(), &edges, &labels)?;
+        let mut after: Vec<BTreeMap<usize, Vec<String>>> = vec![BTreeMap::new(); slots.len()];
+        for (provider, requirer, key) in edges {
+            after[requirer].entry(provider).or_default().push(key);
+        }
+        let steps = slots
+            .into_iter()
+            .zip(built.trees)
+            .zip(built.attributes)
+            .zip(after)
+            .map(|(((slot, tree), attributes), after_keys)| Step {
+                host: slot.host.name.clone(),
+                root: slot.root,
+                after: after_keys.keys().copied().collect(),
+                after_keys,
+                type_name: slot.type_name,
+                attributes: attributes.to_json(),
+                tree,
+            })
+            .collect();
+        Ok(Plan {
+            environment: environment.name.clone(),
+            steps,
+            order,
+            hosts: environment
+                .hosts
+                .iter()
+                .map(|h| (h.name.clone(), h.clone()))
+                .collect(),
+            base_dir: environment.settings.base_dir.clone(),
+            allow_paths,
+            resources: built.resources,
+            project: project.clone(),
+            secret_files,
+            secret_values: environment.secret_values.clone(),
+        })
+    }
+
+    /// All steps, in environment order (not plan order).
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// Step indices in plan order: every step after all steps it depends on.
+    pub fn order(&self) -> &[usize] {
+        &self.order
+    }
+
+    /// The steps of `host`, in plan order.
+    pub fn host_order(&self, host: &str) -> Vec<usize> {
+        self.order
+            .iter()
+            .copied()
+            .filter(|i| self.steps[*i].host == host)
+            .collect()
+    }
+
+    /// Every component path of a step's tree, in converge (post-order) order.
+    pub fn component_paths(&self, step: usize) -> Vec<String> {
+        fn walk(node: &Node, out: &mut Vec<String>) {
+            for child in &node.children {
+                walk(child, out);
+            }
+            out.push(node.path.clone());
+        }
+        let mut out = Vec::new();
+        walk(&self.steps[step].tree, &mut out);
+        out
+    }
+
+    pub(crate) fn step_mut(&mut self, step: usize) -> &mut Step {
+        &mut self.steps[step]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::HostJob;
+    use crate::{Component, Configure, Verdict};
+    use serde::Deserialize;
+
+    /// A test component that provides and requires resource keys, in the listed order.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Node {
+        #[serde(default)]
+        steps: Vec<String>,
+        #[serde(default)]
+        password: Option<crate::Secret>,
+        #[serde(default)]
+        secret_file: Option<String>,
+        #[serde(skip)]
+        seen: Vec<String>,
+    }
+
+    impl Component for Node {
+        fn label(&self) -> String {
+            "Node".into()
+        }
+        fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+            if let Some(name) = &self.secret_file {
+                cx.secret_file(name)?;
+            }
+            if let Some(password) = &self.password {
+                anyhow::ensure!(!password.expose().is_empty(), "empty password");
+            }
+            for step in &self.steps {
+                if let Some(key) = step.strip_prefix("provide:") {
+                    cx.provide(key, &cx.host().name.clone())?;
+                } else if let Some(key) = step.strip_prefix("require_one:") {
+                    let value: String = cx.require_one(key)?;
+                    self.seen.push(value);
+                } else if let Some(key) = step.strip_prefix("require:") {
+                    let values: Vec<String> = cx.require(key)?;
+                    self.seen.extend(values);
+                }
+            }
+            Ok(())
+        }
+        fn verify(&self, _cx: &mut crate::Deploy) -> anyhow::Result<Verdict> {
+            Ok(Verdict::UpToDate)
+        }
+    }
+
+    fn registry() -> Registry {
+        let mut registry = Registry::new();
+        registry.register::<Node>("node");
+        registry
+    }
+
+    fn plan(toml: &str) -> Result<Plan, ConfigError> {
+        let registry = registry();
+        let env = Environment::parse(
+            "test",
+            "environments/test.toml",
+            toml.to_string(),
+            &registry,
+        )?;
+        Plan::build(
+            &env,
+            &registry,
+            &Project::new("/nonexistent"),
+            Path::new("/srv/test"),
+        )
+    }
+
+    fn order(plan: &Plan) -> Vec<String> {
+        plan.order()
+            .iter()
+            .map(|i| plan.steps()[*i].label())
+            .collect()
+    }
+
+    #[test]
+    fn providers_come_before_requirers_across_hosts() {
+        let plan = plan(
+            r#"
+[hosts.web1]
+components = ["app"]
+[hosts.db1]
+components = ["db"]
+[components.app]
+type = "node"
+steps = ["require:database"]
+[components.db]
+type = "node"
+steps = ["provide:database"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(order(&plan), vec!["db1: db", "web1: app"]);
+        let app = plan.steps().iter().position(|s| s.root == "app").unwrap();
+        assert_eq!(
+            plan.steps()[app].after_keys.values().next().unwrap(),
+            &vec!["database".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_requirer_sees_every_provider_even_those_configured_later() {
+        // `early` requires `x` before `late` provides it, so it is configured again.
+        let plan = plan(
+            r#"
+[hosts.a]
+components = ["early", "late"]
+[hosts.b]
+components = ["late2"]
+[components.early]
+type = "node"
+steps = ["require:x"]
+[components.late]
+type = "node"
+steps = ["provide:x"]
+[components.late2]
+type = "node"
+steps = ["provide:x"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(order(&plan), vec!["a: late", "b: late2", "a: early"]);
+    }
+
+    #[test]
+    fn cycles_are_reported_whole() {
+        let err = plan(
+            r#"
+[hosts.h]
+components = ["a", "b"]
+[components.a]
+type = "node"
+steps = ["provide:x", "require:y"]
+[components.b]
+type = "node"
+steps = ["provide:y", "require:x"]
+"#,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "dependency cycle between `h: a`, `h: b`: `h: b` requires `x` from `h: a`; `h: a` requires `y` from `h: b`"
+        );
+        assert!(err.hint.is_some());
+    }
+
+    #[test]
+    fn mutual_requirements_before_providing_are_unsatisfied_with_a_cycle_hint() {
+        let err = plan(
+            r#"
+[hosts.h]
+components = ["a", "b"]
+[components.a]
+type = "node"
+steps = ["require:y", "provide:x"]
+[components.b]
+type = "node"
+steps = ["require:x", "provide:y"]
+"#,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "unsatisfied resource requirements: `h: a` requires `y`; `h: b` requires `x`, which no configured component provides in host `h`, component `a`"
+        );
+    }
+
+    #[test]
+    fn require_one_with_several_providers_names_them() {
+        let err = plan(
+            r#"
+[hosts.a]
+components = ["db"]
+[hosts.b]
+components = ["db", "app"]
+[components.db]
+type = "node"
+steps = ["provide:database"]
+[components.app]
+type = "node"
+steps = ["require_one:database"]
+"#,
+        )
+        .err()
+        .unwrap();
+        let chain = format!("{:#}", anyhow::Error::from(err));
+        assert!(
+            chain.contains(
+                "resource `database` is provided 2 times, expected once: by `a: db`, `b: db`"
+            ),
+            "{chain}"
+        );
+    }
+
+    #[test]
+    fn components_no_host_runs_are_checked_too() {
+        let base = "[hosts.h]\ncomponents = [\"a\"]\n[components.a]\ntype = \"node\"\n[components.spare]\ntype = \"node\"\n";
+        assert!(plan(base).is_ok());
+        for (extra, want) in [
+            (
+                "stpes = []\n",
+                "component `spare`: unknown field `stpes`, expected one of `steps`, `password`, `secret_file` (`spare` is not assigned to any host) in environments/test.toml:7:1 (did you mean `steps`?)",
+            ),
+            (
+                "secret_file = \"{% if %}\"\n",
+                "invalid template in an attribute of `spare` (`spare` is not assigned to any host) in environments/test.toml:7:15",
+            ),
+            (
+                "[components.spare.x]\nmode = 755\n",
+                "component `spare`: `mode = 755` is the decimal number 755 (0o1363 in octal) (`spare` is not assigned to any host) in environments/test.toml:8:8",
+            ),
+        ] {
+            let err = plan(&format!("{base}{extra}")).err().expect(extra);
+            assert_eq!(err.to_string(), want);
+        }
+        // Templates that need a host are not rendered: no false error.
+        assert!(
+            plan(&format!(
+                "{base}secret_file = \"{{{{ host.data.role }}}}\"\n"
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn unsatisfied_names_who_requires_what() {
+        let err = plan(
+            "[hosts.h]\ncomponents = [\"a\"]\n[components.a]\ntype = \"node\"\nsteps = [\"require:db\"]\n",
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("unsatisfied resource requirements: `h: a` requires `db`"),
+            "{err}"
+        );
+        assert_eq!(
+            err.hint.as_deref(),
+            Some("add a component that provides the resource to some host of the environment")
+        );
+    }
+
+    #[test]
+    fn without_resources_the_environment_order_holds() {
+        let plan = plan(
+            "[hosts.b]\ncomponents = [\"z\", \"y\"]\n[hosts.a]\ncomponents = [\"x\"]\n[components.z]\ntype=\"node\"\n[components.y]\ntype=\"node\"\n[components.x]\ntype=\"node\"\n",
+        )
+        .unwrap();
+        assert_eq!(order(&plan), vec!["a: x", "b: z", "b: y"]);
+        assert_eq!(plan.host_order("b").len(), 2);
+        assert_eq!(
+            plan.component_paths(plan.host_order("a")[0]),
+            vec!["x > Workdir", "x"]
+        );
+    }
+
+    #[test]
+    fn each_host_job_carries_only_the_secrets_its_components_use() {
+        let toml = r#"
+[hosts.web1]
+components = ["app"]
+[hosts.db1]
+components = ["db"]
+[components.app]
+type = "node"
+steps = ["require:database"]
+secret_file = "app.key"
+[components.db]
+type = "node"
+steps = ["provide:database"]
+"#;
+        let registry = registry();
+        let mut env =
+            Environment::parse("test", "environments/test.toml", toml.into(), &registry).unwrap();
+        let secrets = crate::secrets::Secrets::parse(
+            "secrets/test.age",
+            "[components.app]\npassword = \"canary-pw-1\"\n[files]\n\"app.key\" = \"canary-key-2\"\n\"unused\" = \"canary-3\"\n".into(),
+        )
+        .unwrap();
+        env.apply_secrets(secrets, &registry).unwrap();
+        let plan = Plan::build(
+            &env,
+            &registry,
+            &Project::new("/nonexistent"),
+            Path::new("/srv"),
+        )
+        .unwrap();
+        let db = serde_json::to_string(&plan.host_job("db1").unwrap()).unwrap();
+        assert!(!db.contains("canary"), "{db}");
+        let web = plan.host_job("web1").unwrap();
+        assert_eq!(web.secret_files.keys().collect::<Vec<_>>(), ["app.key"]);
+        let names: Vec<&str> = web.secrets.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["components.app.password", "files.app.key"]);
+        assert!(!serde_json::to_string(&web).unwrap().contains("canary-3"));
+        // The agent configures from what it received.
+        let agent = Plan::from_job(&web, &registry, Path::new("/srv")).unwrap();
+        assert_eq!(agent.component_paths(0), vec!["app > Workdir", "app"]);
+    }
+
+    /// A component whose label is its `path` attribute, like a file.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Labelled {
+        path: String,
+        #[serde(default)]
+        note: String,
+    }
+
+    impl Component for Labelled {
+        fn label(&self) -> String {
+            format!("Labelled('{}')", self.path)
+        }
+        fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+            if self.note == "leaf" {
+                return Ok(());
+            }
+            let resolved = cx.path(&self.path)?;
+            cx.add(Labelled {
+                path: resolved.display().to_string(),
+                note: "leaf".into(),
+            });
+            Ok(())
+        }
+        fn verify(&self, _cx: &mut crate::Deploy) -> anyhow::Result<Verdict> {
+            Ok(Verdict::UpToDate)
+        }
+    }
+
+    #[test]
+    fn the_agent_expands_the_planned_home_in_rendered_attributes() {
+        let mut registry = registry();
+        registry.register::<Labelled>("labelled");
+        for base_dir in ["srv", "~/srv", "./srv"] {
+            let toml = format!(
+                r#"
+[environment]
+base_dir = "{base_dir}"
+[hosts.web1]
+components = ["app"]
+[components.app]
+type = "labelled"
+path = "{{{{ workdir }}}}/app.conf"
+note = "root={{{{ environment.base_dir }}}} x=~/srvx y=a~/srv"
+"#
+            );
+            let env =
+                Environment::parse("test", "environments/test.toml", toml, &registry).unwrap();
+            let planned = env.remote_base_dir();
+            assert_eq!(planned, Path::new("~/srv"), "{base_dir}");
+            let plan =
+                Plan::build(&env, &registry, &Project::new("/nonexistent"), &planned).unwrap();
+            let job = plan.host_job("web1").unwrap();
+            assert_eq!(job.steps[0].attributes["path"], "~/srv/work/app/app.conf");
+            let real = crate::host_base_dir(&job.base_dir, Path::new("/home/deploy"));
+            assert_eq!(real, Path::new("/home/deploy/srv"));
+            assert_eq!(
+                job.steps[0].components[1],
+                "app > Labelled('~/srv/work/app/app.conf')"
+            );
+            let agent = Plan::from_job(&job, &registry, &real).unwrap();
+            assert_eq!(
+                agent.component_paths(0),
+                [
+                    "app > Workdir",
+                    "app > Labelled('/home/deploy/srv/work/app/app.conf')",
+                    "app"
+                ]
+            );
+            let Ok(attributes) = &agent.steps()[0].attributes else {
+                panic!("an agent's attributes are JSON");
+            };
+            assert_eq!(attributes["path"], "/home/deploy/srv/work/app/app.conf");
+            // Only the base directory as a path is expanded, not look-alikes.
+            assert_eq!(
+                attributes["note"],
+                "root=/home/deploy/srv x=~/srvx y=a~/srv"
+            );
+        }
+    }
+
+    #[test]
+    fn a_host_job_configures_the_same_on_the_agent() {
+        let toml = r#"
+[hosts.web1]
+components = ["app"]
+[hosts.db1]
+components = ["db"]
+[components.app]
+type = "node"
+steps = ["require:database"]
+[components.db]
+type = "node"
+steps = ["provide:database"]
+"#;
+        let plan = plan(toml).unwrap();
+        let job = plan.host_job("web1").unwrap();
+        assert_eq!(job.steps.len(), 1);
+        assert_eq!(job.resources["database"], vec![serde_json::json!("db1")]);
+        assert!(!job.resources.contains_key("other"));
+        // Shipped as JSON, configured again from it.
+        let line = serde_json::to_string(&job).unwrap();
+        let job: HostJob = serde_json::from_str(&line).unwrap();
+        let registry = registry();
+        let agent = Plan::from_job(&job, &registry, Path::new("/home/x/srv")).unwrap();
+        assert_eq!(agent.component_paths(0), vec!["app > Workdir", "app"]);
+
+        let mut tampered = job.clone();
+        tampered.steps[0].components.push("app > File('x')".into());
+        let err = Plan::from_job(&tampered, &registry, Path::new("/srv"))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("the agent configured `app` differently"),
+            "{err}"
+        );
+
+        let mut missing = job;
+        missing.resources.clear();
+        assert!(Plan::from_job(&missing, &registry, Path::new("/srv")).is_err());
+    }
+
+    /// A component that reads a project file and renders a project template in configure.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Reader {
+        file: String,
+        template: String,
+    }
+
+    impl Component for Reader {
+        fn label(&self) -> String {
+            "Reader".into()
+        }
+        fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+            cx.project().read(&self.file)?;
+            cx.render_file(&self.template, serde_json::json!({}))?;
+            Ok(())
+        }
+        fn verify(&self, _cx: &mut crate::Deploy) -> anyhow::Result<Verdict> {
+            Ok(Verdict::UpToDate)
+        }
+    }
+
+    #[test]
+    fn each_host_job_carries_only_the_project_files_its_steps_read() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["web.conf", "db.conf", "shared.j2"] {
+            std::fs::write(dir.path().join(name), name).unwrap();
+        }
+        let mut registry = registry();
+        registry.register::<Reader>("reader");
+        let toml = r#"
+[hosts.web1]
+components = ["web"]
+[hosts.db1]
+components = ["db"]
+[components.web]
+type = "reader"
+file = "web.conf"
+template = "shared.j2"
+[components.db]
+type = "reader"
+file = "db.conf"
+template = "shared.j2"
+"#;
+        let env =
+            Environment::parse("test", "environments/test.toml", toml.into(), &registry).unwrap();
+        let plan = Plan::build(
+            &env,
+            &registry,
+            &Project::new(dir.path()),
+            Path::new("/srv"),
+        )
+        .unwrap();
+        let files = |host: &str| {
+            let job = plan.host_job(host).unwrap();
+            job.files.files.into_keys().collect::<Vec<_>>()
+        };
+        // The template both render travels to both, though it was loaded once.
+        assert_eq!(files("web1"), ["shared.j2", "web.conf"]);
+        assert_eq!(files("db1"), ["db.conf", "shared.j2"]);
+        let job = plan.host_job("web1").unwrap();
+        let agent = Plan::from_job(&job, &registry, Path::new("/srv")).unwrap();
+        assert_eq!(agent.component_paths(0), ["web > Workdir", "web"]);
+    }
+
+    #[test]
+    fn merged_secrets_are_flagged_not_rendered_and_placed_in_their_file() {
+        let mut registry = registry();
+        registry.register::<Labelled>("labelled");
+        let plan_with = |secrets: &str| {
+            let toml = "[hosts.web1]\ncomponents = [\"app\"]\n[components.app]\ntype = \"labelled\"\npath = \"{{ workdir }}/x\"\n";
+            let mut env =
+                Environment::parse("test", "environments/test.toml", toml.into(), &registry)
+                    .unwrap();
+            let secrets =
+                crate::secrets::Secrets::parse("secrets/test.age", secrets.into()).unwrap();
+            env.apply_secrets(secrets, &registry)?;
+            Plan::build(
+                &env,
+                &registry,
+                &Project::new("/nonexistent"),
+                Path::new("/srv"),
+            )
+        };
+        // A secret that looks like a template is left as it is; the environment's is rendered.
+        let plan = plan_with("[components.app]\nnote = \"{{ pass }}word\"\n").unwrap();
+        let job = plan.host_job("web1").unwrap();
+        assert_eq!(job.steps[0].attributes["note"], "{{ pass }}word");
+        assert_eq!(job.steps[0].attributes["path"], "/srv/work/app/x");
+        // An error in a secret value names the secrets file, one in the environment its own.
+        let err = plan_with("\n[components.app]\nnote = 5\n").err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "component `app`: invalid type: integer `5`, expected a string in secrets/test.age:3:8"
+        );
+        let err = plan_with("[components.app]\nnope = \"x\"\n").err().unwrap();
+        assert!(
+            err.to_string()
+                .ends_with("in secrets/test.age:2:1 (did you mean `note`?)"),
+            "{err}"
+        );
+        let err = plan_with("[components.app]\npath = \"y\"\n").err().unwrap();
+        assert!(
+            err.to_string().ends_with(
+                "set both in the environment and in the secrets in secrets/test.age:2:1"
+            ),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! Configuring steps in rounds until every `require` is satisfied and resources settle.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::component::Component;
+use crate::configure::{Configure, Scope};
+use crate::environment::Host;
+use crate::error::{ConfigError, Place};
+use crate::plan::attributes::Attributes;
+use crate::plan::step::Node;
+use crate::project::Project;
+use crate::registry::Registry;
+use crate::resources::{Resources, Unsatisfied};
+use crate::secrets::SecretFiles;
+use crate::template::Templates;
+use crate::workdir::Workdir;
+
+/// Rounds of configuration before resources are declared unsettled.
+const MAX_ROUNDS: usize = 64;
+
+/// One step to configure: a root component of a host with its type and attributes.
+pub(super) struct Slot<'a> {
+    pub(super) host: &'a Host,
+    pub(super) root: String,
+    pub(super) type_name: String,
+    pub(super) attributes: Attributes<'a>,
+}
+
+/// What configuring steps needs besides the steps themselves.
+pub(super) struct Context<'a> {
+    pub(super) environment: &'a str,
+    pub(super) base_dir: &'a Path,
+    pub(super) allow_paths: &'a [String],
+    pub(super) project: &'a Project,
+    pub(super) registry: &'a Registry,
+    pub(super) secret_files: &'a SecretFiles,
+}
+
+pub(super) struct Built<'a> {
+    pub(super) trees: Vec<Node>,
+    /// Attributes with templates rendered for each slot's host.
+    pub(super) attributes: Vec<Attributes<'a>>,
+    pub(super) resources: Resources,
+}
+
+/// Configures every slot, in rounds until every `require` is satisfied and stable.
+pub(super) fn configure_slots<'a>(
+    slots: &[Slot<'a>],
+    cx: &Context,
+    mut resources: Resources,
+) -> Result<Built<'a>, ConfigError> {
+    let mut allowed: Vec<PathBuf> = vec![crate::paths::normalize(cx.base_dir)];
+    allowed.extend(
+        cx.allow_paths
+            .iter()
+            .map(|p| crate::paths::normalize(Path::new(p))),
+    );
+    let labels: Vec<String> = slots
+        .iter()
+        .map(|s| format!("{}: {}", s.host.name, s.root))
+        .collect();
+    let scopes: Vec<Scope> = slots
+        .iter()
+        .enumerate()
+        .map(|(step, slot)| {
+            let workdir = cx.base_dir.join("work").join(&slot.root);
+            let host = slot.host;
+            let context = minijinja::context! {
+                host => minijinja::context! {
+                    name => &host.name,
+                    data => minijinja::Value::from_serialize(&host.data),
+                    address => host.address.as_deref().unwrap_or(&host.name),
+                },
+                environment => minijinja::context! {
+                    name => cx.environment,
+                    base_dir => cx.base_dir.to_string_lossy(),
+                },
+                component => minijinja::context! { name => &slot.root },
+                workdir => workdir.to_string_lossy(),
+            };
+            Scope {
+                step,
+                root: &slot.root,
+                step_labels: &labels,
+                host,
+                environment: cx.environment,
+                base_dir: cx.base_dir,
+                workdir,
+                allowed: &allowed,
+                project: cx.project.for_step(step),
+                templates: Templates::new(cx.project.for_step(step)),
+                secret_files: cx.secret_files,
+                context,
+            }
+        })
+        .collect();
+
+    // Attributes are rendered once per step, before any configure runs.
+    let attributes = slots
+        .iter()
+        .zip(&scopes)
+        .map(|(slot, scope)| slot.attributes.render(scope))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut trees: Vec<Option<Node>> = (0..slots.len()).map(|_| None).collect();
+    let mut pending: BTreeSet<usize> = (0..slots.len()).collect();
+    for _ in 0..MAX_ROUNDS {
+        let before = (resources.clone(), pending.clone());
+        for step in pending.clone() {
+            resources.reset(step);
+            let component =
+                attributes[step].create(cx.registry, &slots[step].type_name, &scopes[step])?;
+            match configure_root(&scopes[step], &mut resources, component) {
+                Ok(tree) => {
+                    trees[step] = Some(tree);
+                    pending.remove(&step);
+                }
+                Err((_, err)) if err.chain().any(|c| c.is::<Unsatisfied>()) => {}
+                Err((path, err)) => {
+                    return Err(ConfigError::new(format!("cannot configure `{path}`"))
+                        .at(Place::Component {
+                            host: scopes[step].host.name.clone(),
+                            path,
+                        })
+                        .caused_by(err));
+                }
+            }
+        }
+        for (step, tree) in trees.iter_mut().enumerate() {
+            if !pending.contains(&step) && resources.is_stale(step) {
+                *tree = None;
+                pending.insert(step);
+            }
+        }
+        if pending.is_empty() {
+            return Ok(Built {
+                trees: trees
+                    .into_iter()
+                    .map(|t| t.expect("every step is configured once the plan settled"))
+                    .collect(),
+                attributes,
+                resources,
+            });
+        }
+        if (resources.clone(), pending.clone()) == before {
+            return Err(unsatisfied_error(&scopes, &resources, &pending));
+        }
+    }
+    Err(ConfigError::new(format!(
+        "resources did not settle after {MAX_ROUNDS} rounds of configuration"
+    ))
+    .hint("a component provides values that depend on what it requires in a loop"))
+}
+
+/// Configures a root component and its sub-components, depth first in the order added.
+fn configure_root(
+    scope: &Scope,
+    resources: &mut Resources,
+    component: Box<dyn Component>,
+) -> Result<Node, (String, anyhow::Error)> {
+    let root = scope.root.to_string();
+    let mut node = configure_tree(scope, resources, root.clone(), component)?;
+    let workdir = Node {
+        path: format!("{root} > Workdir"),
+        component: Box::new(Workdir(
+            scope.workdir.clone(),
+            crate::AllowedPaths::new(scope.allowed.iter().cloned()),
+        )),
+        children: Vec::new(),
+    };
+    node.children.insert(0, workdir);
+    Ok(node)
+}
+
+fn configure_tree(
+    scope: &Scope,
+    resources: &mut Resources,
+    path: String,
+    mut component: Box<dyn Component>,
+) -> Result<Node, (String, anyhow::Error)> {
+    let mut cx = Configure {
+        scope,
+        resources,
+        path,
+        added: Vec::new(),
+    };
+    if let Err(e) = component.configure(&mut cx) {
+        return Err((cx.path, e));
+    }
+    let Configure { path, added, .. } = cx;
+    let mut children = Vec::with_capacity(added.len());
+    for child in added {
+        let child_path = format!("{path} > {}", child.label());
+        children.push(configure_tree(scope, resources, child_path, child)?);
+    }
+    Ok(Node {
+        path,
+        component,
+        children,
+    })
+}
+
+fn unsatisfied_error(
+    scopes: &[Scope],
+    resources: &Resources,
+    pending: &BTreeSet<usize>,
+) -> ConfigError {
+    let mut lines = Vec::new();
+    for step in pending {
+        let key = resources.waiting_for(*step).unwrap_or("?");
+        lines.push(format!(
+            "`{}` requires `{key}`",
+            scopes[*step].step_labels[*step]
+        ));
+    }
+    let first = *pending
+        .first()
+        .expect("an unsatisfied plan has pending steps");
+    let scope = &scopes[first];
+    let blocked_providers: Vec<String> = pending
+        .iter()
+        .filter(|s| !resources.provided_by(**s).is_empty())
+        .map(|s| format!("`{}`", scope.step_labels[*s]))
+        .collect();
+    let mut err = ConfigError::new(format!(
+        "unsatisfied resource requirements: {}, which no configured component provides",
+        lines.join("; ")
+    ))
+    .at(Place::Component {
+        host: scope.host.name.clone(),
+        path: scope.root.to_string(),
+    });
+    err = if blocked_providers.is_empty() {
+        err.hint("add a component that provides the resource to some host of the environment")
+    } else {
+        err.hint(format!(
+            "{} stopped at a `require` before providing; components that require each other form a cycle",
+            blocked_providers.join(", ")
+        ))
+    };
+    err
+}
