@@ -2,5 +2,5 @@
 //! when the deployment repository is a Cargo package.
 
 fn main() -> std::process::ExitCode {
-    batou_local::stock_main()
+    batou_runtime::stock_main()
 }

@@ -62,7 +62,7 @@ impl AgentBinary {
     /// Hashes the binary at `path`.
     pub fn new(path: &Path) -> anyhow::Result<Self> {
         Ok(AgentBinary {
-            sha256: batou_local::agent::sha256_file(path)?,
+            sha256: batou_runtime::agent::sha256_file(path)?,
             size: std::fs::metadata(path)?.len(),
             path: path.to_path_buf(),
         })

@@ -7,11 +7,10 @@
 
 pub mod agent;
 pub mod schedule;
-pub mod scheduler;
 pub mod ssh;
 
 /// The secrets commands, shared with `batou-local` (`batou-local/src/secrets.rs`).
-pub use batou_local::secrets;
+pub use batou_runtime::secrets;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -23,7 +22,7 @@ use anyhow::Context;
 use batou_core::output::{HumanOutput, JsonOutput};
 use batou_core::protocol::{Controller, RemotePlan};
 use batou_core::{ConfigError, EventSink};
-use batou_local::Exit;
+use batou_runtime::Exit;
 use clap::{Parser, Subcommand};
 
 use crate::agent::AgentBinary;
@@ -61,7 +60,7 @@ enum Command {
         args: Vec<std::ffi::OsString>,
     },
     #[command(flatten)]
-    Role(batou_local::Role),
+    Role(batou_runtime::Role),
 }
 
 /// The options of a deploy.
@@ -129,7 +128,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Role(role)) => return role.serve(|_| {}),
-        Some(Command::Secrets { args }) => return batou_local::secrets_main(args),
+        Some(Command::Secrets { args }) => return batou_runtime::secrets_main(args),
         Some(Command::Deploy(args)) => args,
         None => cli.args,
     };
@@ -138,7 +137,7 @@ pub fn main() -> ExitCode {
         Ok(exit) => exit.into(),
         Err(err) => {
             let exit = Exit::of_error(&err);
-            batou_local::print_error(&err, json);
+            batou_runtime::print_error(&err, json);
             exit.into()
         }
     }
@@ -147,7 +146,7 @@ pub fn main() -> ExitCode {
 fn settings(args: Args) -> anyhow::Result<Settings> {
     let project = match args.project {
         Some(dir) => std::path::absolute(dir)?,
-        None => batou_local::find_project(&std::env::current_dir()?)?,
+        None => batou_runtime::find_project(&std::env::current_dir()?)?,
     };
     let seconds = |s: f64, name: &str| {
         if s.is_finite() && s > 0.0 {
@@ -304,7 +303,7 @@ async fn watch_signals(
 fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
     // Before building the project's binary: a bad name must end the run untouched.
     batou_core::check_name(&settings.environment)?;
-    if let Some(binary) = batou_local::handover::build_if_package(&settings.project)? {
+    if let Some(binary) = batou_runtime::handover::build_if_package(&settings.project)? {
         let mut command = std::process::Command::new(&binary);
         command
             .arg("plan")
@@ -338,9 +337,9 @@ fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
         }
         return Ok((plan, binary));
     }
-    let registry = batou_local::registry(|_| {});
-    let identities = batou_local::identity_source(settings.identity.clone());
-    let plan = batou_local::remote_plan(
+    let registry = batou_runtime::registry(|_| {});
+    let identities = batou_runtime::identity_source(settings.identity.clone());
+    let plan = batou_runtime::remote_plan(
         &settings.project,
         &settings.environment,
         &registry,

@@ -15,12 +15,14 @@ use std::time::{Duration, Instant};
 use batou_core::journal::JournalRecord;
 use batou_core::protocol::{Controller, HostJob, RemoteHost, RemotePlan};
 use batou_core::{Event, EventSink, HostSummary, RootOutcome};
-use batou_local::Exit;
+use batou_runtime::Exit;
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::agent::{AgentBinary, AgentSession, SessionError, ensure_agent};
-use crate::scheduler::{Action, HostFailure, HostStatus, Report, Scheduler, SchedulerOptions};
 use crate::ssh::{self, ConnectError, SshOptions};
+use batou_runtime::scheduler::{
+    Action, HostFailure, HostStatus, Report, Scheduler, SchedulerOptions,
+};
 
 /// How to run a remote plan.
 #[derive(Debug, Clone)]
@@ -74,24 +76,24 @@ pub struct RunReport {
     pub seconds: f64,
 }
 
-impl HostFailure {
-    fn connect(err: &ConnectError) -> Self {
-        let status = match err {
-            ConnectError::HostKey(_) => HostStatus::HostKeyRefused,
-            ConnectError::Auth(_) => HostStatus::AuthRefused,
-            ConnectError::Unreachable(_) | ConnectError::Timeout(_) => HostStatus::Unreachable,
-        };
-        HostFailure::new(status, vec![err.to_string()])
-    }
+/// How a connection failure ends a host.
+fn connect_failure(err: &ConnectError) -> HostFailure {
+    let status = match err {
+        ConnectError::HostKey(_) => HostStatus::HostKeyRefused,
+        ConnectError::Auth(_) => HostStatus::AuthRefused,
+        ConnectError::Unreachable(_) | ConnectError::Timeout(_) => HostStatus::Unreachable,
+    };
+    HostFailure::new(status, vec![err.to_string()])
+}
 
-    fn session(err: &SessionError) -> Self {
-        let status = match err {
-            SessionError::LockHeld(_) => HostStatus::LockHeld,
-            SessionError::Timeout(_) | SessionError::Died { .. } => HostStatus::Timeout,
-            SessionError::Refused(_) | SessionError::Failed(_) => HostStatus::Failed,
-        };
-        HostFailure::new(status, vec![err.to_string()])
-    }
+/// How a failed agent session ends a host.
+fn session_failure(err: &SessionError) -> HostFailure {
+    let status = match err {
+        SessionError::LockHeld(_) => HostStatus::LockHeld,
+        SessionError::Timeout(_) | SessionError::Died { .. } => HostStatus::Timeout,
+        SessionError::Refused(_) | SessionError::Failed(_) => HostStatus::Failed,
+    };
+    HostFailure::new(status, vec![err.to_string()])
 }
 
 /// What a host's task sends the loop: a report for the scheduler, or an agent's event.
@@ -301,7 +303,7 @@ pub async fn check_excluded_dependencies(
         .hint(format!(
             "make the host reachable or add it to `--hosts` (not in this run: {outside}); nothing was deployed"
         ));
-        return Err(batou_local::ExitError { exit, error }.into());
+        return Err(batou_runtime::ExitError { exit, error }.into());
     }
     Ok(())
 }
@@ -330,12 +332,9 @@ async fn deployed_roots(
             base.trim_end_matches('/')
         ))
     };
-    let session = ssh::connect(remote, &options.ssh).await.map_err(|e| {
-        (
-            HostFailure::connect(&e).exit(),
-            format!("host `{host}` {e}"),
-        )
-    })?;
+    let session = ssh::connect(remote, &options.ssh)
+        .await
+        .map_err(|e| (connect_failure(&e).exit(), format!("host `{host}` {e}")))?;
     let command = format!(
         "{} 2>/dev/null || true",
         ssh::shell_command(&[ssh::Word::Literal("cat".into()), journal])
@@ -439,10 +438,7 @@ async fn host_task(
     let session = match ssh::connect(&host, &options.ssh).await {
         Ok(session) => session,
         Err(err) => {
-            let _ = up.send(Up::Report(
-                name,
-                Report::SetupFailed(HostFailure::connect(&err)),
-            ));
+            let _ = up.send(Up::Report(name, Report::SetupFailed(connect_failure(&err))));
             return;
         }
     };
@@ -467,10 +463,7 @@ async fn host_task(
     let mut agent_session = match prepared.await {
         Ok(s) => s,
         Err(err) => {
-            let _ = up.send(Up::Report(
-                name,
-                Report::SetupFailed(HostFailure::session(&err)),
-            ));
+            let _ = up.send(Up::Report(name, Report::SetupFailed(session_failure(&err))));
             ssh::close(session, &options.ssh.masters).await;
             return;
         }
@@ -492,7 +485,7 @@ async fn host_task(
                             up.send(Up::Report(name.clone(), Report::StepDone { step, outcome }));
                     }
                     Err(err) => {
-                        let failure = HostFailure::session(&err);
+                        let failure = session_failure(&err);
                         let _ = up.send(Up::Report(name.clone(), Report::Broken { step, failure }));
                         drop(agent_session);
                         ssh::close(session, &options.ssh.masters).await;

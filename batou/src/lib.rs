@@ -88,4 +88,4 @@ pub use batou_components::{
 pub use batou_core::testing;
 
 /// The deployment binary's entry point and registry.
-pub use batou_local::{main_with, registry};
+pub use batou_runtime::{main_with, registry};

@@ -98,7 +98,7 @@ fn build(manifest: &Path) -> anyhow::Result<PathBuf> {
     binary.ok_or_else(|| {
         ConfigError::new("the project's package has no binary target")
             .at(Place::Path(manifest.display().to_string()))
-            .hint("add `src/main.rs` calling `batou_local::main_with`")
+            .hint("add `src/main.rs` calling `batou::main_with`")
             .into()
     })
 }

@@ -22,9 +22,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::Exit;
 use batou_core::protocol::PlanStep;
 use batou_core::{Event, HostSummary, RootOutcome};
-use batou_local::Exit;
 
 /// How a run ended for one host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -1,12 +1,22 @@
-//! `batou-local`: converge the root components an environment assigns to this machine.
+//! The runtime of every deployment binary: the stock `batou-local`, the stock `batou-remote`
+//! and each project's own binary.
 //!
-//! The binary is thin: parse arguments into [`Settings`], load the environment, build the
-//! plan, converge this host's steps, render events, pick the exit code. Projects with their
-//! own component types call [`main_with`] from their `main`:
+//! - the local command: parse arguments into [`Settings`], load the environment, build the
+//!   plan, converge this host's steps, render events, pick the exit code ([`stock_main`],
+//!   [`main_with`]);
+//! - the roles a controller starts on hosts ([`Role`]): the agent session with its host lock
+//!   and journal ([`agent`]), installing an uploaded agent, printing a remote plan;
+//! - the hand-over from the stock binary to a project's own ([`handover`]);
+//! - the planning pipeline a controller uses ([`load_environment`], [`remote_plan`]);
+//! - the scheduler of runs across hosts ([`scheduler`]), exit codes ([`Exit`]), the error
+//!   printer ([`print_error`]) and the `secrets` commands ([`secrets`]).
+//!
+//! Projects with their own component types call [`main_with`] from their `main`, through the
+//! `batou` facade:
 //!
 //! ```no_run
 //! fn main() -> std::process::ExitCode {
-//!     batou_local::main_with(|registry| {
+//!     batou_runtime::main_with(|registry| {
 //!         // registry.register::<MyApp>("app");
 //!         let _ = registry;
 //!     })
@@ -16,6 +26,7 @@
 pub mod agent;
 mod exit;
 pub mod handover;
+pub mod scheduler;
 pub mod secrets;
 
 use std::path::{Path, PathBuf};
