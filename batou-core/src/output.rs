@@ -51,9 +51,11 @@ impl HumanOutput<Vec<u8>> {
                     // host on each of its lines.
                     let mut lines = h.detail.lines();
                     let first = lines.next().unwrap_or_default();
-                    let _ = writeln!(self.out, "  {:width$}  {:16} {}", h.host, status, first);
+                    let row = format!("  {:width$}  {:16} {}", h.host, status, first);
+                    let _ = writeln!(self.out, "{}", row.trim_end());
                     for line in lines {
-                        let _ = writeln!(self.out, "  {:width$}  {:16} {}", h.host, "", line);
+                        let row = format!("  {:width$}  {:16} {}", h.host, "", line);
+                        let _ = writeln!(self.out, "{}", row.trim_end());
                     }
                     match counts.iter_mut().find(|(s, _)| *s == status) {
                         Some((_, n)) => *n += 1,
@@ -282,6 +284,6 @@ mod tests {
             lines.next(),
             Some("  db1                     second line of ssh")
         );
-        assert_eq!(lines.next(), Some("  web10  unchanged        "));
+        assert_eq!(lines.next(), Some("  web10  unchanged"));
     }
 }

@@ -72,6 +72,20 @@ impl Plan {
         Ok(job)
     }
 
+    /// The plan's graph: every step's host, root component and the steps it waits for, in
+    /// environment order (the shape a scheduler needs).
+    pub fn plan_steps(&self) -> Vec<PlanStep> {
+        self.steps
+            .iter()
+            .map(|s| PlanStep {
+                host: s.host.clone(),
+                root: s.root.clone(),
+                after: s.after.clone(),
+                after_keys: s.after_keys.clone(),
+            })
+            .collect()
+    }
+
     /// The plan as a controller needs it to deploy over SSH.
     pub fn export(&self, jobs: usize) -> Result<RemotePlan, ConfigError> {
         let mut host_jobs = BTreeMap::new();
@@ -92,16 +106,7 @@ impl Plan {
             environment: self.environment.clone(),
             jobs,
             hosts,
-            steps: self
-                .steps
-                .iter()
-                .map(|s| PlanStep {
-                    host: s.host.clone(),
-                    root: s.root.clone(),
-                    after: s.after.clone(),
-                    after_keys: s.after_keys.clone(),
-                })
-                .collect(),
+            steps: self.plan_steps(),
             order: self.order.clone(),
             host_jobs,
             secrets: self.secret_values.clone(),

@@ -36,7 +36,10 @@ content = "last\n"
     assert!(e.contains("error: command `sh -c echo building; echo 'it broke' >&2; exit 3` failed with exit code 3"), "{e}");
     assert!(e.contains("--- stderr ---\nlocalhost:     it broke"), "{e}");
     assert!(e.contains("1 not attempted (last)"), "{e}");
-    assert!(e.contains("1 host: 1 failed"), "{e}");
+    assert!(
+        e.contains("1 host: 0 changed, 0 unchanged, 1 failed in "),
+        "{e}"
+    );
     assert_eq!(
         std::fs::read_to_string(p.path("work/first/first.txt")).unwrap(),
         "one\n"

@@ -111,7 +111,8 @@ fn a_signal_stops_after_the_running_root_component() {
         out.stderr
     );
     assert!(
-        out.stderr.contains("1 host: 1 interrupted in "),
+        out.stderr
+            .contains("1 host: 0 changed, 0 unchanged, 0 failed, 1 interrupted in "),
         "{}",
         out.stderr
     );

@@ -1,0 +1,334 @@
+//! The local command: converge the root components an environment assigns to this machine,
+//! in process, with the same scheduler and summary as a remote run.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::Context;
+use batou_core::output::{HumanOutput, JsonOutput};
+use batou_core::{
+    ConfigError, ConvergeOptions, Environment, Event, EventSink, Plan, Project, Registry,
+};
+use clap::{Parser, Subcommand};
+
+use crate::scheduler::{Action, Report, Scheduler, SchedulerOptions};
+use crate::{
+    Exit, Role, handover, identity_source, load_environment, print_error, registry, secrets_main,
+};
+
+/// Converge an environment's components on this machine.
+///
+/// `batou-local ENVIRONMENT` and `batou-local deploy ENVIRONMENT` are the same; an
+/// environment named like a command (`deploy`, `agent`, `plan`, `help`, ...) needs `deploy`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "batou-local",
+    version,
+    about,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    args: Args,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Converge an environment (what `batou-local ENVIRONMENT` does).
+    Deploy(Args),
+    /// Create, edit, show and share an environment's secrets (see `secrets --help`).
+    #[command(disable_help_flag = true)]
+    Secrets {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    #[command(flatten)]
+    Role(Role),
+}
+
+/// The options of a converge.
+#[derive(Debug, clap::Args)]
+struct Args {
+    /// The environment: `environments/<ENVIRONMENT>.toml`.
+    #[arg(required = true)]
+    environment: Option<String>,
+    /// The host of the environment that this machine is; needed when it has several.
+    #[arg(long)]
+    host: Option<String>,
+    /// Report what would change without changing anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print one JSON event per line on stdout instead of human output on stderr.
+    #[arg(long)]
+    json: bool,
+    /// The deployment repository (default: the nearest directory above the current one that
+    /// has `environments/`).
+    #[arg(long, short = 'C', value_name = "DIR")]
+    project: Option<PathBuf>,
+    /// Use this base directory instead of the environment's `base_dir`.
+    #[arg(long, value_name = "DIR")]
+    base_dir: Option<PathBuf>,
+    /// Decrypt the environment's secrets with this age identity or SSH private key
+    /// (default: `$BATOU_IDENTITY`, `~/.config/batou/identity.txt`, `~/.ssh/id_ed25519`,
+    /// `~/.ssh/id_rsa`).
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
+}
+
+/// What a run was asked to do, resolved from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub environment: String,
+    pub host: Option<String>,
+    pub dry_run: bool,
+    pub json: bool,
+    pub project: PathBuf,
+    pub base_dir: Option<PathBuf>,
+    pub identity: Option<PathBuf>,
+}
+
+pub(crate) fn run_main(register: impl Fn(&mut Registry), stock: bool) -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Role(role)) => role.serve(register),
+        Some(Command::Secrets { args }) => secrets_main(args),
+        Some(Command::Deploy(args)) => run_local(args, register, stock),
+        None => run_local(cli.args, register, stock),
+    }
+}
+
+fn run_local(args: Args, register: impl FnOnce(&mut Registry), stock: bool) -> ExitCode {
+    let json = args.json;
+    let result = settings(args).and_then(|settings| {
+        // Before a hand-over builds anything: a bad name must end the run untouched.
+        batou_core::check_name(&settings.environment)?;
+        if stock && std::env::var_os(handover::GUARD).is_none() {
+            handover::hand_over_if_package(&settings.project)?;
+        }
+        run(&settings, &registry(register))
+    });
+    match result {
+        Ok(exit) => exit.into(),
+        Err(err) => {
+            let exit = Exit::of_error(&err);
+            print_error(&err, json);
+            exit.into()
+        }
+    }
+}
+
+/// Loads, plans and converges; returns the exit status of a completed run.
+///
+/// Once the plan is built, this takes SIGINT and SIGTERM over for the rest of the process
+/// (see `watch_signals`): the first stops the converge after the running root component.
+pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
+    let environment = load_environment(
+        &settings.project,
+        &settings.environment,
+        registry,
+        &identity_source(settings.identity.clone()),
+    )?;
+    let host = choose_host(&environment, settings.host.as_deref())?;
+    let project = Project::new(&settings.project);
+    let base_dir = match &settings.base_dir {
+        Some(dir) => std::path::absolute(dir)?,
+        None => environment.local_base_dir(&settings.project, crate::planning::home().as_deref()),
+    };
+    let mut plan = Plan::build(&environment, registry, &project, &base_dir)?;
+    let mut sink: Box<dyn EventSink> = if settings.json {
+        Box::new(JsonOutput::new(std::io::stdout().lock()))
+    } else {
+        Box::new(HumanOutput::new(std::io::stderr().lock()))
+    };
+    // From here on a signal no longer kills the process: the first one stops after the
+    // running root component, the second one at once.
+    let interrupt = watch_signals()?;
+    let exit = converge_here(&mut plan, &host, settings.dry_run, interrupt, sink.as_mut());
+    drop(sink);
+    Ok(exit)
+}
+
+/// Converges this host's steps in process, driven by the same [`Scheduler`] as a remote run,
+/// so that events, the summary and the exit code are the same as for one remote host.
+fn converge_here(
+    plan: &mut Plan,
+    host: &str,
+    dry_run: bool,
+    interrupt: &AtomicBool,
+    sink: &mut dyn EventSink,
+) -> Exit {
+    let started = Instant::now();
+    let now = || started.elapsed().as_secs_f64();
+    let steps = plan.plan_steps();
+    let order = plan.order().to_vec();
+    let mut scheduler = Scheduler::new(
+        &steps,
+        &order,
+        &[host.to_string()],
+        SchedulerOptions {
+            dry_run,
+            keep_going: false,
+            jobs: 1,
+        },
+    );
+    sink.event(Event::HostStarted {
+        host: host.to_string(),
+        environment: plan.environment.clone(),
+        dry_run,
+    });
+    let options = ConvergeOptions { dry_run };
+    // Every report goes through here: a signal that came in the meantime is told first, so
+    // that no further step starts.
+    let report = |scheduler: &mut Scheduler, report: Report| {
+        let mut actions = Vec::new();
+        if interrupt.load(Ordering::SeqCst) && !scheduler.is_interrupted() {
+            actions.extend(scheduler.interrupt(now()));
+        }
+        actions.extend(scheduler.report(host, report, now()));
+        actions
+    };
+    let mut actions = report(&mut scheduler, Report::Ready);
+    while !actions.is_empty() {
+        let mut next = Vec::new();
+        for action in actions {
+            match action {
+                Action::Start { step, .. } => {
+                    let done = batou_core::converge_step(plan, step, options, sink);
+                    next.extend(report(
+                        &mut scheduler,
+                        Report::StepDone {
+                            step,
+                            outcome: done.outcome,
+                        },
+                    ));
+                }
+                Action::Finish { .. } => next.extend(report(&mut scheduler, Report::Closed)),
+                Action::Emit(event) => sink.event(event),
+            }
+        }
+        actions = next;
+    }
+    let (outcome, events) = scheduler.finish(now());
+    for event in events {
+        sink.event(event);
+    }
+    outcome.exit
+}
+
+/// Takes SIGINT and SIGTERM away from their default (ending the process) and serves them on
+/// a thread of their own: the first sets the returned flag, the second ends the process with
+/// exit status 130.
+///
+/// The signals are blocked in this thread before any other starts, so that every thread
+/// inherits the mask and only `sigwait` sees them; child processes start with an empty mask
+/// (the standard library resets it).
+fn watch_signals() -> anyhow::Result<&'static AtomicBool> {
+    use nix::sys::signal::{SigSet, Signal};
+    static INTERRUPT: AtomicBool = AtomicBool::new(false);
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()
+        .context("cannot take over SIGINT and SIGTERM")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let Ok(first) = set.wait() else { return };
+            INTERRUPT.store(true, Ordering::SeqCst);
+            say(&format!(
+                "{}: no further root component starts; the running one finishes first (send it again to stop at once)\n",
+                first.as_str()
+            ));
+            let Ok(second) = set.wait() else { return };
+            say(&format!("{} again: stopping at once\n", second.as_str()));
+            std::process::exit(i32::from(Exit::Interrupted as u8));
+        })
+        .context("cannot start the signal thread")?;
+    Ok(&INTERRUPT)
+}
+
+/// Writes to stderr past its lock, which the human output holds for the whole converge.
+fn say(text: &str) {
+    let _ = nix::unistd::write(std::io::stderr(), text.as_bytes());
+}
+
+fn settings(args: Args) -> anyhow::Result<Settings> {
+    let project = match args.project {
+        Some(dir) => {
+            let dir = std::path::absolute(&dir)?;
+            if !dir.join("environments").is_dir() {
+                return Err(ConfigError::new(format!(
+                    "`{}` is not a deployment repository: it has no `environments/` directory",
+                    dir.display()
+                ))
+                .into());
+            }
+            dir
+        }
+        None => find_project(&std::env::current_dir()?)?,
+    };
+    Ok(Settings {
+        environment: args
+            .environment
+            .expect("clap requires the environment of a converge"),
+        host: args.host,
+        dry_run: args.dry_run,
+        json: args.json,
+        project,
+        base_dir: args.base_dir,
+        identity: args.identity,
+    })
+}
+
+/// The nearest directory at or above `start` that has an `environments/` directory.
+pub fn find_project(start: &Path) -> Result<PathBuf, ConfigError> {
+    start
+        .ancestors()
+        .find(|dir| dir.join("environments").is_dir())
+        .map(Path::to_path_buf)
+        .ok_or_else(|| {
+            ConfigError::new(format!(
+                "no deployment repository here: no `environments/` directory in `{}` or above",
+                start.display()
+            ))
+            .hint("run in a deployment repository or pass `--project DIR`")
+        })
+}
+
+/// The host this machine is: `--host`, the only host, or the host named like this machine.
+fn choose_host(environment: &Environment, requested: Option<&str>) -> Result<String, ConfigError> {
+    if let Some(name) = requested {
+        return environment.host(name).map(|h| h.name.clone());
+    }
+    match environment.hosts.as_slice() {
+        [] => Err(
+            ConfigError::new(format!("environment `{}` has no hosts", environment.name))
+                .at(batou_core::Place::Path(environment.path().to_string()))
+                .hint("add a `[hosts.<name>]` table with `components = [...]`"),
+        ),
+        [only] => Ok(only.name.clone()),
+        hosts => {
+            let this = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok());
+            if let Some(this) = this
+                && hosts.iter().any(|h| h.name == this)
+            {
+                return Ok(this);
+            }
+            Err(ConfigError::new(format!(
+                "environment `{}` has several hosts and none is called like this machine",
+                environment.name
+            ))
+            .hint(format!(
+                "choose one with `--host`: {}",
+                environment.host_names().join(", ")
+            )))
+        }
+    }
+}

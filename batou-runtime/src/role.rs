@@ -1,0 +1,61 @@
+//! The roles every deployment binary plays for a controller, besides its command line:
+//! serving an agent session, installing an uploaded agent, printing a remote plan.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use batou_core::Registry;
+use clap::Subcommand;
+
+use crate::{Exit, agent, identity_source, print_error, registry, remote_plan};
+
+/// The roles every deployment binary has besides its command line, for a controller. They
+/// are commands of their own, hidden from `--help`.
+#[derive(Debug, Subcommand)]
+pub enum Role {
+    /// Serve one controller session on stdin/stdout.
+    #[command(hide = true)]
+    Agent,
+    /// Verify an uploaded agent (this binary) against its SHA-256 and install it.
+    #[command(hide = true)]
+    AgentInstall { sha256: String, target: PathBuf },
+    /// Print the remote plan of an environment as JSON.
+    #[command(hide = true)]
+    Plan {
+        environment: String,
+        #[arg(default_value = ".")]
+        project: PathBuf,
+    },
+}
+
+impl Role {
+    /// Serves this role with the library's component types plus the project's.
+    pub fn serve(self, register: impl FnOnce(&mut Registry)) -> ExitCode {
+        match self {
+            Role::Agent => ExitCode::from(agent::serve(&registry(register))),
+            Role::AgentInstall { sha256, target } => {
+                ExitCode::from(agent::install(&sha256, &target))
+            }
+            Role::Plan {
+                environment,
+                project,
+            } => {
+                let identities = identity_source(None);
+                match remote_plan(&project, &environment, &registry(register), &identities) {
+                    Ok(plan) => {
+                        println!(
+                            "{}",
+                            serde_json::to_string(&plan).expect("plans always serialize")
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(err) => {
+                        let exit = Exit::of_error(&err);
+                        print_error(&err, false);
+                        exit.into()
+                    }
+                }
+            }
+        }
+    }
+}
