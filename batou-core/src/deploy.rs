@@ -1,11 +1,14 @@
 //! The deploy context: what `verify` and `update` may use while converging on the host.
 
-use crate::{Event, EventSink, SubComponent};
+use std::path::Path;
+
+use crate::{Event, EventSink, Host, SubComponent};
 
 /// Passed to [`Component::verify`](crate::Component::verify) and
 /// [`Component::update`](crate::Component::update).
 pub struct Deploy<'a> {
-    pub(crate) host: &'a str,
+    pub(crate) host: &'a Host,
+    pub(crate) workdir: &'a Path,
     pub(crate) path: &'a str,
     pub(crate) dry_run: bool,
     pub(crate) subcomponents_changed: bool,
@@ -43,9 +46,16 @@ impl Deploy<'_> {
         self.added_changed.get(sub.0).copied().unwrap_or(false)
     }
 
-    /// The host being converged.
-    pub fn host(&self) -> &str {
+    /// The host being converged: its `name`, `data` and `address`, as
+    /// [`Configure::host`](crate::Configure::host) gives it.
+    pub fn host(&self) -> &Host {
         self.host
+    }
+
+    /// The root component's work directory, `<base_dir>/work/<root>`, as
+    /// [`Configure::workdir`](crate::Configure::workdir) gives it.
+    pub fn workdir(&self) -> &Path {
+        self.workdir
     }
 
     /// The component path, e.g. `app > File('app.toml')`.
@@ -61,7 +71,7 @@ impl Deploy<'_> {
     /// Shows a message to people, prefixed with host and component path.
     pub fn log(&mut self, message: impl Into<String>) {
         self.sink.event(Event::Log {
-            host: self.host.to_string(),
+            host: self.host.name.clone(),
             component: self.path.to_string(),
             message: message.into(),
         });

@@ -75,7 +75,7 @@ pub fn converge_step(
     options: ConvergeOptions,
     sink: &mut dyn EventSink,
 ) -> StepReport {
-    let step = plan.step_mut(step);
+    let (step, host_data) = plan.step_with_host(step);
     let host = step.host.clone();
     sink.event(Event::StepStarted {
         host: host.clone(),
@@ -84,6 +84,8 @@ pub fn converge_step(
     let mut changed = Vec::new();
     let mut run = Run {
         host: &host,
+        host_data,
+        workdir: &step.workdir,
         options,
         sink: &mut *sink,
         changed: &mut changed,
@@ -202,6 +204,8 @@ struct Failure {
 
 struct Run<'a> {
     host: &'a str,
+    host_data: &'a crate::Host,
+    workdir: &'a std::path::Path,
     options: ConvergeOptions,
     sink: &'a mut dyn EventSink,
     changed: &'a mut Vec<String>,
@@ -246,7 +250,8 @@ impl Run<'_> {
             return Ok(true);
         }
         let mut cx = Deploy {
-            host: self.host,
+            host: self.host_data,
+            workdir: self.workdir,
             path: &node.path,
             dry_run: false,
             subcomponents_changed: sub_changed,
@@ -279,7 +284,8 @@ impl Run<'_> {
         added_changed: &[bool],
     ) -> anyhow::Result<(Verdict, Option<String>)> {
         let mut cx = Deploy {
-            host: self.host,
+            host: self.host_data,
+            workdir: self.workdir,
             path: &node.path,
             dry_run: self.options.dry_run,
             subcomponents_changed: sub_changed,

@@ -322,6 +322,29 @@ mod tests {
         project.converge("dev").assert_unchanged();
     }
 
+    /// Reports, from verify, the host and work directory the deploy context gives.
+    #[derive(Deserialize)]
+    struct WhereAmI {}
+
+    impl Component for WhereAmI {
+        fn verify(&self, cx: &mut Deploy) -> anyhow::Result<Verdict> {
+            let workdir = cx.workdir().to_path_buf();
+            cx.log(format!("{} {}", cx.host().name, workdir.display()));
+            Ok(Verdict::UpToDate)
+        }
+    }
+
+    #[test]
+    fn the_deploy_context_knows_the_host_and_the_work_directory() {
+        let mut registry = Registry::new();
+        registry.register::<WhereAmI>("where");
+        let project = TestProject::new(registry);
+        project.env("dev", "[hosts.web1]\ncomponents = [\"where\"]\n");
+        let run = project.converge("dev");
+        let expected = format!("web1 {}", project.workdir("where").display());
+        assert_eq!(run.logs(), [expected]);
+    }
+
     #[test]
     fn a_dry_run_predicts_without_changing() {
         let project = project();

@@ -169,6 +169,7 @@ impl Plan {
             .zip(built.trees)
             .map(|(slot, tree)| Step {
                 host: host.name.clone(),
+                workdir: base_dir.join("work").join(&slot.root),
                 root: slot.root,
                 after: Vec::new(),
                 after_keys: BTreeMap::new(),

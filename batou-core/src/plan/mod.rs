@@ -137,6 +137,7 @@ impl Plan {
             .zip(after)
             .map(|(((slot, tree), attributes), after_keys)| Step {
                 host: slot.host.name.clone(),
+                workdir: base_dir.join("work").join(&slot.root),
                 root: slot.root,
                 after: after_keys.keys().copied().collect(),
                 after_keys,
@@ -195,8 +196,11 @@ impl Plan {
         out
     }
 
-    pub(crate) fn step_mut(&mut self, step: usize) -> &mut Step {
-        &mut self.steps[step]
+    /// A step to converge, with its host.
+    pub(crate) fn step_with_host(&mut self, step: usize) -> (&mut Step, &Host) {
+        let step = &mut self.steps[step];
+        let host = &self.hosts[&step.host];
+        (step, host)
     }
 }
 

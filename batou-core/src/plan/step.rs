@@ -23,6 +23,8 @@ pub struct Step {
     /// The rendered attributes as a host job carries them, or why they cannot be.
     pub(crate) attributes: Result<serde_json::Value, String>,
     pub(crate) tree: Node,
+    /// The root component's work directory, `<base_dir>/work/<root>`.
+    pub(crate) workdir: std::path::PathBuf,
 }
 
 impl Step {
