@@ -77,18 +77,29 @@ pub struct RunReport {
 impl HostFailure {
     fn connect(err: &ConnectError) -> Self {
         let status = match err {
-            ConnectError::HostKey(_) => HostStatus::HostKeyRefused,
-            ConnectError::Auth(_) => HostStatus::AuthRefused,
-            ConnectError::Unreachable(_) | ConnectError::Timeout(_) => HostStatus::Unreachable,
+            ConnectError::HostKeyRefused { .. } => HostStatus::HostKeyRefused,
+            ConnectError::AuthRefused { .. } => HostStatus::AuthRefused,
+            ConnectError::Unreachable { .. }
+            | ConnectError::CannotRunSsh { .. }
+            | ConnectError::MasterSilent { .. }
+            | ConnectError::Timeout { .. } => HostStatus::Unreachable,
         };
         HostFailure::new(status, vec![err.to_string()])
     }
 
     fn session(err: &SessionError) -> Self {
         let status = match err {
-            SessionError::LockHeld(_) => HostStatus::LockHeld,
-            SessionError::Timeout(_) | SessionError::Died { .. } => HostStatus::Timeout,
-            SessionError::Refused(_) | SessionError::Failed(_) => HostStatus::Failed,
+            SessionError::LockHeld { .. } => HostStatus::LockHeld,
+            SessionError::Timeout { .. } | SessionError::Died { .. } => HostStatus::Timeout,
+            SessionError::Refused { .. }
+            | SessionError::CannotCheck { .. }
+            | SessionError::CannotStartUpload { .. }
+            | SessionError::CannotUpload { .. }
+            | SessionError::CannotInstall { .. }
+            | SessionError::CannotStart { .. }
+            | SessionError::ProtocolMismatch { .. }
+            | SessionError::BadMessage { .. }
+            | SessionError::Unexpected { .. } => HostStatus::Failed,
         };
         HostFailure::new(status, vec![err.to_string()])
     }
