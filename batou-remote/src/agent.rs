@@ -422,3 +422,103 @@ async fn within<T>(
         .await
         .map_err(|_| SessionError::Timeout { timeout: deadline })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_dead_agent_says_why_and_shows_its_last_stderr_lines() {
+        let err = SessionError::Died {
+            source: Some(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "broken pipe",
+            )),
+            stderr: vec!["noise 49".into(), "agent: out of cheese".into()],
+        };
+        assert_eq!(
+            err.to_string(),
+            "the agent ended unexpectedly: the host's state is unknown (broken pipe)\n\
+             the agent's stderr (last lines):\n  noise 49\n  agent: out of cheese"
+        );
+        assert_eq!(
+            err.source().map(|s| s.to_string()).as_deref(),
+            Some("broken pipe")
+        );
+        let err = SessionError::Died {
+            source: None,
+            stderr: Vec::new(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "the agent ended unexpectedly: the host's state is unknown"
+        );
+        assert!(err.source().is_none());
+    }
+
+    #[test]
+    fn refusals_keep_the_agents_reason_and_holder() {
+        let holder = Controller {
+            user: "root".into(),
+            host: "ops".into(),
+            pid: 42,
+            started: "2026-12-03T09:00:00Z".into(),
+        };
+        let err = SessionError::LockHeld {
+            message: vec![
+                "host is locked by a deploy of root@ops (pid 42) since 2026-12-03T09:00:00Z".into(),
+            ],
+            holder: Some(holder.clone()),
+        };
+        assert_eq!(
+            err.to_string(),
+            "host is locked by a deploy of root@ops (pid 42) since 2026-12-03T09:00:00Z"
+        );
+        assert!(matches!(err, SessionError::LockHeld { holder: Some(h), .. } if h == holder));
+        let err = SessionError::Refused {
+            reason: Refusal::PlanMismatch,
+            message: vec!["the plan does not match".into(), "step `app`".into()],
+        };
+        assert_eq!(
+            err.to_string(),
+            "the agent refused: the plan does not match: step `app`"
+        );
+    }
+
+    #[test]
+    fn the_other_failures_read_as_before() {
+        let timeout = SessionError::Timeout {
+            timeout: Duration::from_secs(60),
+        };
+        assert_eq!(
+            timeout.to_string(),
+            "no answer from the agent within 60s: the host's state is unknown"
+        );
+        let install = SessionError::CannotInstall {
+            stderr: "\nsha256 mismatch\n".into(),
+        };
+        assert_eq!(
+            install.to_string(),
+            "cannot install the agent: sha256 mismatch"
+        );
+        let mismatch = SessionError::ProtocolMismatch {
+            version: "0.0.1".into(),
+            protocol: 0,
+        };
+        assert_eq!(
+            mismatch.to_string(),
+            format!(
+                "the agent (version 0.0.1) speaks protocol 0, this controller {PROTOCOL_VERSION}"
+            )
+        );
+        let unexpected = unexpected(FromAgent::Ready);
+        assert_eq!(
+            unexpected.to_string(),
+            "unexpected message from the agent: Ready"
+        );
+        let source = serde_json::from_str::<FromAgent>("{").unwrap_err();
+        let text = format!("cannot read the agent's message: {source}");
+        assert_eq!(SessionError::BadMessage { source }.to_string(), text);
+    }
+}
