@@ -111,8 +111,8 @@ struct Args {
     identity: Option<PathBuf>,
 }
 
-/// What a run was asked to do: the command line and the process environment, resolved
-/// once, before anything is planned or contacted. What the scheduler and ssh need is derived
+/// What a run was asked to do: the command line (and, without `-C`, the current directory),
+/// resolved once, before anything is planned or contacted. What the scheduler and ssh need is derived
 /// from it once the plan is known ([`Settings::deploy_options`]); nothing is filled in later.
 #[derive(Debug, Clone)]
 pub struct Settings {
