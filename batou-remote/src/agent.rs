@@ -31,23 +31,108 @@ const STDERR_LINE_CHARS: usize = 1000;
 const STDERR_GRACE: Duration = Duration::from_secs(1);
 
 /// Why a host's session failed after connecting.
+///
+/// The Display texts are the messages users see (in `host_failed` events and summaries);
+/// a variant whose cause is another error shows that error's text too, so print it with
+/// `to_string()`, not as a chain.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("{0}")]
-    LockHeld(String),
-    #[error("no answer from the agent within {0:.0?}: the host's state is unknown")]
-    Timeout(Duration),
-    #[error("the agent ended unexpectedly: the host's state is unknown{detail}{stderr}")]
+    /// Another deploy holds the host's lock; the agent names the holder.
+    #[error("{}", .message.join(": "))]
+    LockHeld {
+        /// The agent's message.
+        message: Vec<String>,
+        /// The deploy that holds the lock, when the lock file names it.
+        holder: Option<Controller>,
+    },
+    /// The agent refused the session or a step for another reason.
+    #[error("the agent refused: {}", .message.join(": "))]
+    Refused {
+        reason: Refusal,
+        /// The agent's message, outermost first.
+        message: Vec<String>,
+    },
+    /// The agent (or the upload) was silent for longer than the deadline.
+    #[error("no answer from the agent within {timeout:.0?}: the host's state is unknown")]
+    Timeout { timeout: Duration },
+    /// The agent's pipes closed or broke in the middle of the session.
+    #[error(
+        "the agent ended unexpectedly: the host's state is unknown{}{}",
+        in_parens(.source.as_ref()),
+        StderrLines(.stderr)
+    )]
     Died {
-        /// ` (the I/O error)`, or empty.
-        detail: String,
-        /// `\n` and the agent's last stderr lines, or empty.
+        /// Why reading or writing failed; `None` when the agent closed its output.
+        #[source]
+        source: Option<std::io::Error>,
+        /// The agent's last stderr lines (at most [`STDERR_LINES`], masked).
+        stderr: Vec<String>,
+    },
+    /// Checking whether the host has the agent failed.
+    #[error("cannot check for the agent: {source}")]
+    CannotCheck {
+        #[source]
+        source: openssh::Error,
+    },
+    /// The upload of the agent could not start.
+    #[error("cannot start the agent upload: {source}")]
+    CannotStartUpload {
+        #[source]
+        source: openssh::Error,
+    },
+    /// The upload of the agent broke off.
+    #[error("cannot upload the agent: {source}")]
+    CannotUpload {
+        #[source]
+        source: std::io::Error,
+    },
+    /// The uploaded agent did not install itself.
+    #[error("cannot install the agent: {}", .stderr.trim())]
+    CannotInstall {
+        /// What the install wrote to stderr.
         stderr: String,
     },
-    #[error("the agent refused: {}", .0.join(": "))]
-    Refused(Vec<String>),
-    #[error("{0}")]
-    Failed(String),
+    /// The agent could not be started.
+    #[error("cannot start the agent: {source}")]
+    CannotStart {
+        #[source]
+        source: openssh::Error,
+    },
+    /// The agent speaks another protocol version.
+    #[error(
+        "the agent (version {version}) speaks protocol {protocol}, this controller {PROTOCOL_VERSION}"
+    )]
+    ProtocolMismatch { version: String, protocol: u32 },
+    /// A line from the agent is not a protocol message.
+    #[error("cannot read the agent's message: {source}")]
+    BadMessage {
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A protocol message that does not fit the session's state.
+    #[error("unexpected message from the agent: {message:?}")]
+    Unexpected { message: Box<FromAgent> },
+}
+
+/// ` (the error)`, or nothing.
+fn in_parens(err: Option<&std::io::Error>) -> String {
+    err.map(|e| format!(" ({e})")).unwrap_or_default()
+}
+
+/// The agent's last stderr lines under a heading, each on a line of its own, or nothing.
+struct StderrLines<'a>(&'a [String]);
+
+impl std::fmt::Display for StderrLines<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        f.write_str("\nthe agent's stderr (last lines):")?;
+        for line in self.0 {
+            write!(f, "\n  {line}")?;
+        }
+        Ok(())
+    }
 }
 
 /// The local agent binary and its content address.
@@ -89,7 +174,7 @@ pub async fn ensure_agent(
     ]);
     let status = within(deadline, session.raw_command(&check).status())
         .await?
-        .map_err(|e| SessionError::Failed(format!("cannot check for the agent: {e}")))?;
+        .map_err(|source| SessionError::CannotCheck { source })?;
     if status.success() {
         return Ok(false);
     }
@@ -116,7 +201,7 @@ pub async fn ensure_agent(
         .stderr(Stdio::piped())
         .spawn()
         .await
-        .map_err(|e| SessionError::Failed(format!("cannot start the agent upload: {e}")))?;
+        .map_err(|source| SessionError::CannotStartUpload { source })?;
     let upload = async {
         let mut stdin = child.stdin().take().expect("stdin is piped");
         let mut file = tokio::fs::File::open(&agent.path).await?;
@@ -132,12 +217,9 @@ pub async fn ensure_agent(
     };
     let (status, stderr) = within(deadline, upload)
         .await?
-        .map_err(|e| SessionError::Failed(format!("cannot upload the agent: {e}")))?;
+        .map_err(|source| SessionError::CannotUpload { source })?;
     if !status.success() {
-        return Err(SessionError::Failed(format!(
-            "cannot install the agent: {}",
-            stderr.trim()
-        )));
+        return Err(SessionError::CannotInstall { stderr });
     }
     Ok(true)
 }
@@ -185,30 +267,21 @@ impl StderrTail {
         self.lines.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `\n` and the kept lines, once stderr is closed or a short grace has passed.
-    async fn text(&self) -> String {
+    /// The kept lines, once stderr is closed or a short grace has passed.
+    async fn lines(&self) -> Vec<String> {
         let closed = self.closed.notified();
         tokio::pin!(closed);
         closed.as_mut().enable();
         if !self.done.load(std::sync::atomic::Ordering::SeqCst) {
             let _ = tokio::time::timeout(STDERR_GRACE, closed).await;
         }
-        let lines = self.lock();
-        if lines.is_empty() {
-            return String::new();
-        }
-        let mut text = String::from("\nthe agent's stderr (last lines):");
-        for line in lines.iter() {
-            text.push_str("\n  ");
-            text.push_str(line);
-        }
-        text
+        self.lock().iter().cloned().collect()
     }
 
-    async fn died(&self, detail: String) -> SessionError {
+    async fn died(&self, source: Option<std::io::Error>) -> SessionError {
         SessionError::Died {
-            detail,
-            stderr: self.text().await,
+            source,
+            stderr: self.lines().await,
         }
     }
 }
@@ -230,7 +303,7 @@ impl AgentSession {
             .stderr(Stdio::piped())
             .spawn()
             .await
-            .map_err(|e| SessionError::Failed(format!("cannot start the agent: {e}")))?;
+            .map_err(|source| SessionError::CannotStart { source })?;
         let stdin = child.stdin().take().expect("stdin is piped");
         let stdout = child.stdout().take().expect("stdout is piped");
         let stderr = StderrTail::spawn(child.stderr().take().expect("stderr is piped"));
@@ -244,11 +317,9 @@ impl AgentSession {
         match me.read().await? {
             FromAgent::Hello { protocol, .. } if protocol == PROTOCOL_VERSION => {}
             FromAgent::Hello { protocol, version } => {
-                return Err(SessionError::Failed(format!(
-                    "the agent (version {version}) speaks protocol {protocol}, this controller {PROTOCOL_VERSION}"
-                )));
+                return Err(SessionError::ProtocolMismatch { version, protocol });
             }
-            other => return Err(unexpected(&other)),
+            other => return Err(unexpected(other)),
         }
         me.send(&ToAgent::Start {
             protocol: PROTOCOL_VERSION,
@@ -262,10 +333,12 @@ impl AgentSession {
             FromAgent::Refused {
                 reason: Refusal::LockHeld,
                 message,
-                ..
-            } => Err(SessionError::LockHeld(message.join(": "))),
-            FromAgent::Refused { message, .. } => Err(SessionError::Refused(message)),
-            other => Err(unexpected(&other)),
+                holder,
+            } => Err(SessionError::LockHeld { message, holder }),
+            FromAgent::Refused {
+                reason, message, ..
+            } => Err(SessionError::Refused { reason, message }),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -283,8 +356,10 @@ impl AgentSession {
             match self.read().await? {
                 FromAgent::Event { event } => on_event(event),
                 FromAgent::StepFinished { outcome, .. } => return Ok(outcome),
-                FromAgent::Refused { message, .. } => return Err(SessionError::Refused(message)),
-                other => return Err(unexpected(&other)),
+                FromAgent::Refused {
+                    reason, message, ..
+                } => return Err(SessionError::Refused { reason, message }),
+                other => return Err(unexpected(other)),
             }
         }
     }
@@ -294,7 +369,7 @@ impl AgentSession {
         self.send(&ToAgent::Finish).await?;
         match self.read().await? {
             FromAgent::Finished => {}
-            other => return Err(unexpected(&other)),
+            other => return Err(unexpected(other)),
         }
         drop(self.stdin);
         let _ = within(self.timeout, self.child.wait()).await;
@@ -310,7 +385,7 @@ impl AgentSession {
         };
         match within(self.timeout, write).await? {
             Ok(()) => Ok(()),
-            Err(e) => Err(self.stderr.died(format!(" ({e})")).await),
+            Err(e) => Err(self.stderr.died(Some(e)).await),
         }
     }
 
@@ -319,26 +394,24 @@ impl AgentSession {
         loop {
             let line = match within(self.timeout, self.lines.next_line()).await? {
                 Ok(line) => line,
-                Err(e) => return Err(self.stderr.died(format!(" ({e})")).await),
+                Err(e) => return Err(self.stderr.died(Some(e)).await),
             };
             let Some(line) = line else {
-                return Err(self.stderr.died(String::new()).await);
+                return Err(self.stderr.died(None).await);
             };
             match serde_json::from_str::<FromAgent>(&line) {
                 Ok(FromAgent::Heartbeat) => continue,
                 Ok(msg) => return Ok(msg),
-                Err(e) => {
-                    return Err(SessionError::Failed(format!(
-                        "cannot read the agent's message: {e}"
-                    )));
-                }
+                Err(source) => return Err(SessionError::BadMessage { source }),
             }
         }
     }
 }
 
-fn unexpected(msg: &FromAgent) -> SessionError {
-    SessionError::Failed(format!("unexpected message from the agent: {msg:?}"))
+fn unexpected(message: FromAgent) -> SessionError {
+    SessionError::Unexpected {
+        message: Box::new(message),
+    }
 }
 
 async fn within<T>(
@@ -347,5 +420,105 @@ async fn within<T>(
 ) -> Result<T, SessionError> {
     tokio::time::timeout(deadline, f)
         .await
-        .map_err(|_| SessionError::Timeout(deadline))
+        .map_err(|_| SessionError::Timeout { timeout: deadline })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_dead_agent_says_why_and_shows_its_last_stderr_lines() {
+        let err = SessionError::Died {
+            source: Some(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "broken pipe",
+            )),
+            stderr: vec!["noise 49".into(), "agent: out of cheese".into()],
+        };
+        assert_eq!(
+            err.to_string(),
+            "the agent ended unexpectedly: the host's state is unknown (broken pipe)\n\
+             the agent's stderr (last lines):\n  noise 49\n  agent: out of cheese"
+        );
+        assert_eq!(
+            err.source().map(|s| s.to_string()).as_deref(),
+            Some("broken pipe")
+        );
+        let err = SessionError::Died {
+            source: None,
+            stderr: Vec::new(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "the agent ended unexpectedly: the host's state is unknown"
+        );
+        assert!(err.source().is_none());
+    }
+
+    #[test]
+    fn refusals_keep_the_agents_reason_and_holder() {
+        let holder = Controller {
+            user: "root".into(),
+            host: "ops".into(),
+            pid: 42,
+            started: "2026-12-03T09:00:00Z".into(),
+        };
+        let err = SessionError::LockHeld {
+            message: vec![
+                "host is locked by a deploy of root@ops (pid 42) since 2026-12-03T09:00:00Z".into(),
+            ],
+            holder: Some(holder.clone()),
+        };
+        assert_eq!(
+            err.to_string(),
+            "host is locked by a deploy of root@ops (pid 42) since 2026-12-03T09:00:00Z"
+        );
+        assert!(matches!(err, SessionError::LockHeld { holder: Some(h), .. } if h == holder));
+        let err = SessionError::Refused {
+            reason: Refusal::PlanMismatch,
+            message: vec!["the plan does not match".into(), "step `app`".into()],
+        };
+        assert_eq!(
+            err.to_string(),
+            "the agent refused: the plan does not match: step `app`"
+        );
+    }
+
+    #[test]
+    fn the_other_failures_read_as_before() {
+        let timeout = SessionError::Timeout {
+            timeout: Duration::from_secs(60),
+        };
+        assert_eq!(
+            timeout.to_string(),
+            "no answer from the agent within 60s: the host's state is unknown"
+        );
+        let install = SessionError::CannotInstall {
+            stderr: "\nsha256 mismatch\n".into(),
+        };
+        assert_eq!(
+            install.to_string(),
+            "cannot install the agent: sha256 mismatch"
+        );
+        let mismatch = SessionError::ProtocolMismatch {
+            version: "0.0.1".into(),
+            protocol: 0,
+        };
+        assert_eq!(
+            mismatch.to_string(),
+            format!(
+                "the agent (version 0.0.1) speaks protocol 0, this controller {PROTOCOL_VERSION}"
+            )
+        );
+        let unexpected = unexpected(FromAgent::Ready);
+        assert_eq!(
+            unexpected.to_string(),
+            "unexpected message from the agent: Ready"
+        );
+        let source = serde_json::from_str::<FromAgent>("{").unwrap_err();
+        let text = format!("cannot read the agent's message: {source}");
+        assert_eq!(SessionError::BadMessage { source }.to_string(), text);
+    }
 }

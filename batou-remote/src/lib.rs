@@ -13,7 +13,7 @@ pub mod ssh;
 pub use batou_runtime::secrets;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,7 @@ use clap::{Parser, Subcommand};
 
 use crate::agent::AgentBinary;
 use crate::schedule::DeployOptions;
-use crate::ssh::SshOptions;
+use crate::ssh::{SshOptions, SshSettings};
 
 /// Deploy an environment to every host over SSH.
 ///
@@ -110,16 +110,53 @@ struct Args {
     identity: Option<PathBuf>,
 }
 
-/// What a run was asked to do, resolved from the command line.
+/// What a run was asked to do: the command line (and, without `-C`, the current directory),
+/// resolved once, before anything is planned or contacted. What the scheduler and ssh need is derived
+/// from it once the plan is known ([`Settings::deploy_options`]); nothing is filled in later.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub environment: String,
+    /// The deployment repository, absolute.
     pub project: PathBuf,
     pub json: bool,
+    pub dry_run: bool,
+    pub keep_going: bool,
+    /// `--jobs`, which overrides the environment's `jobs`.
     pub jobs: Option<usize>,
+    /// `--hosts`: deploy only these hosts.
     pub hosts: Option<BTreeSet<String>>,
+    /// `--identity`, which overrides `$BATOU_IDENTITY` and the default identity files.
     pub identity: Option<PathBuf>,
-    pub deploy: DeployOptions,
+    /// Longest silence accepted from an agent (it sends heartbeats while working).
+    pub agent_timeout: Duration,
+    pub ssh: SshSettings,
+}
+
+impl Settings {
+    /// Hosts deploying at the same time: `--jobs`, else the environment's `jobs`; at least
+    /// one.
+    pub fn jobs(&self, plan: &RemotePlan) -> usize {
+        self.jobs.unwrap_or(plan.jobs).max(1)
+    }
+
+    /// What the scheduler and ssh need to deploy `plan`, with the run's control directory
+    /// (see [`ssh::control_dir`]) and fresh run state: no master connection yet, no
+    /// interrupt.
+    pub fn deploy_options(&self, plan: &RemotePlan, control_dir: &Path) -> DeployOptions {
+        DeployOptions {
+            dry_run: self.dry_run,
+            keep_going: self.keep_going,
+            jobs: self.jobs(plan),
+            agent_timeout: self.agent_timeout,
+            ssh: SshOptions {
+                settings: self.ssh.clone(),
+                control_dir: control_dir.to_path_buf(),
+                masters: ssh::Masters::default(),
+            },
+            hosts: self.hosts.clone(),
+            interrupt: schedule::Interrupt::default(),
+        }
+    }
 }
 
 /// Entry point of the stock binary, which is also the agent (and the planner) for
@@ -157,32 +194,24 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
             )))
         }
     };
-    let hosts = args.hosts.map(|h| h.into_iter().collect::<BTreeSet<_>>());
     Ok(Settings {
         environment: args
             .environment
             .expect("clap requires the environment of a deploy"),
         project,
         json: args.json,
+        dry_run: args.dry_run,
+        keep_going: args.keep_going,
         jobs: args.jobs,
-        hosts: hosts.clone(),
+        hosts: args.hosts.map(|h| h.into_iter().collect()),
         identity: args.identity,
-        deploy: DeployOptions {
-            dry_run: args.dry_run,
-            keep_going: args.keep_going,
-            jobs: args.jobs.unwrap_or(0),
-            agent_timeout: seconds(args.agent_timeout, "agent-timeout")?,
-            ssh: SshOptions {
-                accept_new_host_keys: args.accept_new_host_keys,
-                config_file: args.ssh_config,
-                // ssh takes whole seconds, and 0 would turn its limits off: round up.
-                connect_timeout: whole_seconds(seconds(args.connect_timeout, "connect-timeout")?),
-                keepalive: whole_seconds(seconds(args.keepalive, "keepalive")?),
-                control_dir: PathBuf::new(),
-                masters: ssh::Masters::default(),
-            },
-            hosts,
-            interrupt: schedule::Interrupt::default(),
+        agent_timeout: seconds(args.agent_timeout, "agent-timeout")?,
+        ssh: SshSettings {
+            accept_new_host_keys: args.accept_new_host_keys,
+            config_file: args.ssh_config,
+            // ssh takes whole seconds, and 0 would turn its limits off: round up.
+            connect_timeout: whole_seconds(seconds(args.connect_timeout, "connect-timeout")?),
+            keepalive: whole_seconds(seconds(args.keepalive, "keepalive")?),
         },
     })
 }
@@ -199,8 +228,6 @@ fn whole_seconds(d: Duration) -> Duration {
 pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     let (plan, agent_path) = plan(settings)?;
     check_hosts(&plan, settings)?;
-    let mut options = settings.deploy.clone();
-    options.jobs = settings.jobs.unwrap_or(plan.jobs).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -214,12 +241,12 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     };
     let control_dir =
         ssh::control_dir().context("cannot create a directory for SSH control sockets")?;
-    options.ssh.control_dir = control_dir.path().to_path_buf();
+    let options = settings.deploy_options(&plan, control_dir.path());
     runtime.spawn(watch_signals(
         signals,
         options.interrupt.clone(),
         options.ssh.masters.clone(),
-        control_dir.path().to_path_buf(),
+        options.ssh.control_dir.clone(),
     ));
     let agent = Arc::new(AgentBinary::new(&agent_path)?);
     let controller = controller();
@@ -405,6 +432,94 @@ fn controller() -> Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resolve(args: &[&str]) -> anyhow::Result<Settings> {
+        let mut argv = vec!["batou-remote", "-C", "/srv/deployment"];
+        argv.extend(args);
+        settings(Cli::try_parse_from(argv)?.args)
+    }
+
+    fn plan(jobs: usize) -> RemotePlan {
+        RemotePlan {
+            environment: "prod".into(),
+            jobs,
+            hosts: Vec::new(),
+            steps: Vec::new(),
+            order: Vec::new(),
+            host_jobs: Default::default(),
+            secrets: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_command_line_resolves_into_one_settings_value() {
+        let s = resolve(&[
+            "prod",
+            "--dry-run",
+            "--hosts",
+            "web2,web1",
+            "--connect-timeout",
+            "0.5",
+            "--agent-timeout",
+            "1.5",
+            "--ssh-config",
+            "ssh_config",
+        ])
+        .unwrap();
+        assert_eq!(s.environment, "prod");
+        assert_eq!(s.project, PathBuf::from("/srv/deployment"));
+        assert!(s.dry_run && !s.keep_going && !s.json);
+        assert_eq!(
+            s.hosts,
+            Some(BTreeSet::from(["web1".to_string(), "web2".to_string()]))
+        );
+        assert_eq!(s.agent_timeout, Duration::from_millis(1500));
+        assert_eq!(s.ssh.connect_timeout, Duration::from_secs(1));
+        assert_eq!(s.ssh.keepalive, Duration::from_secs(5));
+        assert_eq!(s.ssh.config_file, Some(PathBuf::from("ssh_config")));
+
+        let options = s.deploy_options(&plan(4), Path::new("/tmp/batou-x"));
+        assert_eq!(options.jobs, 4, "the environment's `jobs` without `--jobs`");
+        assert_eq!(options.hosts, s.hosts);
+        assert!(options.dry_run && !options.keep_going);
+        assert_eq!(options.agent_timeout, s.agent_timeout);
+        assert_eq!(options.ssh.control_dir, PathBuf::from("/tmp/batou-x"));
+        assert_eq!(options.ssh.settings.connect_timeout, Duration::from_secs(1));
+        assert!(!options.interrupt.is_raised());
+    }
+
+    #[test]
+    fn jobs_come_from_the_command_line_over_the_environment() {
+        let s = resolve(&["prod", "--jobs", "2"]).unwrap();
+        assert_eq!(s.jobs(&plan(8)), 2);
+        let s = resolve(&["prod"]).unwrap();
+        assert_eq!(s.jobs(&plan(8)), 8);
+        // Neither can make a run that deploys nothing.
+        assert_eq!(s.jobs(&plan(0)), 1);
+        let s = resolve(&["prod", "--jobs", "0"]).unwrap();
+        assert_eq!(s.jobs(&plan(3)), 1);
+    }
+
+    #[test]
+    fn durations_must_be_positive_seconds() {
+        for (flag, value) in [
+            ("--connect-timeout", "0"),
+            ("--keepalive=-1", ""),
+            ("--agent-timeout", "nan"),
+        ] {
+            let args: Vec<&str> = ["prod", flag, value]
+                .into_iter()
+                .filter(|a| !a.is_empty())
+                .collect();
+            let err = resolve(&args).unwrap_err();
+            let name = flag.split('=').next().unwrap_or(flag);
+            assert_eq!(
+                err.to_string(),
+                format!("`{name}` must be a positive number of seconds"),
+                "{flag} {value}"
+            );
+        }
+    }
 
     #[test]
     fn ssh_durations_round_up_to_whole_seconds() {

@@ -79,9 +79,12 @@ pub struct RunReport {
 /// How a connection failure ends a host.
 fn connect_failure(err: &ConnectError) -> HostFailure {
     let status = match err {
-        ConnectError::HostKey(_) => HostStatus::HostKeyRefused,
-        ConnectError::Auth(_) => HostStatus::AuthRefused,
-        ConnectError::Unreachable(_) | ConnectError::Timeout(_) => HostStatus::Unreachable,
+        ConnectError::HostKeyRefused { .. } => HostStatus::HostKeyRefused,
+        ConnectError::AuthRefused { .. } => HostStatus::AuthRefused,
+        ConnectError::Unreachable { .. }
+        | ConnectError::CannotRunSsh { .. }
+        | ConnectError::MasterSilent { .. }
+        | ConnectError::Timeout { .. } => HostStatus::Unreachable,
     };
     HostFailure::new(status, vec![err.to_string()])
 }
@@ -89,9 +92,17 @@ fn connect_failure(err: &ConnectError) -> HostFailure {
 /// How a failed agent session ends a host.
 fn session_failure(err: &SessionError) -> HostFailure {
     let status = match err {
-        SessionError::LockHeld(_) => HostStatus::LockHeld,
-        SessionError::Timeout(_) | SessionError::Died { .. } => HostStatus::Timeout,
-        SessionError::Refused(_) | SessionError::Failed(_) => HostStatus::Failed,
+        SessionError::LockHeld { .. } => HostStatus::LockHeld,
+        SessionError::Timeout { .. } | SessionError::Died { .. } => HostStatus::Timeout,
+        SessionError::Refused { .. }
+        | SessionError::CannotCheck { .. }
+        | SessionError::CannotStartUpload { .. }
+        | SessionError::CannotUpload { .. }
+        | SessionError::CannotInstall { .. }
+        | SessionError::CannotStart { .. }
+        | SessionError::ProtocolMismatch { .. }
+        | SessionError::BadMessage { .. }
+        | SessionError::Unexpected { .. } => HostStatus::Failed,
     };
     HostFailure::new(status, vec![err.to_string()])
 }

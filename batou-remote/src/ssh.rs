@@ -25,15 +25,23 @@ use std::time::Duration;
 use batou_core::protocol::RemoteHost;
 use openssh::Session;
 
-/// How to open SSH connections.
+/// How to open SSH connections, as the command line says.
 #[derive(Debug, Clone)]
-pub struct SshOptions {
+pub struct SshSettings {
     /// Accept and record unknown host keys (a changed key is refused regardless).
     pub accept_new_host_keys: bool,
     /// An ssh_config file to use instead of the user's.
     pub config_file: Option<PathBuf>,
+    /// ssh's `ConnectTimeout`, in whole seconds.
     pub connect_timeout: Duration,
+    /// ssh's `ServerAliveInterval`, in whole seconds.
     pub keepalive: Duration,
+}
+
+/// What connecting needs during a run: the settings, and the run's control sockets.
+#[derive(Debug, Clone)]
+pub struct SshOptions {
+    pub settings: SshSettings,
     /// A private directory for this run's control sockets (see [`control_dir`]).
     pub control_dir: PathBuf,
     /// The master connections of this run, so that they can be ended at once.
@@ -41,16 +49,86 @@ pub struct SshOptions {
 }
 
 /// Why a host could not be reached.
+///
+/// The Display texts are the messages users see (in `host_failed` events and summaries);
+/// a variant whose cause is another error shows that error's text too, so print it with
+/// `to_string()`, not as a chain.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("host key refused: {0}")]
-    HostKey(String),
-    #[error("authentication refused: {0}")]
-    Auth(String),
-    #[error("unreachable: {0}")]
-    Unreachable(String),
-    #[error("no connection within {0:.0?}")]
-    Timeout(Duration),
+    /// ssh refused the host's key: unknown (without `--accept-new-host-keys`) or changed.
+    #[error("host key refused: {ssh}")]
+    HostKeyRefused { ssh: SshOutput },
+    /// The host refused every identity ssh offered.
+    #[error("authentication refused: {ssh}")]
+    AuthRefused { ssh: SshOutput },
+    /// ssh failed for another reason (no route, connection refused, ...), or said nothing.
+    #[error("unreachable: {}", SshOrStatus(.ssh, .status))]
+    Unreachable {
+        ssh: SshOutput,
+        status: std::process::ExitStatus,
+    },
+    /// The system `ssh` could not be started.
+    #[error("unreachable: cannot run `ssh`: {source}")]
+    CannotRunSsh {
+        #[source]
+        source: std::io::Error,
+    },
+    /// ssh authenticated, but its master connection does not answer on its control socket.
+    #[error("unreachable: the master connection does not answer: {source}")]
+    MasterSilent {
+        #[source]
+        source: openssh_mux_client::Error,
+    },
+    /// No connection within the deadline (ssh's own `ConnectTimeout` covers only TCP).
+    #[error("no connection within {timeout:.0?}")]
+    Timeout { timeout: Duration },
+}
+
+/// What ssh wrote about a failed connection: its non-empty lines, trimmed, without the
+/// notes that a key was recorded. Shown one line under the other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshOutput {
+    pub lines: Vec<String>,
+}
+
+impl SshOutput {
+    /// The lines of ssh's log that say something about the failure.
+    pub fn from_log(log: &str) -> Self {
+        SshOutput {
+            lines: log
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
+                .map(String::from)
+                .collect(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    fn contains(&self, needle: &str) -> bool {
+        self.lines.iter().any(|l| l.contains(needle))
+    }
+}
+
+/// ssh's output, or its exit status when it said nothing.
+struct SshOrStatus<'a>(&'a SshOutput, &'a std::process::ExitStatus);
+
+impl std::fmt::Display for SshOrStatus<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.is_empty() {
+            true => write!(f, "`ssh` failed ({})", self.1),
+            false => self.0.fmt(f),
+        }
+    }
+}
+
+impl std::fmt::Display for SshOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.lines.join("\n"))
+    }
 }
 
 /// The running master connections of a run: control socket and PID of each.
@@ -106,14 +184,10 @@ pub async fn connect(
     // ssh's own ConnectTimeout covers TCP; this deadline also covers a peer that accepts the
     // connection and then never speaks. With `-f`, ssh goes to the background (a session of
     // its own) once authenticated, and the process started here exits.
-    let deadline = options.connect_timeout * 2 + Duration::from_secs(2);
+    let deadline = options.settings.connect_timeout * 2 + Duration::from_secs(2);
     let status = match tokio::time::timeout(deadline, command.status()).await {
-        Err(_) => return Err(ConnectError::Timeout(deadline)),
-        Ok(Err(err)) => {
-            return Err(ConnectError::Unreachable(format!(
-                "cannot run `ssh`: {err}"
-            )));
-        }
+        Err(_) => return Err(ConnectError::Timeout { timeout: deadline }),
+        Ok(Err(source)) => return Err(ConnectError::CannotRunSsh { source }),
         Ok(Ok(status)) => status,
     };
     if !status.success() {
@@ -130,15 +204,13 @@ pub async fn connect(
     };
     match tokio::time::timeout(deadline, pid).await {
         Ok(Ok(pid)) => options.masters.add(&control, pid.get()),
-        Ok(Err(err)) => {
+        Ok(Err(source)) => {
             let _ = session.close().await;
-            return Err(ConnectError::Unreachable(format!(
-                "the master connection does not answer: {err}"
-            )));
+            return Err(ConnectError::MasterSilent { source });
         }
         Err(_) => {
             let _ = session.close().await;
-            return Err(ConnectError::Timeout(deadline));
+            return Err(ConnectError::Timeout { timeout: deadline });
         }
     }
     Ok(Arc::new(session))
@@ -169,7 +241,7 @@ fn master_argv(
     control: &Path,
     log: &Path,
 ) -> Vec<OsString> {
-    let checking = if options.accept_new_host_keys {
+    let checking = if options.settings.accept_new_host_keys {
         "StrictHostKeyChecking=accept-new"
     } else {
         "StrictHostKeyChecking=yes"
@@ -189,9 +261,17 @@ fn master_argv(
         "-o".into(),
         checking.into(),
         "-o".into(),
-        format!("ConnectTimeout={}", options.connect_timeout.as_secs()).into(),
+        format!(
+            "ConnectTimeout={}",
+            options.settings.connect_timeout.as_secs()
+        )
+        .into(),
         "-o".into(),
-        format!("ServerAliveInterval={}", options.keepalive.as_secs()).into(),
+        format!(
+            "ServerAliveInterval={}",
+            options.settings.keepalive.as_secs()
+        )
+        .into(),
     ];
     if let Some(port) = host.port {
         argv.extend(["-p".into(), port.to_string().into()]);
@@ -199,7 +279,7 @@ fn master_argv(
     if let Some(user) = &host.user {
         argv.extend(["-l".into(), user.into()]);
     }
-    if let Some(config) = &options.config_file {
+    if let Some(config) = &options.settings.config_file {
         argv.extend(["-F".into(), config.into()]);
     }
     argv.push("--".into());
@@ -214,27 +294,17 @@ pub fn destination(host: &RemoteHost) -> &str {
 
 /// Sorts ssh's own message into the failures that users act on differently.
 fn classify(log: &str, status: std::process::ExitStatus) -> ConnectError {
-    let text = log
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let text = match text.is_empty() {
-        true => format!("`ssh` failed ({status})"),
-        false => text,
-    };
-    if text.contains("Host key verification failed")
-        || text.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
-        || text.contains("host key")
+    let ssh = SshOutput::from_log(log);
+    if ssh.contains("Host key verification failed")
+        || ssh.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || ssh.contains("host key")
     {
-        ConnectError::HostKey(text)
-    } else if text.contains("Permission denied")
-        || text.contains("Too many authentication failures")
+        ConnectError::HostKeyRefused { ssh }
+    } else if ssh.contains("Permission denied") || ssh.contains("Too many authentication failures")
     {
-        ConnectError::Auth(text)
+        ConnectError::AuthRefused { ssh }
     } else {
-        ConnectError::Unreachable(text)
+        ConnectError::Unreachable { ssh, status }
     }
 }
 
@@ -329,12 +399,108 @@ mod tests {
         assert_eq!(String::from_utf8(out.stdout).unwrap(), "a 'b' $c \"d\"");
     }
 
+    fn exit(code: i32) -> std::process::ExitStatus {
+        std::os::unix::process::ExitStatusExt::from_raw(code << 8)
+    }
+
+    /// ssh's messages (as OpenSSH 9 writes them) sort into the failures users act on, and
+    /// each shows exactly as before.
+    #[test]
+    fn ssh_messages_sort_into_what_happened() {
+        let cases = [
+            (
+                "Host key verification failed.\n",
+                "host key refused: Host key verification failed.",
+            ),
+            (
+                "No ED25519 host key is known for [127.0.0.2]:2222 and you have requested strict checking.\nHost key verification failed.\n",
+                "host key refused: No ED25519 host key is known for [127.0.0.2]:2222 and you have requested strict checking.\nHost key verification failed.",
+            ),
+            (
+                "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n",
+                "host key refused: @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @",
+            ),
+            (
+                "Warning: Permanently added '[127.0.0.2]:2222' (ED25519) to the list of known hosts.\r\nroot@127.0.0.2: Permission denied (publickey).\n",
+                "authentication refused: root@127.0.0.2: Permission denied (publickey).",
+            ),
+            (
+                "Received disconnect from 127.0.0.2 port 2222:2: Too many authentication failures\n",
+                "authentication refused: Received disconnect from 127.0.0.2 port 2222:2: Too many authentication failures",
+            ),
+            (
+                "ssh: connect to host 127.0.0.2 port 2222: Connection refused\n",
+                "unreachable: ssh: connect to host 127.0.0.2 port 2222: Connection refused",
+            ),
+            (
+                "  kex_exchange_identification: Connection closed by remote host  \n\n",
+                "unreachable: kex_exchange_identification: Connection closed by remote host",
+            ),
+            (
+                "Warning: Permanently added '[127.0.0.2]:2222' (ED25519) to the list of known hosts.\n",
+                "unreachable: `ssh` failed (exit status: 255)",
+            ),
+            ("", "unreachable: `ssh` failed (exit status: 255)"),
+        ];
+        for (log, message) in cases {
+            let err = classify(log, exit(255));
+            assert_eq!(err.to_string(), message, "{log:?}");
+            let expected = match message.split(':').next() {
+                Some("host key refused") => matches!(err, ConnectError::HostKeyRefused { .. }),
+                Some("authentication refused") => matches!(err, ConnectError::AuthRefused { .. }),
+                _ => matches!(err, ConnectError::Unreachable { .. }),
+            };
+            assert!(expected, "{log:?} gave {err:?}");
+        }
+    }
+
+    #[test]
+    fn the_output_keeps_ssh_lines_as_data() {
+        let ConnectError::AuthRefused { ssh } = classify(
+            "Warning: Permanently added 'x' (ED25519) to the list of known hosts.\n a \nb: Permission denied (publickey).\n",
+            exit(255),
+        ) else {
+            panic!("not an authentication failure");
+        };
+        assert_eq!(ssh.lines, ["a", "b: Permission denied (publickey)."]);
+    }
+
+    #[test]
+    fn failures_without_ssh_output_keep_their_cause() {
+        use std::error::Error as _;
+        let err = ConnectError::CannotRunSsh {
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        };
+        assert_eq!(
+            err.to_string(),
+            "unreachable: cannot run `ssh`: no such file"
+        );
+        assert_eq!(
+            err.source().map(|s| s.to_string()).as_deref(),
+            Some("no such file")
+        );
+        let err = ConnectError::Timeout {
+            timeout: Duration::from_secs(22),
+        };
+        assert_eq!(err.to_string(), "no connection within 22s");
+        let err = ConnectError::Unreachable {
+            ssh: SshOutput::from_log(""),
+            status: exit(1),
+        };
+        assert_eq!(
+            err.to_string(),
+            "unreachable: `ssh` failed (exit status: 1)"
+        );
+    }
+
     fn options(dir: &Path, config: PathBuf) -> SshOptions {
         SshOptions {
-            accept_new_host_keys: false,
-            config_file: Some(config),
-            connect_timeout: Duration::from_secs(2),
-            keepalive: Duration::from_secs(1),
+            settings: SshSettings {
+                accept_new_host_keys: false,
+                config_file: Some(config),
+                connect_timeout: Duration::from_secs(2),
+                keepalive: Duration::from_secs(1),
+            },
             control_dir: dir.to_path_buf(),
             masters: Masters::default(),
         }
@@ -409,7 +575,7 @@ mod tests {
             .unwrap();
         let result = runtime.block_on(connect(&host, &options));
         assert!(
-            matches!(result, Err(ConnectError::Unreachable(_))),
+            matches!(result, Err(ConnectError::Unreachable { .. })),
             "{:?}",
             result.err()
         );
