@@ -179,7 +179,7 @@ pub enum FromAgent {
         /// The agent's batou version.
         version: String,
     },
-    /// The agent holds the lock and configured the job like the controller did.
+    /// The agent took the lock (unless a dry run) and configured the job as the controller did.
     Ready,
     /// The agent will not run the session.
     Refused {
@@ -195,7 +195,7 @@ pub enum FromAgent {
         /// The event, as the agent reported it.
         event: Event,
     },
-    /// The agent is still working on a step.
+    /// The agent is alive: sent at a fixed interval once the agent is ready.
     Heartbeat,
     /// A step ended.
     StepFinished {
