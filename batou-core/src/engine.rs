@@ -21,15 +21,20 @@ pub struct ConvergeOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RootOutcome {
+    /// At least one of its components needed an update (in a dry run: would need one).
     Changed,
+    /// Every one of its components was already converged.
     Unchanged,
+    /// One of its components failed.
     Failed,
+    /// It was not run: a dependency failed, the host failed or the run was interrupted.
     NotAttempted,
 }
 
 /// The outcome of converging one host.
 #[derive(Debug, Clone)]
 pub struct HostReport {
+    /// The host that was converged.
     pub host: String,
     /// Root components in the order they were (or would have been) converged.
     pub roots: Vec<(String, RootOutcome)>,
@@ -39,6 +44,7 @@ pub struct HostReport {
     pub failure: Option<(String, Vec<String>)>,
     /// Whether an interrupt left root components not started.
     pub interrupted: bool,
+    /// How long converging the host took.
     pub seconds: f64,
 }
 
@@ -61,6 +67,7 @@ impl HostReport {
 /// What converging one root component did.
 #[derive(Debug, Clone)]
 pub struct StepReport {
+    /// How the root component ended.
     pub outcome: RootOutcome,
     /// Component paths that changed (or would change), in order.
     pub changed: Vec<String>,

@@ -34,6 +34,7 @@ pub enum Connect {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    /// Whether hosts are reached over SSH or deployed on this machine.
     #[serde(default)]
     pub connect: Connect,
     /// Where root components work (`<base_dir>/work/<name>`); relative to the project root
@@ -70,6 +71,7 @@ fn default_jobs() -> usize {
 /// A host of an environment.
 #[derive(Debug, Clone)]
 pub struct Host {
+    /// The host's name in the environment.
     pub name: String,
     /// Root components in the order the environment lists them.
     pub components: Vec<String>,
@@ -77,14 +79,18 @@ pub struct Host {
     pub data: BTreeMap<String, serde_json::Value>,
     /// SSH address when it differs from the name.
     pub address: Option<String>,
+    /// The SSH port, when not the user's SSH configuration's.
     pub port: Option<u16>,
+    /// The login user, when not the user's SSH configuration's.
     pub user: Option<String>,
 }
 
 /// A loaded and checked environment.
 #[derive(Debug, Clone)]
 pub struct Environment {
+    /// The environment's name (its file's stem).
     pub name: String,
+    /// The `[environment]` table.
     pub settings: Settings,
     /// Hosts sorted by name.
     pub hosts: Vec<Host>,

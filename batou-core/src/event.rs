@@ -11,74 +11,117 @@ use serde::{Deserialize, Serialize};
 pub enum Event {
     /// Converging a host's steps begins.
     HostStarted {
+        /// The host the event is about.
         host: String,
+        /// The environment being deployed.
         environment: String,
+        /// Whether the run only reports what it would change.
         dry_run: bool,
     },
     /// A root component starts converging.
-    StepStarted { host: String, component: String },
+    StepStarted {
+        /// The host the event is about.
+        host: String,
+        /// The root component the event is about.
+        component: String,
+    },
     /// A component needed an update (in a dry run: would need one).
     Changed {
+        /// The host the event is about.
         host: String,
+        /// The root component the event is about.
         component: String,
+        /// Why the component needed an update, for people.
         reason: String,
+        /// Whether the run only reports what it would change.
         dry_run: bool,
     },
     /// The unified diff of a file change, shown after its `changed` event.
     Diff {
+        /// The host the event is about.
         host: String,
+        /// The root component the event is about.
         component: String,
+        /// The unified diff, old content to new.
         diff: String,
     },
     /// A message a component wants people to see.
     Log {
+        /// The host the event is about.
         host: String,
+        /// The root component the event is about.
         component: String,
+        /// The message, as the component wrote it.
         message: String,
     },
     /// A component failed; `error` is the cause chain, outermost first.
     Failed {
+        /// The host the event is about.
         host: String,
+        /// The root component the event is about.
         component: String,
+        /// The cause chain, outermost first.
         error: Vec<String>,
     },
     /// The controller uploaded the agent binary to a host's cache.
-    AgentUploaded { host: String, bytes: u64 },
+    AgentUploaded {
+        /// The host the event is about.
+        host: String,
+        /// The size of the uploaded binary.
+        bytes: u64,
+    },
     /// A root component was not run; `reason` says why (a failed dependency, a failed host).
     Skipped {
+        /// The host the event is about.
         host: String,
+        /// The root component the event is about.
         component: String,
+        /// Why the component was not run, for people.
         reason: String,
     },
     /// The run was interrupted (SIGINT or SIGTERM) before these root components of the host
     /// started; the steps that were running finished first.
     Interrupted {
+        /// The host the event is about.
         host: String,
+        /// The root components that did not start.
         not_started: Vec<String>,
     },
     /// A host could not be deployed or its state is unknown: `status` is one of
     /// `unreachable`, `host_key_refused`, `auth_refused`, `lock_held`, `timeout`, `failed`,
     /// `interrupted`.
     HostFailed {
+        /// The host the event is about.
         host: String,
+        /// How the host failed, one of the statuses above.
         status: String,
+        /// The cause chain, outermost first.
         error: Vec<String>,
     },
     /// A remote run ended: one status per host (`changed`, `unchanged`, `failed`,
     /// `unreachable`, `host_key_refused`, `auth_refused`, `lock_held`, `timeout`, `skipped`,
     /// `not_attempted`, `interrupted`) with a detail for people.
     RunFinished {
+        /// One summary per host.
         hosts: Vec<HostSummary>,
+        /// How long the whole run took.
         seconds: f64,
     },
     /// Converging a host ended; lists are root component names.
     HostFinished {
+        /// The host the event is about.
         host: String,
+        /// Whether the run only reports what it would change.
         dry_run: bool,
+        /// The root components that changed (in a dry run: would change).
         changed: Vec<String>,
+        /// The root components that were already converged.
         unchanged: Vec<String>,
+        /// The root components that failed.
         failed: Vec<String>,
+        /// The root components that were not run.
         not_attempted: Vec<String>,
+        /// How long converging this host took.
         seconds: f64,
     },
 }
@@ -86,8 +129,11 @@ pub enum Event {
 /// One host's line in the summary of a remote run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostSummary {
+    /// The host the line is about.
     pub host: String,
+    /// The host's outcome, one of the statuses of `run_finished`.
     pub status: String,
+    /// What happened, for people.
     pub detail: String,
 }
 

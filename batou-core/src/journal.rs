@@ -13,11 +13,15 @@ use crate::RootOutcome;
 pub struct JournalRecord {
     /// RFC 3339 in UTC with nanoseconds: a host's records sort by it.
     pub time: String,
+    /// The environment that was deployed.
     pub environment: String,
+    /// The host the journal belongs to.
     pub host: String,
-    /// The controller's user, machine and process.
+    /// The user who started the deploy.
     pub user: String,
+    /// The machine the deploy ran from.
     pub controller_host: String,
+    /// The controller's process id on that machine.
     pub pid: u32,
     /// What happened; its kind is the `record` field.
     #[serde(flatten)]
@@ -32,7 +36,9 @@ pub enum JournalEntry {
     Started,
     /// A root component converged (or failed).
     Step {
+        /// The root component's name.
         component: String,
+        /// How the step ended.
         outcome: RootOutcome,
         /// When the step started (the record's `time` is when it ended).
         #[serde(default)]
@@ -43,11 +49,15 @@ pub enum JournalEntry {
     },
     /// The deploy ended normally; lists are root component names.
     Finished {
+        /// How the deploy went as a whole.
         result: DeployResult,
+        /// The root components that changed.
         #[serde(default)]
         changed: Vec<String>,
+        /// The root components that were already converged.
         #[serde(default)]
         unchanged: Vec<String>,
+        /// The root components that failed.
         #[serde(default)]
         failed: Vec<String>,
         /// Every component path that changed, in order.
@@ -56,7 +66,10 @@ pub enum JournalEntry {
     },
     /// The deploy ended early: the agent's configure differed from the controller's, or the
     /// controller disconnected.
-    Aborted { error: Vec<String> },
+    Aborted {
+        /// The cause chain, outermost first.
+        error: Vec<String>,
+    },
 }
 
 /// How a finished deploy went on the host.

@@ -22,10 +22,13 @@ pub const PROTOCOL_VERSION: u32 = 3;
 /// Everything one host needs to configure and converge its part of a plan, and nothing more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostJob {
+    /// The environment being deployed.
     pub environment: String,
+    /// The host the job is for.
     pub host: JobHost,
     /// The environment's `base_dir`; relative paths are relative to the login's home.
     pub base_dir: String,
+    /// Absolute paths outside `base_dir` that components may change.
     pub allow_paths: Vec<String>,
     /// The host's root components, in plan order.
     pub steps: Vec<JobStep>,
@@ -46,6 +49,7 @@ pub struct HostJob {
 /// each host, and each host's job. A project's own binary prints it with `<binary> plan <env>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RemotePlan {
+    /// The environment being deployed.
     pub environment: String,
     /// The environment's default of hosts deployed in parallel.
     pub jobs: usize,
@@ -55,6 +59,7 @@ pub struct RemotePlan {
     pub steps: Vec<PlanStep>,
     /// Step indices in plan order.
     pub order: Vec<usize>,
+    /// Each host's job, by host name.
     pub host_jobs: BTreeMap<String, HostJob>,
     /// `(name, value)` of every secret of the environment, for the controller to mask.
     #[serde(default)]
@@ -64,17 +69,24 @@ pub struct RemotePlan {
 /// How to reach a host; unset fields come from the user's SSH configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RemoteHost {
+    /// The host's name in the environment.
     pub name: String,
+    /// The address to connect to, if not the name.
     pub address: Option<String>,
+    /// The SSH port.
     pub port: Option<u16>,
+    /// The login user.
     pub user: Option<String>,
 }
 
 /// A step of a remote plan and the steps it waits for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanStep {
+    /// The host the step runs on.
     pub host: String,
+    /// The root component's name.
     pub root: String,
+    /// The indices of the steps this one waits for.
     pub after: Vec<usize>,
     /// For each step waited for: the resource keys it provides to this one.
     pub after_keys: BTreeMap<usize, Vec<String>>,
@@ -83,15 +95,20 @@ pub struct PlanStep {
 /// The host as templates see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobHost {
+    /// The host's name in the environment.
     pub name: String,
+    /// The host's `data` table from the environment.
     pub data: BTreeMap<String, serde_json::Value>,
+    /// The host's address, if the environment sets one.
     pub address: Option<String>,
 }
 
 /// One root component of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobStep {
+    /// The root component's name.
     pub root: String,
+    /// The registered component type it is an instance of.
     pub type_name: String,
     /// Attributes with templates already rendered for this host.
     pub attributes: serde_json::Value,
@@ -103,8 +120,11 @@ pub struct JobStep {
 /// Who runs a deploy, recorded in the host's lock and journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Controller {
+    /// The user who started the deploy.
     pub user: String,
+    /// The machine the deploy runs from.
     pub host: String,
+    /// The controller's process id on that machine.
     pub pid: u32,
     /// RFC 3339, UTC.
     pub started: String,
@@ -114,15 +134,23 @@ pub struct Controller {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum ToAgent {
+    /// Begin a session: take the lock (unless a dry run) and configure the job.
     Start {
+        /// The controller's [`PROTOCOL_VERSION`].
         protocol: u32,
+        /// The host's part of the plan.
         job: Box<HostJob>,
+        /// Whether the run only reports what it would change.
         dry_run: bool,
+        /// Who runs the deploy.
         controller: Controller,
     },
+    /// Converge one root component of the job.
     Step {
+        /// The root component's name.
         root: String,
     },
+    /// End the session: write the journal record and release the lock.
     Finish,
 }
 
@@ -130,9 +158,13 @@ pub enum ToAgent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Refusal {
+    /// Another deploy holds the host's lock.
     LockHeld,
+    /// The agent's configure of the job differs from the controller's.
     PlanMismatch,
+    /// The controller's messages or protocol version are not what this agent speaks.
     Protocol,
+    /// Something else went wrong before the session could start.
     Failed,
 }
 
@@ -140,24 +172,39 @@ pub enum Refusal {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum FromAgent {
+    /// The agent's first message.
     Hello {
+        /// The agent's [`PROTOCOL_VERSION`].
         protocol: u32,
+        /// The agent's batou version.
         version: String,
     },
+    /// The agent took the lock (unless a dry run) and configured the job as the controller did.
     Ready,
+    /// The agent will not run the session.
     Refused {
+        /// Why the agent refused.
         reason: Refusal,
+        /// The cause chain, outermost first.
         message: Vec<String>,
+        /// The deploy that holds the lock, when the lock is held.
         holder: Option<Controller>,
     },
+    /// Something happened while converging a step.
     Event {
+        /// The event, as the agent reported it.
         event: Event,
     },
+    /// The agent is alive: sent at a fixed interval once the agent is ready.
     Heartbeat,
+    /// A step ended.
     StepFinished {
+        /// The root component's name.
         root: String,
+        /// How the step ended.
         outcome: RootOutcome,
     },
+    /// The agent wrote its journal record and ends the session.
     Finished,
 }
 

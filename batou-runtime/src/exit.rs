@@ -31,6 +31,7 @@ pub enum Exit {
 /// with exit 3 (for example an unreachable host whose journal a `--hosts` run must read).
 #[derive(Debug)]
 pub struct ExitError {
+    /// The exit status the run ends with.
     pub exit: Exit,
     /// What is wrong, with its hint.
     pub error: ConfigError,

@@ -15,6 +15,10 @@ pub(crate) const GUARD: &str = "BATOU_PROJECT_BINARY";
 
 /// Hands over to the project's binary when `project` is a Cargo package; returns only when it
 /// is not (or with the error that stopped the hand-over).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "exec replaces this process with the project's binary; nothing is left to bound"
+)]
 pub(crate) fn hand_over_if_package(project: &Path) -> anyhow::Result<()> {
     let Some(binary) = build_if_package(project)? else {
         return Ok(());
@@ -42,6 +46,10 @@ pub fn build_if_package(project: &Path) -> anyhow::Result<Option<PathBuf>> {
 }
 
 /// Builds the package of `manifest` and returns the path of its binary.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "building the project with cargo has no sensible deadline, and Ctrl-C reaches cargo in this process's group"
+)]
 fn build(manifest: &Path) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = std::process::Command::new(&cargo)

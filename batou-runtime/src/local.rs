@@ -83,12 +83,19 @@ struct Args {
 /// What a run was asked to do, resolved from the command line.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The environment to deploy.
     pub environment: String,
+    /// The one host to deploy, when not all of them.
     pub host: Option<String>,
+    /// Whether the run only reports what it would change.
     pub dry_run: bool,
+    /// Whether events go to stdout as JSON lines instead of the human renderer.
     pub json: bool,
+    /// The project's root directory.
     pub project: PathBuf,
+    /// A `base_dir` that replaces the environment's.
     pub base_dir: Option<PathBuf>,
+    /// The identity file for decrypting secrets (`--identity`).
     pub identity: Option<PathBuf>,
 }
 

@@ -18,11 +18,18 @@ pub enum Role {
     Agent,
     /// Verify an uploaded agent (this binary) against its SHA-256 and install it.
     #[command(hide = true)]
-    AgentInstall { sha256: String, target: PathBuf },
+    AgentInstall {
+        /// The SHA-256 the uploaded binary must have, in hex.
+        sha256: String,
+        /// Where to install the verified binary.
+        target: PathBuf,
+    },
     /// Print the remote plan of an environment as JSON.
     #[command(hide = true)]
     Plan {
+        /// The environment to plan.
         environment: String,
+        /// The project's root directory.
         #[arg(default_value = ".")]
         project: PathBuf,
     },

@@ -110,7 +110,9 @@ impl std::fmt::Display for HostStatus {
 /// Why a host stopped: its status and the cause chain for people.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostFailure {
+    /// How the host failed.
     pub status: HostStatus,
+    /// The cause chain, outermost first.
     pub error: Vec<String>,
     /// Whether the host's state is unknown (a step may still be running), whatever the
     /// status: the run then exits with `timeout`.
@@ -147,9 +149,19 @@ pub enum Report {
     /// The run was interrupted before the host was prepared: it was not contacted.
     Cancelled,
     /// A step finished on the host.
-    StepDone { step: usize, outcome: RootOutcome },
+    StepDone {
+        /// The step's index in the plan.
+        step: usize,
+        /// How the step ended.
+        outcome: RootOutcome,
+    },
     /// The session broke during a step (agent died or went silent).
-    Broken { step: usize, failure: HostFailure },
+    Broken {
+        /// The index of the step that was running.
+        step: usize,
+        /// Why the session broke.
+        failure: HostFailure,
+    },
     /// The host's task ended: its session is closed.
     Closed,
 }
@@ -158,9 +170,17 @@ pub enum Report {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Send step `step` (a root component) to `host`'s agent.
-    Start { host: String, step: usize },
+    Start {
+        /// The host whose agent runs the step.
+        host: String,
+        /// The step's index in the plan.
+        step: usize,
+    },
     /// Tell `host`'s agent to end its session (it writes its journal record and exits).
-    Finish { host: String },
+    Finish {
+        /// The host whose session ends.
+        host: String,
+    },
     /// Emit an event.
     Emit(Event),
 }
@@ -168,7 +188,9 @@ pub enum Action {
 /// How to schedule.
 #[derive(Debug, Clone, Copy)]
 pub struct SchedulerOptions {
+    /// Whether the run only reports what it would change.
     pub dry_run: bool,
+    /// Whether the other hosts' steps go on after a host failed.
     pub keep_going: bool,
     /// Steps running at the same time, across hosts.
     pub jobs: usize,
@@ -177,7 +199,9 @@ pub struct SchedulerOptions {
 /// The summary of a finished run.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// One summary per host.
     pub hosts: Vec<HostSummary>,
+    /// The exit status of the run.
     pub exit: Exit,
 }
 

@@ -531,6 +531,10 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
 /// Runs `$VISUAL` or `$EDITOR` (default `vi`) on `file` and waits for it. A signal that
 /// would end this process (Ctrl-C, SIGTERM, SIGHUP) ends the editor instead, so that the
 /// caller still removes the cleartext.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the editor needs the terminal and has no deadline: the user ends it"
+)]
 fn run_editor(file: &Path) -> anyhow::Result<()> {
     let editor = std::env::var("VISUAL")
         .ok()

@@ -22,7 +22,9 @@ const DEFAULT_MODE: u32 = 0o755;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Directory {
+    /// The directory's path; relative paths are relative to the root's work directory.
     pub path: String,
+    /// The directory's permission bits, when they are managed.
     #[serde(default)]
     pub mode: Option<Mode>,
     /// A project directory whose tree is copied into this one.

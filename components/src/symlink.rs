@@ -16,7 +16,9 @@ use crate::fs::{parent, set_ownership, sync_dir, temp_path};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Symlink {
+    /// The symlink's path; relative paths are relative to the root's work directory.
     pub path: String,
+    /// What the symlink points to.
     pub target: String,
     #[serde(skip)]
     resolved: PathBuf,

@@ -17,10 +17,15 @@ pub const INSTALL: &str = "apt-get install -y openssh-server";
 
 /// A running sshd playing one host.
 pub struct Host {
+    /// The host's name in the environment and the SSH configuration.
     pub name: String,
+    /// The loopback address sshd listens on.
     pub address: String,
+    /// The port sshd listens on.
     pub port: u16,
+    /// The login's home directory.
     pub home: PathBuf,
+    /// The directory of sshd's configuration, host key and log.
     pub dir: PathBuf,
     child: Option<Child>,
 }
@@ -29,7 +34,9 @@ pub struct Host {
 pub struct Cluster {
     _dir: tempfile::TempDir,
     root: PathBuf,
+    /// The hosts, by name.
     pub hosts: BTreeMap<String, Host>,
+    /// The client configuration that reaches every host.
     pub ssh_config: PathBuf,
     known_hosts: PathBuf,
 }
@@ -83,6 +90,7 @@ impl Cluster {
         cluster
     }
 
+    /// The host named `name`.
     pub fn host(&self, name: &str) -> &Host {
         &self.hosts[name]
     }
@@ -223,6 +231,7 @@ impl Host {
         self.child.as_ref().unwrap().id()
     }
 
+    /// The sshd's log file.
     pub fn log(&self) -> PathBuf {
         self.dir.join("sshd.log")
     }

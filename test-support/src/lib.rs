@@ -13,6 +13,8 @@
 //!
 //! Everything here panics on failure: it is test code.
 
+#![expect(clippy::disallowed_methods, reason = "tests start real processes")]
+
 mod cluster;
 mod filters;
 mod project;

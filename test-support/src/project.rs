@@ -13,8 +13,11 @@ pub struct Project {
 /// What a run printed and how it exited.
 #[derive(Debug)]
 pub struct Outcome {
+    /// The exit code.
     pub code: i32,
+    /// What the run printed to stdout.
     pub stdout: String,
+    /// What the run printed to stderr.
     pub stderr: String,
 }
 

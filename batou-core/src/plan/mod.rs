@@ -36,6 +36,7 @@ pub use step::Step;
 
 /// The ordered steps of an environment.
 pub struct Plan {
+    /// The environment the plan is for.
     pub environment: String,
     steps: Vec<Step>,
     order: Vec<usize>,

@@ -13,7 +13,9 @@ pub(crate) struct Node {
 
 /// One root component on one host.
 pub struct Step {
+    /// The host the step runs on.
     pub host: String,
+    /// The root component's name.
     pub root: String,
     /// Steps (indices into [`Plan::steps`]) that must be done before this one.
     pub after: Vec<usize>,

@@ -14,7 +14,9 @@ pub const IDENTITY_ENV: &str = "BATOU_IDENTITY";
 /// `XDG_CONFIG_HOME` (an empty value counts as unset).
 #[derive(Debug, Clone, Default)]
 pub struct UserDirs {
+    /// The user's home directory (`HOME`).
     pub home: Option<PathBuf>,
+    /// The user's configuration directory (`XDG_CONFIG_HOME`).
     pub config_home: Option<PathBuf>,
 }
 
@@ -50,7 +52,9 @@ pub struct IdentitySource {
 /// Identities loaded for decryption, and what was tried (for error hints).
 pub struct Identities {
     identities: Vec<Box<dyn age::Identity + Send + Sync>>,
+    /// The identity files that were looked at.
     pub tried: Vec<String>,
+    /// The identity files that could not be used, each with why.
     pub skipped: Vec<String>,
     /// The default identity file, named in the hint when nothing was found.
     default_file: Option<PathBuf>,

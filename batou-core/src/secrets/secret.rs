@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Secret<T = String>(T);
 
 impl<T> Secret<T> {
+    /// Wraps a value as secret.
     pub fn new(value: T) -> Self {
         Secret(value)
     }

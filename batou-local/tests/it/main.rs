@@ -1,5 +1,7 @@
 //! Integration tests: the built `batou-local` binary on temporary deployment repositories.
 
+#![expect(clippy::disallowed_methods, reason = "tests start real processes")]
+
 mod bad_input;
 mod cli;
 mod commands;

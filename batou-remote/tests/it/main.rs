@@ -1,5 +1,7 @@
 //! End-to-end tests: `batou-remote` against real sshd hosts on loopback.
 
+#![expect(clippy::disallowed_methods, reason = "tests start real processes")]
+
 mod base_dir;
 mod cli;
 mod confinement;
