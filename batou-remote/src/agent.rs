@@ -48,13 +48,17 @@ pub enum SessionError {
     /// The agent refused the session or a step for another reason.
     #[error("the agent refused: {}", .message.join(": "))]
     Refused {
+        /// Why, as the agent classified it.
         reason: Refusal,
         /// The agent's message, outermost first.
         message: Vec<String>,
     },
     /// The agent (or the upload) was silent for longer than the deadline.
     #[error("no answer from the agent within {timeout:.0?}: the host's state is unknown")]
-    Timeout { timeout: Duration },
+    Timeout {
+        /// The deadline that passed.
+        timeout: Duration,
+    },
     /// The agent's pipes closed or broke in the middle of the session.
     #[error(
         "the agent ended unexpectedly: the host's state is unknown{}{}",
@@ -71,18 +75,21 @@ pub enum SessionError {
     /// Checking whether the host has the agent failed.
     #[error("cannot check for the agent: {source}")]
     CannotCheck {
+        /// What the SSH session reported.
         #[source]
         source: openssh::Error,
     },
     /// The upload of the agent could not start.
     #[error("cannot start the agent upload: {source}")]
     CannotStartUpload {
+        /// What the SSH session reported.
         #[source]
         source: openssh::Error,
     },
     /// The upload of the agent broke off.
     #[error("cannot upload the agent: {source}")]
     CannotUpload {
+        /// Why writing the upload failed.
         #[source]
         source: std::io::Error,
     },
@@ -95,6 +102,7 @@ pub enum SessionError {
     /// The agent could not be started.
     #[error("cannot start the agent: {source}")]
     CannotStart {
+        /// What the SSH session reported.
         #[source]
         source: openssh::Error,
     },

@@ -327,6 +327,10 @@ async fn watch_signals(
 
 /// The remote plan and the agent binary: the project's own binary when the deployment
 /// repository is a Cargo package, this binary otherwise.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the project's binary prints its plan on stdout, which is read whole; it ends with this process's wait"
+)]
 fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
     // Before building the project's binary: a bad name must end the run untouched.
     batou_core::check_name(&settings.environment)?;

@@ -1,5 +1,5 @@
 //! Running a remote plan: one task per host owns its SSH master and agent session; a thin
-//! loop passes what the tasks report to the [`Scheduler`](crate::scheduler::Scheduler),
+//! loop passes what the tasks report to the [`Scheduler`](batou_runtime::scheduler::Scheduler),
 //! which decides what runs next (the rules are in `scheduler.rs`), and carries out its
 //! actions: send a step, end a session, emit an event. Also the journal check of `--hosts`.
 //!
@@ -27,12 +27,15 @@ use batou_runtime::scheduler::{
 /// How to run a remote plan.
 #[derive(Debug, Clone)]
 pub struct DeployOptions {
+    /// Verify only: report what would change, write nothing, take no lock.
     pub dry_run: bool,
+    /// After a failure, go on with every step that does not depend on it.
     pub keep_going: bool,
     /// Hosts deploying at the same time.
     pub jobs: usize,
     /// Longest silence accepted from an agent (it sends heartbeats while working).
     pub agent_timeout: Duration,
+    /// How to connect, and the run's control sockets and masters.
     pub ssh: SshOptions,
     /// Limit the run to these hosts.
     pub hosts: Option<BTreeSet<String>>,
@@ -71,8 +74,11 @@ impl Interrupt {
 /// How a run ended for each host, and the exit status it implies.
 #[derive(Debug, Clone)]
 pub struct RunReport {
+    /// One summary per host of the run, sorted by name.
     pub hosts: Vec<HostSummary>,
+    /// The exit status the run ends with.
     pub exit: Exit,
+    /// How long the run took.
     pub seconds: f64,
 }
 

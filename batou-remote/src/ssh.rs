@@ -41,6 +41,7 @@ pub struct SshSettings {
 /// What connecting needs during a run: the settings, and the run's control sockets.
 #[derive(Debug, Clone)]
 pub struct SshOptions {
+    /// How to connect, resolved from the command line.
     pub settings: SshSettings,
     /// A private directory for this run's control sockets (see [`control_dir`]).
     pub control_dir: PathBuf,
@@ -57,37 +58,51 @@ pub struct SshOptions {
 pub enum ConnectError {
     /// ssh refused the host's key: unknown (without `--accept-new-host-keys`) or changed.
     #[error("host key refused: {ssh}")]
-    HostKeyRefused { ssh: SshOutput },
+    HostKeyRefused {
+        /// What ssh said.
+        ssh: SshOutput,
+    },
     /// The host refused every identity ssh offered.
     #[error("authentication refused: {ssh}")]
-    AuthRefused { ssh: SshOutput },
+    AuthRefused {
+        /// What ssh said.
+        ssh: SshOutput,
+    },
     /// ssh failed for another reason (no route, connection refused, ...), or said nothing.
     #[error("unreachable: {}", SshOrStatus(.ssh, .status))]
     Unreachable {
+        /// What ssh said (maybe nothing).
         ssh: SshOutput,
+        /// How ssh exited.
         status: std::process::ExitStatus,
     },
     /// The system `ssh` could not be started.
     #[error("unreachable: cannot run `ssh`: {source}")]
     CannotRunSsh {
+        /// Why `ssh` could not be started.
         #[source]
         source: std::io::Error,
     },
     /// ssh authenticated, but its master connection does not answer on its control socket.
     #[error("unreachable: the master connection does not answer: {source}")]
     MasterSilent {
+        /// What the control socket answered.
         #[source]
         source: openssh_mux_client::Error,
     },
     /// No connection within the deadline (ssh's own `ConnectTimeout` covers only TCP).
     #[error("no connection within {timeout:.0?}")]
-    Timeout { timeout: Duration },
+    Timeout {
+        /// The deadline that passed.
+        timeout: Duration,
+    },
 }
 
 /// What ssh wrote about a failed connection: its non-empty lines, trimmed, without the
 /// notes that a key was recorded. Shown one line under the other.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshOutput {
+    /// ssh's lines, in the order it wrote them.
     pub lines: Vec<String>,
 }
 
@@ -165,6 +180,10 @@ const IDLE_PERSIST: usize = 15;
 static NEXT_MASTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Opens the master connection to `host`.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the master lives for the whole run in its own process group, and `Masters` ends it by PID"
+)]
 pub async fn connect(
     host: &RemoteHost,
     options: &SshOptions,
@@ -376,6 +395,7 @@ pub fn shell_command(argv: &[Word]) -> String {
 }
 
 #[cfg(test)]
+#[expect(clippy::disallowed_methods, reason = "tests start real processes")]
 mod tests {
     use super::*;
 
