@@ -97,7 +97,17 @@ impl ConfigError {
         self.source = Some(source.into());
         self
     }
+
+    /// The text of a serde custom error (`serde::de::Error::custom`) that carries a hint: when
+    /// an environment file is read, the message stays in the error and the hint moves to its
+    /// own `hint:` line.
+    pub fn serde_message_with_hint(message: &str, hint: &str) -> String {
+        format!("{message}{HINT_MARKER}{hint}")
+    }
 }
+
+/// Separates message and hint in a serde custom error's text; serde messages are one line.
+const HINT_MARKER: &str = "\nhint: ";
 
 /// A text file, owned, kept for parsing it again and for turning byte offsets into
 /// `file:line:column` places.
@@ -172,8 +182,13 @@ impl SourceText {
                 .at(place)
                 .hint("each key and table may be defined once; remove or rename one of them");
         }
+        let (message, hint) = match message.split_once(HINT_MARKER) {
+            Some((message, hint)) => (message, Some(hint.to_string())),
+            None => (message, None),
+        };
         let (message, suggestion) = humanize_serde(message);
         let mut e = ConfigError::new(message).at(place);
+        e.hint = hint;
         if e.message.contains("leading zero") {
             e = e.hint(
                 "TOML integers have no leading zeros; write an octal mode as 0o644 or \"0644\"",
