@@ -10,3 +10,4 @@ mod harness;
 mod interrupts;
 mod process_faults;
 mod secrets;
+mod snapshots;
