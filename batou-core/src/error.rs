@@ -159,6 +159,12 @@ impl SourceText {
     /// for an unknown one.
     pub(crate) fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let message = err.message().trim_end();
+        // The parser's "expected nothing" (after an unexpected leading zero) tells a user
+        // nothing.
+        let message = message
+            .strip_suffix(", expected nothing")
+            .or_else(|| message.strip_suffix("\nexpected nothing"))
+            .unwrap_or(message);
         let span = err.span();
         if message == "recursion limit" || message.contains("max recursion depth") {
             let mut e = ConfigError::new(
@@ -376,5 +382,35 @@ mod tests {
             e.to_string(),
             "unknown component `nginxx` in host `web1` (did you mean `nginx`?)"
         );
+    }
+
+    #[test]
+    fn parser_wording_that_says_nothing_is_left_out() {
+        let src = SourceText::new("env.toml", "mode = 0644\n".into());
+        let e = src.parse().unwrap_err();
+        assert!(!e.to_string().contains("expected nothing"), "{e}");
+        assert!(e.to_string().contains("leading zero"), "{e}");
+        assert!(e.hint.is_some(), "{e}");
+    }
+
+    #[test]
+    fn a_hint_in_a_serde_message_moves_to_the_hint() {
+        #[derive(Debug)]
+        struct Refused;
+        impl<'de> serde::Deserialize<'de> for Refused {
+            fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+                Err(serde::de::Error::custom(
+                    ConfigError::serde_message_with_hint(
+                        "a file needs content",
+                        "write `content = \"\"`",
+                    ),
+                ))
+            }
+        }
+        let src = SourceText::new("env.toml", "a = 1\n".into());
+        let err = toml::from_str::<Refused>(&src.text).unwrap_err();
+        let e = src.toml_error(&err);
+        assert_eq!(e.message, "a file needs content");
+        assert_eq!(e.hint.as_deref(), Some("write `content = \"\"`"));
     }
 }

@@ -206,7 +206,12 @@ impl Project {
 
     /// `path` (the lexical path of `relative`) on disk with every symlink resolved, refused
     /// unless it lies inside the project's own resolved root.
-    fn real_path(&self, relative: &str, path: &Path, what: &'static str) -> anyhow::Result<PathBuf> {
+    fn real_path(
+        &self,
+        relative: &str,
+        path: &Path,
+        what: &'static str,
+    ) -> anyhow::Result<PathBuf> {
         let root = std::fs::canonicalize(self.root())
             .map_err(io_words)
             .with_context(|| {
@@ -507,7 +512,10 @@ mod tests {
             "project file `files/motd` does not exist"
         );
         let err = p.walk("tree").unwrap_err();
-        assert_eq!(format!("{err:#}"), "project directory `tree` does not exist");
+        assert_eq!(
+            format!("{err:#}"),
+            "project directory `tree` does not exist"
+        );
         let err = p.read("a\0b").unwrap_err();
         assert_eq!(
             format!("{err:#}"),

@@ -87,8 +87,8 @@ impl Templates {
             }),
         };
         if err.kind() == minijinja::ErrorKind::BadInclude
-            && let Some(inner) = std::error::Error::source(err)
-                .and_then(|c| c.downcast_ref::<minijinja::Error>())
+            && let Some(inner) =
+                std::error::Error::source(err).and_then(|c| c.downcast_ref::<minijinja::Error>())
         {
             return self.error(inner, None, context).context(format!(
                 "{}cannot render the included template{}",
@@ -531,7 +531,10 @@ mod tests {
                 "{{ prot }}",
                 "undefined value at `prot` (did you mean `port`?)",
             ),
-            ("{{ x | uppper }}", "unknown filter `uppper` (did you mean `upper`?)"),
+            (
+                "{{ x | uppper }}",
+                "unknown filter `uppper` (did you mean `upper`?)",
+            ),
             ("{{ host.nmae }}", "(did you mean `host.name`?)"),
             ("{{ hots.name }}", "(did you mean `host.name`?)"),
             ("{{ hots.nmae }}", "(did you mean `host.name`?)"),
@@ -569,8 +572,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("bad.j2"), b"ok\nb\xe9d\n").unwrap();
         std::fs::write(dir.path().join("inc.j2"), "{% include \"nope.j2\" %}").unwrap();
-        std::fs::write(dir.path().join("opt.j2"), "[{% include \"nope.j2\" ignore missing %}]")
-            .unwrap();
+        std::fs::write(
+            dir.path().join("opt.j2"),
+            "[{% include \"nope.j2\" ignore missing %}]",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("outer.j2"), "a\n{% include \"inner.j2\" %}").unwrap();
         std::fs::write(dir.path().join("inner.j2"), "{{ prot }}").unwrap();
         let t = Templates::new(Project::new(dir.path()));
@@ -588,18 +594,20 @@ mod tests {
             .chain()
             .find_map(|c| c.downcast_ref::<crate::ConfigError>()?.hint.clone());
         assert_eq!(hint.as_deref(), Some("save the file as UTF-8"));
-        assert_eq!(chain("missing.j2"), ["template `missing.j2` does not exist"]);
         assert_eq!(
-            chain("a\0b"),
-            ["template name `a\\0b` contains a NUL byte"]
+            chain("missing.j2"),
+            ["template `missing.j2` does not exist"]
         );
+        assert_eq!(chain("a\0b"), ["template name `a\\0b` contains a NUL byte"]);
         assert_eq!(
             chain("../x.j2"),
             ["template `../x.j2` lies outside the project"]
         );
         assert_eq!(
             chain("inc.j2"),
-            ["template `inc.j2` line 1: the included template does not exist at `include \"nope.j2\"`"]
+            [
+                "template `inc.j2` line 1: the included template does not exist at `include \"nope.j2\"`"
+            ]
         );
         assert_eq!(t.render_file("opt.j2", &cx).unwrap(), "[]");
         assert_eq!(

@@ -114,10 +114,9 @@ impl<'de> Deserialize<'de> for File {
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<File, A::Error> {
                 let file = File::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
                 if !file.has_content() {
-                    return Err(serde::de::Error::custom(ConfigError::serde_message_with_hint(
-                        NO_CONTENT,
-                        NO_CONTENT_HINT,
-                    )));
+                    return Err(serde::de::Error::custom(
+                        ConfigError::serde_message_with_hint(NO_CONTENT, NO_CONTENT_HINT),
+                    ));
                 }
                 Ok(file)
             }

@@ -219,7 +219,7 @@ fn cases() -> Vec<Case> {
         case("component assigned twice", "[hosts.localhost]\ncomponents = [\"motd\", \"motd\"]\n\n[components.motd]\ntype = \"file\"\npath = \"m\"\n")
             .expect("component `motd` is assigned twice to host `localhost` in environments/dev.toml:2:23"),
         case("command without guard", "[hosts.localhost]\ncomponents = [\"build\"]\n\n[components.build]\ntype = \"command\"\nargv = [\"true\"]\n")
-            .expect("caused by: command `true` has no guard: set `creates` or `unless`")
+            .expect("caused by: command `true` has no guard\nhint: set `creates` or `unless` so that it can converge")
             .expect("in host `localhost`, component `build`"),
         case("missing source file", motd("source = \"files/motd\"\n"))
             .expect("caused by: project file `files/motd` does not exist")
