@@ -97,7 +97,17 @@ impl ConfigError {
         self.source = Some(source.into());
         self
     }
+
+    /// The text of a serde custom error (`serde::de::Error::custom`) that carries a hint: when
+    /// an environment file is read, the message stays in the error and the hint moves to its
+    /// own `hint:` line.
+    pub fn serde_message_with_hint(message: &str, hint: &str) -> String {
+        format!("{message}{HINT_MARKER}{hint}")
+    }
 }
+
+/// Separates message and hint in a serde custom error's text; serde messages are one line.
+const HINT_MARKER: &str = "\nhint: ";
 
 /// A text file, owned, kept for parsing it again and for turning byte offsets into
 /// `file:line:column` places.
@@ -149,6 +159,12 @@ impl SourceText {
     /// for an unknown one.
     pub(crate) fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let message = err.message().trim_end();
+        // The parser's "expected nothing" (after an unexpected leading zero) tells a user
+        // nothing.
+        let message = message
+            .strip_suffix(", expected nothing")
+            .or_else(|| message.strip_suffix("\nexpected nothing"))
+            .unwrap_or(message);
         let span = err.span();
         if message == "recursion limit" || message.contains("max recursion depth") {
             let mut e = ConfigError::new(
@@ -172,8 +188,13 @@ impl SourceText {
                 .at(place)
                 .hint("each key and table may be defined once; remove or rename one of them");
         }
+        let (message, hint) = match message.split_once(HINT_MARKER) {
+            Some((message, hint)) => (message, Some(hint.to_string())),
+            None => (message, None),
+        };
         let (message, suggestion) = humanize_serde(message);
         let mut e = ConfigError::new(message).at(place);
+        e.hint = hint;
         if e.message.contains("leading zero") {
             e = e.hint(
                 "TOML integers have no leading zeros; write an octal mode as 0o644 or \"0644\"",
@@ -361,5 +382,35 @@ mod tests {
             e.to_string(),
             "unknown component `nginxx` in host `web1` (did you mean `nginx`?)"
         );
+    }
+
+    #[test]
+    fn parser_wording_that_says_nothing_is_left_out() {
+        let src = SourceText::new("env.toml", "mode = 0644\n".into());
+        let e = src.parse().unwrap_err();
+        assert!(!e.to_string().contains("expected nothing"), "{e}");
+        assert!(e.to_string().contains("leading zero"), "{e}");
+        assert!(e.hint.is_some(), "{e}");
+    }
+
+    #[test]
+    fn a_hint_in_a_serde_message_moves_to_the_hint() {
+        #[derive(Debug)]
+        struct Refused;
+        impl<'de> serde::Deserialize<'de> for Refused {
+            fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+                Err(serde::de::Error::custom(
+                    ConfigError::serde_message_with_hint(
+                        "a file needs content",
+                        "write `content = \"\"`",
+                    ),
+                ))
+            }
+        }
+        let src = SourceText::new("env.toml", "a = 1\n".into());
+        let err = toml::from_str::<Refused>(&src.text).unwrap_err();
+        let e = src.toml_error(&err);
+        assert_eq!(e.message, "a file needs content");
+        assert_eq!(e.hint.as_deref(), Some("write `content = \"\"`"));
     }
 }

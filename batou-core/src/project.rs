@@ -68,18 +68,36 @@ pub struct ProjectFiles {
 
 /// A project path that leaves the project, lexically or through a symlink.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "project file `{relative}` lies outside the project{}",
-    match resolved {
-        Some(real) => format!(": it resolves to `{}` through a symlink", real.display()),
-        None => String::new(),
-    }
-)]
+#[error("{}", self.describe("project file"))]
 pub struct OutsideProject {
     /// The path as the component named it.
     pub relative: String,
     /// Where it leads on disk, when a symlink is what leaves the project.
     pub resolved: Option<PathBuf>,
+}
+
+impl OutsideProject {
+    /// The message, naming the path as `what` (`project file`, `template`).
+    pub fn describe(&self, what: &str) -> String {
+        let relative = &self.relative;
+        match &self.resolved {
+            Some(real) => format!(
+                "{what} `{relative}` lies outside the project: it resolves to `{}` through a symlink",
+                real.display()
+            ),
+            None => format!("{what} `{relative}` lies outside the project"),
+        }
+    }
+}
+
+/// A project path that names nothing on disk.
+#[derive(Debug, thiserror::Error)]
+#[error("project {what} `{relative}` does not exist")]
+pub struct MissingProjectFile {
+    /// The path as the component named it.
+    pub relative: String,
+    /// What was looked for: `file`, `directory`, `symlink`.
+    pub what: &'static str,
 }
 
 /// What a project directory entry is.
@@ -164,7 +182,12 @@ impl Project {
     /// The absolute path of a project-relative path, refusing paths that leave the project
     /// lexically (absolute paths, `..` above the root) or hold a NUL byte.
     pub fn path(&self, relative: &str) -> anyhow::Result<PathBuf> {
-        paths::refuse_nul("project file", relative)?;
+        if relative.contains('\0') {
+            bail!(
+                "project file name `{}` contains a NUL byte",
+                relative.escape_debug()
+            );
+        }
         let outside = || OutsideProject {
             relative: relative.to_string(),
             resolved: None,
@@ -183,15 +206,31 @@ impl Project {
 
     /// `path` (the lexical path of `relative`) on disk with every symlink resolved, refused
     /// unless it lies inside the project's own resolved root.
-    fn real_path(&self, relative: &str, path: &Path, what: &str) -> anyhow::Result<PathBuf> {
-        let root = std::fs::canonicalize(self.root()).with_context(|| {
-            format!(
-                "cannot read the project directory `{}`",
-                self.root().display()
-            )
+    fn real_path(
+        &self,
+        relative: &str,
+        path: &Path,
+        what: &'static str,
+    ) -> anyhow::Result<PathBuf> {
+        let root = std::fs::canonicalize(self.root())
+            .map_err(io_words)
+            .with_context(|| {
+                format!(
+                    "cannot read the project directory `{}`",
+                    self.root().display()
+                )
+            })?;
+        let real = std::fs::canonicalize(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                MissingProjectFile {
+                    relative: relative.to_string(),
+                    what,
+                }
+                .into()
+            } else {
+                io_words(e).context(format!("cannot read project {what} `{relative}`"))
+            }
         })?;
-        let real = std::fs::canonicalize(path)
-            .with_context(|| format!("cannot read project {what} `{relative}`"))?;
         if !real.starts_with(&root) {
             return Err(OutsideProject {
                 relative: relative.to_string(),
@@ -207,6 +246,7 @@ impl Project {
         let path = self.path(relative)?;
         let data = match &self.inner.source {
             Source::Disk(_) => std::fs::read(self.real_path(relative, &path, "file")?)
+                .map_err(io_words)
                 .with_context(|| format!("cannot read project file `{relative}`"))?,
             Source::Shipped(files) => files
                 .files
@@ -248,6 +288,7 @@ impl Project {
                 };
                 let parent = self.real_path(relative, parent, "symlink")?;
                 std::fs::read_link(parent.join(name))
+                    .map_err(io_words)
                     .with_context(|| format!("cannot read project symlink `{relative}`"))?
                     .to_string_lossy()
                     .into_owned()
@@ -303,6 +344,21 @@ mod base64_bytes {
     }
 }
 
+/// An I/O error in lower-case words, without the OS's error number: `permission denied`.
+fn io_words(e: std::io::Error) -> anyhow::Error {
+    let text = e.to_string();
+    let text = match text.find(" (os error") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    let words = match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => e.kind().to_string(),
+    };
+    anyhow::anyhow!(words)
+}
+
 fn not_shipped(relative: &str) -> String {
     format!(
         "project file `{relative}` was not shipped to this host: the agent's configure differs from the controller's"
@@ -312,6 +368,7 @@ fn not_shipped(relative: &str) -> String {
 fn walk_disk(dir: &Path, relative: &str) -> anyhow::Result<Vec<ProjectEntry>> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(dir)
+        .map_err(io_words)
         .with_context(|| format!("cannot read project directory `{relative}`"))?;
     if !meta.is_dir() {
         bail!("project path `{relative}` is not a directory");
@@ -442,5 +499,29 @@ mod tests {
         assert_eq!(keys(project.read_by(&[0])), ["a"]);
         assert_eq!(keys(project.read_by(&[1])), ["a", "b"]);
         assert_eq!(keys(project.read_files()), ["a", "b"]);
+    }
+
+    #[test]
+    fn missing_files_and_nul_bytes_are_worded_without_os_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Project::new(dir.path());
+        let err = p.read("files/motd").unwrap_err();
+        assert!(err.is::<MissingProjectFile>(), "{err:#}");
+        assert_eq!(
+            format!("{err:#}"),
+            "project file `files/motd` does not exist"
+        );
+        let err = p.walk("tree").unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "project directory `tree` does not exist"
+        );
+        let err = p.read("a\0b").unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "project file name `a\\0b` contains a NUL byte"
+        );
+        let err = io_words(std::io::Error::from_raw_os_error(13));
+        assert_eq!(err.to_string(), "permission denied");
     }
 }

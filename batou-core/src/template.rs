@@ -29,21 +29,10 @@ impl Templates {
         let mut env = base_environment();
         let cache = Arc::clone(&sources);
         env.set_loader(move |name| {
-            let data = project.read(name).map_err(|e| {
-                // Not `TemplateNotFound` for a template outside the project: the file may
-                // well exist, and `ignore missing` must not skip it silently.
-                let kind = if e.is::<crate::project::OutsideProject>() {
-                    minijinja::ErrorKind::InvalidOperation
-                } else {
-                    minijinja::ErrorKind::TemplateNotFound
-                };
-                minijinja::Error::new(kind, format!("{e:#}"))
-            })?;
-            let text = String::from_utf8(data).map_err(|_| {
-                minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    format!("template `{name}` is not UTF-8 text"),
-                )
+            let data = read_template(&project, name).map_err(LoadError::into_minijinja)?;
+            let text = crate::environment::utf8(name, data).map_err(|mut e| {
+                e.message = format!("template {}", e.message);
+                LoadError::new(e.into(), minijinja::ErrorKind::InvalidOperation).into_minijinja()
             })?;
             cache
                 .lock()
@@ -97,12 +86,121 @@ impl Templates {
                     .cloned()
             }),
         };
+        if err.kind() == minijinja::ErrorKind::BadInclude
+            && let Some(inner) =
+                std::error::Error::source(err).and_then(|c| c.downcast_ref::<minijinja::Error>())
+        {
+            return self.error(inner, None, context).context(format!(
+                "{}cannot render the included template{}",
+                heading(err),
+                snippet(err, source.as_deref())
+            ));
+        }
+        if let Some(load) = load_error(err) {
+            // The template itself could not be loaded: that is the whole error. An include or
+            // import that could not load its template names the place of the include.
+            return match (err.name(), err.line()) {
+                (Some(_), Some(_)) => load.to_anyhow().context(format!(
+                    "{}cannot load the template{}",
+                    heading(err),
+                    snippet(err, source.as_deref())
+                )),
+                _ => load.to_anyhow(),
+            };
+        }
         let mut message = describe(err, source.as_deref());
         if let Some(suggestion) = suggest(err, source.as_deref(), context) {
             message.push_str(&format!(" (did you mean `{suggestion}`?)"));
         }
         anyhow::anyhow!(message)
     }
+}
+
+/// The bytes of the template `name`, with errors worded for a template.
+fn read_template(project: &Project, name: &str) -> Result<Vec<u8>, LoadError> {
+    use minijinja::ErrorKind::{InvalidOperation, TemplateNotFound};
+    if name.contains('\0') {
+        let e = anyhow::anyhow!(
+            "template name `{}` contains a NUL byte",
+            name.escape_debug()
+        );
+        return Err(LoadError::new(e, InvalidOperation));
+    }
+    project.read(name).map_err(|e| {
+        if let Some(outside) = e.downcast_ref::<crate::project::OutsideProject>() {
+            // Not `TemplateNotFound`: the file may well exist, and `ignore missing` must not
+            // skip it silently.
+            let e = anyhow::anyhow!(outside.describe("template"));
+            LoadError::new(e, InvalidOperation)
+        } else if e.is::<crate::project::MissingProjectFile>() {
+            let e = anyhow::anyhow!("template `{name}` does not exist");
+            LoadError::new(e, TemplateNotFound)
+        } else {
+            LoadError::new(e, InvalidOperation)
+        }
+    })
+}
+
+/// Why a template could not be loaded, carried through minijinja as an error's source so that
+/// it is shown in our words and with its hint, not behind minijinja's error kind.
+#[derive(Debug)]
+struct LoadError {
+    kind: minijinja::ErrorKind,
+    /// The error chain, outermost first.
+    chain: Vec<String>,
+    hint: Option<String>,
+}
+
+impl LoadError {
+    fn new(err: anyhow::Error, kind: minijinja::ErrorKind) -> Self {
+        let hint = err
+            .chain()
+            .find_map(|c| c.downcast_ref::<crate::ConfigError>()?.hint.clone());
+        LoadError {
+            kind,
+            chain: err.chain().map(|c| c.to_string()).collect(),
+            hint,
+        }
+    }
+
+    fn into_minijinja(self) -> minijinja::Error {
+        minijinja::Error::new(self.kind, self.chain.join(": ")).with_source(self)
+    }
+
+    fn to_anyhow(&self) -> anyhow::Error {
+        let mut chain = self.chain.iter().rev();
+        let innermost = chain.next().cloned().unwrap_or_default();
+        let mut err = match &self.hint {
+            Some(hint) if self.chain.len() == 1 => {
+                anyhow::Error::new(crate::ConfigError::new(innermost).hint(hint.clone()))
+            }
+            _ => anyhow::anyhow!(innermost),
+        };
+        for outer in chain {
+            err = err.context(outer.clone());
+        }
+        err
+    }
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.chain.join(": "))
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// The load error behind a minijinja error, if loading a template is what failed.
+fn load_error(err: &minijinja::Error) -> Option<&LoadError> {
+    let mut cause = std::error::Error::source(err);
+    while let Some(c) = cause {
+        if let Some(load) = c.downcast_ref::<LoadError>() {
+            return Some(load);
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// minijinja's built-in filters and tests, for suggesting a close name for an unknown one.
@@ -324,8 +422,42 @@ fn base_environment() -> Environment<'static> {
     env
 }
 
-/// One line naming template, line, kind and the failing expression; no context values.
+/// One line naming template, line, what is wrong and the failing expression; no context
+/// values.
 fn describe(err: &minijinja::Error, source: Option<&str>) -> String {
+    let mut msg = heading(err);
+    let quoted = snippet(err, source);
+    match err.kind() {
+        // minijinja's detail only repeats the name (`filter uppper is unknown`).
+        minijinja::ErrorKind::UnknownFilter | minijinja::ErrorKind::UnknownTest
+            if !quoted.is_empty() =>
+        {
+            let what = if err.kind() == minijinja::ErrorKind::UnknownFilter {
+                "filter"
+            } else {
+                "test"
+            };
+            let name = quoted.trim_start_matches(" at ");
+            msg.push_str(&format!("unknown {what} {name}"));
+            return msg;
+        }
+        minijinja::ErrorKind::TemplateNotFound => {
+            msg.push_str("the included template does not exist");
+            msg.push_str(&quoted);
+            return msg;
+        }
+        _ => {}
+    }
+    msg.push_str(&err.kind().to_string());
+    if let Some(detail) = err.detail() {
+        msg.push_str(&format!(" ({detail})"));
+    }
+    msg.push_str(&quoted);
+    msg
+}
+
+/// `template `name` line N: `, as far as the error knows them.
+fn heading(err: &minijinja::Error) -> String {
     let mut msg = String::new();
     if let Some(name) = err.name() {
         msg.push_str(&format!("template `{name}`"));
@@ -334,18 +466,19 @@ fn describe(err: &minijinja::Error, source: Option<&str>) -> String {
         }
         msg.push_str(": ");
     }
-    msg.push_str(&err.kind().to_string());
-    if let Some(detail) = err.detail() {
-        msg.push_str(&format!(" ({detail})"));
-    }
+    msg
+}
+
+/// ` at `expression`` quoting the failing expression from the source, or nothing.
+fn snippet(err: &minijinja::Error, source: Option<&str>) -> String {
     if let (Some(range), Some(source)) = (err.range(), source)
         && let Some(snippet) = source.get(range)
         && !snippet.contains('\n')
         && snippet.len() <= 80
     {
-        msg.push_str(&format!(" at `{}`", snippet.trim()));
+        return format!(" at `{}`", snippet.trim());
     }
-    msg
+    String::new()
 }
 
 #[cfg(test)]
@@ -398,7 +531,10 @@ mod tests {
                 "{{ prot }}",
                 "undefined value at `prot` (did you mean `port`?)",
             ),
-            ("{{ x | uppper }}", "at `uppper` (did you mean `upper`?)"),
+            (
+                "{{ x | uppper }}",
+                "unknown filter `uppper` (did you mean `upper`?)",
+            ),
             ("{{ host.nmae }}", "(did you mean `host.name`?)"),
             ("{{ hots.name }}", "(did you mean `host.name`?)"),
             ("{{ hots.nmae }}", "(did you mean `host.name`?)"),
@@ -428,6 +564,85 @@ mod tests {
         assert!(
             err.starts_with("template `bad.j2` line 2: syntax error"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn load_errors_are_worded_for_templates_without_minijinja_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bad.j2"), b"ok\nb\xe9d\n").unwrap();
+        std::fs::write(dir.path().join("inc.j2"), "{% include \"nope.j2\" %}").unwrap();
+        std::fs::write(
+            dir.path().join("opt.j2"),
+            "[{% include \"nope.j2\" ignore missing %}]",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("outer.j2"), "a\n{% include \"inner.j2\" %}").unwrap();
+        std::fs::write(dir.path().join("inner.j2"), "{{ prot }}").unwrap();
+        let t = Templates::new(Project::new(dir.path()));
+        let cx = context! { port => 1 };
+        let chain = |name: &str| {
+            let err = t.render_file(name, &cx).unwrap_err();
+            err.chain().map(|c| c.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            chain("bad.j2"),
+            ["template `bad.j2` is not UTF-8 text: invalid byte 0xe9 in bad.j2:2:2"]
+        );
+        let err = t.render_file("bad.j2", &cx).unwrap_err();
+        let hint = err
+            .chain()
+            .find_map(|c| c.downcast_ref::<crate::ConfigError>()?.hint.clone());
+        assert_eq!(hint.as_deref(), Some("save the file as UTF-8"));
+        assert_eq!(
+            chain("missing.j2"),
+            ["template `missing.j2` does not exist"]
+        );
+        assert_eq!(chain("a\0b"), ["template name `a\\0b` contains a NUL byte"]);
+        assert_eq!(
+            chain("../x.j2"),
+            ["template `../x.j2` lies outside the project"]
+        );
+        assert_eq!(
+            chain("inc.j2"),
+            [
+                "template `inc.j2` line 1: the included template does not exist at `include \"nope.j2\"`"
+            ]
+        );
+        assert_eq!(t.render_file("opt.j2", &cx).unwrap(), "[]");
+        assert_eq!(
+            chain("outer.j2"),
+            [
+                "template `outer.j2` line 2: cannot render the included template at `include \"inner.j2\"`",
+                "template `inner.j2` line 1: undefined value at `prot` (did you mean `port`?)",
+            ]
+        );
+        for chain in [chain("bad.j2"), chain("inc.j2"), chain("outer.j2")] {
+            for cause in chain {
+                assert!(!cause.contains("invalid operation"), "{cause}");
+                assert!(!cause.contains("not found"), "{cause}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_filters_and_tests_are_named_once() {
+        let t = templates();
+        let err = t
+            .render_str("x", "{{ 1 | uppper }}", &context! {})
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "template `x` line 1: unknown filter `uppper` (did you mean `upper`?)"
+        );
+        let err = t
+            .render_str("x", "{{ 1 is strnig }}", &context! {})
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "template `x` line 1: unknown test `strnig` (did you mean `string`?)"
         );
     }
 }

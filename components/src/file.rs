@@ -6,7 +6,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use batou_core::{AllowedPaths, Component, Configure, Deploy, Secret, Verdict, diff, refuse_nul};
+use batou_core::{
+    AllowedPaths, Component, ConfigError, Configure, Deploy, Secret, Verdict, diff, refuse_nul,
+};
 use serde::{Deserialize, Deserializer};
 
 use crate::fs::{gid, uid, write_atomic};
@@ -112,7 +114,9 @@ impl<'de> Deserialize<'de> for File {
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<File, A::Error> {
                 let file = File::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
                 if !file.has_content() {
-                    return Err(serde::de::Error::custom(NO_CONTENT));
+                    return Err(serde::de::Error::custom(
+                        ConfigError::serde_message_with_hint(NO_CONTENT, NO_CONTENT_HINT),
+                    ));
                 }
                 Ok(file)
             }
@@ -121,7 +125,8 @@ impl<'de> Deserialize<'de> for File {
     }
 }
 
-const NO_CONTENT: &str = "a file needs one of `content`, `template`, `source` and `secret`; write `content = \"\"` for an empty file";
+const NO_CONTENT: &str = "a file needs one of `content`, `template`, `source` and `secret`";
+const NO_CONTENT_HINT: &str = "write `content = \"\"` for an empty file";
 
 impl File {
     /// A file at `path` (relative to the work directory); give it content with
@@ -292,7 +297,7 @@ impl Component for File {
             self.secret_content.is_some(),
         ];
         match given.iter().filter(|g| **g).count() {
-            0 => bail!(NO_CONTENT),
+            0 => return Err(ConfigError::new(NO_CONTENT).hint(NO_CONTENT_HINT).into()),
             1 => {}
             _ if self.secret_content.is_some() => bail!(
                 "set only one of `content`, `template`, `source`, `secret` and `secret_content`"

@@ -118,12 +118,18 @@ pub(super) fn configure_slots<'a>(
                 }
                 Err((_, err)) if err.chain().any(|c| c.is::<Unsatisfied>()) => {}
                 Err((path, err)) => {
-                    return Err(ConfigError::new(format!("cannot configure `{path}`"))
+                    // A component's own hint stays visible: only the outermost one is shown.
+                    let hint = err
+                        .chain()
+                        .find_map(|c| c.downcast_ref::<ConfigError>()?.hint.clone());
+                    let mut e = ConfigError::new(format!("cannot configure `{path}`"))
                         .at(Place::Component {
                             host: scopes[step].host.name.clone(),
                             path,
                         })
-                        .caused_by(err));
+                        .caused_by(err);
+                    e.hint = hint;
+                    return Err(e);
                 }
             }
         }

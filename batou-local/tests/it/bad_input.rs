@@ -219,10 +219,10 @@ fn cases() -> Vec<Case> {
         case("component assigned twice", "[hosts.localhost]\ncomponents = [\"motd\", \"motd\"]\n\n[components.motd]\ntype = \"file\"\npath = \"m\"\n")
             .expect("component `motd` is assigned twice to host `localhost` in environments/dev.toml:2:23"),
         case("command without guard", "[hosts.localhost]\ncomponents = [\"build\"]\n\n[components.build]\ntype = \"command\"\nargv = [\"true\"]\n")
-            .expect("caused by: command `true` has no guard: set `creates` or `unless`")
+            .expect("caused by: command `true` has no guard\nhint: set `creates` or `unless` so that it can converge")
             .expect("in host `localhost`, component `build`"),
         case("missing source file", motd("source = \"files/motd\"\n"))
-            .expect("caused by: cannot read project file `files/motd`")
+            .expect("caused by: project file `files/motd` does not exist")
             .expect("in host `localhost`, component `motd`"),
         case("path outside what the component may touch", "[hosts.localhost]\ncomponents = [\"motd\"]\n\n[components.motd]\ntype = \"file\"\npath = \"/etc/batou-test-motd\"\ncontent = \"x\"\n")
             .expect("caused by: path `/etc/batou-test-motd` is outside what this deployment may change")
@@ -438,20 +438,21 @@ fn cases() -> Vec<Case> {
         case("NUL byte in a source file name", one("file", "path = \"a\"\nsource = \"a\\u0000b\""))
             .file("a", "a\n")
             .expect("error: cannot configure `c` in host `localhost`, component `c`")
-            .expect("caused by: `project file` contains a NUL byte (`a\\0b`), which no host accepts"),
+            .expect("caused by: project file name `a\\0b` contains a NUL byte"),
         case("NUL byte in a template file name", one("file", "path = \"a\"\ntemplate = \"a\\u0000b\""))
             .file("a", "a\n")
             .expect("error: cannot configure `c` in host `localhost`, component `c`")
-            .expect("`project file` contains a NUL byte (`a\\0b`), which no host accepts"),
+            .expect("caused by: template name `a\\0b` contains a NUL byte"),
         case("NUL byte in a synced tree's source", one("directory", "path = \"d\"\nsource = \"t\\u0000\""))
             .file("t/a", "a\n")
             .expect("error: cannot configure `c` in host `localhost`, component `c`")
-            .expect("caused by: `project file` contains a NUL byte (`t\\0`), which no host accepts"),
+            .expect("caused by: project file name `t\\0` contains a NUL byte"),
         // A file needs content.
         case("file without content", motd(""))
-            .expect("error: component `motd`: a file needs one of `content`, `template`, `source` and `secret`; write `content = \"\"` for an empty file in environments/dev.toml:4:1"),
+            .expect("error: component `motd`: a file needs one of `content`, `template`, `source` and `secret` in environments/dev.toml:4:1")
+            .expect("hint: write `content = \"\"` for an empty file"),
         case("file with a mode but without content", motd("mode = 0o600\n"))
-            .expect("a file needs one of `content`, `template`, `source` and `secret`; write `content = \"\"` for an empty file in environments/dev.toml:4:1"),
+            .expect("a file needs one of `content`, `template`, `source` and `secret` in environments/dev.toml:4:1"),
         case("file without content that no host runs", spare("type = \"file\"\npath = \"x\"\n"))
             .expect("a file needs one of `content`, `template`, `source` and `secret`")
             .expect("in environments/dev.toml:8:1"),
@@ -464,22 +465,22 @@ fn cases() -> Vec<Case> {
         case("template that is a symlink out of the project", motd("template = \"link\"\n"))
             .symlink("link", OUTSIDE_SECRET)
             .expect("error: cannot configure `motd` in host `localhost`, component `motd`")
-            .expect("project file `link` lies outside the project: it resolves to `/tmp/"),
+            .expect("template `link` lies outside the project: it resolves to `/tmp/"),
         case("include of a symlink out of the project", motd("template = \"t.j2\"\n"))
             .file("t.j2", "{% include \"link\" %}\n")
             .symlink("link", OUTSIDE_SECRET)
             .expect("in host `localhost`, component `motd`")
-            .expect("project file `link` lies outside the project: it resolves to `/tmp/"),
+            .expect("template `link` lies outside the project: it resolves to `/tmp/"),
         case("import of a symlink out of the project", motd("template = \"t.j2\"\n"))
             .file("t.j2", "{% import \"link\" as m %}{{ m.x }}\n")
             .symlink("link", OUTSIDE_SECRET)
             .expect("in host `localhost`, component `motd`")
-            .expect("project file `link` lies outside the project: it resolves to `/tmp/"),
+            .expect("template `link` lies outside the project: it resolves to `/tmp/"),
         case("include ignore missing of a symlink out of the project", motd("template = \"t.j2\"\n"))
             .file("t.j2", "{% include \"link\" ignore missing %}\n")
             .symlink("link", OUTSIDE_SECRET)
             .expect("in host `localhost`, component `motd`")
-            .expect("project file `link` lies outside the project: it resolves to `/tmp/"),
+            .expect("template `link` lies outside the project: it resolves to `/tmp/"),
         case("source below a symlinked directory out of the project", motd("source = \"files/secret\"\n"))
             .symlink("files", "{outside}")
             .expect("in host `localhost`, component `motd`")
@@ -496,7 +497,7 @@ fn cases() -> Vec<Case> {
         case("include of a path outside the project", motd("template = \"t.j2\"\n"))
             .file("t.j2", "{% include \"../../etc/passwd\" %}\n")
             .expect("in host `localhost`, component `motd`")
-            .expect("project file `../../etc/passwd` lies outside the project")
+            .expect("template `../../etc/passwd` lies outside the project")
             .absent("not found")
             .absent("non-existing")
             .absent("root:x:0:0"),

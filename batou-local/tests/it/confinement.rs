@@ -103,11 +103,7 @@ fn project_symlinks_leading_outside_are_refused_for_every_read() {
         p.env("dev", &file_env(attribute));
         for args in [&["dev"][..], &["dev", "--json"], &["dev", "--dry-run"]] {
             let out = p.run(args);
-            assert_refused(
-                &out,
-                3,
-                "project file `link` lies outside the project: it resolves to",
-            );
+            assert_refused(&out, 3, "`link` lies outside the project: it resolves to");
         }
         assert!(!p.path("work").exists(), "{attribute}");
 
@@ -126,7 +122,7 @@ fn include_outside_the_project_says_so() {
     assert_refused(
         &out,
         3,
-        "project file `../../etc/passwd` lies outside the project",
+        "template `../../etc/passwd` lies outside the project",
     );
     assert!(!out.stderr.contains("not found"), "{}", out.stderr);
     assert!(!out.stderr.contains("root:x:0:0"), "{}", out.stderr);
@@ -259,7 +255,7 @@ fn a_file_without_content_is_an_error_and_touches_nothing() {
     assert_eq!(out.code, 3, "{}", out.stderr);
     assert!(
         out.stderr.contains(
-            "component `a`: a file needs one of `content`, `template`, `source` and `secret`; write `content = \"\"` for an empty file in environments/dev.toml:4:1"
+            "component `a`: a file needs one of `content`, `template`, `source` and `secret` in environments/dev.toml:4:1\nhint: write `content = \"\"` for an empty file"
         ),
         "{}",
         out.stderr

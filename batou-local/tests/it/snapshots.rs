@@ -32,3 +32,25 @@ fn shop_run_output() {
     let again = base.converge(&args);
     assert_output_snapshot!("shop_second_run", again.stderr);
 }
+
+/// `--help` of `binary` with `args` before it: stdout, exit 0.
+fn help(binary: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(crate::harness::bin(binary))
+        .args(args)
+        .arg("--help")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn help_texts() {
+    assert_output_snapshot!("help_batou_local", help("batou-local", &[]));
+    assert_output_snapshot!("help_batou_remote", help("batou-remote", &[]));
+    assert_output_snapshot!(
+        "help_batou_remote_deploy",
+        help("batou-remote", &["deploy"])
+    );
+}

@@ -12,3 +12,4 @@ mod harness;
 mod interrupts;
 mod process_faults;
 mod secrets;
+mod snapshots;
