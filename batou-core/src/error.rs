@@ -11,14 +11,22 @@ use toml::de::DeTable;
 pub enum Place {
     /// A position in a file, 1-based line and column.
     File {
+        /// The file, relative to the deployment repository.
         path: String,
+        /// The line, from 1.
         line: usize,
+        /// The column, from 1.
         column: usize,
     },
     /// A whole file.
     Path(String),
     /// A component (by its component path) as configured for one host.
-    Component { host: String, path: String },
+    Component {
+        /// The host it was configured for.
+        host: String,
+        /// Its component path, e.g. `app > File('app.toml')`.
+        path: String,
+    },
     /// A host of the environment.
     Host(String),
 }

@@ -69,16 +69,16 @@ pub struct ProjectFiles {
 /// A project path that leaves the project, lexically or through a symlink.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", self.describe("project file"))]
-pub struct OutsideProject {
+pub(crate) struct OutsideProject {
     /// The path as the component named it.
-    pub relative: String,
+    pub(crate) relative: String,
     /// Where it leads on disk, when a symlink is what leaves the project.
-    pub resolved: Option<PathBuf>,
+    pub(crate) resolved: Option<PathBuf>,
 }
 
 impl OutsideProject {
     /// The message, naming the path as `what` (`project file`, `template`).
-    pub fn describe(&self, what: &str) -> String {
+    pub(crate) fn describe(&self, what: &str) -> String {
         let relative = &self.relative;
         match &self.resolved {
             Some(real) => format!(
@@ -93,19 +93,22 @@ impl OutsideProject {
 /// A project path that names nothing on disk.
 #[derive(Debug, thiserror::Error)]
 #[error("project {what} `{relative}` does not exist")]
-pub struct MissingProjectFile {
+pub(crate) struct MissingProjectFile {
     /// The path as the component named it.
-    pub relative: String,
+    pub(crate) relative: String,
     /// What was looked for: `file`, `directory`, `symlink`.
-    pub what: &'static str,
+    pub(crate) what: &'static str,
 }
 
 /// What a project directory entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProjectEntryKind {
+    /// A regular file.
     File,
+    /// A directory.
     Directory,
+    /// A symbolic link, kept as a link.
     Symlink,
 }
 
@@ -114,6 +117,7 @@ pub enum ProjectEntryKind {
 pub struct ProjectEntry {
     /// Path relative to the walked directory, `/`-separated.
     pub relative: String,
+    /// What it is.
     pub kind: ProjectEntryKind,
     /// Permission bits of files and directories.
     pub mode: u32,

@@ -18,7 +18,7 @@ pub struct Templates {
 }
 
 /// Whether a string contains template syntax and so needs rendering.
-pub fn is_template(s: &str) -> bool {
+pub(crate) fn is_template(s: &str) -> bool {
     s.contains("{{") || s.contains("{%") || s.contains("{#")
 }
 

@@ -110,16 +110,25 @@ pub enum SessionError {
     #[error(
         "the agent (version {version}) speaks protocol {protocol}, this controller {PROTOCOL_VERSION}"
     )]
-    ProtocolMismatch { version: String, protocol: u32 },
+    ProtocolMismatch {
+        /// The agent's version.
+        version: String,
+        /// The protocol version the agent speaks.
+        protocol: u32,
+    },
     /// A line from the agent is not a protocol message.
     #[error("cannot read the agent's message: {source}")]
     BadMessage {
+        /// Why the line could not be read.
         #[source]
         source: serde_json::Error,
     },
     /// A protocol message that does not fit the session's state.
     #[error("unexpected message from the agent: {message:?}")]
-    Unexpected { message: Box<FromAgent> },
+    Unexpected {
+        /// The message that came.
+        message: Box<FromAgent>,
+    },
 }
 
 /// ` (the error)`, or nothing.
@@ -146,8 +155,11 @@ impl std::fmt::Display for StderrLines<'_> {
 /// The local agent binary and its content address.
 #[derive(Debug, Clone)]
 pub struct AgentBinary {
+    /// Where the binary is on this machine.
     pub path: std::path::PathBuf,
+    /// Its SHA-256, hex: its name in a host's agent cache.
     pub sha256: String,
+    /// Its size in bytes.
     pub size: u64,
 }
 

@@ -115,11 +115,15 @@ struct Args {
 /// from it once the plan is known ([`Settings::deploy_options`]); nothing is filled in later.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The environment to deploy: `environments/<name>.toml`.
     pub environment: String,
     /// The deployment repository, absolute.
     pub project: PathBuf,
+    /// `--json`: one event per line on stdout instead of human output on stderr.
     pub json: bool,
+    /// `--dry-run`: report what would change, change nothing.
     pub dry_run: bool,
+    /// `--keep-going`: after a failure, go on with whatever does not depend on it.
     pub keep_going: bool,
     /// `--jobs`, which overrides the environment's `jobs`.
     pub jobs: Option<usize>,
@@ -129,6 +133,7 @@ pub struct Settings {
     pub identity: Option<PathBuf>,
     /// Longest silence accepted from an agent (it sends heartbeats while working).
     pub agent_timeout: Duration,
+    /// How to connect to hosts.
     pub ssh: SshSettings,
 }
 

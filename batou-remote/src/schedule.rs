@@ -1,5 +1,5 @@
 //! Running a remote plan: one task per host owns its SSH master and agent session; a thin
-//! loop passes what the tasks report to the [`Scheduler`](batou_runtime::scheduler::Scheduler),
+//! loop passes what the tasks report to the [`Scheduler`],
 //! which decides what runs next (the rules are in `scheduler.rs`), and carries out its
 //! actions: send a step, end a session, emit an event. Also the journal check of `--hosts`.
 //!

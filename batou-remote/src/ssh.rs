@@ -379,7 +379,9 @@ pub fn shell_quote(word: &str) -> String {
 /// A word of a remote command: literal, or a path below the remote `$HOME`.
 #[derive(Debug, Clone)]
 pub enum Word {
+    /// A word passed as it is (quoted).
     Literal(String),
+    /// A path relative to the remote `$HOME` (quoted, after `"$HOME"/`).
     Home(String),
 }
 

@@ -37,7 +37,9 @@ const SECRET_MODE: u32 = 0o600;
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, remote = "Self")]
 pub struct File {
+    /// The file, relative to the work directory (or absolute, inside the allowed paths).
     pub path: String,
+    /// The content, given literally.
     #[serde(default)]
     pub content: Option<String>,
     /// A project template file, rendered with `host`, `environment`, `workdir` and `vars`.
@@ -53,14 +55,18 @@ pub struct File {
     /// Secret content given from Rust ([`File::secret_content`]); treated like `secret`.
     #[serde(skip)]
     pub secret_content: Option<Secret<String>>,
+    /// Variables for `template`, besides `host`, `environment` and `workdir`.
     #[serde(default)]
     pub vars: BTreeMap<String, serde_json::Value>,
     /// Permission bits; when unset, new files get 0644 (0600 when the content carries a secret
     /// value) and existing files keep theirs.
     #[serde(default)]
     pub mode: Option<Mode>,
+    /// The owner (name or uid); when unset, a new file gets the deploying user and an
+    /// existing one keeps its owner.
     #[serde(default)]
     pub owner: Option<String>,
+    /// The group (name or gid), kept the same way as the owner.
     #[serde(default)]
     pub group: Option<String>,
     /// Create missing parent directories (mode 0755).

@@ -17,7 +17,7 @@ pub struct Step {
     pub host: String,
     /// The root component's name.
     pub root: String,
-    /// Steps (indices into [`Plan::steps`]) that must be done before this one.
+    /// Steps (indices into [`Plan::steps`](crate::Plan::steps)) that must be done before this one.
     pub after: Vec<usize>,
     /// The resource keys each of those steps provides to this one, for reports.
     pub after_keys: BTreeMap<usize, Vec<String>>,
