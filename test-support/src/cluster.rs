@@ -32,13 +32,13 @@ pub struct Host {
 
 /// Several hosts plus the client configuration to reach them.
 pub struct Cluster {
-    _dir: tempfile::TempDir,
     root: PathBuf,
-    /// The hosts, by name.
+    /// The hosts, by name. Dropped (their sshd stopped) before the directory they live in.
     pub hosts: BTreeMap<String, Host>,
     /// The client configuration that reaches every host.
     pub ssh_config: PathBuf,
     known_hosts: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Cluster {
