@@ -94,7 +94,7 @@ pub enum Event {
         /// The host the event is about.
         host: String,
         /// How the host failed, one of the statuses above.
-        status: String,
+        status: HostStatus,
         /// The cause chain, outermost first.
         error: Vec<String>,
     },
@@ -131,10 +131,74 @@ pub enum Event {
 pub struct HostSummary {
     /// The host the line is about.
     pub host: String,
-    /// The host's outcome, one of the statuses of `run_finished`.
-    pub status: String,
+    /// The host's outcome.
+    pub status: HostStatus,
     /// What happened, for people.
     pub detail: String,
+}
+
+/// How a run ended for one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostStatus {
+    /// Some root component changed (in a dry run: would change).
+    Changed,
+    /// Every root component was already up to date.
+    Unchanged,
+    /// A root component failed, or the agent refused or could not be started.
+    Failed,
+    /// The host could not be reached.
+    Unreachable,
+    /// The host's key was unknown or changed.
+    HostKeyRefused,
+    /// The host refused the login.
+    AuthRefused,
+    /// Someone else is deploying the host.
+    LockHeld,
+    /// The agent went silent or died: the host's state is unknown.
+    Timeout,
+    /// The host's steps were left out because something they depend on failed.
+    Skipped,
+    /// The host's steps were not started because the run stopped early.
+    NotAttempted,
+    /// The run was interrupted before all of the host's steps ran.
+    Interrupted,
+}
+
+impl HostStatus {
+    /// The name used in events and summaries (`host_key_refused`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostStatus::Changed => "changed",
+            HostStatus::Unchanged => "unchanged",
+            HostStatus::Failed => "failed",
+            HostStatus::Unreachable => "unreachable",
+            HostStatus::HostKeyRefused => "host_key_refused",
+            HostStatus::AuthRefused => "auth_refused",
+            HostStatus::LockHeld => "lock_held",
+            HostStatus::Timeout => "timeout",
+            HostStatus::Skipped => "skipped",
+            HostStatus::NotAttempted => "not_attempted",
+            HostStatus::Interrupted => "interrupted",
+        }
+    }
+
+    /// Whether the host failed on its own (as opposed to being left out or converging).
+    pub fn is_failure(self) -> bool {
+        !matches!(
+            self,
+            HostStatus::Changed
+                | HostStatus::Unchanged
+                | HostStatus::Skipped
+                | HostStatus::NotAttempted
+        )
+    }
+}
+
+impl std::fmt::Display for HostStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Receives events as they happen.

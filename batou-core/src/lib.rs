@@ -59,7 +59,7 @@ pub use engine::{
 };
 pub use environment::{Connect, Environment, Host, Settings, check_name, host_base_dir};
 pub use error::{ConfigError, Place};
-pub use event::{Event, EventSink, HostSummary};
+pub use event::{Event, EventSink, HostStatus, HostSummary};
 pub use paths::{AllowedPaths, refuse_nul};
 pub use plan::{Plan, Step};
 pub use project::{Project, ProjectEntry, ProjectEntryKind, ProjectFiles};

@@ -46,7 +46,7 @@ impl HumanOutput<Vec<u8>> {
                 let _ = writeln!(self.out, "summary:");
                 let mut counts: Vec<(String, usize)> = Vec::new();
                 for h in &hosts {
-                    let status = h.status.replace('_', " ");
+                    let status = h.status.as_str().replace('_', " ");
                     // A detail of several lines (an ssh error, an agent's stderr) keeps the
                     // host on each of its lines.
                     let mut lines = h.detail.lines();
@@ -103,7 +103,11 @@ impl HumanOutput<Vec<u8>> {
                 status,
                 error,
             } => {
-                let text = format!("{}\n{}", status.replace('_', " "), chain_text(&error));
+                let text = format!(
+                    "{}\n{}",
+                    status.as_str().replace('_', " "),
+                    chain_text(&error)
+                );
                 self.lines(&host, &text);
             }
             Event::Changed {
@@ -202,7 +206,7 @@ impl<W: Write> EventSink for JsonOutput<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::HostSummary;
+    use crate::{HostStatus, HostSummary};
 
     fn render(events: Vec<Event>) -> String {
         let mut buf = Vec::new();
@@ -252,19 +256,19 @@ mod tests {
         let text = render(vec![
             Event::HostFailed {
                 host: "db1".into(),
-                status: "unreachable".into(),
+                status: HostStatus::Unreachable,
                 error: vec!["unreachable: ssh: connect to host\nsecond line of ssh".into()],
             },
             Event::RunFinished {
                 hosts: vec![
                     HostSummary {
                         host: "db1".into(),
-                        status: "unreachable".into(),
+                        status: HostStatus::Unreachable,
                         detail: "unreachable: first\nsecond line of ssh\n".into(),
                     },
                     HostSummary {
                         host: "web10".into(),
-                        status: "unchanged".into(),
+                        status: HostStatus::Unchanged,
                         detail: String::new(),
                     },
                 ],

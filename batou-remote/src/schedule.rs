@@ -20,9 +20,8 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::agent::{AgentBinary, AgentSession, SessionError, ensure_agent};
 use crate::ssh::{self, ConnectError, SshOptions};
-use batou_runtime::scheduler::{
-    Action, HostFailure, HostStatus, Report, Scheduler, SchedulerOptions,
-};
+use batou_core::HostStatus;
+use batou_runtime::scheduler::{Action, HostFailure, Report, Scheduler, SchedulerOptions};
 
 /// How to run a remote plan.
 #[derive(Debug, Clone)]

@@ -24,86 +24,20 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::Exit;
 use batou_core::protocol::PlanStep;
-use batou_core::{Event, HostSummary, RootOutcome};
+use batou_core::{Event, HostStatus, HostSummary, RootOutcome};
 
-/// How a run ended for one host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HostStatus {
-    /// Some root component changed (in a dry run: would change).
-    Changed,
-    /// Every root component was already up to date.
-    Unchanged,
-    /// A root component failed, or the agent refused or could not be started.
-    Failed,
-    /// The host could not be reached.
-    Unreachable,
-    /// The host's key was unknown or changed.
-    HostKeyRefused,
-    /// The host refused the login.
-    AuthRefused,
-    /// Someone else is deploying the host.
-    LockHeld,
-    /// The agent went silent or died: the host's state is unknown.
-    Timeout,
-    /// The host's steps were left out because something they depend on failed.
-    Skipped,
-    /// The host's steps were not started because the run stopped early.
-    NotAttempted,
-    /// The run was interrupted before all of the host's steps ran.
-    Interrupted,
-}
-
-impl HostStatus {
-    /// The name used in events and summaries (`host_key_refused`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HostStatus::Changed => "changed",
-            HostStatus::Unchanged => "unchanged",
-            HostStatus::Failed => "failed",
-            HostStatus::Unreachable => "unreachable",
-            HostStatus::HostKeyRefused => "host_key_refused",
-            HostStatus::AuthRefused => "auth_refused",
-            HostStatus::LockHeld => "lock_held",
-            HostStatus::Timeout => "timeout",
-            HostStatus::Skipped => "skipped",
-            HostStatus::NotAttempted => "not_attempted",
-            HostStatus::Interrupted => "interrupted",
-        }
-    }
-
-    /// The exit status a host with this status gives the run on its own; `None` for hosts
-    /// left out because of another host, which take that host's code.
-    pub fn exit(self) -> Option<Exit> {
-        match self {
-            HostStatus::Changed | HostStatus::Unchanged => Some(Exit::Success),
-            HostStatus::Failed => Some(Exit::DeployFailed),
-            HostStatus::Unreachable => Some(Exit::Unreachable),
-            HostStatus::HostKeyRefused | HostStatus::AuthRefused => {
-                Some(Exit::HostKeyOrAuthRefused)
-            }
-            HostStatus::LockHeld => Some(Exit::LockHeld),
-            HostStatus::Timeout => Some(Exit::Timeout),
-            HostStatus::Interrupted => Some(Exit::Interrupted),
-            HostStatus::Skipped | HostStatus::NotAttempted => None,
-        }
-    }
-
-    /// Whether the host failed on its own (as opposed to being left out or converging).
-    pub fn is_failure(self) -> bool {
-        !matches!(
-            self,
-            HostStatus::Changed
-                | HostStatus::Unchanged
-                | HostStatus::Skipped
-                | HostStatus::NotAttempted
-        )
-    }
-}
-
-impl std::fmt::Display for HostStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+/// The exit status a host with `status` gives the run on its own; `None` for hosts left
+/// out because of another host, which take that host's code.
+pub fn exit_of(status: HostStatus) -> Option<Exit> {
+    match status {
+        HostStatus::Changed | HostStatus::Unchanged => Some(Exit::Success),
+        HostStatus::Failed => Some(Exit::DeployFailed),
+        HostStatus::Unreachable => Some(Exit::Unreachable),
+        HostStatus::HostKeyRefused | HostStatus::AuthRefused => Some(Exit::HostKeyOrAuthRefused),
+        HostStatus::LockHeld => Some(Exit::LockHeld),
+        HostStatus::Timeout => Some(Exit::Timeout),
+        HostStatus::Interrupted => Some(Exit::Interrupted),
+        HostStatus::Skipped | HostStatus::NotAttempted => None,
     }
 }
 
@@ -134,7 +68,7 @@ impl HostFailure {
         if self.state_unknown {
             Exit::Timeout
         } else {
-            self.status.exit().unwrap_or(Exit::DeployFailed)
+            exit_of(self.status).unwrap_or(Exit::DeployFailed)
         }
     }
 }
@@ -343,7 +277,7 @@ impl<'p> Scheduler<'p> {
             Report::SetupFailed(failure) => {
                 actions.push(Action::Emit(Event::HostFailed {
                     host: host.to_string(),
-                    status: failure.status.to_string(),
+                    status: failure.status,
                     error: failure.error.clone(),
                 }));
                 let reason = format!("host {}", failure.status.as_str().replace('_', " "));
@@ -383,7 +317,7 @@ impl<'p> Scheduler<'p> {
                 self.running -= 1;
                 actions.push(Action::Emit(Event::HostFailed {
                     host: host.to_string(),
-                    status: failure.status.to_string(),
+                    status: failure.status,
                     error: failure.error.clone(),
                 }));
                 self.state[step] = StepState::Unknown;
@@ -454,7 +388,7 @@ impl<'p> Scheduler<'p> {
             };
             actions.push(Action::Emit(Event::HostFailed {
                 host: name.clone(),
-                status: failure.status.to_string(),
+                status: failure.status,
                 error: failure.error.clone(),
             }));
             for later in h.queue.drain(..) {
@@ -520,14 +454,14 @@ impl<'p> Scheduler<'p> {
             let (status, detail) = self.host_status(name);
             let code = match &self.hosts[name].failure {
                 Some(failure) => Some(failure.exit()),
-                None => status.exit(),
+                None => exit_of(status),
             };
             if let Some(code) = code {
                 exit = exit.worst(code);
             }
             hosts.push(HostSummary {
                 host: name.clone(),
-                status: status.to_string(),
+                status,
                 detail,
             });
         }
@@ -536,7 +470,7 @@ impl<'p> Scheduler<'p> {
         if exit == Exit::Success
             && hosts
                 .iter()
-                .any(|s| s.status == "skipped" || s.status == "not_attempted")
+                .any(|s| matches!(s.status, HostStatus::Skipped | HostStatus::NotAttempted))
         {
             exit = Exit::DeployFailed;
         }
@@ -858,7 +792,7 @@ mod tests {
             let hosts = outcome
                 .hosts
                 .into_iter()
-                .map(|h| (h.host, h.status))
+                .map(|h| (h.host, h.status.to_string()))
                 .collect();
             (hosts, outcome.exit)
         }
@@ -1161,13 +1095,13 @@ mod tests {
             .sched
             .grace_expired(std::time::Duration::from_secs(10), 12.0);
         assert!(
-            matches!(&actions[0], Action::Emit(Event::HostFailed { status, .. }) if status == "interrupted"),
+            matches!(&actions[0], Action::Emit(Event::HostFailed { status, .. }) if *status == HostStatus::Interrupted),
             "{actions:?}"
         );
         // The step's late answer changes nothing.
         s.done("web1", "slow", Changed);
         let (outcome, _) = s.sched.finish(13.0);
-        assert_eq!(outcome.hosts[0].status, "interrupted");
+        assert_eq!(outcome.hosts[0].status, HostStatus::Interrupted);
         assert_eq!(outcome.exit, Exit::Timeout);
     }
 
@@ -1196,8 +1130,8 @@ mod tests {
             serde_json::to_string(&HostStatus::HostKeyRefused).unwrap(),
             "\"host_key_refused\""
         );
-        assert_eq!(HostStatus::NotAttempted.exit(), None);
-        assert_eq!(HostStatus::LockHeld.exit(), Some(Exit::LockHeld));
+        assert_eq!(exit_of(HostStatus::NotAttempted), None);
+        assert_eq!(exit_of(HostStatus::LockHeld), Some(Exit::LockHeld));
         assert!(HostStatus::Timeout.is_failure());
         assert!(!HostStatus::Skipped.is_failure());
     }
