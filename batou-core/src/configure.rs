@@ -24,10 +24,12 @@ pub(crate) struct Scope<'a> {
     pub(crate) base_dir: &'a Path,
     pub(crate) workdir: PathBuf,
     pub(crate) allowed: &'a [PathBuf],
+    /// The same roots for checks on the host, shared so that their resolution is cached.
+    pub(crate) allowed_paths: &'a crate::AllowedPaths,
     /// The project as this step reads it (reads are recorded for the step).
     pub(crate) project: Project,
     /// Templates loading through `project`.
-    pub(crate) templates: Templates,
+    pub(crate) templates: &'a Templates,
     pub(crate) secret_files: &'a SecretFiles,
     pub(crate) context: minijinja::Value,
 }
@@ -116,7 +118,7 @@ impl<'a> Configure<'a> {
     /// The roots this deployment may change, for checking resolved paths on the host in
     /// `verify` and `update` ([`AllowedPaths::check`]).
     pub fn allowed_paths(&self) -> AllowedPaths {
-        AllowedPaths::new(self.scope.allowed.iter().cloned())
+        self.scope.allowed_paths.clone()
     }
 
     /// The content of the named secret file (`[files]` in the environment's secrets). Only

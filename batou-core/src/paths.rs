@@ -17,6 +17,10 @@ use anyhow::bail;
 #[derive(Debug, Clone, Default)]
 pub struct AllowedPaths {
     roots: Arc<[PathBuf]>,
+    /// The roots with their symlinks resolved, kept once every root exists (until then a
+    /// root may still be created, as a directory or a link, so it is resolved each time).
+    /// Clones share it.
+    resolved: Arc<std::sync::OnceLock<Vec<PathBuf>>>,
 }
 
 impl AllowedPaths {
@@ -24,7 +28,20 @@ impl AllowedPaths {
     pub fn new(roots: impl IntoIterator<Item = PathBuf>) -> Self {
         AllowedPaths {
             roots: roots.into_iter().collect(),
+            resolved: Arc::default(),
         }
+    }
+
+    /// The roots with every symlink resolved.
+    fn resolved_roots(&self) -> Vec<PathBuf> {
+        if let Some(roots) = self.resolved.get() {
+            return roots.clone();
+        }
+        let roots: Vec<PathBuf> = self.roots.iter().map(|r| resolve_existing(r)).collect();
+        if self.roots.iter().all(|r| r.is_dir()) {
+            let _ = self.resolved.set(roots.clone());
+        }
+        roots
     }
 
     /// Checks that `path`, with every symlink in its parent directories resolved, lies inside
@@ -44,7 +61,7 @@ impl AllowedPaths {
             (Some(parent), Some(name)) => resolve_existing(parent).join(name),
             _ => resolve_existing(&path),
         };
-        let roots: Vec<PathBuf> = self.roots.iter().map(|r| resolve_existing(r)).collect();
+        let roots = self.resolved_roots();
         if !is_inside(&real, &roots) {
             let allowed: Vec<String> = self
                 .roots

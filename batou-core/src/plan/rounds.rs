@@ -1,6 +1,6 @@
 //! Configuring steps in rounds until every `require` is satisfied and resources settle.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::component::Component;
@@ -56,10 +56,20 @@ pub(super) fn configure_slots<'a>(
             .iter()
             .map(|p| crate::paths::normalize(Path::new(p))),
     );
+    let allowed_paths = crate::AllowedPaths::new(allowed.iter().cloned());
     let labels: Vec<String> = slots
         .iter()
         .map(|s| format!("{}: {}", s.host.name, s.root))
         .collect();
+    // One template environment per host: a host's steps share compiled templates, and a
+    // template's reads are recorded for the host's first step, which is enough because a
+    // host's job carries what all of its steps read.
+    let mut host_templates: BTreeMap<&str, Templates> = BTreeMap::new();
+    for (step, slot) in slots.iter().enumerate() {
+        host_templates
+            .entry(slot.host.name.as_str())
+            .or_insert_with(|| Templates::new(cx.project.for_step(step)));
+    }
     let scopes: Vec<Scope> = slots
         .iter()
         .enumerate()
@@ -88,8 +98,9 @@ pub(super) fn configure_slots<'a>(
                 base_dir: cx.base_dir,
                 workdir,
                 allowed: &allowed,
+                allowed_paths: &allowed_paths,
                 project: cx.project.for_step(step),
-                templates: Templates::new(cx.project.for_step(step)),
+                templates: &host_templates[slot.host.name.as_str()],
                 secret_files: cx.secret_files,
                 context,
             }
@@ -171,7 +182,7 @@ fn configure_root(
         path: format!("{root} > Workdir"),
         component: Box::new(Workdir(
             scope.workdir.clone(),
-            crate::AllowedPaths::new(scope.allowed.iter().cloned()),
+            scope.allowed_paths.clone(),
         )),
         children: Vec::new(),
     };
