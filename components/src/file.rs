@@ -361,6 +361,13 @@ impl Component for File {
                     reasons.push("secret content differs".into());
                 }
             } else if let Some(d) = diff::unified(&self.path, &current, &self.data) {
+                // The new lines are masked, but the old ones may hold a secret's previous
+                // value, which masking no longer knows: they are not shown.
+                let d = if carries_secret(&self.data) {
+                    hide_removed_lines(&d)
+                } else {
+                    d
+                };
                 cx.show_diff(d);
                 reasons.push("content differs".into());
             }
@@ -425,6 +432,21 @@ impl Component for File {
 
 /// Whether `data` contains a secret value registered for masking: such a file must not be
 /// world-readable, whichever attribute brought the secret in.
+/// A unified diff with the text of its removed lines replaced, for files that carry secrets.
+fn hide_removed_lines(diff: &str) -> String {
+    diff.lines()
+        .map(|line| {
+            if line.starts_with('-') && !line.starts_with("---") {
+                "-(a line of the old content, not shown: the file carries secrets)"
+            } else {
+                line
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + if diff.ends_with('\n') { "\n" } else { "" }
+}
+
 fn carries_secret(data: &[u8]) -> bool {
     batou_core::redact::active()
         && matches!(

@@ -180,10 +180,7 @@ fn configure_root(
     let mut node = configure_tree(scope, resources, root.clone(), component)?;
     let workdir = Node {
         path: format!("{root} > Workdir"),
-        component: Box::new(Workdir(
-            scope.workdir.clone(),
-            scope.allowed_paths.clone(),
-        )),
+        component: Box::new(Workdir(scope.workdir.clone(), scope.allowed_paths.clone())),
         children: Vec::new(),
     };
     node.children.insert(0, workdir);

@@ -141,6 +141,40 @@ fn secrets_converge_into_files_and_never_into_output() {
 }
 
 #[test]
+fn a_rotated_secret_never_shows_its_old_value_in_a_diff() {
+    let (p, id) = project(SECRETS);
+    p.converge(&["dev", "--identity", &id]);
+    // The password changes: masking knows only the new value.
+    let (_, public) = {
+        let text = std::fs::read_to_string(p.path("secrets/dev.recipients")).unwrap();
+        ((), text.trim().to_string())
+    };
+    write_secrets(
+        &p,
+        &public,
+        &SECRETS.replace("pw-4f9a2c81e7", "pw-new-0b7c55"),
+    );
+    for args in [
+        &["dev", "--dry-run", "--identity", &id][..],
+        &["dev", "--identity", &id],
+        &["dev", "--json", "--identity", &id],
+    ] {
+        let out = p.converge(args);
+        for old_or_new in ["pw-4f9a2c81e7", "pw-new-0b7c55"] {
+            assert!(!out.stderr.contains(old_or_new), "{}", out.stderr);
+            assert!(!out.stdout.contains(old_or_new), "{}", out.stdout);
+        }
+    }
+    let again = p.run(&["dev", "--identity", &id, "--dry-run"]);
+    assert!(!again.stderr.contains("pw-4f9a2c81e7"), "{}", again.stderr);
+    assert_eq!(
+        std::fs::read_to_string(p.path("out/work/conf/app.conf")).unwrap(),
+        "role = primary\ntoken = tok-77d1e0a3b5\npassword = pw-new-0b7c55\n"
+    );
+    p.assert_idempotent(&["dev", "--identity", &id]);
+}
+
+#[test]
 fn an_ssh_key_is_an_identity() {
     let p = Project::new();
     p.env(
