@@ -128,3 +128,34 @@ pub fn wait_for_some<T>(what: &str, limit: Duration, mut find: impl FnMut() -> O
     });
     found.expect("wait_until returns once found")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_is_found_until_it_is_a_zombie() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30.717")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let me = std::process::id();
+        assert!(alive(pid));
+        assert_eq!(processes_with_args(&["sleep", "30.717"]), vec![pid]);
+        assert!(sleeping("30.717"));
+        assert_eq!(argv(pid).unwrap(), ["sleep", "30.717"]);
+        assert!(children(me).contains(&pid));
+        assert_eq!(process_group(pid), process_group(me));
+        kill(pid, Signal::SIGKILL);
+        // Not yet reaped: a zombie, which counts as gone.
+        wait_until("the child to die", Duration::from_secs(5), || !alive(pid));
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        assert!(!sleeping("30.717"));
+        child.wait().unwrap();
+        assert_eq!(
+            wait_for_some("a value", Duration::from_secs(1), || Some(7)),
+            7
+        );
+    }
+}

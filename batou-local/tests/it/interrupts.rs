@@ -49,12 +49,7 @@ fn start(p: &Project, seconds: &str, args: &[&str]) -> Child {
 }
 
 fn finish(child: Child) -> Outcome {
-    let out = child.wait_with_output().unwrap();
-    Outcome {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
+    Outcome::from(child.wait_with_output().unwrap())
 }
 
 #[test]

@@ -265,11 +265,7 @@ fn hosts_not_yet_prepared_are_not_contacted_after_a_signal() {
         kill(*pid, Signal::SIGCONT).unwrap();
     }
     let out = child.wait_with_output().unwrap();
-    let outcome = crate::harness::Outcome {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    };
+    let outcome = crate::harness::Outcome::from(out);
     assert_eq!(outcome.code, 130, "{}\n{}", outcome.stdout, outcome.stderr);
     assert_eq!(contacted.len(), 1, "{contacted:?}");
     let first = contacted.into_iter().next().unwrap();
@@ -303,11 +299,7 @@ fn a_step_that_outlasts_the_grace_leaves_its_host_unknown() {
     } = run;
     let out = child.wait_with_output().unwrap();
     let elapsed = started.elapsed();
-    let outcome = crate::harness::Outcome {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    };
+    let outcome = crate::harness::Outcome::from(out);
     assert_eq!(outcome.code, 6, "{}\n{}", outcome.stdout, outcome.stderr);
     assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
     assert_eq!(outcome.statuses()["web1"], "interrupted");
