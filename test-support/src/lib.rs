@@ -8,6 +8,8 @@
 //!   changed components and the per-host statuses.
 //! - [`snapshot`]: every entry below a directory, for byte comparisons.
 //! - [`Cluster`]: real `sshd` processes on 127.0.0.2, 127.0.0.3, ... playing hosts.
+//! - [`procs`]: processes found through `/proc` (children, process groups, agents, markers),
+//!   signals, and waits with a deadline.
 //! - [`assert_output_snapshot!`]: insta snapshots of human output, with temporary paths,
 //!   ports, durations, sizes and key fingerprints filtered out.
 //!
@@ -17,6 +19,7 @@
 
 mod cluster;
 mod filters;
+pub mod procs;
 mod project;
 
 pub use cluster::{Cluster, Host, INSTALL};

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use batou_test_support::procs::{sleeping, wait_until};
+
 use crate::harness::Project;
 
 /// One host running one command component `job` with the given attribute lines.
@@ -11,15 +13,6 @@ fn job(attributes: &str) -> String {
     format!(
         "[hosts.localhost]\ncomponents = [\"job\"]\n\n[components.job]\ntype = \"command\"\n{attributes}\n"
     )
-}
-
-/// Whether a `sleep <seconds>` process runs; tests use unusual fractions as markers.
-fn sleeping(seconds: &str) -> bool {
-    let wanted = format!("sleep\0{seconds}\0");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == wanted.as_bytes()))
 }
 
 /// A command that converges, so that a scenario can end with a run that changes nothing.
@@ -111,11 +104,9 @@ fn a_command_does_not_outlive_a_killed_run() {
         .env_remove("BATOU_PROJECT_BINARY")
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sleeping("20.126") {
-        assert!(Instant::now() < deadline, "the command did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the command to start", Duration::from_secs(20), || {
+        sleeping("20.126")
+    });
     run.kill().unwrap();
     run.wait().unwrap();
     let killed = Instant::now();

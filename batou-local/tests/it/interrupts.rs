@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
+use batou_test_support::procs::{sleeping, wait_until};
+
 use crate::harness::{Outcome, Project};
 
 fn slow(seconds: &str) -> String {
@@ -40,17 +42,14 @@ fn start(p: &Project, seconds: &str, args: &[&str]) -> Child {
         .process_group(0)
         .spawn()
         .unwrap();
-    wait_for(|| sleeping(seconds));
+    wait_until("the slow command", Duration::from_secs(20), || {
+        sleeping(seconds)
+    });
     child
 }
 
 fn finish(child: Child) -> Outcome {
-    let out = child.wait_with_output().unwrap();
-    Outcome {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
+    Outcome::from(child.wait_with_output().unwrap())
 }
 
 #[test]
@@ -138,24 +137,8 @@ fn a_second_signal_stops_at_once() {
     assert_eq!(status.code(), Some(130));
     assert!(!p.path("work/motd").exists());
     // Whatever the stopped command left, the next runs converge and then change nothing.
-    wait_for(|| !sleeping("3.45"));
+    wait_until("the slow command to end", Duration::from_secs(20), || {
+        !sleeping("3.45")
+    });
     p.converge_twice(&["dev"]);
-}
-
-/// Whether a `sleep <seconds>` process runs.
-fn sleeping(seconds: &str) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
-        std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| {
-            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
-            args.len() >= 2 && args[0].ends_with(b"sleep") && args[1] == seconds.as_bytes()
-        })
-    })
-}
-
-fn wait_for(mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

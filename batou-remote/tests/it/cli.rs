@@ -19,7 +19,7 @@ content = "hello\n"
 
 /// `batou-remote deploy [the cluster's options] ARGS...`.
 fn deploy(cluster: &Cluster, p: &Project, args: &[&str]) -> Outcome {
-    let out = Command::new(env!("CARGO_BIN_EXE_batou-remote"))
+    Command::new(env!("CARGO_BIN_EXE_batou-remote"))
         .arg("deploy")
         .arg("-C")
         .arg(p.root())
@@ -30,12 +30,8 @@ fn deploy(cluster: &Cluster, p: &Project, args: &[&str]) -> Outcome {
         .env("RUST_BACKTRACE", "0")
         .env_remove("BATOU_PROJECT_BINARY")
         .output()
-        .unwrap();
-    Outcome {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
+        .unwrap()
+        .into()
 }
 
 #[test]

@@ -4,6 +4,10 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use batou_test_support::procs::{
+    Signal, agent_of, children, kill, sleeping, wait_for_some, wait_until,
+};
+
 use crate::harness::{Cluster, Project, workspace_root};
 
 const TWO_HOSTS: &str = r#"
@@ -22,8 +26,8 @@ path = "motd"
 content = "Welcome to {{ host.name }}\n"
 "#;
 
-/// web1 runs a command that takes `seconds`; web2 only a file.
-fn slow(seconds: f64) -> String {
+/// web1 runs a command that takes `seconds`, then a file; web2 only a file.
+pub(crate) fn slow(seconds: &str) -> String {
     format!(
         r#"
 [environment]
@@ -138,7 +142,7 @@ fn an_unreachable_host_stops_the_run_unless_keep_going() {
 fn a_second_deploy_is_refused_while_the_first_holds_the_lock() {
     let cluster = Cluster::start(&["web1", "web2"]);
     let p = Project::new();
-    p.env("prod", &slow(3.0));
+    p.env("prod", &slow("3"));
     let mut first = cluster
         .command(p.root(), &["prod"])
         .stdout(Stdio::null())
@@ -146,7 +150,9 @@ fn a_second_deploy_is_refused_while_the_first_holds_the_lock() {
         .spawn()
         .unwrap();
     let lock = cluster.host("web1").home.join("srv/.batou/lock");
-    wait_for(|| std::fs::read_to_string(&lock).is_ok_and(|t| !t.is_empty()));
+    wait_until("web1's lock", Duration::from_secs(20), || {
+        std::fs::read_to_string(&lock).is_ok_and(|t| !t.is_empty())
+    });
     let out = cluster.run(p.root(), &["prod"]);
     assert_eq!(out.code, 5, "{}", out.stderr);
     let holder = format!("(pid {})", first.id());
@@ -167,26 +173,21 @@ fn a_second_deploy_is_refused_while_the_first_holds_the_lock() {
 fn a_killed_agent_means_unknown_state_and_the_next_run_converges() {
     let cluster = Cluster::start(&["web1", "web2"]);
     let p = Project::new();
-    p.env("prod", &slow(2.0));
+    p.env("prod", &slow("2"));
     let first = cluster
         .command(p.root(), &["prod", "--json"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let web1 = cluster.host("web1");
-    let agent = wait_for_pid(|| {
-        find_process(
-            &format!("{}/.cache/batou/agents/", web1.home.display()),
-            "agent",
-        )
+    let agent = wait_for_some("web1's agent", Duration::from_secs(20), || {
+        agent_of(&web1.home)
     });
-    wait_for(|| find_process("sleep", "2").is_some());
+    wait_until("the slow command", Duration::from_secs(20), || {
+        sleeping("2")
+    });
     let started = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    kill(agent, Signal::SIGKILL);
     let out = first.wait_with_output().unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(8),
@@ -208,23 +209,22 @@ fn a_killed_agent_means_unknown_state_and_the_next_run_converges() {
 fn a_cut_connection_means_unknown_state_and_the_next_run_converges() {
     let cluster = Cluster::start(&["web1", "web2"]);
     let p = Project::new();
-    p.env("prod", &slow(2.0));
+    p.env("prod", &slow("2"));
     let first = cluster
         .command(p.root(), &["prod", "--json"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let web1 = cluster.host("web1");
-    let agent_path = format!("{}/.cache/batou/agents/", web1.home.display());
-    wait_for_pid(|| find_process(&agent_path, "agent"));
-    wait_for(|| find_process("sleep", "2").is_some());
+    wait_until("web1's agent", Duration::from_secs(20), || {
+        agent_of(&web1.home).is_some()
+    });
+    wait_until("the slow command", Duration::from_secs(20), || {
+        sleeping("2")
+    });
     // Cut the connection: end web1's per-connection sshd processes (children of our sshd).
     for child in children(web1.pid()) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        kill(child, Signal::SIGKILL);
     }
     let out = first.wait_with_output().unwrap();
     assert_eq!(
@@ -235,7 +235,9 @@ fn a_cut_connection_means_unknown_state_and_the_next_run_converges() {
     );
     // The agent goes away with its session (recording the abort if it still can), which
     // releases the lock.
-    wait_for(|| find_process(&agent_path, "agent").is_none());
+    wait_until("the agent to end", Duration::from_secs(20), || {
+        agent_of(&web1.home).is_none()
+    });
     let journal = web1.journal("srv");
     assert_eq!(journal[0]["record"], "started", "{journal:?}");
     assert!(
@@ -298,66 +300,6 @@ fn hosts_limits_the_run_and_checks_dependencies_outside_it() {
             .join("srv/work/app/config/app.toml")
             .exists()
     );
-}
-
-pub(crate) fn wait_for(mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-pub(crate) fn wait_for_pid(mut find: impl FnMut() -> Option<u32>) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(pid) = find() {
-            return pid;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for a process");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A process whose first argument contains `program` and whose second is `arg`.
-pub(crate) fn find_process(program: &str, arg: &str) -> Option<u32> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.len() >= 2 && args[0].contains(program) && args[1] == arg {
-            return Some(pid);
-        }
-    }
-    None
-}
-
-/// Direct children of `parent`.
-fn children(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // The parent PID is the second field after the parenthesised command name.
-        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
-            continue;
-        };
-        if rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 #[test]

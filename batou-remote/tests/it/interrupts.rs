@@ -10,34 +10,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
-use crate::faults::{find_process, wait_for};
+use batou_test_support::procs::{
+    agent_of, alive, argv, process_group, processes, sleeping, wait_until,
+};
+
+use crate::faults::slow;
 use crate::harness::{Cluster, Project};
-
-/// web1 runs a slow command, then a file; web2 a file, waiting for a free slot (`--jobs 1`).
-fn slow(seconds: &str) -> String {
-    format!(
-        r#"
-[environment]
-base_dir = "srv"
-
-[hosts.web1]
-components = ["slow", "motd"]
-
-[hosts.web2]
-components = ["motd"]
-
-[components.slow]
-type = "command"
-argv = ["sh", "-c", "sleep {seconds}; touch done"]
-creates = "done"
-
-[components.motd]
-type = "file"
-path = "motd"
-content = "hello\n"
-"#
-    )
-}
 
 /// How a signal reaches the controller.
 #[derive(Clone, Copy)]
@@ -65,7 +43,9 @@ fn start(cluster: &Cluster, p: &Project, seconds: &str, json: bool) -> Running {
         .process_group(0)
         .spawn()
         .unwrap();
-    wait_for(|| find_process("sleep", seconds).is_some());
+    wait_until("web1's slow command", Duration::from_secs(20), || {
+        sleeping(seconds)
+    });
     let masters = masters(cluster);
     assert_eq!(masters.len(), 2, "one master per host");
     // A terminal's Ctrl-C goes to its foreground process group: the masters are not in the
@@ -101,7 +81,9 @@ fn assert_cleaned_up(masters: &[u32], control_dir: &Path) {
         !control_dir.exists(),
         "control directory {control_dir:?} left"
     );
-    wait_for(|| masters.iter().all(|pid| !alive(*pid)));
+    wait_until("the masters to stop", Duration::from_secs(20), || {
+        masters.iter().all(|pid| !alive(*pid))
+    });
 }
 
 fn interrupted_in_order(target: Target, sig: Signal, seconds: &str, json: bool) {
@@ -208,11 +190,9 @@ fn a_second_signal_stops_at_once_and_still_cleans_up() {
     assert_cleaned_up(&run.masters, &run.control_dir);
     // The agent ends once it finds its controller gone (at the latest when its step is
     // done), which frees the lock.
-    let agents = format!(
-        "{}/.cache/batou/agents/",
-        cluster.host("web1").home.display()
-    );
-    wait_for(|| find_process(&agents, "agent").is_none());
+    wait_until("web1's agent to end", Duration::from_secs(20), || {
+        agent_of(&cluster.host("web1").home).is_none()
+    });
     converge_and_settle(&cluster, &p);
 }
 
@@ -230,45 +210,11 @@ fn masters(cluster: &Cluster) -> Vec<u32> {
         .collect()
 }
 
+/// The control socket of master `pid` (its `-S` argument).
 fn control_socket(pid: u32) -> Option<PathBuf> {
-    let (_, args) = processes().into_iter().find(|(p, _)| *p == pid)?;
+    let args = argv(pid)?;
     let i = args.iter().position(|a| a == "-S")?;
     args.get(i + 1).map(PathBuf::from)
-}
-
-/// The process group of `pid`.
-fn process_group(pid: u32) -> u32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = stat.rsplit_once(") ").unwrap().1;
-    // After the state: the parent PID, then the process group.
-    rest.split_whitespace().nth(2).unwrap().parse().unwrap()
-}
-
-/// Whether `pid` runs (a zombie does not).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(") ")
-            .is_some_and(|(_, r)| !r.starts_with('Z'))
-    })
-}
-
-fn processes() -> Vec<(u32, Vec<String>)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        out.push((pid, args));
-    }
-    out
 }
 
 /// A host still waiting to be prepared when the signal comes is not contacted at all.
@@ -303,7 +249,7 @@ fn hosts_not_yet_prepared_are_not_contacted_after_a_signal() {
     while child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "the controller did not end");
         for pid in masters(&cluster) {
-            if let Some((_, args)) = processes().into_iter().find(|(p, _)| *p == pid) {
+            if let Some(args) = argv(pid) {
                 contacted.insert(args.last().unwrap().clone());
                 first_seen.get_or_insert_with(Instant::now);
             }
@@ -319,11 +265,7 @@ fn hosts_not_yet_prepared_are_not_contacted_after_a_signal() {
         kill(*pid, Signal::SIGCONT).unwrap();
     }
     let out = child.wait_with_output().unwrap();
-    let outcome = crate::harness::Outcome {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    };
+    let outcome = crate::harness::Outcome::from(out);
     assert_eq!(outcome.code, 130, "{}\n{}", outcome.stdout, outcome.stderr);
     assert_eq!(contacted.len(), 1, "{contacted:?}");
     let first = contacted.into_iter().next().unwrap();
@@ -357,11 +299,7 @@ fn a_step_that_outlasts_the_grace_leaves_its_host_unknown() {
     } = run;
     let out = child.wait_with_output().unwrap();
     let elapsed = started.elapsed();
-    let outcome = crate::harness::Outcome {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    };
+    let outcome = crate::harness::Outcome::from(out);
     assert_eq!(outcome.code, 6, "{}\n{}", outcome.stdout, outcome.stderr);
     assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
     assert_eq!(outcome.statuses()["web1"], "interrupted");
@@ -374,10 +312,8 @@ fn a_step_that_outlasts_the_grace_leaves_its_host_unknown() {
         outcome.stdout
     );
     assert_cleaned_up(&masters, &control_dir);
-    let agents = format!(
-        "{}/.cache/batou/agents/",
-        cluster.host("web1").home.display()
-    );
-    wait_for(|| find_process(&agents, "agent").is_none());
+    wait_until("web1's agent to end", Duration::from_secs(20), || {
+        agent_of(&cluster.host("web1").home).is_none()
+    });
     converge_and_settle(&cluster, &p);
 }

@@ -7,6 +7,10 @@ use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use batou_test_support::procs::{
+    Signal, agent_of, children, kill, processes_with_args, wait_until,
+};
+
 use crate::harness::{Cluster, Project};
 
 /// One host `web1` running one command component `job` with the given attribute lines.
@@ -18,56 +22,6 @@ fn job(attributes: &str) -> String {
 
 /// A command that converges, so that a scenario can end with a run that changes nothing.
 const CONVERGES: &str = "argv = [\"touch\", \"ok\"]\ncreates = \"ok\"";
-
-/// The pids of processes whose whole command line is `argv`.
-fn processes(argv: &[&str]) -> Vec<u32> {
-    let mut wanted = Vec::new();
-    for arg in argv {
-        wanted.extend_from_slice(arg.as_bytes());
-        wanted.push(0);
-    }
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == wanted) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-/// The agent of `home`'s host: a process running `<home>/.cache/batou/agents/<sha> agent`.
-fn agent_of(home: &std::path::Path) -> Option<u32> {
-    let prefix = format!("{}/.cache/batou/agents/", home.display());
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.len() >= 2 && args[0].starts_with(prefix.as_bytes()) && args[1] == b"agent" {
-            return Some(pid);
-        }
-    }
-    None
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    started.elapsed()
-}
-
-fn kill(pid: u32, signal: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
-}
 
 #[test]
 fn a_timeout_bounds_a_backgrounded_command_on_a_host() {
@@ -90,7 +44,7 @@ fn a_timeout_bounds_a_backgrounded_command_on_a_host() {
         out.stderr
     );
     assert!(out.stderr.contains("started"), "{}", out.stderr);
-    assert!(processes(&["sleep", "20.201"]).is_empty());
+    assert!(processes_with_args(&["sleep", "20.201"]).is_empty());
 
     // The reproduction: the direct child exits, a background child holds the pipes.
     p.env(
@@ -107,7 +61,7 @@ fn a_timeout_bounds_a_backgrounded_command_on_a_host() {
         "{}",
         out.stderr
     );
-    assert!(processes(&["sleep", "20.202"]).is_empty());
+    assert!(processes_with_args(&["sleep", "20.202"]).is_empty());
 
     p.env("prod", &job(CONVERGES));
     assert_eq!(cluster.run(p.root(), &["prod"]).code, 0);
@@ -150,9 +104,9 @@ fn a_killed_agent_takes_its_command_with_it_and_a_step_never_runs_twice() {
     let mut agent = None;
     wait_until("the agent and its command", Duration::from_secs(20), || {
         agent = agent_of(&web1.home);
-        agent.is_some() && !processes(&["sleep", "20.203"]).is_empty()
+        agent.is_some() && !processes_with_args(&["sleep", "20.203"]).is_empty()
     });
-    kill(agent.unwrap(), nix::sys::signal::Signal::SIGKILL);
+    kill(agent.unwrap(), Signal::SIGKILL);
 
     // An immediate re-run is refused while the guard ends the old command, or runs after it.
     let again = cluster.run(p.root(), &["prod", "--json"]);
@@ -166,7 +120,7 @@ fn a_killed_agent_takes_its_command_with_it_and_a_step_never_runs_twice() {
         assert_eq!(again.statuses()["web1"], "lock_held", "{}", again.stdout);
     }
     let took = wait_until("the old command to end", Duration::from_secs(10), || {
-        processes(&["sleep", "20.203"]).is_empty()
+        processes_with_args(&["sleep", "20.203"]).is_empty()
     });
     assert!(took < Duration::from_secs(10));
     let out = first.wait_with_output().unwrap();
@@ -212,18 +166,18 @@ fn a_cut_connection_ends_the_running_command() {
         .spawn()
         .unwrap();
     wait_until("the command", Duration::from_secs(20), || {
-        agent_of(&web1.home).is_some() && !processes(&["sleep", "20.204"]).is_empty()
+        agent_of(&web1.home).is_some() && !processes_with_args(&["sleep", "20.204"]).is_empty()
     });
     // Cut the connection: end web1's per-connection sshd processes (children of our sshd).
     for child in children(web1.pid()) {
-        kill(child, nix::sys::signal::Signal::SIGKILL);
+        kill(child, Signal::SIGKILL);
     }
     // The agent notices the end of its input mid-step and ends; its guard ends the command.
     wait_until("the agent to end", Duration::from_secs(10), || {
         agent_of(&web1.home).is_none()
     });
     wait_until("the command to end", Duration::from_secs(10), || {
-        processes(&["sleep", "20.204"]).is_empty()
+        processes_with_args(&["sleep", "20.204"]).is_empty()
     });
     let out = first.wait_with_output().unwrap();
     assert_eq!(
@@ -295,24 +249,4 @@ fn a_prepared_host_records_that_no_step_ran_when_another_host_failed_to_prepare(
     assert_eq!(journal.last().unwrap()["result"], "success", "{journal:?}");
     let out = cluster.run(p.root(), &["prod", "--json"]);
     assert_eq!(out.count("changed"), 0, "{}", out.stdout);
-}
-
-/// Direct children of `parent`.
-fn children(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
-            continue;
-        };
-        if rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
 }
