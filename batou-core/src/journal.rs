@@ -83,6 +83,9 @@ pub enum DeployResult {
     /// The session ended before any step ran (another host could not be prepared, or the
     /// run was interrupted).
     NotAttempted,
+    /// Some steps converged, the others were never started (the run stopped after a failure
+    /// on another host, or was interrupted).
+    Incomplete,
 }
 
 impl JournalRecord {

@@ -336,7 +336,7 @@ fn session(
             }
             Ok(ToAgent::Finish) => {
                 if let Some(j) = &journal {
-                    j.finished(&outcomes, &changed_components)?;
+                    j.finished(&outcomes, plan.steps().len(), &changed_components)?;
                 }
                 out.send(&FromAgent::Finished);
                 return Ok(());
@@ -493,9 +493,11 @@ impl Journal {
         Ok(())
     }
 
+    /// The `finished` record: what ran of the job's `steps` root components.
     fn finished(
         &self,
         outcomes: &[(String, RootOutcome)],
+        steps: usize,
         changed: &[String],
     ) -> anyhow::Result<()> {
         let of = |o: RootOutcome| -> Vec<String> {
@@ -505,11 +507,14 @@ impl Journal {
                 .map(|(r, _)| r.clone())
                 .collect()
         };
-        // A session can end without any step, when another host could not be prepared.
-        let result = if outcomes.is_empty() {
-            DeployResult::NotAttempted
-        } else if outcomes.iter().any(|(_, o)| *o == RootOutcome::Failed) {
+        // A session can end without any step (another host could not be prepared) or before
+        // all of them (a failure elsewhere, an interrupt): neither is a success.
+        let result = if outcomes.iter().any(|(_, o)| *o == RootOutcome::Failed) {
             DeployResult::Failed
+        } else if outcomes.is_empty() {
+            DeployResult::NotAttempted
+        } else if outcomes.len() < steps {
+            DeployResult::Incomplete
         } else {
             DeployResult::Success
         };

@@ -135,10 +135,13 @@ fn interrupted_in_order(target: Target, sig: Signal, seconds: &str, json: bool) 
     assert!(web1.home.join("srv/work/slow/done").exists());
     assert!(!web1.home.join("srv/work/motd").exists());
     assert!(!web2.home.join("srv/work/motd").exists());
-    // Sessions ended with `finish`: both journals are complete.
-    for host in [web1, web2] {
+    // Sessions ended with `finish`: both journals are complete, and neither says success:
+    // web1 ran one of its two steps, web2 none.
+    for (host, result) in [(web1, "incomplete"), (web2, "not_attempted")] {
         let journal = host.journal("srv");
-        assert_eq!(journal.last().unwrap()["record"], "finished", "{journal:?}");
+        let last = journal.last().unwrap();
+        assert_eq!(last["record"], "finished", "{journal:?}");
+        assert_eq!(last["result"], result, "{journal:?}");
     }
     assert_cleaned_up(&masters, &control_dir);
     converge_and_settle(&cluster, &p);
