@@ -124,11 +124,19 @@ pub enum SessionError {
         source: serde_json::Error,
     },
     /// A protocol message that does not fit the session's state.
-    #[error("unexpected message from the agent: {message:?}")]
+    #[error("unexpected `{}` message from the agent", message_kind(.message))]
     Unexpected {
         /// The message that came.
         message: Box<FromAgent>,
     },
+}
+
+/// A protocol message's kind, its `msg` tag (`ready`, `step_finished`, ...).
+fn message_kind(message: &FromAgent) -> String {
+    serde_json::to_value(message)
+        .ok()
+        .and_then(|v| v["msg"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// ` (the error)`, or nothing.
