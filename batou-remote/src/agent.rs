@@ -543,7 +543,7 @@ mod tests {
         let unexpected = unexpected(FromAgent::Ready);
         assert_eq!(
             unexpected.to_string(),
-            "unexpected message from the agent: Ready"
+            "unexpected `ready` message from the agent"
         );
         let source = serde_json::from_str::<FromAgent>("{").unwrap_err();
         let text = format!("cannot read the agent's message: {source}");
