@@ -398,6 +398,43 @@ fn every_line_of_a_multi_line_ssh_error_names_its_host() {
 }
 
 #[test]
+fn an_address_shaped_like_an_ssh_option_runs_nothing() {
+    let cluster = Cluster::start(&["web1"]);
+    let marker = std::env::temp_dir().join(format!("bt-proxy-{}", std::process::id()));
+    let p = Project::new();
+    let env = |address: &str| {
+        format!(
+            "[environment]\nbase_dir = \"srv\"\n\n[hosts.web1]\n{address}components = [\"motd\"]\n\n[components.motd]\ntype = \"file\"\npath = \"motd\"\ncontent = \"hello\\n\"\n"
+        )
+    };
+    p.env(
+        "prod",
+        &env(&format!(
+            "address = \"-oProxyCommand=touch {}\"\n",
+            marker.display()
+        )),
+    );
+    let out = cluster.run(p.root(), &["prod"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("environments/prod.toml:5:"),
+        "{}",
+        out.stderr
+    );
+    assert!(!marker.exists(), "the address ran as an ssh option");
+    assert_eq!(cluster.host("web1").logins(), 0);
+    assert!(!cluster.host("web1").home.join("srv").exists());
+
+    // The same host by its name deploys, and then changes nothing.
+    p.env("prod", &env(""));
+    let out = cluster.run(p.root(), &["prod"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = cluster.run(p.root(), &["prod", "--json"]);
+    assert_eq!(out.count("changed"), 0, "{}", out.stdout);
+    assert!(!marker.exists());
+}
+
+#[test]
 fn an_environment_without_hosts_is_a_configuration_error() {
     let cluster = Cluster::start(&["web1"]);
     let p = Project::new();
