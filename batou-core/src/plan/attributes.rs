@@ -6,6 +6,7 @@
 //! value came from; on an agent they are the JSON the controller shipped, and an error names
 //! the component on the host.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use serde::Deserialize;
@@ -150,10 +151,10 @@ impl<'a> Attributes<'a> {
 /// to render them for). `configure` does not run for them: it may depend on a host.
 pub(super) fn check_unassigned(
     environment: &Environment,
+    attributes: &BTreeMap<String, MergedAttributes<'_>>,
     registry: &Registry,
     templates: &Templates,
 ) -> Result<(), ConfigError> {
-    let attributes = environment.attributes()?;
     for (name, def) in &environment.components {
         if environment
             .hosts

@@ -102,7 +102,7 @@ impl Plan {
                 });
             }
         }
-        check_unassigned(environment, registry, &templates)?;
+        check_unassigned(environment, &attributes, registry, &templates)?;
         let allow_paths: Vec<String> = environment
             .settings
             .allow_paths
