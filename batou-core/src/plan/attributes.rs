@@ -155,12 +155,13 @@ pub(super) fn check_unassigned(
     registry: &Registry,
     templates: &Templates,
 ) -> Result<(), ConfigError> {
+    let assigned: std::collections::BTreeSet<&String> = environment
+        .hosts
+        .iter()
+        .flat_map(|h| &h.components)
+        .collect();
     for (name, def) in &environment.components {
-        if environment
-            .hosts
-            .iter()
-            .any(|h| h.components.contains(name))
-        {
+        if assigned.contains(name) {
             continue;
         }
         let Some(merged) = attributes.get(name) else {
