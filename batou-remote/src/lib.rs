@@ -330,11 +330,66 @@ async fn watch_signals(
     std::process::exit(i32::from(Exit::Interrupted as u8));
 }
 
+/// How long a project's binary may take to print its plan (configure only: it was built
+/// before).
+const PLAN_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Runs `command` to completion with its output captured, killing it at `deadline`.
+fn output_within(
+    command: &mut std::process::Command,
+    deadline: Duration,
+) -> anyhow::Result<std::process::Output> {
+    use std::io::Read;
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut out);
+            }
+            out
+        })
+    };
+    let stdout = reader(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = reader(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("it did not print its plan within {deadline:.0?} and was stopped");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
 /// The remote plan and the agent binary: the project's own binary when the deployment
 /// repository is a Cargo package, this binary otherwise.
 #[expect(
     clippy::disallowed_methods,
-    reason = "the project's binary prints its plan on stdout, which is read whole; it ends with this process's wait"
+    reason = "the project's binary prints its plan on stdout, read whole (the runner keeps only the last 4 MiB); `output_within` bounds it"
 )]
 fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
     // Before building the project's binary: a bad name must end the run untouched.
@@ -351,8 +406,7 @@ fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
                 std::path::absolute(identity)?,
             );
         }
-        let output = command
-            .output()
+        let output = output_within(&mut command, PLAN_DEADLINE)
             .with_context(|| format!("cannot run the project's binary `{}`", binary.display()))?;
         if !output.status.success() {
             // The project's binary printed its error already formatted; relay it.

@@ -121,7 +121,8 @@ impl Cmd {
         for key in self.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 bail!(
-                    "`env` key {key:?} of command `{}` is not a variable name: it must be non-empty and must not contain `=`",
+                    "`env` key `{}` of command `{}` is not a variable name: it must be non-empty and contain neither `=` nor a NUL byte",
+                    key.escape_debug(),
                     self.argv.join(" ")
                 );
             }

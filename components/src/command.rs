@@ -109,11 +109,15 @@ impl Command {
         }
         for (key, value) in &self.env {
             if key.contains('\0') {
-                nul(format!("`env` key {key:?}"))?;
+                nul(format!("`env` key `{}`", key.escape_debug()))?;
             }
-            if key.is_empty() || key.contains('=') {
+            if key.is_empty() {
+                bail!("an `env` key is empty: a variable needs a name");
+            }
+            if key.contains('=') {
                 bail!(
-                    "`env` key {key:?} is not a variable name: it must be non-empty and must not contain `=`"
+                    "`env` key `{}` is not a variable name: it must not contain `=`",
+                    key.escape_debug()
                 );
             }
             if value.contains('\0') {
