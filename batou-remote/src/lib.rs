@@ -22,7 +22,7 @@ use anyhow::Context;
 use batou_core::output::{HumanOutput, JsonOutput};
 use batou_core::protocol::{Controller, RemotePlan};
 use batou_core::{ConfigError, EventSink};
-use batou_runtime::Exit;
+use batou_runtime::{Exit, ExitError};
 use clap::{Parser, Subcommand};
 
 use crate::agent::AgentBinary;
@@ -261,18 +261,33 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
         Box::new(HumanOutput::new(std::io::stderr()))
     };
     let json = settings.json;
-    runtime.block_on(schedule::check_excluded_dependencies(
-        &plan,
-        &options,
-        &mut |warning| {
-            if json {
-                let event = serde_json::json!({"event": "warning", "message": warning});
-                println!("{}", batou_core::redact::to_masked_json(&event));
-            } else {
-                eprintln!("warning: {}", batou_core::redact::mask(&warning));
+    let mut warn = |warning: String| {
+        if json {
+            let event = serde_json::json!({"event": "warning", "message": warning});
+            println!("{}", batou_core::redact::to_masked_json(&event));
+        } else {
+            eprintln!("warning: {}", batou_core::redact::mask(&warning));
+        }
+    };
+    // Reading the journals of hosts outside `--hosts` stops at the first signal too.
+    let checked = runtime.block_on(async {
+        tokio::select! {
+            checked = schedule::check_excluded_dependencies(&plan, &options, &mut warn) => checked,
+            () = options.interrupt.raised() => Err(ExitError {
+                exit: Exit::Interrupted,
+                error: ConfigError::new(
+                    "interrupted while reading the journals of the hosts outside `--hosts`",
+                )
+                .hint("nothing was deployed"),
             }
-        },
-    ))?;
+            .into()),
+        }
+    });
+    if let Err(err) = checked {
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        options.ssh.masters.terminate_all();
+        return Err(err);
+    }
     let report = runtime.block_on(schedule::deploy(
         &plan,
         agent,

@@ -525,3 +525,46 @@ fn the_hosts_check_wants_the_latest_deploy_to_have_succeeded() {
     );
     assert_eq!(cluster.host("web1").journal("srv").len(), web1_journal);
 }
+
+#[test]
+fn a_signal_stops_the_hosts_check_at_once() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let cluster = Cluster::start(&["db1", "web1", "web2"]);
+    let shop = workspace_root().join("examples/shop");
+    assert_eq!(
+        cluster.run(&shop, &["production", "--hosts", "db1"]).code,
+        0
+    );
+    // db1's sshd is frozen: reading its journal would wait for the connect timeout.
+    let db1 = Pid::from_raw(cluster.host("db1").pid() as i32);
+    kill(db1, Signal::SIGSTOP).unwrap();
+    let started = Instant::now();
+    let child = cluster
+        .command(&shop, &["production", "--hosts", "web1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let out = crate::harness::Outcome::from(child.wait_with_output().unwrap());
+    let elapsed = started.elapsed();
+    kill(db1, Signal::SIGCONT).unwrap();
+    assert_eq!(out.code, 130, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "error: interrupted while reading the journals of the hosts outside `--hosts`"
+        ),
+        "{}",
+        out.stderr
+    );
+    // Well before the 3 s connect timeout would have ended the check.
+    assert!(elapsed < Duration::from_millis(2900), "took {elapsed:?}");
+    assert!(!cluster.host("web1").home.join("srv").exists());
+
+    let out = cluster.run(&shop, &["production", "--hosts", "web1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = cluster.run(&shop, &["production", "--hosts", "web1", "--json"]);
+    assert_eq!(out.count("changed"), 0, "{}", out.stdout);
+}
