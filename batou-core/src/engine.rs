@@ -4,7 +4,6 @@
 //! update is updated and verified again. A failure stops the host: later steps are not
 //! attempted, and the report says which components had already changed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::plan::Node;
@@ -42,8 +41,6 @@ pub struct HostReport {
     pub changed_components: Vec<String>,
     /// The component path and cause chain of a failure.
     pub failure: Option<(String, Vec<String>)>,
-    /// Whether an interrupt left root components not started.
-    pub interrupted: bool,
     /// How long converging the host took.
     pub seconds: f64,
 }
@@ -133,19 +130,6 @@ pub fn converge(
     options: ConvergeOptions,
     sink: &mut dyn EventSink,
 ) -> HostReport {
-    converge_until(plan, host, options, &AtomicBool::new(false), sink)
-}
-
-/// Like [`converge`], but stops before the next root component once `interrupt` is set: the
-/// running root component finishes, the later ones are not attempted, and the report says
-/// it was interrupted.
-pub fn converge_until(
-    plan: &mut Plan,
-    host: &str,
-    options: ConvergeOptions,
-    interrupt: &AtomicBool,
-    sink: &mut dyn EventSink,
-) -> HostReport {
     let started = Instant::now();
     sink.event(Event::HostStarted {
         host: host.to_string(),
@@ -157,18 +141,11 @@ pub fn converge_until(
         roots: Vec::new(),
         changed_components: Vec::new(),
         failure: None,
-        interrupted: false,
         seconds: 0.0,
     };
-    let mut not_started = Vec::new();
     for step in plan.host_order(host) {
         let root = plan.steps()[step].root.clone();
         if report.failure.is_some() {
-            report.roots.push((root, RootOutcome::NotAttempted));
-            continue;
-        }
-        if interrupt.load(Ordering::SeqCst) {
-            not_started.push(root.clone());
             report.roots.push((root, RootOutcome::NotAttempted));
             continue;
         }
@@ -178,13 +155,6 @@ pub fn converge_until(
         report.roots.push((root, step_report.outcome));
     }
     report.seconds = started.elapsed().as_secs_f64();
-    if !not_started.is_empty() {
-        report.interrupted = true;
-        sink.event(Event::Interrupted {
-            host: host.to_string(),
-            not_started,
-        });
-    }
     sink.event(report.finished_event(options.dry_run));
     report
 }

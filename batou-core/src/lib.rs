@@ -54,9 +54,7 @@ mod workdir;
 pub use component::{Component, Verdict};
 pub use configure::{Configure, SubComponent};
 pub use deploy::Deploy;
-pub use engine::{
-    ConvergeOptions, HostReport, RootOutcome, StepReport, converge, converge_step, converge_until,
-};
+pub use engine::{ConvergeOptions, HostReport, RootOutcome, StepReport, converge, converge_step};
 pub use environment::{Connect, Environment, Host, Settings, check_name, host_base_dir};
 pub use error::{ConfigError, Place};
 pub use event::{Event, EventSink, HostStatus, HostSummary};

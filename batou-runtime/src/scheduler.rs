@@ -411,15 +411,6 @@ impl<'p> Scheduler<'p> {
         self.hosts.values().all(|h| h.finished)
     }
 
-    /// Names of the hosts whose sessions are not closed yet.
-    pub fn open_hosts(&self) -> Vec<String> {
-        self.hosts
-            .iter()
-            .filter(|(_, h)| !h.closed)
-            .map(|(n, _)| n.clone())
-            .collect()
-    }
-
     /// Ends the run: every host's summary, the exit status, and the `run_finished` event
     /// (last in the returned events).
     pub fn finish(&mut self, now: f64) -> (Outcome, Vec<Event>) {
