@@ -142,6 +142,10 @@ mod tests {
         let pid = child.id();
         let me = std::process::id();
         assert!(alive(pid));
+        // Between fork and exec the child still shows this test's command line.
+        wait_until("the child to exec sleep", Duration::from_secs(5), || {
+            argv(pid).is_some_and(|a| a == ["sleep", "30.717"])
+        });
         assert_eq!(processes_with_args(&["sleep", "30.717"]), vec![pid]);
         assert!(sleeping("30.717"));
         assert_eq!(argv(pid).unwrap(), ["sleep", "30.717"]);
