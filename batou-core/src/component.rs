@@ -50,6 +50,12 @@ pub trait Component: Send + 'static {
     fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
         Ok(())
     }
+
+    /// This component as a supervised service, for the `service` verbs; `None` for
+    /// everything that is not one.
+    fn service(&self) -> Option<&dyn crate::ServiceControl> {
+        None
+    }
 }
 
 /// `a::b::Name<c::D>` → `Name<D>`: every path segment of a type name without its modules.

@@ -40,6 +40,19 @@ pub(crate) struct Scope<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubComponent(pub(crate) usize);
 
+/// A root component of the same host that a component watches for changes, returned by
+/// [`Configure::watch_root`]; [`Deploy::root_changed`](crate::Deploy::root_changed) asks
+/// whether it changed in this run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootWatch(pub(crate) String);
+
+impl RootWatch {
+    /// The watched root component's name.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Passed to [`Component::configure`]: add sub-components, provide and require resources,
 /// render templates, resolve paths.
 pub struct Configure<'a> {
@@ -57,6 +70,49 @@ impl<'a> Configure<'a> {
     pub fn add(&mut self, component: impl Component) -> SubComponent {
         self.added.push(Box::new(component));
         SubComponent(self.added.len() - 1)
+    }
+
+    /// Watches the root component `name` of this host for changes: this root component is
+    /// deployed after it, and [`Deploy::root_changed`](crate::Deploy::root_changed) tells
+    /// whether it changed (or, in a dry run, would change) in this run. This is how
+    /// `restart_on` and `on_change` are written.
+    ///
+    /// A name that is not a root component of this host, or this root component itself, is
+    /// an error that suggests a close name.
+    pub fn watch_root(&mut self, name: &str) -> anyhow::Result<RootWatch> {
+        let host = self.scope.host;
+        if name == self.scope.root {
+            bail!("`{name}` cannot watch itself for changes");
+        }
+        if !host.components.iter().any(|c| c == name) {
+            let others = host
+                .components
+                .iter()
+                .map(String::as_str)
+                .filter(|c| *c != self.scope.root);
+            let listed: Vec<String> = others.clone().map(|c| format!("`{c}`")).collect();
+            let hint = if listed.is_empty() {
+                format!("host `{}` has no other root component to watch", host.name)
+            } else {
+                format!(
+                    "the other root components of host `{}` are {}",
+                    host.name,
+                    listed.join(", ")
+                )
+            };
+            return Err(crate::ConfigError::new(format!(
+                "`{name}` is not a root component of host `{}`",
+                host.name
+            ))
+            .suggest(name, others)
+            .hint(hint)
+            .into());
+        }
+        let label = format!("{}: {name}", host.name);
+        if let Some(watched) = self.scope.step_labels.iter().position(|l| *l == label) {
+            self.resources.watch(self.scope.step, watched);
+        }
+        Ok(RootWatch(name.to_string()))
     }
 
     /// The host this component is configured for.

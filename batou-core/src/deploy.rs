@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use crate::{Event, EventSink, Host, SubComponent};
+use std::collections::BTreeSet;
+
+use crate::{Event, EventSink, Host, RootWatch, SubComponent};
 
 /// Passed to [`Component::verify`](crate::Component::verify) and
 /// [`Component::update`](crate::Component::update).
@@ -14,6 +16,8 @@ pub struct Deploy<'a> {
     pub(crate) subcomponents_changed: bool,
     /// Whether each sub-component this component added changed, in the order added.
     pub(crate) added_changed: &'a [bool],
+    /// The root components of this host that changed earlier in this run.
+    pub(crate) changed_roots: &'a BTreeSet<String>,
     pub(crate) diff: Option<String>,
     pub(crate) sink: &'a mut dyn EventSink,
 }
@@ -44,6 +48,15 @@ impl Deploy<'_> {
             "a SubComponent handle is only meaningful to the component that added it"
         );
         self.added_changed.get(sub.0).copied().unwrap_or(false)
+    }
+
+    /// Whether the watched root component changed (or, in a dry run, would change) earlier
+    /// in this run. Watched roots are deployed first ([`Configure::watch_root`](crate::Configure::watch_root)).
+    ///
+    /// Unlike [`Deploy::changed`], this stays `true` during the verify that follows `update`:
+    /// a component that acts on it must remember in `update` that it did.
+    pub fn root_changed(&self, watch: &RootWatch) -> bool {
+        self.changed_roots.contains(&watch.0)
     }
 
     /// The host being converged: its `name`, `data` and `address`, as

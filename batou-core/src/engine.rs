@@ -79,6 +79,8 @@ pub fn converge_step(
     options: ConvergeOptions,
     sink: &mut dyn EventSink,
 ) -> StepReport {
+    let changed_roots = plan.changed_roots_of(step);
+    let index = step;
     let (step, host_data) = plan.step_with_host(step);
     let host = step.host.clone();
     sink.event(Event::StepStarted {
@@ -93,9 +95,14 @@ pub fn converge_step(
         options,
         sink: &mut *sink,
         changed: &mut changed,
+        changed_roots: &changed_roots,
     };
     // A root's first child is its Workdir, which the root did not add itself.
-    match run.converge(&mut step.tree, 1) {
+    let result = run.converge(&mut step.tree, 1);
+    if matches!(result, Ok(true)) {
+        plan.record_changed(index);
+    }
+    match result {
         Ok(any) => StepReport {
             outcome: if any {
                 RootOutcome::Changed
@@ -186,6 +193,7 @@ struct Run<'a> {
     options: ConvergeOptions,
     sink: &'a mut dyn EventSink,
     changed: &'a mut Vec<String>,
+    changed_roots: &'a std::collections::BTreeSet<String>,
 }
 
 impl Run<'_> {
@@ -233,6 +241,7 @@ impl Run<'_> {
             dry_run: false,
             subcomponents_changed: sub_changed,
             added_changed,
+            changed_roots: self.changed_roots,
             diff: None,
             sink: &mut *self.sink,
         };
@@ -267,6 +276,7 @@ impl Run<'_> {
             dry_run: self.options.dry_run,
             subcomponents_changed: sub_changed,
             added_changed,
+            changed_roots: self.changed_roots,
             diff: None,
             sink: &mut *self.sink,
         };

@@ -46,13 +46,14 @@ pub mod redact;
 mod registry;
 mod resources;
 pub mod secrets;
+mod service;
 mod template;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod workdir;
 
 pub use component::{Component, Verdict};
-pub use configure::{Configure, SubComponent};
+pub use configure::{Configure, RootWatch, SubComponent};
 pub use deploy::Deploy;
 pub use engine::{ConvergeOptions, HostReport, RootOutcome, StepReport, converge, converge_step};
 pub use environment::{Connect, Environment, Host, Settings, check_name, host_base_dir};
@@ -63,6 +64,10 @@ pub use plan::{Plan, Step};
 pub use project::{Project, ProjectEntry, ProjectEntryKind, ProjectFiles};
 pub use registry::Registry;
 pub use secrets::Secret;
+pub use service::{
+    ServiceControl, ServiceOutcome, ServiceResult, ServiceStatus, ServiceVerb, control_services,
+    has_services,
+};
 pub use template::Templates;
 
 /// Removes `.` and resolves `..` lexically, without touching the file system.

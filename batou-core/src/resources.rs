@@ -18,6 +18,17 @@ pub(crate) struct Resources {
     waiting: BTreeMap<usize, String>,
     /// On an agent: the values shipped by the controller, which `require` serves instead.
     fixed: Option<BTreeMap<String, Vec<Value>>>,
+    /// step -> the steps of the same host whose changes it watches (`Configure::watch_root`).
+    watches: BTreeMap<usize, BTreeSet<usize>>,
+}
+
+/// Why one step is deployed after another.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Edge {
+    /// The later step requires this resource key from the earlier one.
+    Requires(String),
+    /// The later step watches the earlier one for changes (`restart_on`, `on_change`).
+    Watches,
 }
 
 /// Raised by `require` when nothing provides a key yet; the plan retries the step later.
@@ -36,6 +47,12 @@ impl Resources {
         self.provided.retain(|_, v| !v.is_empty());
         self.consumed.remove(&step);
         self.waiting.remove(&step);
+        self.watches.remove(&step);
+    }
+
+    /// Records that `step` watches `watched` for changes, so that it is deployed after it.
+    pub(crate) fn watch(&mut self, step: usize, watched: usize) {
+        self.watches.entry(step).or_default().insert(watched);
     }
 
     /// A store that serves shipped values and ignores what is provided.
@@ -120,16 +137,22 @@ impl Resources {
         self.waiting.get(&step).map(String::as_str)
     }
 
-    /// Ordering edges: (provider, requirer, key) for every consumed resource, without self-edges.
-    pub(crate) fn edges(&self) -> Vec<(usize, usize, String)> {
+    /// Ordering edges (earlier, later, why): every consumed resource from its providers,
+    /// without self-edges, and every watched root before its watcher.
+    pub(crate) fn edges(&self) -> Vec<(usize, usize, Edge)> {
         let mut edges = BTreeSet::new();
         for (requirer, keys) in &self.consumed {
             for key in keys.keys() {
                 for (provider, _) in self.provided.get(key).into_iter().flatten() {
                     if provider != requirer {
-                        edges.insert((*provider, *requirer, key.clone()));
+                        edges.insert((*provider, *requirer, Edge::Requires(key.clone())));
                     }
                 }
+            }
+        }
+        for (watcher, watched) in &self.watches {
+            for w in watched {
+                edges.insert((*w, *watcher, Edge::Watches));
             }
         }
         edges.into_iter().collect()
@@ -175,7 +198,7 @@ mod tests {
         assert!(r.is_stale(2));
         r.reset(3);
         assert!(!r.is_stale(2));
-        assert_eq!(r.edges(), vec![(1, 2, "db".to_string())]);
+        assert_eq!(r.edges(), vec![(1, 2, Edge::Requires("db".to_string()))]);
     }
 
     #[test]

@@ -189,6 +189,7 @@ impl Plan {
             project,
             secret_files,
             secret_values: Vec::new(),
+            changed: Default::default(),
         };
         for (i, expected) in job_steps.iter().enumerate() {
             let configured = plan.component_paths(i);

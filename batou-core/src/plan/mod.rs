@@ -27,7 +27,7 @@ use crate::plan::order::order_steps;
 use crate::plan::rounds::{Context, Slot, configure_slots};
 use crate::project::Project;
 use crate::registry::Registry;
-use crate::resources::Resources;
+use crate::resources::{Edge, Resources};
 use crate::secrets::{SecretFiles, SecretKeys};
 use crate::template::Templates;
 
@@ -48,6 +48,8 @@ pub struct Plan {
     secret_files: Arc<SecretFiles>,
     /// Every secret string of the environment with its name (empty on agents).
     secret_values: Vec<(String, String)>,
+    /// The steps that changed (or, in a dry run, would change) so far in this run.
+    changed: std::collections::BTreeSet<usize>,
 }
 
 impl Plan {
@@ -128,8 +130,11 @@ impl Plan {
         let edges = built.resources.edges();
         let order = order_steps(slots.len(), &edges, &labels)?;
         let mut after: Vec<BTreeMap<usize, Vec<String>>> = vec![BTreeMap::new(); slots.len()];
-        for (provider, requirer, key) in edges {
-            after[requirer].entry(provider).or_default().push(key);
+        for (earlier, later, edge) in edges {
+            let keys = after[later].entry(earlier).or_default();
+            if let Edge::Requires(key) = edge {
+                keys.push(key);
+            }
         }
         let steps = slots
             .into_iter()
@@ -162,6 +167,7 @@ impl Plan {
             project: project.clone(),
             secret_files,
             secret_values: environment.secret_values.clone(),
+            changed: Default::default(),
         })
     }
 
@@ -195,6 +201,22 @@ impl Plan {
         let mut out = Vec::new();
         walk(&self.steps[step].tree, &mut out);
         out
+    }
+
+    /// The names of the root components of `step`'s host that changed so far in this run.
+    pub(crate) fn changed_roots_of(&self, step: usize) -> std::collections::BTreeSet<String> {
+        let host = &self.steps[step].host;
+        self.changed
+            .iter()
+            .map(|s| &self.steps[*s])
+            .filter(|s| s.host == *host)
+            .map(|s| s.root.clone())
+            .collect()
+    }
+
+    /// Records that `step` changed (or would change) in this run.
+    pub(crate) fn record_changed(&mut self, step: usize) {
+        self.changed.insert(step);
     }
 
     /// A step to converge, with its host.
@@ -243,6 +265,8 @@ mod tests {
                 } else if let Some(key) = step.strip_prefix("require_one:") {
                     let value: String = cx.require_one(key)?;
                     self.seen.push(value);
+                } else if let Some(root) = step.strip_prefix("watch:") {
+                    cx.watch_root(root)?;
                 } else if let Some(key) = step.strip_prefix("require:") {
                     let values: Vec<String> = cx.require(key)?;
                     self.seen.extend(values);
@@ -331,6 +355,79 @@ steps = ["provide:x"]
         )
         .unwrap();
         assert_eq!(order(&plan), vec!["a: late", "b: late2", "a: early"]);
+    }
+
+    #[test]
+    fn a_watched_root_comes_first_and_unknown_names_are_refused_with_a_suggestion() {
+        let watched = plan(
+            r#"
+[hosts.h]
+components = ["web", "config"]
+[components.web]
+type = "node"
+steps = ["watch:config"]
+[components.config]
+type = "node"
+"#,
+        )
+        .unwrap();
+        assert_eq!(order(&watched), vec!["h: config", "h: web"]);
+        let web = watched
+            .steps()
+            .iter()
+            .position(|s| s.root == "web")
+            .unwrap();
+        assert_eq!(watched.steps()[web].after.len(), 1);
+        assert!(watched.steps()[web].after_keys.values().all(Vec::is_empty));
+
+        let err = plan(
+            r#"
+[hosts.h]
+components = ["web", "config"]
+[hosts.other]
+components = ["db"]
+[components.web]
+type = "node"
+steps = ["watch:confg"]
+[components.config]
+type = "node"
+[components.db]
+type = "node"
+"#,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "cannot configure `web` in host `h`, component `web`"
+        );
+        assert_eq!(
+            std::error::Error::source(&err).unwrap().to_string(),
+            "`confg` is not a root component of host `h` (did you mean `config`?)"
+        );
+        assert_eq!(
+            err.hint.as_deref(),
+            Some("the other root components of host `h` are `config`")
+        );
+
+        let err = plan(
+            r#"
+[hosts.h]
+components = ["a", "b"]
+[components.a]
+type = "node"
+steps = ["watch:b"]
+[components.b]
+type = "node"
+steps = ["watch:a"]
+"#,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "dependency cycle between `h: a`, `h: b`: `h: b` watches `h: a` for changes; `h: a` watches `h: b` for changes"
+        );
     }
 
     #[test]

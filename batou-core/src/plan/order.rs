@@ -6,18 +6,19 @@ use petgraph::algo::tarjan_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::error::ConfigError;
+use crate::resources::Edge;
 
 /// Plan order by Kahn's algorithm, always taking the earliest ready step in environment order;
 /// a cycle is reported whole.
 pub(super) fn order_steps(
     count: usize,
-    edges: &[(usize, usize, String)],
+    edges: &[(usize, usize, Edge)],
     labels: &[String],
 ) -> Result<Vec<usize>, ConfigError> {
-    let mut graph: DiGraph<usize, &str> = DiGraph::new();
+    let mut graph: DiGraph<usize, ()> = DiGraph::new();
     let nodes: Vec<NodeIndex> = (0..count).map(|i| graph.add_node(i)).collect();
-    for (from, to, key) in edges {
-        graph.add_edge(nodes[*from], nodes[*to], key.as_str());
+    for (from, to, _) in edges {
+        graph.add_edge(nodes[*from], nodes[*to], ());
     }
     let mut cycles: Vec<Vec<usize>> = tarjan_scc(&graph)
         .into_iter()
@@ -32,12 +33,17 @@ pub(super) fn order_steps(
         cycles.sort();
         let cycle = &cycles[0];
         let mut links = Vec::new();
-        for (from, to, key) in edges {
+        for (from, to, edge) in edges {
             if cycle.contains(from) && cycle.contains(to) {
-                links.push(format!(
-                    "`{}` requires `{key}` from `{}`",
-                    labels[*to], labels[*from]
-                ));
+                links.push(match edge {
+                    Edge::Requires(key) => format!(
+                        "`{}` requires `{key}` from `{}`",
+                        labels[*to], labels[*from]
+                    ),
+                    Edge::Watches => {
+                        format!("`{}` watches `{}` for changes", labels[*to], labels[*from])
+                    }
+                });
             }
         }
         return Err(ConfigError::new(format!(
@@ -49,7 +55,7 @@ pub(super) fn order_steps(
                 .join(", "),
             links.join("; ")
         ))
-        .hint("a root component cannot be deployed before and after another; move one `provide` to a component that requires nothing from the other"));
+        .hint("a root component cannot be deployed before and after another; move one `provide` to a component that requires nothing from the other, or drop one `restart_on`/`on_change` name"));
     }
     let mut indegree = vec![0usize; count];
     for (_, to, _) in edges {

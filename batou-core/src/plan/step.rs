@@ -19,7 +19,8 @@ pub struct Step {
     pub root: String,
     /// Steps (indices into [`Plan::steps`](crate::Plan::steps)) that must be done before this one.
     pub after: Vec<usize>,
-    /// The resource keys each of those steps provides to this one, for reports.
+    /// The resource keys each of those steps provides to this one, for reports (none when
+    /// this step only watches that one for changes).
     pub after_keys: BTreeMap<usize, Vec<String>>,
     pub(crate) type_name: String,
     /// The rendered attributes as a host job carries them, or why they cannot be.
