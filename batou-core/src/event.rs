@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::{ServiceOutcome, ServiceVerb};
+
 /// Something that happened while converging one host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -106,6 +108,17 @@ pub enum Event {
         hosts: Vec<HostSummary>,
         /// How long the whole run took.
         seconds: f64,
+    },
+    /// A `service` verb ran on one service: what the supervisor says (`status`), or what the
+    /// verb did (`changed` with its action, `unchanged`, `failed` with the cause chain).
+    Service {
+        /// The host the event is about.
+        host: String,
+        /// The verb that ran.
+        verb: ServiceVerb,
+        /// The root component, the service's component path and the result.
+        #[serde(flatten)]
+        outcome: ServiceOutcome,
     },
     /// Converging a host ended; lists are root component names.
     HostFinished {
@@ -229,6 +242,49 @@ mod tests {
         assert_eq!(
             json,
             r#"{"event":"changed","host":"h","component":"app > File('x')","reason":"missing","dry_run":false}"#
+        );
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
+    }
+
+    #[test]
+    fn service_events_are_flat() {
+        let e = Event::Service {
+            host: "h".into(),
+            verb: ServiceVerb::Status,
+            outcome: ServiceOutcome {
+                root: "web".into(),
+                component: "web > Service('web')".into(),
+                result: crate::ServiceResult::Status {
+                    status: crate::ServiceStatus {
+                        manager: "runit".into(),
+                        running: true,
+                        pid: Some(42),
+                        uptime_seconds: Some(7),
+                        restarts: None,
+                        detail: None,
+                    },
+                },
+            },
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            json,
+            r#"{"event":"service","host":"h","verb":"status","root":"web","component":"web > Service('web')","result":"status","status":{"manager":"runit","running":true,"pid":42,"uptime_seconds":7,"restarts":null,"detail":null}}"#
+        );
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
+        let e = Event::Service {
+            host: "h".into(),
+            verb: ServiceVerb::Stop,
+            outcome: ServiceOutcome {
+                root: "web".into(),
+                component: "web > Service('web')".into(),
+                result: crate::ServiceResult::Unchanged,
+            },
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            json,
+            r#"{"event":"service","host":"h","verb":"stop","root":"web","component":"web > Service('web')","result":"unchanged"}"#
         );
         assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
     }

@@ -64,6 +64,14 @@ pub enum JournalEntry {
         #[serde(default)]
         components_changed: Vec<String>,
     },
+    /// A `service` verb ran (`start`, `stop`, `restart`; `status` is not recorded): one
+    /// outcome per service. A session for a verb writes only this record.
+    Service {
+        /// The verb.
+        verb: crate::ServiceVerb,
+        /// What it did to each service.
+        outcomes: Vec<crate::ServiceOutcome>,
+    },
     /// The deploy ended early: the agent's configure differed from the controller's, or the
     /// controller disconnected.
     Aborted {

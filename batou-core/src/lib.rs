@@ -66,7 +66,7 @@ pub use registry::Registry;
 pub use secrets::Secret;
 pub use service::{
     ServiceControl, ServiceOutcome, ServiceResult, ServiceStatus, ServiceVerb, control_services,
-    has_services,
+    has_services, select_roots, service_paths,
 };
 pub use template::Templates;
 

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use crate::{Event, EventSink};
+use crate::{Event, EventSink, ServiceOutcome, ServiceResult, ServiceVerb};
 
 /// Renders events as human-readable, host-prefixed lines.
 pub struct HumanOutput<W: Write> {
@@ -136,6 +136,14 @@ impl HumanOutput<Vec<u8>> {
                 let text = format!("failed {component}\n{}", chain_text(&error));
                 self.lines(&host, &text);
             }
+            Event::Service {
+                host,
+                verb,
+                outcome,
+            } => {
+                let text = service_text(verb, &outcome);
+                self.lines(&host, &text);
+            }
             Event::HostFinished {
                 host,
                 dry_run,
@@ -163,6 +171,71 @@ impl HumanOutput<Vec<u8>> {
             }
         }
         let _ = self.out.flush();
+    }
+}
+
+/// One service's line (or lines, for a failure) after a `service` verb.
+fn service_text(verb: ServiceVerb, outcome: &ServiceOutcome) -> String {
+    let component = &outcome.component;
+    match &outcome.result {
+        ServiceResult::Status { status } => {
+            let mut facts = vec![status.manager.clone()];
+            if let Some(pid) = status.pid {
+                facts.push(format!("pid {pid}"));
+            }
+            if let Some(seconds) = status.uptime_seconds {
+                let state = if status.running { "up" } else { "down" };
+                facts.push(format!("{state} {}", duration_text(seconds)));
+            }
+            if let Some(restarts) = status.restarts {
+                let noun = if restarts == 1 { "restart" } else { "restarts" };
+                facts.push(format!("{restarts} {noun}"));
+            }
+            if let Some(detail) = &status.detail {
+                facts.push(detail.clone());
+            }
+            let state = if status.running {
+                "running"
+            } else {
+                "not running"
+            };
+            format!("{component}: {state} ({})", facts.join(", "))
+        }
+        ServiceResult::Changed { action } => format!("{action} {component}"),
+        ServiceResult::Unchanged => {
+            let why = match verb {
+                ServiceVerb::Start => " (already running)",
+                ServiceVerb::Stop => " (already stopped)",
+                ServiceVerb::Status | ServiceVerb::Restart => "",
+            };
+            format!("unchanged {component}{why}")
+        }
+        ServiceResult::Failed { error } => {
+            format!(
+                "failed {component} ({})\n{}",
+                verb.as_str(),
+                chain_text(error)
+            )
+        }
+    }
+}
+
+/// Seconds for people: `42 s`, `3 min 5 s`, `2 h 10 min`, `4 d 3 h`.
+fn duration_text(seconds: u64) -> String {
+    let (d, h, m, s) = (
+        seconds / 86400,
+        seconds / 3600 % 24,
+        seconds / 60 % 60,
+        seconds % 60,
+    );
+    if d > 0 {
+        format!("{d} d {h} h")
+    } else if h > 0 {
+        format!("{h} h {m} min")
+    } else if m > 0 {
+        format!("{m} min {s} s")
+    } else {
+        format!("{s} s")
     }
 }
 
@@ -289,5 +362,64 @@ mod tests {
             Some("  db1                     second line of ssh")
         );
         assert_eq!(lines.next(), Some("  web10  unchanged"));
+    }
+
+    #[test]
+    fn service_verbs_say_what_they_found_and_did() {
+        let outcome = |result| ServiceOutcome {
+            root: "web".into(),
+            component: "web > Service('web')".into(),
+            result,
+        };
+        let status = |running, pid, uptime| ServiceResult::Status {
+            status: crate::ServiceStatus {
+                manager: "runit".into(),
+                running,
+                pid,
+                uptime_seconds: Some(uptime),
+                restarts: Some(1),
+                detail: None,
+            },
+        };
+        let text = render(vec![
+            Event::Service {
+                host: "web1".into(),
+                verb: ServiceVerb::Status,
+                outcome: outcome(status(true, Some(42), 3725)),
+            },
+            Event::Service {
+                host: "web1".into(),
+                verb: ServiceVerb::Status,
+                outcome: outcome(status(false, None, 4)),
+            },
+            Event::Service {
+                host: "web1".into(),
+                verb: ServiceVerb::Start,
+                outcome: outcome(ServiceResult::Unchanged),
+            },
+            Event::Service {
+                host: "web1".into(),
+                verb: ServiceVerb::Restart,
+                outcome: outcome(ServiceResult::Changed {
+                    action: "restarted".into(),
+                }),
+            },
+            Event::Service {
+                host: "web1".into(),
+                verb: ServiceVerb::Start,
+                outcome: outcome(ServiceResult::Failed {
+                    error: vec!["not healthy after 20 s".into()],
+                }),
+            },
+        ]);
+        assert_eq!(
+            text,
+            "web1: web > Service('web'): running (runit, pid 42, up 1 h 2 min, 1 restart)\n\
+             web1: web > Service('web'): not running (runit, down 4 s, 1 restart)\n\
+             web1: unchanged web > Service('web') (already running)\n\
+             web1: restarted web > Service('web')\n\
+             web1: failed web > Service('web') (start)\n\
+             web1:   error: not healthy after 20 s\n"
+        );
     }
 }

@@ -4,7 +4,9 @@
 //! agent takes the host's lock, configures the job and answers `ready` (or `refused`); the
 //! controller sends `step` for each root component when its dependencies are done, the agent
 //! streams `event`s and `heartbeat`s and ends each with `step_finished`; `finish` ends the
-//! session with a journal record. Any change to these types that an older peer cannot read
+//! session with a journal record. A session for a `service` verb says so in `start` (its
+//! [`Purpose`]); after `ready` the controller sends one `service` message with the root
+//! components, the agent streams their `event`s and answers `service_finished`. Any change to these types that an older peer cannot read
 //! bumps [`PROTOCOL_VERSION`].
 
 use std::collections::BTreeMap;
@@ -12,12 +14,14 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::project::ProjectFiles;
-use crate::{Event, RootOutcome};
+use crate::{Event, RootOutcome, ServiceOutcome, ServiceVerb};
 
 /// The protocol version both sides must agree on.
 ///
 /// 3: a job carries only the project files its host's steps read, file contents as base64.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: sessions for the `service` verbs (`start.purpose`, `service`, `service_finished`), and
+/// a job step lists its services.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Everything one host needs to configure and converge its part of a plan, and nothing more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +119,10 @@ pub struct JobStep {
     /// The component paths the controller's configure produced, in converge order; the agent
     /// refuses to run when its own configure differs.
     pub components: Vec<String>,
+    /// The component paths of the step's services (components a `service` verb acts on),
+    /// in converge order.
+    #[serde(default)]
+    pub services: Vec<String>,
 }
 
 /// Who runs a deploy, recorded in the host's lock and journal.
@@ -144,14 +152,51 @@ pub enum ToAgent {
         dry_run: bool,
         /// Who runs the deploy.
         controller: Controller,
+        /// What the session is for: a deploy, or a `service` verb.
+        #[serde(default)]
+        purpose: Purpose,
     },
     /// Converge one root component of the job.
     Step {
         /// The root component's name.
         root: String,
     },
+    /// Run the session's `service` verb on the services of these root components, in this
+    /// order (a session for a verb only).
+    Service {
+        /// The root components' names.
+        roots: Vec<String>,
+    },
     /// End the session: write the journal record and release the lock.
     Finish,
+}
+
+/// What an agent session is for.
+///
+/// A deploy takes the host's lock unless it is a dry run; so does a `service` verb that
+/// changes something (`start`, `stop`, `restart`). `status` only reads and takes no lock, so
+/// that it answers while a deploy runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Purpose {
+    /// Converge the steps the controller sends.
+    #[default]
+    Deploy,
+    /// Run a `service` verb.
+    Service {
+        /// The verb.
+        verb: ServiceVerb,
+    },
+}
+
+impl Purpose {
+    /// Whether the session takes the host's lock.
+    pub fn locks(self, dry_run: bool) -> bool {
+        match self {
+            Purpose::Deploy => !dry_run,
+            Purpose::Service { verb } => verb != ServiceVerb::Status,
+        }
+    }
 }
 
 /// Why an agent refused a session.
@@ -204,6 +249,11 @@ pub enum FromAgent {
         /// How the step ended.
         outcome: RootOutcome,
     },
+    /// The session's `service` verb ran on every service of the roots asked for.
+    ServiceFinished {
+        /// One outcome per service, in the order they ran.
+        outcomes: Vec<ServiceOutcome>,
+    },
     /// The agent wrote its journal record and ends the session.
     Finished,
 }
@@ -224,5 +274,31 @@ mod tests {
             r#"{"msg":"step_finished","root":"app","outcome":"changed"}"#
         );
         assert_eq!(serde_json::from_str::<FromAgent>(&line).unwrap(), msg);
+    }
+
+    #[test]
+    fn a_session_says_what_it_is_for() {
+        let purpose = Purpose::Service {
+            verb: ServiceVerb::Restart,
+        };
+        assert_eq!(
+            serde_json::to_string(&purpose).unwrap(),
+            r#"{"kind":"service","verb":"restart"}"#
+        );
+        assert!(purpose.locks(false));
+        assert!(
+            !Purpose::Service {
+                verb: ServiceVerb::Status
+            }
+            .locks(false)
+        );
+        assert!(Purpose::Deploy.locks(false) && !Purpose::Deploy.locks(true));
+        let msg = ToAgent::Service {
+            roots: vec!["web".into()],
+        };
+        assert_eq!(
+            serde_json::to_string(&msg).unwrap(),
+            r#"{"msg":"service","roots":["web"]}"#
+        );
     }
 }

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::plan::Node;
-use crate::{Deploy, EventSink, Plan};
+use crate::{ConfigError, Deploy, EventSink, Plan};
 
 /// What the supervisor says of one service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,10 +99,26 @@ pub struct ServiceOutcome {
     /// The service's component path.
     pub component: String,
     /// What happened.
+    #[serde(flatten)]
     pub result: ServiceResult,
 }
 
-/// Runs `verb` on every service in the trees of `step`, in converge order.
+impl ServiceOutcome {
+    /// Whether the verb failed on this service.
+    pub fn is_failed(&self) -> bool {
+        matches!(self.result, ServiceResult::Failed { .. })
+    }
+
+    /// Whether the verb changed this service.
+    pub fn is_changed(&self) -> bool {
+        matches!(self.result, ServiceResult::Changed { .. })
+    }
+}
+
+/// Runs `verb` on every service in the tree of `step`, in converge order.
+///
+/// Each outcome is also reported to `sink` as an [`Event::Service`](crate::Event::Service),
+/// as it happens.
 pub fn control_services(
     plan: &mut Plan,
     step: usize,
@@ -137,13 +153,19 @@ pub fn control_services(
                     .restart(&mut cx)
                     .map(|()| changed(true, "restarted")),
             };
-            ServiceOutcome {
+            let outcome = ServiceOutcome {
                 root: step.root.clone(),
                 component: path.clone(),
                 result: result.unwrap_or_else(|e| ServiceResult::Failed {
                     error: e.chain().map(|c| c.to_string()).collect(),
                 }),
-            }
+            };
+            sink.event(crate::Event::Service {
+                host: host.name.clone(),
+                verb,
+                outcome: outcome.clone(),
+            });
+            outcome
         })
         .collect()
 }
@@ -170,7 +192,74 @@ fn collect<'a>(node: &'a Node, out: &mut Vec<(String, &'a dyn ServiceControl)>) 
 
 /// Whether a step's tree holds any service.
 pub fn has_services(plan: &Plan, step: usize) -> bool {
+    !service_paths(plan, step).is_empty()
+}
+
+/// The component paths of a step's services, in converge order.
+pub fn service_paths(plan: &Plan, step: usize) -> Vec<String> {
     let mut out = Vec::new();
     collect(&plan.steps()[step].tree, &mut out);
-    !out.is_empty()
+    out.into_iter().map(|(path, _)| path).collect()
+}
+
+/// The root components a verb runs on: the `requested` names, checked against `roots` (each
+/// root component in the run's scope and whether it holds a service), or, when none are
+/// requested, every root component with a service. In the order of `roots`, without
+/// duplicates.
+///
+/// Unknown names (with a suggestion), named roots without a service, and a scope without any
+/// service are configuration errors: nothing is contacted then.
+pub fn select_roots(
+    environment: &str,
+    roots: &[(String, bool)],
+    requested: &[String],
+) -> Result<Vec<String>, ConfigError> {
+    let with_service: Vec<&str> = roots
+        .iter()
+        .filter(|(_, service)| *service)
+        .map(|(root, _)| root.as_str())
+        .collect();
+    let listing = || {
+        if with_service.is_empty() {
+            "no root component has a service: add a component of type `service` (see docs/components.md)".to_string()
+        } else {
+            format!(
+                "root components with a service: {}",
+                with_service.join(", ")
+            )
+        }
+    };
+    for name in requested {
+        match roots.iter().find(|(root, _)| root == name) {
+            None => {
+                return Err(ConfigError::new(format!(
+                    "unknown root component `{name}` in environment `{environment}`"
+                ))
+                .suggest(name, roots.iter().map(|(root, _)| root.as_str()))
+                .hint(listing()));
+            }
+            Some((_, false)) => {
+                return Err(
+                    ConfigError::new(format!("root component `{name}` has no service"))
+                        .hint(listing()),
+                );
+            }
+            Some((_, true)) => {}
+        }
+    }
+    if with_service.is_empty() {
+        return Err(ConfigError::new(format!(
+            "no root component of environment `{environment}` has a service"
+        ))
+        .hint("the `service` verbs act on components of type `service` (see docs/components.md)"));
+    }
+    let mut chosen: Vec<String> = Vec::new();
+    for root in with_service {
+        if (requested.is_empty() || requested.iter().any(|r| r == root))
+            && !chosen.iter().any(|c| c == root)
+        {
+            chosen.push(root.to_string());
+        }
+    }
+    Ok(chosen)
 }

@@ -38,6 +38,7 @@ impl Plan {
                 type_name: step.type_name.clone(),
                 attributes,
                 components: self.component_paths(*i),
+                services: crate::service_paths(self, *i),
             });
         }
         let mut job = HostJob {
@@ -133,6 +134,7 @@ impl Plan {
                 type_name: s.type_name.clone(),
                 attributes: home.value(&s.attributes),
                 components: s.components.iter().map(|c| home.text(c)).collect(),
+                services: s.services.iter().map(|c| home.text(c)).collect(),
             })
             .collect();
         let host = Host {
