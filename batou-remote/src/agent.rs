@@ -11,8 +11,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use batou_core::protocol::{Controller, FromAgent, HostJob, PROTOCOL_VERSION, Refusal, ToAgent};
-use batou_core::{Event, RootOutcome};
+use batou_core::protocol::{
+    Controller, FromAgent, HostJob, PROTOCOL_VERSION, Purpose, Refusal, ToAgent,
+};
+use batou_core::{Event, RootOutcome, ServiceOutcome};
 use openssh::{Child, ChildStdin, ChildStdout, Session};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 
@@ -315,12 +317,14 @@ impl StderrTail {
 }
 
 impl AgentSession {
-    /// Starts the agent, sends the job and waits until it holds the lock and configured.
+    /// Starts the agent, sends the job and waits until it holds the lock (when `purpose`
+    /// needs it) and configured.
     pub async fn start(
         session: Arc<Session>,
         agent: &AgentBinary,
         job: &HostJob,
         dry_run: bool,
+        purpose: Purpose,
         controller: &Controller,
         timeout: Duration,
     ) -> Result<Self, SessionError> {
@@ -354,6 +358,7 @@ impl AgentSession {
             job: Box::new(job.clone()),
             dry_run,
             controller: controller.clone(),
+            purpose,
         })
         .await?;
         match me.read().await? {
@@ -384,6 +389,29 @@ impl AgentSession {
             match self.read().await? {
                 FromAgent::Event { event } => on_event(event),
                 FromAgent::StepFinished { outcome, .. } => return Ok(outcome),
+                FromAgent::Refused {
+                    reason, message, ..
+                } => return Err(SessionError::Refused { reason, message }),
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Runs the session's `service` verb on the services of `roots`, passing their events
+    /// to `on_event` as they arrive.
+    pub async fn service(
+        &mut self,
+        roots: &[String],
+        mut on_event: impl FnMut(Event),
+    ) -> Result<Vec<ServiceOutcome>, SessionError> {
+        self.send(&ToAgent::Service {
+            roots: roots.to_vec(),
+        })
+        .await?;
+        loop {
+            match self.read().await? {
+                FromAgent::Event { event } => on_event(event),
+                FromAgent::ServiceFinished { outcomes } => return Ok(outcomes),
                 FromAgent::Refused {
                     reason, message, ..
                 } => return Err(SessionError::Refused { reason, message }),

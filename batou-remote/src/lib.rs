@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod schedule;
 pub mod ssh;
+pub mod verbs;
 
 /// The secrets commands, shared with `batou-local` (`batou-local/src/secrets.rs`).
 pub use batou_runtime::secrets;
@@ -22,6 +23,7 @@ use anyhow::Context;
 use batou_core::output::{HumanOutput, JsonOutput};
 use batou_core::protocol::{Controller, RemotePlan};
 use batou_core::{ConfigError, EventSink};
+use batou_runtime::verb::ServiceCommand;
 use batou_runtime::{Exit, ExitError};
 use clap::{Parser, Subcommand};
 
@@ -34,6 +36,12 @@ use crate::ssh::{SshOptions, SshSettings};
 /// `batou-remote ENVIRONMENT` and `batou-remote deploy ENVIRONMENT` are the same; an
 /// environment named like a command (`deploy`, `secrets`, `agent`, `plan`, `help`, ...)
 /// needs `deploy`.
+///
+/// Verbs come after the environment, so that they never take an environment's name:
+/// `batou-remote ENVIRONMENT service status|start|stop|restart [COMPONENT]...` controls the
+/// services of the environment's root components on every host (or those of `--hosts`), in
+/// parallel (`batou-remote service` deploys the environment `service`; `batou-remote
+/// service service status` shows its services).
 #[derive(Debug, Parser)]
 #[command(
     name = "batou-remote",
@@ -69,6 +77,8 @@ struct Args {
     /// The environment: `environments/<ENVIRONMENT>.toml`.
     #[arg(required = true)]
     environment: Option<String>,
+    #[arg(value_name = "VERB", help = batou_runtime::verb::VERB_HELP)]
+    verb: Vec<String>,
     /// Report what would change without changing anything on any host.
     #[arg(long)]
     dry_run: bool,
@@ -135,6 +145,8 @@ pub struct Settings {
     pub agent_timeout: Duration,
     /// How to connect to hosts.
     pub ssh: SshSettings,
+    /// A `service` verb to run instead of a deploy.
+    pub service: Option<ServiceCommand>,
 }
 
 impl Settings {
@@ -175,7 +187,15 @@ pub fn main() -> ExitCode {
         None => cli.args,
     };
     let json = args.json;
-    match settings(args).and_then(|s| run(&s)) {
+    let settings = match settings(args) {
+        Ok(settings) => Ok(settings),
+        // A wrong verb is a usage error, worded and with the exit code of clap's own.
+        Err(err) => match err.downcast::<clap::Error>() {
+            Ok(usage) => usage.exit(),
+            Err(err) => Err(err),
+        },
+    };
+    match settings.and_then(|s| run(&s)) {
         Ok(exit) => exit.into(),
         Err(err) => {
             let exit = Exit::of_error(&err);
@@ -186,6 +206,23 @@ pub fn main() -> ExitCode {
 }
 
 fn settings(args: Args) -> anyhow::Result<Settings> {
+    let service = batou_runtime::verb::parse_verb("batou-remote", &args.verb)?;
+    if service.is_some() {
+        for (given, flag) in [
+            (args.dry_run, "--dry-run"),
+            (args.keep_going, "--keep-going"),
+        ] {
+            if given {
+                use clap::CommandFactory;
+                return Err(Cli::command()
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        format!("`{flag}` does not apply to the `service` verbs"),
+                    )
+                    .into());
+            }
+        }
+    }
     let project = match args.project {
         Some(dir) => std::path::absolute(dir)?,
         None => batou_runtime::find_project(&std::env::current_dir()?)?,
@@ -218,6 +255,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
             connect_timeout: whole_seconds(seconds(args.connect_timeout, "connect-timeout")?),
             keepalive: whole_seconds(seconds(args.keepalive, "keepalive")?),
         },
+        service,
     })
 }
 
@@ -233,6 +271,11 @@ fn whole_seconds(d: Duration) -> Duration {
 pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     let (plan, agent_path) = plan(settings)?;
     check_hosts(&plan, settings)?;
+    // Which hosts and services a verb acts on is checked before any connection, too.
+    let targets = match &settings.service {
+        Some(command) => Some(verbs::targets(&plan, settings.hosts.as_ref(), command)?),
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -260,6 +303,21 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     } else {
         Box::new(HumanOutput::new(std::io::stderr()))
     };
+    if let (Some(command), Some(targets)) = (&settings.service, &targets) {
+        let report = runtime.block_on(verbs::control(
+            &plan,
+            targets,
+            command,
+            agent,
+            controller,
+            &options,
+            sink.as_mut(),
+        ));
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        options.ssh.masters.terminate_all();
+        drop(control_dir);
+        return Ok(report.exit);
+    }
     let json = settings.json;
     let mut warn = |warning: String| {
         if json {

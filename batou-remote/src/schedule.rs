@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use batou_core::journal::JournalRecord;
-use batou_core::protocol::{Controller, HostJob, RemoteHost, RemotePlan};
+use batou_core::protocol::{Controller, HostJob, Purpose, RemoteHost, RemotePlan};
 use batou_core::{Event, EventSink, HostSummary, RootOutcome};
 use batou_runtime::Exit;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -82,7 +82,7 @@ pub struct RunReport {
 }
 
 /// How a connection failure ends a host.
-fn connect_failure(err: &ConnectError) -> HostFailure {
+pub(crate) fn connect_failure(err: &ConnectError) -> HostFailure {
     let status = match err {
         ConnectError::HostKeyRefused { .. } => HostStatus::HostKeyRefused,
         ConnectError::AuthRefused { .. } => HostStatus::AuthRefused,
@@ -95,7 +95,7 @@ fn connect_failure(err: &ConnectError) -> HostFailure {
 }
 
 /// How a failed agent session ends a host.
-fn session_failure(err: &SessionError) -> HostFailure {
+pub(crate) fn session_failure(err: &SessionError) -> HostFailure {
     let status = match err {
         SessionError::LockHeld { .. } => HostStatus::LockHeld,
         SessionError::Timeout { .. } | SessionError::Died { .. } => HostStatus::Timeout,
@@ -428,6 +428,49 @@ struct HostTask {
     setup: Arc<Semaphore>,
 }
 
+/// Connects to `host`, ships the agent when the host lacks it (reporting the upload to
+/// `on_event`) and starts an agent session for `purpose`; the SSH master is closed again
+/// when that fails.
+pub(crate) async fn open_session(
+    host: &RemoteHost,
+    job: &HostJob,
+    agent: &AgentBinary,
+    controller: &Controller,
+    options: &DeployOptions,
+    purpose: Purpose,
+    on_event: impl Fn(Event),
+) -> Result<(Arc<openssh::Session>, AgentSession), HostFailure> {
+    let session = ssh::connect(host, &options.ssh)
+        .await
+        .map_err(|err| connect_failure(&err))?;
+    let upload_deadline = options.agent_timeout.max(Duration::from_secs(120));
+    let prepared = async {
+        if ensure_agent(&session, agent, upload_deadline).await? {
+            on_event(Event::AgentUploaded {
+                host: host.name.clone(),
+                bytes: agent.size,
+            });
+        }
+        AgentSession::start(
+            Arc::clone(&session),
+            agent,
+            job,
+            options.dry_run,
+            purpose,
+            controller,
+            options.agent_timeout,
+        )
+        .await
+    };
+    match prepared.await {
+        Ok(agent_session) => Ok((session, agent_session)),
+        Err(err) => {
+            ssh::close(session, &options.ssh.masters).await;
+            Err(session_failure(&err))
+        }
+    }
+}
+
 /// Prepares the host, then runs the steps the loop sends until it says finish.
 async fn host_task(
     task: HostTask,
@@ -451,36 +494,22 @@ async fn host_task(
         let _ = up.send(Up::Report(name, Report::Cancelled));
         return;
     }
-    let session = match ssh::connect(&host, &options.ssh).await {
-        Ok(session) => session,
-        Err(err) => {
-            let _ = up.send(Up::Report(name, Report::SetupFailed(connect_failure(&err))));
-            return;
-        }
-    };
-    let upload_deadline = options.agent_timeout.max(Duration::from_secs(120));
-    let prepared = async {
-        if ensure_agent(&session, &agent, upload_deadline).await? {
-            let _ = up.send(Up::Event(Event::AgentUploaded {
-                host: name.clone(),
-                bytes: agent.size,
-            }));
-        }
-        AgentSession::start(
-            Arc::clone(&session),
-            &agent,
-            &job,
-            options.dry_run,
-            &controller,
-            options.agent_timeout,
-        )
-        .await
-    };
-    let mut agent_session = match prepared.await {
-        Ok(s) => s,
-        Err(err) => {
-            let _ = up.send(Up::Report(name, Report::SetupFailed(session_failure(&err))));
-            ssh::close(session, &options.ssh.masters).await;
+    let opened = open_session(
+        &host,
+        &job,
+        &agent,
+        &controller,
+        &options,
+        Purpose::Deploy,
+        |e| {
+            let _ = up.send(Up::Event(e));
+        },
+    )
+    .await;
+    let (session, mut agent_session) = match opened {
+        Ok(opened) => opened,
+        Err(failure) => {
+            let _ = up.send(Up::Report(name, Report::SetupFailed(failure)));
             return;
         }
     };

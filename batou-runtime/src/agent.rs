@@ -6,7 +6,9 @@
 //! is released by the kernel, but only once the command it was running has been ended (the
 //! lock is shared with the command runner's guards). Each deploy appends `started` and
 //! `finished` (or `aborted`) records to `<base_dir>/.batou/journal.jsonl`. Dry runs neither
-//! lock nor write anything.
+//! lock nor write anything. A session for a `service` verb runs the verb on the services of
+//! the root components the controller names; `start`, `stop` and `restart` take the lock
+//! and append one `service` record, `status` does neither.
 
 use std::fs::File;
 use std::io::{BufRead, Read, Seek, Write};
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use batou_core::journal::{DeployResult, JournalEntry, JournalRecord};
-use batou_core::protocol::{Controller, FromAgent, PROTOCOL_VERSION, Refusal, ToAgent};
+use batou_core::protocol::{Controller, FromAgent, PROTOCOL_VERSION, Purpose, Refusal, ToAgent};
 use batou_core::{ConvergeOptions, Event, EventSink, Plan, Registry, RootOutcome};
 use nix::fcntl::{Flock, FlockArg};
 
@@ -201,6 +203,7 @@ fn session(
         job,
         dry_run,
         controller,
+        purpose,
     } = msg
     else {
         refuse(
@@ -228,8 +231,11 @@ fn session(
     }
     let base_dir = resolve_base_dir(&job.base_dir)?;
     let state = base_dir.join(".batou");
+    // A session for a `service` verb writes a `service` record for its verb, not the
+    // `started` and `finished` records of a deploy.
+    let deploy = purpose == Purpose::Deploy;
     // The lock lives as long as this binding: the whole session.
-    let _lock = if dry_run {
+    let _lock = if !purpose.locks(dry_run) {
         None
     } else {
         match lock(&state, &controller) {
@@ -257,13 +263,13 @@ fn session(
             }
         }
     };
-    let journal = (!dry_run).then(|| Journal {
+    let journal = purpose.locks(dry_run).then(|| Journal {
         path: state.join("journal.jsonl"),
         environment: job.environment.clone(),
         host: job.host.name.clone(),
         controller: controller.clone(),
     });
-    if let Some(j) = &journal {
+    if let Some(j) = journal.as_ref().filter(|_| deploy) {
         j.append(JournalEntry::Started)?;
     }
 
@@ -272,7 +278,7 @@ fn session(
         Err(e) => {
             let e = anyhow::Error::new(e);
             refuse(out, Refusal::PlanMismatch, chain(&e), None);
-            if let Some(j) = &journal {
+            if let Some(j) = journal.as_ref().filter(|_| deploy) {
                 j.append(JournalEntry::Aborted { error: chain(&e) })?;
             }
             return Ok(());
@@ -302,7 +308,7 @@ fn session(
     for line in lines {
         let line = line?;
         match serde_json::from_str::<ToAgent>(&line) {
-            Ok(ToAgent::Step { root }) => {
+            Ok(ToAgent::Step { root }) if deploy => {
                 let Some(step) = plan.steps().iter().position(|s| s.root == root) else {
                     refuse(
                         out,
@@ -334,14 +340,56 @@ fn session(
                     outcome: report.outcome,
                 });
             }
-            Ok(ToAgent::Finish) => {
+            Ok(ToAgent::Service { roots }) => {
+                let Purpose::Service { verb } = purpose else {
+                    refuse(
+                        out,
+                        Refusal::Protocol,
+                        vec!["a `service` message in a deploy session".into()],
+                        None,
+                    );
+                    bail!("protocol error");
+                };
+                let mut steps = Vec::new();
+                for root in &roots {
+                    let Some(step) = plan.steps().iter().position(|s| &s.root == root) else {
+                        refuse(
+                            out,
+                            Refusal::Protocol,
+                            vec![format!("no root component `{root}` in this job")],
+                            None,
+                        );
+                        bail!("protocol error");
+                    };
+                    steps.push(step);
+                }
+                if !link.begin_step() {
+                    break;
+                }
+                let mut sink = out.clone();
+                let mut all = Vec::new();
+                for step in steps {
+                    all.extend(batou_core::control_services(
+                        &mut plan, step, verb, &mut sink,
+                    ));
+                }
+                link.end_step();
                 if let Some(j) = &journal {
+                    j.append(JournalEntry::Service {
+                        verb,
+                        outcomes: all.clone(),
+                    })?;
+                }
+                out.send(&FromAgent::ServiceFinished { outcomes: all });
+            }
+            Ok(ToAgent::Finish) => {
+                if let Some(j) = journal.as_ref().filter(|_| deploy) {
                     j.finished(&outcomes, plan.steps().len(), &changed_components)?;
                 }
                 out.send(&FromAgent::Finished);
                 return Ok(());
             }
-            Ok(ToAgent::Start { .. }) | Err(_) => {
+            Ok(ToAgent::Start { .. } | ToAgent::Step { .. }) | Err(_) => {
                 refuse(
                     out,
                     Refusal::Protocol,
@@ -353,7 +401,7 @@ fn session(
         }
     }
     // The controller went away mid-session.
-    if let Some(j) = &journal {
+    if let Some(j) = journal.as_ref().filter(|_| deploy) {
         j.append(JournalEntry::Aborted {
             error: vec!["controller disconnected".into()],
         })?;

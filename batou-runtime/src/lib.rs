@@ -9,7 +9,8 @@
 //! - the hand-over from the stock binary to a project's own ([`handover`]);
 //! - the planning pipeline a controller uses ([`load_environment`], [`remote_plan`]);
 //! - the scheduler of runs across hosts ([`scheduler`]), exit codes ([`Exit`]), the error
-//!   printer ([`print_error`]) and the `secrets` commands ([`secrets`]).
+//!   printer ([`print_error`]) and the `secrets` commands ([`secrets`]);
+//! - the `service` verbs' command line and summary ([`verb`]), which both commands share.
 //!
 //! Projects with their own component types call [`main_with`] from their `main`, through the
 //! `batou` facade:
@@ -32,6 +33,7 @@ mod report;
 mod role;
 pub mod scheduler;
 pub mod secrets;
+pub mod verb;
 
 use std::process::ExitCode;
 

@@ -14,6 +14,7 @@ use batou_core::{
 use clap::{Parser, Subcommand};
 
 use crate::scheduler::{Action, Report, Scheduler, SchedulerOptions};
+use crate::verb::ServiceCommand;
 use crate::{
     Exit, Role, handover, identity_source, load_environment, print_error, registry, secrets_main,
 };
@@ -22,6 +23,12 @@ use crate::{
 ///
 /// `batou-local ENVIRONMENT` and `batou-local deploy ENVIRONMENT` are the same; an
 /// environment named like a command (`deploy`, `agent`, `plan`, `help`, ...) needs `deploy`.
+///
+/// Verbs come after the environment, so that they never take an environment's name:
+/// `batou-local ENVIRONMENT service status|start|stop|restart [COMPONENT]...` controls the
+/// services of the environment's root components on this machine (`batou-local service`
+/// deploys the environment `service`; `batou-local service service status` shows its
+/// services).
 #[derive(Debug, Parser)]
 #[command(
     name = "batou-local",
@@ -57,6 +64,8 @@ struct Args {
     /// The environment: `environments/<ENVIRONMENT>.toml`.
     #[arg(required = true)]
     environment: Option<String>,
+    #[arg(value_name = "VERB", help = crate::verb::VERB_HELP)]
+    verb: Vec<String>,
     /// The host of the environment that this machine is; needed when it has several.
     #[arg(long)]
     host: Option<String>,
@@ -97,6 +106,8 @@ pub struct Settings {
     pub base_dir: Option<PathBuf>,
     /// The identity file for decrypting secrets (`--identity`).
     pub identity: Option<PathBuf>,
+    /// A `service` verb to run instead of a converge.
+    pub service: Option<ServiceCommand>,
 }
 
 pub(crate) fn run_main(register: impl Fn(&mut Registry), stock: bool) -> ExitCode {
@@ -152,6 +163,11 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
     } else {
         Box::new(HumanOutput::new(std::io::stderr().lock()))
     };
+    if let Some(command) = &settings.service {
+        // A verb is short and changes no files: a signal ends it like any program, and the
+        // guards of the supervisor commands it runs end those.
+        return control_here(&mut plan, &host, command, sink.as_mut());
+    }
     // From here on a signal no longer kills the process: the first one stops after the
     // running root component, the second one at once.
     let interrupt = watch_signals()?;
@@ -227,6 +243,53 @@ fn converge_here(
     outcome.exit
 }
 
+/// Runs a `service` verb on this host's root components: the ones named, or every one with a
+/// service. Names are checked before any service is touched.
+fn control_here(
+    plan: &mut Plan,
+    host: &str,
+    command: &ServiceCommand,
+    sink: &mut dyn EventSink,
+) -> anyhow::Result<Exit> {
+    let started = Instant::now();
+    let steps: Vec<usize> = (0..plan.steps().len())
+        .filter(|&i| plan.steps()[i].host == host)
+        .collect();
+    let roots: Vec<(String, bool)> = steps
+        .iter()
+        .map(|&i| {
+            (
+                plan.steps()[i].root.clone(),
+                batou_core::has_services(plan, i),
+            )
+        })
+        .collect();
+    let chosen = batou_core::select_roots(&plan.environment, &roots, &command.roots)?;
+    let mut outcomes = Vec::new();
+    for root in &chosen {
+        let step = steps
+            .iter()
+            .copied()
+            .find(|&i| &plan.steps()[i].root == root)
+            .expect("select_roots picks from this host's roots");
+        outcomes.extend(batou_core::control_services(plan, step, command.verb, sink));
+    }
+    let (status, detail) = crate::verb::service_summary(command.verb, &outcomes);
+    sink.event(Event::RunFinished {
+        hosts: vec![batou_core::HostSummary {
+            host: host.to_string(),
+            status,
+            detail,
+        }],
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    Ok(if status == batou_core::HostStatus::Failed {
+        Exit::DeployFailed
+    } else {
+        Exit::Success
+    })
+}
+
 /// Takes SIGINT and SIGTERM away from their default (ending the process) and serves them on
 /// a thread of their own: the first sets the returned flag, the second ends the process with
 /// exit status 130.
@@ -265,6 +328,7 @@ fn say(text: &str) {
 }
 
 fn settings(args: Args) -> anyhow::Result<Settings> {
+    let service = verb_of(&args.verb, args.dry_run);
     let project = match args.project {
         Some(dir) => {
             let dir = std::path::absolute(&dir)?;
@@ -289,7 +353,24 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         project,
         base_dir: args.base_dir,
         identity: args.identity,
+        service,
     })
+}
+
+/// The verb after the environment; a wrong one is a usage error (exit 2), like any other
+/// wrong word on the command line.
+fn verb_of(words: &[String], dry_run: bool) -> Option<ServiceCommand> {
+    use clap::CommandFactory;
+    let command = crate::verb::parse_verb("batou-local", words).unwrap_or_else(|e| e.exit());
+    if command.is_some() && dry_run {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "`--dry-run` does not apply to the `service` verbs",
+            )
+            .exit();
+    }
+    command
 }
 
 /// The nearest directory at or above `start` that has an `environments/` directory.

@@ -1,0 +1,202 @@
+//! Verbs on an environment other than a deploy: `<ENVIRONMENT> service
+//! status|start|stop|restart [COMPONENT...]`, shared by `batou-local` and `batou-remote`.
+//!
+//! The environment comes first and the verb after it, so that no verb takes away an
+//! environment's name: `batou-remote service` deploys the environment `service`, and
+//! `batou-remote service service status` shows the services of that environment. The commands
+//! collect the words after the environment and hand them to [`parse_verb`]; running the verb
+//! is theirs (in process, or through agents).
+
+use batou_core::{HostStatus, ServiceOutcome, ServiceResult, ServiceVerb};
+use clap::{Parser, Subcommand};
+
+/// A `service` verb and the root components it names (none: every one with a service).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceCommand {
+    /// What to do.
+    pub verb: ServiceVerb,
+    /// The root components named on the command line, in that order.
+    pub roots: Vec<String>,
+}
+
+/// The words after the environment.
+#[derive(Debug, Parser)]
+#[command(
+    no_binary_name = true,
+    disable_help_subcommand = true,
+    subcommand_value_name = "VERB"
+)]
+enum VerbLine {
+    /// Control the services of the environment's root components.
+    #[command(subcommand)]
+    Service(ServiceLine),
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceLine {
+    /// Show manager, running or not, pid, uptime and restarts of each service.
+    Status(Components),
+    /// Start the services that do not run.
+    Start(Components),
+    /// Stop the services that run.
+    Stop(Components),
+    /// Restart the services (starting those that do not run).
+    Restart(Components),
+}
+
+#[derive(Debug, clap::Args)]
+struct Components {
+    /// Root components whose services to act on (default: every one with a service).
+    #[arg(value_name = "COMPONENT")]
+    components: Vec<String>,
+}
+
+/// What the `VERB` words after the environment ask for: `None` for a deploy (no words), the
+/// `service` verb otherwise. `program` names the command in usage errors
+/// (`batou-local <ENVIRONMENT>`).
+pub fn parse_verb(program: &str, words: &[String]) -> Result<Option<ServiceCommand>, clap::Error> {
+    if words.is_empty() {
+        return Ok(None);
+    }
+    use clap::CommandFactory;
+    let command = VerbLine::command().bin_name(format!("{program} <ENVIRONMENT>"));
+    let matches = command.try_get_matches_from(words)?;
+    let line = <VerbLine as clap::FromArgMatches>::from_arg_matches(&matches)?;
+    let VerbLine::Service(service) = line;
+    let (verb, roots) = match service {
+        ServiceLine::Status(c) => (ServiceVerb::Status, c.components),
+        ServiceLine::Start(c) => (ServiceVerb::Start, c.components),
+        ServiceLine::Stop(c) => (ServiceVerb::Stop, c.components),
+        ServiceLine::Restart(c) => (ServiceVerb::Restart, c.components),
+    };
+    Ok(Some(ServiceCommand { verb, roots }))
+}
+
+/// The help of the `VERB` words, for a command's `--help`.
+pub const VERB_HELP: &str = "A verb instead of a deploy, after the environment: `service status|start|stop|restart [COMPONENT]...` controls the services of the named root components (default: every one with a service)";
+
+/// A host's line in the summary after a `service` verb: failed when any service failed,
+/// changed when the verb changed any, unchanged otherwise (`status` changes nothing); the
+/// detail counts the services by result.
+pub fn service_summary(verb: ServiceVerb, outcomes: &[ServiceOutcome]) -> (HostStatus, String) {
+    let status = if outcomes.iter().any(ServiceOutcome::is_failed) {
+        HostStatus::Failed
+    } else if outcomes.iter().any(ServiceOutcome::is_changed) {
+        HostStatus::Changed
+    } else {
+        HostStatus::Unchanged
+    };
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for outcome in outcomes {
+        let word = match &outcome.result {
+            ServiceResult::Status { status } if status.running => "running".to_string(),
+            ServiceResult::Status { .. } => "not running".to_string(),
+            ServiceResult::Changed { action } => action.clone(),
+            ServiceResult::Unchanged => "unchanged".to_string(),
+            ServiceResult::Failed { .. } => "failed".to_string(),
+        };
+        match counts.iter_mut().find(|(w, _)| *w == word) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((word, 1)),
+        }
+    }
+    let noun = if outcomes.len() == 1 {
+        "service"
+    } else {
+        "services"
+    };
+    let parts: Vec<String> = counts.iter().map(|(w, n)| format!("{n} {w}")).collect();
+    let detail = format!(
+        "{} {noun} ({}): {}",
+        outcomes.len(),
+        verb.as_str(),
+        parts.join(", ")
+    );
+    (status, detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn the_words_after_the_environment_name_a_verb_or_nothing() {
+        assert_eq!(parse_verb("batou-local", &[]).unwrap(), None);
+        assert_eq!(
+            parse_verb("batou-local", &words("service status")).unwrap(),
+            Some(ServiceCommand {
+                verb: ServiceVerb::Status,
+                roots: Vec::new()
+            })
+        );
+        assert_eq!(
+            parse_verb("batou-local", &words("service restart web api")).unwrap(),
+            Some(ServiceCommand {
+                verb: ServiceVerb::Restart,
+                roots: vec!["web".into(), "api".into()]
+            })
+        );
+        let err = parse_verb("batou-local", &words("service reload")).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidSubcommand);
+        let err = parse_verb("batou-local", &words("servce status")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("'servce'") && text.contains("'service'"),
+            "{text}"
+        );
+        assert!(
+            text.contains("batou-local <ENVIRONMENT>"),
+            "usage names the command: {text}"
+        );
+        let err = parse_verb("batou-local", &words("service")).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+    }
+
+    #[test]
+    fn a_summary_counts_services_by_result() {
+        let outcome = |result| ServiceOutcome {
+            root: "web".into(),
+            component: "web > Service('web')".into(),
+            result,
+        };
+        let restarted = || {
+            outcome(ServiceResult::Changed {
+                action: "restarted".into(),
+            })
+        };
+        assert_eq!(
+            service_summary(ServiceVerb::Restart, &[restarted(), restarted()]),
+            (
+                HostStatus::Changed,
+                "2 services (restart): 2 restarted".into()
+            )
+        );
+        assert_eq!(
+            service_summary(
+                ServiceVerb::Start,
+                &[
+                    outcome(ServiceResult::Unchanged),
+                    outcome(ServiceResult::Failed { error: Vec::new() })
+                ]
+            ),
+            (
+                HostStatus::Failed,
+                "2 services (start): 1 unchanged, 1 failed".into()
+            )
+        );
+        assert_eq!(
+            service_summary(ServiceVerb::Stop, &[outcome(ServiceResult::Unchanged)]),
+            (
+                HostStatus::Unchanged,
+                "1 service (stop): 1 unchanged".into()
+            )
+        );
+    }
+}
