@@ -91,7 +91,7 @@ struct Args {
     /// After a failure, go on with everything that does not depend on it.
     #[arg(long)]
     keep_going: bool,
-    /// Deploy only these hosts (comma-separated).
+    /// Deploy only these hosts, or run a verb only on them (comma-separated).
     #[arg(long, value_delimiter = ',')]
     hosts: Option<Vec<String>>,
     /// Accept and record the keys of hosts not yet in known_hosts (changed keys are refused).
