@@ -33,6 +33,7 @@ enum VerbLine {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(subcommand_value_name = "VERB")]
 enum ServiceLine {
     /// Show manager, running or not, pid, uptime and restarts of each service.
     Status(Components),

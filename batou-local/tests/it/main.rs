@@ -13,4 +13,5 @@ mod failure;
 mod harness;
 mod interrupts;
 mod secrets;
+mod service_verbs;
 mod snapshots;
