@@ -13,4 +13,5 @@ mod failure;
 mod harness;
 mod interrupts;
 mod secrets;
+mod services;
 mod snapshots;
