@@ -12,4 +12,5 @@ mod harness;
 mod interrupts;
 mod process_faults;
 mod secrets;
+mod services;
 mod snapshots;
