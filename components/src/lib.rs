@@ -1,5 +1,5 @@
-//! The reusable component library: [`File`], [`Directory`], [`Symlink`] and [`Command`], and
-//! [`cmd`], the command runner for component authors.
+//! The reusable component library: [`File`], [`Directory`], [`Symlink`], [`Command`] and
+//! [`Service`], and [`cmd`], the command runner for component authors.
 //!
 //! Each type is usable from Rust (builder methods) and from an environment file
 //! (`type = "file"` and the type's attributes). Every write is atomic: a temporary file in the
@@ -12,6 +12,7 @@ mod file;
 mod fs;
 mod mode;
 pub mod process;
+mod service;
 mod symlink;
 
 pub use cmd::{Cmd, CommandOutput, cmd};
@@ -21,16 +22,18 @@ pub use file::File;
 pub use fs::write_atomic;
 pub use mode::Mode;
 pub use process::Status as CommandStatus;
+pub use service::{Health, Manager, Service, ServiceState};
 pub use symlink::Symlink;
 
 /// Registers the library's types under their environment names:
-/// `file`, `directory`, `symlink`, `command`.
+/// `file`, `directory`, `symlink`, `command`, `service`.
 pub fn register(registry: &mut batou_core::Registry) {
     registry
         .register::<File>("file")
         .register::<Directory>("directory")
         .register::<Symlink>("symlink")
-        .register::<Command>("command");
+        .register::<Command>("command")
+        .register::<Service>("service");
 }
 
 /// What the components' unit tests share: a [`TestProject`](batou_core::testing::TestProject)

@@ -155,6 +155,14 @@ fn one(kind: &str, attributes: &str) -> String {
     )
 }
 
+/// A host running `config` (a file, lines 4 to 7) and `web`, a service (lines 9 to 11), with
+/// `web`'s attributes from line 12.
+fn service(attributes: &str) -> String {
+    format!(
+        "[hosts.localhost]\ncomponents = [\"config\", \"web\"]\n\n[components.config]\ntype = \"file\"\npath = \"x\"\ncontent = \"\"\n\n[components.web]\ntype = \"service\"\nargv = [\"true\"]\n{attributes}\n"
+    )
+}
+
 /// Where a case's symlinks may point: a file outside the project holding [`CANARY`].
 const OUTSIDE_SECRET: &str = "{outside}/secret";
 
@@ -505,6 +513,27 @@ fn cases() -> Vec<Case> {
             .expect("in host `localhost`, component `motd`")
             .expect("project file `/etc/passwd` lies outside the project")
             .absent("root:x:0:0"),
+        // Services.
+        case("unknown service manager", service("manager = \"sytemd\""))
+            .expect("error: component `web`: unknown value `sytemd`, expected `runit` or `systemd` in environments/dev.toml:12:11 (did you mean `systemd`?)"),
+        case("unknown restart_on name", service("restart_on = [\"confg\"]"))
+            .expect("error: cannot configure `web` in host `localhost`, component `web`")
+            .expect("caused by: `confg` is not a root component of host `localhost` (did you mean `config`?)")
+            .expect("hint: the other root components of host `localhost` are `config`"),
+        case("bad health spec", service("health = { htp = \"http://127.0.0.1:8080/\" }"))
+            .expect("unknown field `htp`, expected one of `http`, `status`, `tcp`, `command`, `within`, `stable` in environments/dev.toml:12:12 (did you mean `http`?)"),
+        case("health URL that is not http", service("health = { http = \"https://127.0.0.1:8443/\" }"))
+            .expect("health URL `https://127.0.0.1:8443/` is https: only `http://` URLs can be probed")
+            .expect("in environments/dev.toml:12:10"),
+        case("bad duration", service("health = { http = \"http://127.0.0.1:8080/\", within = \"20x\" }"))
+            .expect("invalid duration `20x`")
+            .expect("write a number and a unit, e.g. `20s`, `500ms` or `1m` in environments/dev.toml:12:"),
+        case("duration without a unit", service("health = { tcp = \"127.0.0.1:8080\", stable = \"3\" }"))
+            .expect("duration `3` has no unit")
+            .expect("in environments/dev.toml:12:"),
+        case("service directory outside allow_paths", service("service_dir = \"/etc/service\""))
+            .expect("caused by: `service_dir` `/etc/service` is not a path this deployment may change")
+            .expect("hint: add `/etc/service` to `allow_paths` in the environment's `[environment]` table"),
     ]
 }
 

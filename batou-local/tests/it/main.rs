@@ -13,5 +13,9 @@ mod failure;
 mod harness;
 mod interrupts;
 mod secrets;
+<<<<<<< HEAD
 mod service_verbs;
+=======
+mod services;
+>>>>>>> t-service
 mod snapshots;

@@ -13,4 +13,5 @@ mod interrupts;
 mod process_faults;
 mod secrets;
 mod service_verbs;
+mod services;
 mod snapshots;
