@@ -13,9 +13,6 @@ mod failure;
 mod harness;
 mod interrupts;
 mod secrets;
-<<<<<<< HEAD
 mod service_verbs;
-=======
 mod services;
->>>>>>> t-service
 mod snapshots;
