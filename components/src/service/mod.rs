@@ -457,6 +457,10 @@ impl Configured {
             .prove(&self.name, baseline, &self.workdir, || self.observe())
         {
             Ok(proof) => {
+                if let Supervisor::Runit(r) = &self.supervisor {
+                    // The exit of the process a restart replaced is not one to report.
+                    r.reset_exits(0)?;
+                }
                 let mut line = format!("healthy after {}", seconds(proof.after));
                 if let Some(probe) = proof.probe {
                     line.push_str(&format!(" ({probe})"));
@@ -858,4 +862,397 @@ fn executable(relative: &str, text: impl Into<String>) -> File {
         .content(text)
         .mode(0o755)
         .create_parents()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use batou_core::{Component, Configure, ServiceResult, ServiceVerb, control_services};
+    use batou_test_support::{Runsvdir, procs};
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::test_util::{config_error, mode, pairs, project, project_with};
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// An environment whose host runs `roots`, with `service_dir` allowed and in host data,
+    /// then `components`.
+    fn environment(service_dir: &Path, roots: &[&str], components: &str) -> String {
+        let sd = service_dir.display();
+        let roots: Vec<String> = roots.iter().map(|r| format!("\"{r}\"")).collect();
+        format!(
+            "[environment]\nallow_paths = [\"{sd}\"]\n\n[hosts.localhost]\ndata = {{ service_dir = \"{sd}\" }}\ncomponents = [{}]\n\n{components}",
+            roots.join(", ")
+        )
+    }
+
+    fn http_service(port: u16, extra: &str) -> String {
+        format!(
+            r#"[components.web]
+type = "service"
+argv = ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+health = {{ http = "http://127.0.0.1:{port}/", within = "10s", stable = "500ms" }}
+{extra}
+"#
+        )
+    }
+
+    fn pid(project: &batou_core::testing::TestProject, root: &str, name: &str) -> Option<u32> {
+        let dir = project
+            .workdir(root)
+            .join(format!(".service/{name}/supervise"));
+        if std::fs::read_to_string(dir.join("stat")).ok()?.trim() != "run" {
+            return None;
+        }
+        std::fs::read_to_string(dir.join("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    #[test]
+    fn a_dry_run_on_a_fresh_host_predicts_the_definition_and_a_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = project(&environment(dir.path(), &["web"], &http_service(1, "")));
+        let dry = project.dry_run("dev");
+        assert_eq!(
+            dry.reasons(),
+            pairs(&[
+                ("web > Workdir", "missing"),
+                ("web > File('.service/web/run')", "missing"),
+                ("web > File('.service/web/finish')", "missing"),
+                ("web > File('.service/web/log/run')", "missing"),
+                ("web", "would start"),
+            ])
+        );
+        assert!(!project.base_dir().exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn configure_refuses_what_cannot_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = |components: &str, roots: &[&str]| {
+            config_error(&project(&environment(dir.path(), roots, components)))
+        };
+        let web = |attrs: &str| format!("[components.web]\ntype = \"service\"\n{attrs}\n");
+        for (attrs, want) in [
+            (
+                "argv = []",
+                "`argv` is empty: a service needs a program to run",
+            ),
+            (
+                "argv = [\"true\"]\nname = \"../x\"",
+                "service name `../x` is not a file name",
+            ),
+            (
+                "argv = [\"true\"]\nenv = { \"1A\" = \"x\" }",
+                "`env` key `1A` is not a variable name",
+            ),
+            (
+                "argv = [\"true\"]\nuser = \"a b\"",
+                "`user` `a b` is not a user name",
+            ),
+            (
+                "argv = [\"true\"]\nrestart_on = [\"web\"]",
+                "`web` cannot watch itself for changes",
+            ),
+            (
+                "argv = [\"true\"]\nservice_dir = \"/etc/service\"",
+                "`service_dir` `/etc/service` is not a path this deployment may change",
+            ),
+            (
+                "argv = [\"true\"]\nmanager = \"systemd\"",
+                "`unit_dir` `/etc/systemd/system` is not a path this deployment may change",
+            ),
+        ] {
+            let e = err(&web(attrs), &["web"]);
+            assert!(e.contains(want), "{attrs}: {e}");
+        }
+        let hosted = format!(
+            "[environment]\n[hosts.localhost]\ndata = {{ service_manager = \"upstart\" }}\ncomponents = [\"web\"]\n\n{}",
+            web("argv = [\"true\"]")
+        );
+        let e = config_error(&project(&hosted));
+        assert!(
+            e.contains("host data `service_manager` of host `localhost` is `upstart`: expected `runit` or `systemd`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_secret_never_reaches_the_command_line() {
+        batou_core::redact::register("svc-token", "svc-argv-secret-5521");
+        let dir = tempfile::tempdir().unwrap();
+        let components = "[components.web]\ntype = \"service\"\nargv = [\"app\", \"--token\", \"svc-argv-secret-5521\"]\n";
+        let e = config_error(&project(&environment(dir.path(), &["web"], components)));
+        assert!(
+            e.contains("`argv` element 3 carries a secret, which would show on the service's command line: pass it in `env`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_systemd_host_renders_a_unit_and_a_private_env_file() {
+        batou_core::redact::register("svc-systemd", "svc-systemd-secret-7730");
+        let dir = tempfile::tempdir().unwrap();
+        let units = dir.path().join("units");
+        let text = format!(
+            "[environment]\nallow_paths = [\"{}\"]\n\n[hosts.localhost]\ndata = {{ service_manager = \"systemd\" }}\ncomponents = [\"web\"]\n\n[components.web]\ntype = \"service\"\nargv = [\"/usr/bin/python3\", \"-m\", \"http.server\"]\nunit_dir = \"{}\"\nenv = {{ TOKEN = \"svc-systemd-secret-7730\", PLAIN = \"1\" }}\n",
+            units.display(),
+            units.display()
+        );
+        let project = project(&text);
+        let dry = project.run("dev", batou_core::ConvergeOptions { dry_run: true });
+        let reasons = dry.reasons();
+        assert_eq!(
+            reasons[1..3],
+            pairs(&[
+                ("web > File('.service/web.env')", "missing"),
+                (
+                    &format!("web > File('{}/web.service')", units.display()),
+                    "missing"
+                ),
+            ])[..]
+        );
+        // systemd does not run here: asking it is the service's failure, naming the command.
+        let failure = dry.failure().expect("systemctl cannot answer here");
+        assert!(
+            failure.contains("systemctl --no-pager show web.service"),
+            "{failure}"
+        );
+        let shown = format!("{:?}", dry.events);
+        assert!(!shown.contains("svc-systemd-secret-7730"), "{shown}");
+        assert!(shown.contains("Environment=\\\"PLAIN=1\\\""), "{shown}");
+    }
+
+    #[test]
+    fn service_control_reports_starts_stops_and_restarts() {
+        let runsvdir = Runsvdir::start();
+        let port = free_port();
+        let project = project(&environment(
+            &runsvdir.service_dir(),
+            &["web"],
+            &http_service(port, ""),
+        ));
+        let run = project.converge("dev");
+        assert_eq!(run.reasons().last().unwrap().1, "started");
+        let first = pid(&project, "web", "web").unwrap();
+        project.converge("dev").assert_unchanged();
+
+        let mut plan = project.configure("dev").unwrap();
+        let mut verb = |verb: ServiceVerb| {
+            let mut events = Vec::new();
+            let mut sink = |e: batou_core::Event| events.push(e);
+            let mut out = control_services(&mut plan, 0, verb, &mut sink);
+            assert_eq!(out.len(), 1, "{out:?}");
+            out.remove(0).result
+        };
+        let ServiceResult::Status { status } = verb(ServiceVerb::Status) else {
+            panic!("no status")
+        };
+        assert_eq!(
+            (
+                status.manager.as_str(),
+                status.running,
+                status.pid,
+                status.restarts
+            ),
+            ("runit", true, Some(first), Some(0))
+        );
+        assert_eq!(verb(ServiceVerb::Start), ServiceResult::Unchanged);
+        assert_eq!(
+            verb(ServiceVerb::Stop),
+            ServiceResult::Changed {
+                action: "stopped".into()
+            }
+        );
+        assert!(!procs::alive(first));
+        let ServiceResult::Status { status } = verb(ServiceVerb::Status) else {
+            panic!("no status")
+        };
+        assert_eq!((status.running, status.pid), (false, None));
+        assert_eq!(status.detail.as_deref(), Some("down"));
+        assert_eq!(verb(ServiceVerb::Stop), ServiceResult::Unchanged);
+        assert_eq!(
+            verb(ServiceVerb::Start),
+            ServiceResult::Changed {
+                action: "started".into()
+            }
+        );
+        let second = pid(&project, "web", "web").unwrap();
+        assert_ne!(second, first);
+        assert_eq!(
+            verb(ServiceVerb::Restart),
+            ServiceResult::Changed {
+                action: "restarted".into()
+            }
+        );
+        let third = pid(&project, "web", "web").unwrap();
+        assert_ne!(third, second);
+
+        // The supervisor restarting it on its own is what `restarts` counts.
+        procs::kill(third, procs::Signal::SIGKILL);
+        procs::wait_until("runsv to restart web", Duration::from_secs(10), || {
+            pid(&project, "web", "web").is_some_and(|p| p != third)
+        });
+        let ServiceResult::Status { status } = verb(ServiceVerb::Status) else {
+            panic!("no status")
+        };
+        assert_eq!(status.restarts, Some(1));
+        project.converge("dev").assert_unchanged();
+
+        // A service that is stopped by the verb is started by the next deploy.
+        let mut plan = project.configure("dev").unwrap();
+        let mut sink = |_: batou_core::Event| {};
+        control_services(&mut plan, 0, ServiceVerb::Stop, &mut sink);
+        let run = project.converge("dev");
+        assert_eq!(run.reasons(), pairs(&[("web", "started")]));
+        project.converge("dev").assert_unchanged();
+    }
+
+    #[test]
+    fn service_control_refuses_a_service_that_is_not_deployed() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = project(&environment(dir.path(), &["web"], &http_service(1, "")));
+        let mut plan = project.configure("dev").unwrap();
+        let mut sink = |_: batou_core::Event| {};
+        let out = control_services(&mut plan, 0, ServiceVerb::Start, &mut sink);
+        let ServiceResult::Failed { error } = &out[0].result else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            error[0],
+            "service `web` is not deployed on host `localhost` (not enabled): deploy it first"
+        );
+    }
+
+    /// A project component that runs its own service, restarted when its configuration file
+    /// (a sub-component of the service) changed.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct App {
+        port: u16,
+        greeting: String,
+    }
+
+    impl Component for App {
+        fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+            let service_dir = cx.host().data["service_dir"].as_str().unwrap().to_string();
+            cx.add(
+                Service::new(["python3", "-m", "http.server", &self.port.to_string()])
+                    .name("app")
+                    .cwd("htdocs")
+                    .service_dir(service_dir)
+                    .secret_env("APP_TOKEN", Secret::new("svc-env-secret-4410".into()))
+                    .restart_when(
+                        File::new("htdocs/index.html")
+                            .content(self.greeting.clone())
+                            .create_parents(),
+                    )
+                    .health(
+                        Health::http(&format!("http://127.0.0.1:{}/", self.port))
+                            .unwrap()
+                            .within(Duration::from_secs(10))
+                            .stable(Duration::from_millis(500)),
+                    ),
+            );
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_rust_component_restarts_its_service_when_its_sub_component_changed() {
+        batou_core::redact::register("svc-env", "svc-env-secret-4410");
+        let runsvdir = Runsvdir::start();
+        let port = free_port();
+        let env = |greeting: &str| {
+            environment(
+                &runsvdir.service_dir(),
+                &["shop"],
+                &format!(
+                    "[components.shop]\ntype = \"app\"\nport = {port}\ngreeting = \"{greeting}\"\n"
+                ),
+            )
+        };
+        let project = project_with::<App>("app", &env("hello"));
+        let run = project.converge("dev");
+        assert_eq!(
+            run.reasons(),
+            pairs(&[
+                ("shop > Workdir", "missing"),
+                (
+                    "shop > Service('app') > File('htdocs/index.html')",
+                    "missing"
+                ),
+                (
+                    "shop > Service('app') > EnvDir('.service/app/env')",
+                    "secret variables `APP_TOKEN` differ"
+                ),
+                (
+                    "shop > Service('app') > File('.service/app/run')",
+                    "missing"
+                ),
+                (
+                    "shop > Service('app') > File('.service/app/finish')",
+                    "missing"
+                ),
+                (
+                    "shop > Service('app') > File('.service/app/log/run')",
+                    "missing"
+                ),
+                ("shop > Service('app')", "started"),
+            ])
+        );
+        // The secret is in a private file, not in the run script, and reaches the process.
+        let definition = project.workdir("shop").join(".service/app");
+        let token = definition.join("env/APP_TOKEN");
+        assert_eq!(
+            std::fs::read_to_string(&token).unwrap(),
+            "svc-env-secret-4410"
+        );
+        assert_eq!(mode(&token), 0o600);
+        let script = std::fs::read_to_string(definition.join("run")).unwrap();
+        assert!(!script.contains("svc-env-secret-4410"), "{script}");
+        let first = pid(&project, "shop", "app").unwrap();
+        let environ = std::fs::read(format!("/proc/{first}/environ")).unwrap();
+        assert!(
+            environ
+                .split(|b| *b == 0)
+                .any(|v| v == b"APP_TOKEN=svc-env-secret-4410"),
+            "the service did not get its secret variable"
+        );
+        let cmdline = std::fs::read(format!("/proc/{first}/cmdline")).unwrap();
+        assert!(!String::from_utf8_lossy(&cmdline).contains("svc-env-secret"));
+        project.converge("dev").assert_unchanged();
+        assert_eq!(pid(&project, "shop", "app"), Some(first));
+
+        project.env("dev", &env("bye"));
+        let run = project.converge("dev");
+        assert_eq!(
+            run.reasons(),
+            pairs(&[
+                (
+                    "shop > Service('app') > File('htdocs/index.html')",
+                    "content differs"
+                ),
+                (
+                    "shop > Service('app')",
+                    "restarted (File('htdocs/index.html') changed)"
+                ),
+            ])
+        );
+        assert_ne!(pid(&project, "shop", "app"), Some(first));
+        project.converge("dev").assert_unchanged();
+    }
 }

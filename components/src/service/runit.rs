@@ -252,7 +252,14 @@ impl Runit {
     pub(crate) fn stop(&self) -> anyhow::Result<()> {
         self.sv("down", &self.definition)?;
         let deadline = Instant::now() + STOP;
-        while self.observe()?.running {
+        // Down, not only not running: `finish` has run, so the exit is counted.
+        let down = || {
+            std::fs::read(self.definition.join("supervise/status"))
+                .ok()
+                .and_then(|b| SuperviseStatus::parse(&b).ok())
+                .is_none_or(|s| s.state == State::Down)
+        };
+        while !down() {
             if Instant::now() >= deadline {
                 bail!(
                     "service `{}` did not stop within {} s of `sv down`",
@@ -281,8 +288,9 @@ impl Runit {
         Ok(())
     }
 
-    /// Sets the exit count that `finish` keeps; writing it is part of starting the service.
-    fn reset_exits(&self, n: u64) -> anyhow::Result<()> {
+    /// Sets the exit count that `finish` keeps: 0 when the tool starts, restarts, stops or
+    /// proved the service healthy, so that `restarts` counts what the supervisor did since.
+    pub(crate) fn reset_exits(&self, n: u64) -> anyhow::Result<()> {
         write_atomic(
             &self.definition.join("exits"),
             format!("{n}\n").as_bytes(),
