@@ -3,7 +3,7 @@
 //!
 //! [`targets`] decides, from the plan alone and before any connection, which hosts run the
 //! verb on which root components. [`control`] then opens one agent session per host (the same
-//! connect, ship and start as a deploy, [`schedule::open_session`]), up to `jobs` hosts at
+//! connect, ship and start as a deploy, `schedule::open_session`), up to `jobs` hosts at
 //! once, sends the verb, streams the services' events and ends with one summary line per host.
 //! There is no ordering between hosts: a verb acts on what the last deploy left running.
 
