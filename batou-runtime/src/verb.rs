@@ -33,7 +33,7 @@ enum VerbLine {
 }
 
 #[derive(Debug, Subcommand)]
-#[command(subcommand_value_name = "VERB")]
+#[command(subcommand_value_name = "VERB", subcommand_help_heading = "Verbs")]
 enum ServiceLine {
     /// Show manager, running or not, pid, uptime and restarts of each service.
     Status(Components),
@@ -60,7 +60,15 @@ pub fn parse_verb(program: &str, words: &[String]) -> Result<Option<ServiceComma
         return Ok(None);
     }
     use clap::CommandFactory;
-    let command = VerbLine::command().bin_name(format!("{program} <ENVIRONMENT>"));
+    // `--help` after the environment is the command's own (it lists the verbs too), so the
+    // verbs' help does not offer one.
+    let command = VerbLine::command()
+        .bin_name(format!("{program} <ENVIRONMENT>"))
+        .disable_help_flag(true)
+        .mut_subcommands(|c| {
+            c.disable_help_flag(true)
+                .mut_subcommands(|c| c.disable_help_flag(true))
+        });
     let matches = command.try_get_matches_from(words)?;
     let line = <VerbLine as clap::FromArgMatches>::from_arg_matches(&matches)?;
     let VerbLine::Service(service) = line;

@@ -34,6 +34,28 @@ fn an_environment_may_be_called_service() {
     p.assert_idempotent(&["service"]);
 }
 
+/// `ENVIRONMENT service` without a verb lists the verbs (a usage error, exit 2), the same for
+/// both commands; pinned.
+#[test]
+fn the_verbs_help() {
+    let p = Project::new();
+    p.env("dev", MOTD);
+    let out = p.run(&["dev", "service"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    batou_test_support::assert_output_snapshot!("help_service_verbs", out.stderr);
+    let remote = crate::harness::run_binary(
+        crate::harness::workspace_binary("batou-remote"),
+        p.root(),
+        &["dev", "service"],
+    );
+    assert_eq!(remote.code, 2, "{}", remote.stderr);
+    assert_eq!(
+        remote.stderr,
+        out.stderr.replace("batou-local", "batou-remote"),
+        "both commands have the same verbs"
+    );
+}
+
 /// Wrong verbs and options are usage errors (exit 2) that say what is possible; nothing runs.
 #[test]
 fn wrong_verbs_are_usage_errors() {
