@@ -94,6 +94,7 @@ fn wrong_verbs_are_usage_errors() {
         out.stderr
     );
     assert!(!p.path("work").exists(), "nothing ran");
+    p.converge_twice(&["dev"]);
 }
 
 /// A deployment with a real service under a real runit: `config` (a file, not a service)

@@ -122,6 +122,12 @@ struct Supervised {
 
 impl Supervised {
     fn start() -> Supervised {
+        Supervised::with("", "")
+    }
+
+    /// With `extra_roots` (`, "slow"`) after `config` and `web` on each host, and their
+    /// tables `extra`.
+    fn with(extra_roots: &str, extra: &str) -> Supervised {
         let cluster = Cluster::start(&["web1", "web2"]);
         let supervisors = vec![Runsvdir::start(), Runsvdir::start()];
         let mut ports = BTreeMap::new();
@@ -137,7 +143,7 @@ impl Supervised {
             let port = free_port();
             ports.insert(host.to_string(), port);
             text.push_str(&format!(
-                "[hosts.{host}]\ncomponents = [\"config\", \"web\"]\ndata = {{ service_dir = \"{}\", port = {port} }}\n\n",
+                "[hosts.{host}]\ncomponents = [\"config\", \"web\"{extra_roots}]\ndata = {{ service_dir = \"{}\", port = {port} }}\n\n",
                 r.service_dir().display()
             ));
         }
@@ -154,6 +160,7 @@ cwd = "../config"
 health = { http = "http://127.0.0.1:{{ host.data.port }}/", within = "10s", stable = "1s" }
 "#,
         );
+        text.push_str(extra);
         let project = Project::new();
         project.env("prod", &text);
         Supervised {
@@ -321,4 +328,56 @@ fn exit_codes_of_a_failed_verb_and_an_unreachable_host() {
     assert_eq!(out.count("host_failed"), 1, "{}", out.stdout);
 
     s.assert_idempotent(&["--hosts", "web1"]);
+}
+
+/// `start`, `stop` and `restart` take the host's lock like a deploy: during a deploy they end
+/// `lock held` (exit 5) naming the holder; `status` only reads and answers.
+#[test]
+fn verbs_that_change_take_the_lock_and_status_does_not() {
+    let s = Supervised::with(
+        ", \"slow\"",
+        r#"
+[components.slow]
+type = "command"
+argv = ["sh", "-c", "sleep 4.217 && touch slept"]
+creates = "slept"
+"#,
+    );
+    let mut deploy = s
+        .cluster
+        .command(s.project.root(), &["prod", "--hosts", "web1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // `slow` comes after `web`: once it sleeps, web runs and the deploy holds the lock.
+    procs::wait_until(
+        "the deploy to reach `slow`",
+        Duration::from_secs(30),
+        || procs::sleeping("4.217"),
+    );
+    let out = s.run(&["prod", "service", "status", "--hosts", "web1", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(services(&out)["web1"]["status"]["running"], true);
+    let pid = s.pid("web1").unwrap();
+    let out = s.run(&["prod", "service", "restart", "--hosts", "web1"]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("web1: lock held")
+            && out.stderr.contains("host is locked by a deploy of"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(s.pid("web1"), Some(pid), "nothing was restarted");
+    procs::wait_until("the deploy to end", Duration::from_secs(30), || {
+        deploy.try_wait().unwrap().is_some()
+    });
+    assert!(deploy.wait().unwrap().success());
+    // Free again: the verb runs; then deploys of both hosts change nothing but web2's first.
+    let out = s.run(&["prod", "service", "restart", "--hosts", "web1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_ne!(s.pid("web1"), Some(pid));
+    let out = s.run(&["prod"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    s.assert_idempotent(&[]);
 }
