@@ -377,7 +377,7 @@ fn a_dry_run_on_a_fresh_host_says_would_start_and_changes_nothing() {
 }
 
 #[test]
-fn a_service_runs_with_its_env_and_secret_values_stay_private() {
+fn a_service_runs_as_its_user_with_its_env() {
     let s = Scenario::new();
     s.env(
         &["web"],
@@ -385,10 +385,18 @@ fn a_service_runs_with_its_env_and_secret_values_stay_private() {
 type = "service"
 argv = ["sh", "-c", "echo \"greeting=$GREETING\"; exec python3 -m http.server {port} --bind 127.0.0.1"]
 env = { GREETING = "it's \"quoted\" $HOME" }
+user = "nobody"
 health = { tcp = "127.0.0.1:{port}", within = "10s", stable = "1s" }
 "#,
     );
     s.converge();
+    let pid = s.pid("web").unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid.split_whitespace().nth(1) == Some("65534"),
+        "runs as nobody: {uid}"
+    );
     let log = s.project.path("work/web/.service/web/log/main/current");
     procs::wait_until("the greeting in the log", Duration::from_secs(5), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("greeting=it's \"quoted\" $HOME"))
