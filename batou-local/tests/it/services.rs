@@ -403,3 +403,56 @@ health = { tcp = "127.0.0.1:{port}", within = "10s", stable = "1s" }
     });
     s.project.assert_idempotent(&["dev"]);
 }
+
+#[test]
+fn a_secret_variable_from_the_secrets_file_reaches_only_the_service() {
+    use batou_core::secrets::{encrypt, generate_identity, parse_recipients};
+    const TOKEN: &str = "svc-secret-token-8d21c4";
+    let s = Scenario::new();
+    s.env(
+        &["web"],
+        r#"[components.web]
+type = "service"
+argv = ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+env = { PLAIN = "visible" }
+health = { tcp = "127.0.0.1:{port}", within = "10s", stable = "1s" }
+"#,
+    );
+    let (identity, public) = generate_identity();
+    s.project.file("identity.txt", &format!("{identity}\n"));
+    s.project
+        .file("secrets/dev.recipients", &format!("{public}\n"));
+    let recipients = parse_recipients("r", &public).unwrap();
+    std::fs::write(
+        s.project.path("secrets/dev.age"),
+        encrypt(
+            &format!("[components.web]\nenv = {{ TOKEN = \"{TOKEN}\" }}\n"),
+            &recipients,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let id = s.project.path("identity.txt");
+    let id = id.to_str().unwrap();
+    let out = s.project.converge(&["dev", "--identity", id]);
+    assert!(!out.stderr.contains(TOKEN), "{}", out.stderr);
+    let definition = s.project.path("work/web/.service/web");
+    let script = std::fs::read_to_string(definition.join("run")).unwrap();
+    assert!(!script.contains(TOKEN), "{script}");
+    assert!(script.contains("export PLAIN=visible"), "{script}");
+    let token = definition.join("env/TOKEN");
+    assert_eq!(std::fs::read_to_string(&token).unwrap(), TOKEN);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&token).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let pid = s.pid("web").unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let want = format!("TOKEN={TOKEN}");
+    assert!(environ.split(|b| *b == 0).any(|v| v == want.as_bytes()));
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(TOKEN));
+    s.project.assert_idempotent(&["dev", "--identity", id]);
+    assert_eq!(s.pid("web"), Some(pid));
+}
