@@ -76,6 +76,11 @@ impl Runsvdir {
         self.service_dir.clone()
     }
 
+    /// What runsvdir printed (runsv's complaints about service directories).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("runsvdir.log")).unwrap_or_default()
+    }
+
     /// runsvdir's pid.
     pub fn pid(&self) -> u32 {
         self.child

@@ -3,7 +3,6 @@
 //! loopback port) through the built `batou-local`, and checks pids, health and what the run
 //! reported. Every scenario ends with a converge that changes nothing.
 
-use std::path::Path;
 use std::time::Duration;
 
 use batou_test_support::{Runsvdir, procs};
