@@ -455,3 +455,26 @@ health = { tcp = "127.0.0.1:{port}", within = "10s", stable = "1s" }
     s.project.assert_idempotent(&["dev", "--identity", id]);
     assert_eq!(s.pid("web"), Some(pid));
 }
+
+#[test]
+fn without_a_runsvdir_the_deploy_says_so() {
+    let p = Project::new();
+    let sd = tempfile::Builder::new().prefix("btsd").tempdir().unwrap();
+    let sd_path = sd.path().display().to_string();
+    p.env(
+        "dev",
+        &format!(
+            "[environment]\nallow_paths = [\"{sd_path}\"]\n\n[hosts.localhost]\ncomponents = [\"web\"]\n\n[components.web]\ntype = \"service\"\nargv = [\"sleep\", \"1000.25\"]\nservice_dir = \"{sd_path}\"\n"
+        ),
+    );
+    let out = p.run(&["dev"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "runsvdir did not pick up `{sd_path}/web` within 15 s: is runsvdir running on `{sd_path}`?"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!procs::sleeping("1000.25"));
+}

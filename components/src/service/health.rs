@@ -184,6 +184,8 @@ impl Health {
                 }
             } else if !now.running {
                 last_problem = format!("it is not running{}", detail(&now));
+            } else if let Some(old) = now.pid {
+                last_problem = format!("the process it replaces (pid {old}) has not ended");
             }
             if Instant::now() >= deadline {
                 return Err(Unhealthy(format!(
