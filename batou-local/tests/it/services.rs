@@ -259,6 +259,23 @@ health = {{ http = "http://127.0.0.1:{{port}}/", within = "3s", stable = "1s" }}
         "{err}"
     );
     assert!(!err.contains("failed health"), "{err}");
+
+    // On the port the probe asks, it is restarted for its new definition and stays.
+    s.env(
+        &["web"],
+        r#"[components.web]
+type = "service"
+argv = ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+health = { http = "http://127.0.0.1:{port}/", within = "10s", stable = "1s" }
+"#,
+    );
+    let fixed = s.converge();
+    assert!(
+        has(&fixed, "web", "restarted (definition changed)"),
+        "{:?}",
+        reasons(&fixed)
+    );
+    s.project.assert_idempotent(&["dev"]);
 }
 
 #[test]
