@@ -495,3 +495,22 @@ fn without_a_runsvdir_the_deploy_says_so() {
     );
     assert!(!procs::sleeping("1000.25"));
 }
+
+/// The human output of a first deploy, an unchanged one and a restart, pinned (the port,
+/// which differs per run, as `[SERVICE_PORT]`).
+#[test]
+fn service_run_output() {
+    let s = Scenario::new();
+    let shown = |out: Outcome| out.stderr.replace(&s.port.to_string(), "[SERVICE_PORT]");
+    s.web("one", "");
+    let first = shown(s.project.converge(&["dev"]));
+    batou_test_support::assert_output_snapshot!("service_first_run", first);
+    let again = shown(s.project.converge(&["dev"]));
+    batou_test_support::assert_output_snapshot!("service_second_run", again);
+    s.web("two", "");
+    let dry = shown(s.project.converge(&["dev", "--dry-run"]));
+    batou_test_support::assert_output_snapshot!("service_would_restart", dry);
+    let changed = shown(s.project.converge(&["dev"]));
+    batou_test_support::assert_output_snapshot!("service_restart", changed);
+    s.project.assert_idempotent(&["dev"]);
+}
