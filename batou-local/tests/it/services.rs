@@ -514,3 +514,42 @@ fn service_run_output() {
     batou_test_support::assert_output_snapshot!("service_restart", changed);
     s.project.assert_idempotent(&["dev"]);
 }
+
+#[test]
+fn a_command_probe_and_an_expected_status_prove_health() {
+    let s = Scenario::new();
+    s.env(
+        &["web"],
+        r#"[components.web]
+type = "service"
+argv = ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+health = { command = ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/')"], within = "10s", stable = "500ms" }
+"#,
+    );
+    let out = s.converge();
+    assert!(out.stdout.contains("succeeded"), "{}", out.stdout);
+    s.project.assert_idempotent(&["dev"]);
+
+    // With `status`, exactly that status is healthy: 404 for a missing page, proven by the
+    // restart that the changed definition (`--directory .`) needs.
+    s.env(
+        &["web"],
+        r#"[components.web]
+type = "service"
+argv = ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1", "--directory", "."]
+health = { http = "http://127.0.0.1:{port}/missing", status = 404, within = "10s", stable = "500ms" }
+"#,
+    );
+    let out = s.converge();
+    assert!(
+        has(&out, "web", "restarted (definition changed)"),
+        "{:?}",
+        reasons(&out)
+    );
+    assert!(
+        out.stdout.contains("/missing` answered 404"),
+        "{}",
+        out.stdout
+    );
+    s.project.assert_idempotent(&["dev"]);
+}
