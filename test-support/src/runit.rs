@@ -14,9 +14,10 @@ use crate::procs;
 /// The install command printed when the tests cannot find runit.
 pub const RUNIT_INSTALL: &str = "install runit: apt-get install runit";
 
-/// A running `runsvdir` on its own temporary service directory.
+/// A running `runsvdir` on its own temporary service directory (or one given).
 pub struct Runsvdir {
     dir: tempfile::TempDir,
+    service_dir: PathBuf,
     child: Option<Child>,
 }
 
@@ -24,6 +25,15 @@ impl Runsvdir {
     /// Starts `runsvdir -P <tmp>/service`; panics with the install command when runit is
     /// missing.
     pub fn start() -> Runsvdir {
+        Runsvdir::start_with(None)
+    }
+
+    /// Starts `runsvdir -P <service_dir>`, creating the directory.
+    pub fn on(service_dir: &Path) -> Runsvdir {
+        Runsvdir::start_with(Some(service_dir))
+    }
+
+    fn start_with(service_dir: Option<&Path>) -> Runsvdir {
         for tool in [
             "/usr/bin/runsvdir",
             "/usr/bin/sv",
@@ -39,8 +49,8 @@ impl Runsvdir {
             .prefix("btsv")
             .tempdir_in("/tmp")
             .unwrap();
-        let service_dir = dir.path().join("service");
-        std::fs::create_dir(&service_dir).unwrap();
+        let service_dir = service_dir.map_or_else(|| dir.path().join("service"), Path::to_path_buf);
+        std::fs::create_dir_all(&service_dir).unwrap();
         let log = std::fs::File::create(dir.path().join("runsvdir.log")).unwrap();
         let child = {
             use std::os::unix::process::CommandExt;
@@ -56,13 +66,19 @@ impl Runsvdir {
         };
         Runsvdir {
             dir,
+            service_dir,
             child: Some(child),
         }
     }
 
     /// The service directory runsvdir watches.
     pub fn service_dir(&self) -> PathBuf {
-        self.dir.path().join("service")
+        self.service_dir.clone()
+    }
+
+    /// What runsvdir printed (runsv's complaints about service directories).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("runsvdir.log")).unwrap_or_default()
     }
 
     /// runsvdir's pid.

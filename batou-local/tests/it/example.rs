@@ -156,3 +156,30 @@ fn example_project_installs_a_secret_attribute() {
         again.stdout
     );
 }
+
+/// `examples/services` (TOML only): converged with a runsvdir on its service directory,
+/// below a temporary base directory, then converged again with no change.
+#[test]
+fn services_example_converges_and_stays() {
+    let base = Project::new();
+    let base_dir = base.path("deploy");
+    let runsvdir = batou_test_support::Runsvdir::on(&base_dir.join("service"));
+    let example = workspace_root().join("examples/services");
+    let args = [
+        "-C",
+        example.to_str().unwrap(),
+        "dev",
+        "--base-dir",
+        base_dir.to_str().unwrap(),
+        "--json",
+    ];
+    let out = base.converge(&args);
+    assert!(out.changed().contains(&"web".to_string()), "{}", out.stdout);
+    assert!(out.stdout.contains("healthy after"), "{}", out.stdout);
+    let stat = base_dir.join("work/web/.service/web/supervise/pid");
+    let pid = std::fs::read_to_string(&stat).unwrap();
+    base.assert_idempotent(&args);
+    assert_eq!(std::fs::read_to_string(&stat).unwrap(), pid);
+    assert!(!example.join("work").exists() && !example.join("service").exists());
+    drop(runsvdir);
+}

@@ -3,7 +3,6 @@
 //! loopback port) through the built `batou-local`, and checks pids, health and what the run
 //! reported. Every scenario ends with a converge that changes nothing.
 
-use std::path::Path;
 use std::time::Duration;
 
 use batou_test_support::{Runsvdir, procs};
@@ -260,6 +259,23 @@ health = {{ http = "http://127.0.0.1:{{port}}/", within = "3s", stable = "1s" }}
         "{err}"
     );
     assert!(!err.contains("failed health"), "{err}");
+
+    // On the port the probe asks, it is restarted for its new definition and stays.
+    s.env(
+        &["web"],
+        r#"[components.web]
+type = "service"
+argv = ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+health = { http = "http://127.0.0.1:{port}/", within = "10s", stable = "1s" }
+"#,
+    );
+    let fixed = s.converge();
+    assert!(
+        has(&fixed, "web", "restarted (definition changed)"),
+        "{:?}",
+        reasons(&fixed)
+    );
+    s.project.assert_idempotent(&["dev"]);
 }
 
 #[test]
@@ -377,7 +393,7 @@ fn a_dry_run_on_a_fresh_host_says_would_start_and_changes_nothing() {
 }
 
 #[test]
-fn a_service_runs_with_its_env_and_secret_values_stay_private() {
+fn a_service_runs_as_its_user_with_its_env() {
     let s = Scenario::new();
     s.env(
         &["web"],
@@ -385,13 +401,155 @@ fn a_service_runs_with_its_env_and_secret_values_stay_private() {
 type = "service"
 argv = ["sh", "-c", "echo \"greeting=$GREETING\"; exec python3 -m http.server {port} --bind 127.0.0.1"]
 env = { GREETING = "it's \"quoted\" $HOME" }
+user = "nobody"
 health = { tcp = "127.0.0.1:{port}", within = "10s", stable = "1s" }
 "#,
     );
     s.converge();
+    let pid = s.pid("web").unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid.split_whitespace().nth(1) == Some("65534"),
+        "runs as nobody: {uid}"
+    );
     let log = s.project.path("work/web/.service/web/log/main/current");
     procs::wait_until("the greeting in the log", Duration::from_secs(5), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("greeting=it's \"quoted\" $HOME"))
     });
+    s.project.assert_idempotent(&["dev"]);
+}
+
+#[test]
+fn a_secret_variable_from_the_secrets_file_reaches_only_the_service() {
+    use batou_core::secrets::{encrypt, generate_identity, parse_recipients};
+    const TOKEN: &str = "svc-secret-token-8d21c4";
+    let s = Scenario::new();
+    s.env(
+        &["web"],
+        r#"[components.web]
+type = "service"
+argv = ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+env = { PLAIN = "visible" }
+health = { tcp = "127.0.0.1:{port}", within = "10s", stable = "1s" }
+"#,
+    );
+    let (identity, public) = generate_identity();
+    s.project.file("identity.txt", &format!("{identity}\n"));
+    s.project
+        .file("secrets/dev.recipients", &format!("{public}\n"));
+    let recipients = parse_recipients("r", &public).unwrap();
+    std::fs::write(
+        s.project.path("secrets/dev.age"),
+        encrypt(
+            &format!("[components.web]\nenv = {{ TOKEN = \"{TOKEN}\" }}\n"),
+            &recipients,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let id = s.project.path("identity.txt");
+    let id = id.to_str().unwrap();
+    let out = s.project.converge(&["dev", "--identity", id]);
+    assert!(!out.stderr.contains(TOKEN), "{}", out.stderr);
+    let definition = s.project.path("work/web/.service/web");
+    let script = std::fs::read_to_string(definition.join("run")).unwrap();
+    assert!(!script.contains(TOKEN), "{script}");
+    assert!(script.contains("export PLAIN=visible"), "{script}");
+    let token = definition.join("env/TOKEN");
+    assert_eq!(std::fs::read_to_string(&token).unwrap(), TOKEN);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&token).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let pid = s.pid("web").unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let want = format!("TOKEN={TOKEN}");
+    assert!(environ.split(|b| *b == 0).any(|v| v == want.as_bytes()));
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(TOKEN));
+    s.project.assert_idempotent(&["dev", "--identity", id]);
+    assert_eq!(s.pid("web"), Some(pid));
+}
+
+#[test]
+fn without_a_runsvdir_the_deploy_says_so() {
+    let p = Project::new();
+    let sd = tempfile::Builder::new().prefix("btsd").tempdir().unwrap();
+    let sd_path = sd.path().display().to_string();
+    p.env(
+        "dev",
+        &format!(
+            "[environment]\nallow_paths = [\"{sd_path}\"]\n\n[hosts.localhost]\ncomponents = [\"web\"]\n\n[components.web]\ntype = \"service\"\nargv = [\"sleep\", \"1000.25\"]\nservice_dir = \"{sd_path}\"\n"
+        ),
+    );
+    let out = p.run(&["dev"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "runsvdir did not pick up `{sd_path}/web` within 15 s: is runsvdir running on `{sd_path}`?"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!procs::sleeping("1000.25"));
+}
+
+/// The human output of a first deploy, an unchanged one and a restart, pinned (the port,
+/// which differs per run, as `[SERVICE_PORT]`).
+#[test]
+fn service_run_output() {
+    let s = Scenario::new();
+    let shown = |out: Outcome| out.stderr.replace(&s.port.to_string(), "[SERVICE_PORT]");
+    s.web("one", "");
+    let first = shown(s.project.converge(&["dev"]));
+    batou_test_support::assert_output_snapshot!("service_first_run", first);
+    let again = shown(s.project.converge(&["dev"]));
+    batou_test_support::assert_output_snapshot!("service_second_run", again);
+    s.web("two", "");
+    let dry = shown(s.project.converge(&["dev", "--dry-run"]));
+    batou_test_support::assert_output_snapshot!("service_would_restart", dry);
+    let changed = shown(s.project.converge(&["dev"]));
+    batou_test_support::assert_output_snapshot!("service_restart", changed);
+    s.project.assert_idempotent(&["dev"]);
+}
+
+#[test]
+fn a_command_probe_and_an_expected_status_prove_health() {
+    let s = Scenario::new();
+    s.env(
+        &["web"],
+        r#"[components.web]
+type = "service"
+argv = ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+health = { command = ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/')"], within = "10s", stable = "500ms" }
+"#,
+    );
+    let out = s.converge();
+    assert!(out.stdout.contains("succeeded"), "{}", out.stdout);
+    s.project.assert_idempotent(&["dev"]);
+
+    // With `status`, exactly that status is healthy: 404 for a missing page, proven by the
+    // restart that the changed definition (`--directory .`) needs.
+    s.env(
+        &["web"],
+        r#"[components.web]
+type = "service"
+argv = ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1", "--directory", "."]
+health = { http = "http://127.0.0.1:{port}/missing", status = 404, within = "10s", stable = "500ms" }
+"#,
+    );
+    let out = s.converge();
+    assert!(
+        has(&out, "web", "restarted (definition changed)"),
+        "{:?}",
+        reasons(&out)
+    );
+    assert!(
+        out.stdout.contains("/missing` answered 404"),
+        "{}",
+        out.stdout
+    );
     s.project.assert_idempotent(&["dev"]);
 }

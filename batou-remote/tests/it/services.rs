@@ -2,8 +2,6 @@
 //! stopped by PID) and names its service directory in host data; the service is a real HTTP
 //! server on a loopback port of its own.
 
-use std::time::Duration;
-
 use batou_test_support::{Runsvdir, procs};
 
 use crate::harness::{Cluster, Project};

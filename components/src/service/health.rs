@@ -184,6 +184,8 @@ impl Health {
                 }
             } else if !now.running {
                 last_problem = format!("it is not running{}", detail(&now));
+            } else if let Some(old) = now.pid {
+                last_problem = format!("the process it replaces (pid {old}) has not ended");
             }
             if Instant::now() >= deadline {
                 return Err(Unhealthy(format!(
@@ -195,10 +197,19 @@ impl Health {
         };
         let after = started.elapsed();
         let at_healthy = pids.restarts;
+        let after_healthy = Instant::now();
         let stable_until = Instant::now() + self.stable;
         loop {
             let now = observe().map_err(|e| Unhealthy(format!("{e:#}")))?;
             let restarts = pids.see(&now);
+            if !now.running && restarts == at_healthy {
+                return Err(Unhealthy(format!(
+                    "service `{name}` went down {} after it was healthy{}: it did not stay up for {}",
+                    seconds(after_healthy.elapsed()),
+                    detail(&now),
+                    seconds(self.stable)
+                )));
+            }
             if !now.running || now.pid != pid || restarts > at_healthy {
                 let restarts = (restarts - at_healthy).max(1);
                 return Err(Unhealthy(format!(
@@ -748,6 +759,81 @@ mod tests {
         assert_eq!(
             fails.check(Path::new("/"), deadline),
             Err("`sh -c echo nope >&2; exit 2` failed with exit code 2 (nope)".into())
+        );
+    }
+
+    /// `prove` against a scripted supervisor: each call of `observe` takes the next
+    /// `(running, pid, exits)`, the last one repeating.
+    fn prove_with(
+        health: &Health,
+        baseline: Baseline,
+        script: &[(bool, u32, u64)],
+    ) -> Result<Proof, Unhealthy> {
+        let mut calls = 0;
+        health.prove("web", baseline, Path::new("/"), || {
+            let (running, pid, exits) = script[calls.min(script.len() - 1)];
+            calls += 1;
+            Ok(Observed {
+                running,
+                want_up: true,
+                pid: (pid != 0).then_some(pid),
+                exits: Some(exits),
+                ..Observed::default()
+            })
+        })
+    }
+
+    #[test]
+    fn the_wait_tells_healthy_from_crash_loops_and_late_services() {
+        let quick = Health::process()
+            .within(Duration::from_secs(2))
+            .stable(Duration::from_millis(300));
+        let proof =
+            prove_with(&quick, Baseline::default(), &[(false, 0, 0), (true, 7, 0)]).unwrap();
+        assert_eq!(proof.pid, Some(7));
+
+        // After a restart, the old process does not count as the healthy one.
+        let restart = Baseline {
+            old_pid: Some(7),
+            exits: 1,
+        };
+        let proof =
+            prove_with(&quick, restart, &[(true, 7, 0), (true, 7, 0), (true, 8, 1)]).unwrap();
+        assert_eq!(proof.pid, Some(8));
+
+        // Pids that keep changing, or an exit count that keeps rising: a crash loop, early.
+        let pids = [(true, 10, 0), (true, 11, 0), (true, 12, 0), (true, 13, 0)];
+        let err = prove_with(&Health::tcp("127.0.0.1:9"), Baseline::default(), &pids).unwrap_err();
+        assert!(
+            err.0.starts_with("service `web` restarted 3 times in "),
+            "{}",
+            err.0
+        );
+        let exits = [(false, 0, 1), (false, 0, 2), (false, 0, 3)];
+        let err = prove_with(&quick, Baseline::default(), &exits).unwrap_err();
+        assert!(err.0.contains("restarted 3 times"), "{}", err.0);
+
+        // Never running: not healthy after `within`.
+        let err = prove_with(&quick, Baseline::default(), &[(false, 0, 0)]).unwrap_err();
+        assert_eq!(
+            err.0,
+            "service `web` is not healthy after 2 s: it is not running"
+        );
+
+        // Healthy, then down or replaced during `stable`.
+        let err =
+            prove_with(&quick, Baseline::default(), &[(true, 7, 0), (false, 0, 0)]).unwrap_err();
+        assert!(
+            err.0.contains("went down") && err.0.contains("did not stay up for 0.3 s"),
+            "{}",
+            err.0
+        );
+        let err =
+            prove_with(&quick, Baseline::default(), &[(true, 7, 0), (true, 9, 1)]).unwrap_err();
+        assert!(
+            err.0.starts_with("service `web` restarted 1 time in "),
+            "{}",
+            err.0
         );
     }
 }
