@@ -464,5 +464,184 @@ timeout = 1.5
     fn a_command_without_a_guard_is_a_configuration_error() {
         let err = config_error(&build("argv = [\"make\"]\n"));
         assert!(err.contains("command `make` has no guard"), "{err}");
+        assert!(
+            err.contains("set `creates`, `unless` or `on_change`"),
+            "{err}"
+        );
+    }
+
+    /// Root `config` (a file) and root `reload`, a command that runs when `config` changed;
+    /// `attributes` are added to `reload`'s table.
+    fn reload(attributes: &str) -> batou_core::testing::TestProject {
+        project(&format!(
+            r#"[hosts.localhost]
+components = ["reload", "config"]
+
+[components.config]
+type = "file"
+path = "app.conf"
+content = "workers = 4\n"
+
+[components.reload]
+type = "command"
+argv = ["sh", "-c", "echo reloaded >> reloads"]
+on_change = ["config"]
+{attributes}"#
+        ))
+    }
+
+    #[test]
+    fn on_change_runs_the_command_only_when_the_watched_root_changed() {
+        let project = reload("");
+        let reloads = project.workdir("reload").join("reloads");
+        // `reload` is listed first but watches `config`, so it is deployed after it.
+        let dry = project.dry_run("dev");
+        dry.assert_changed(&["config > Workdir", "config", "reload > Workdir", "reload"]);
+        assert_eq!(dry.reasons()[3].1, "would run: config changed");
+        let run = project.assert_prediction_matches("dev");
+        assert_eq!(run.reasons()[3], ("reload".into(), "config changed".into()));
+        assert_eq!(std::fs::read_to_string(&reloads).unwrap(), "reloaded\n");
+
+        // Nothing changed: nothing runs (assert_prediction_matches converged twice).
+        assert_eq!(std::fs::read_to_string(&reloads).unwrap(), "reloaded\n");
+
+        // The watched file drifts: the command runs once more.
+        std::fs::write(project.workdir("config").join("app.conf"), "workers = 2\n").unwrap();
+        project
+            .assert_prediction_matches("dev")
+            .assert_changed(&["config", "reload"]);
+        assert_eq!(
+            std::fs::read_to_string(&reloads).unwrap(),
+            "reloaded\nreloaded\n"
+        );
+    }
+
+    #[test]
+    fn every_guard_given_must_say_run() {
+        // `creates` names a file the command does not make: it still converges, since
+        // `on_change` says "done" after it ran.
+        let project = reload("creates = \"never\"\n");
+        project.assert_prediction_matches("dev");
+        std::fs::write(project.workdir("reload").join("never"), "").unwrap();
+        std::fs::write(project.workdir("config").join("app.conf"), "drift\n").unwrap();
+        // `config` changed, but `creates` exists: the command does not run.
+        project
+            .assert_prediction_matches("dev")
+            .assert_changed(&["config"]);
+        let reloads = project.workdir("reload").join("reloads");
+        assert_eq!(std::fs::read_to_string(&reloads).unwrap(), "reloaded\n");
+
+        // `unless` runs only when the other guards say run, and its success means done.
+        let project = reload("unless = [\"test\", \"-e\", \"reloads\"]\n");
+        let run = project.assert_prediction_matches("dev");
+        assert_eq!(
+            run.reasons()[3].1,
+            "config changed; `test -e reloads` failed with exit code 1"
+        );
+        std::fs::write(project.workdir("config").join("app.conf"), "drift\n").unwrap();
+        project
+            .assert_prediction_matches("dev")
+            .assert_changed(&["config"]);
+    }
+
+    #[test]
+    fn unknown_or_empty_on_change_names_are_configuration_errors() {
+        let err = config_error(&reload("").env(
+            "dev",
+            "[hosts.localhost]\ncomponents = [\"reload\", \"config\"]\n\n[components.config]\ntype = \"file\"\npath = \"c\"\ncontent = \"\"\n\n[components.reload]\ntype = \"command\"\nargv = [\"true\"]\non_change = [\"confg\"]\n",
+        ));
+        assert!(
+            err.contains("`confg` is not a root component of host `localhost`"),
+            "{err}"
+        );
+        assert!(err.contains("did you mean `config`?"), "{err}");
+        let err = config_error(&build("argv = [\"true\"]\non_change = []\n"));
+        assert!(
+            err.contains("`on_change` must name a root component"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_guard_that_cannot_run_yet_is_predicted_to_run() {
+        // On a fresh host the work directory, the guard's `cwd`, does not exist yet.
+        let project =
+            build("argv = [\"touch\", \"flag\"]\nunless = [\"test\", \"-e\", \"flag\"]\n");
+        let dry = project.dry_run("dev");
+        assert_eq!(
+            dry.reasons(),
+            pairs(&[
+                ("build > Workdir", "missing"),
+                ("build", "guard cannot run yet: work directory missing"),
+            ])
+        );
+        project.assert_prediction_matches("dev");
+
+        // A guard whose program an earlier step would install.
+        let project = build("argv = [\"touch\", \"flag\"]\nunless = [\"./check-flag\"]\n");
+        std::fs::create_dir_all(project.workdir("build")).unwrap();
+        let dry = project.dry_run("dev");
+        assert_eq!(
+            dry.reasons(),
+            pairs(&[("build", "guard cannot run yet: `./check-flag` not found")])
+        );
+    }
+
+    /// A directory and a command working in it, added the way a Rust component does.
+    #[derive(serde::Deserialize)]
+    struct Compile {}
+
+    impl batou_core::Component for Compile {
+        fn configure(&mut self, cx: &mut batou_core::Configure) -> anyhow::Result<()> {
+            cx.add(crate::Directory::new("src"));
+            cx.add(
+                super::Command::new(["sh", "-c", "echo built > out"])
+                    .cwd("src")
+                    .unless(["test", "-e", "out"]),
+            );
+            Ok(())
+        }
+
+        fn verify(&self, _cx: &mut batou_core::Deploy) -> anyhow::Result<batou_core::Verdict> {
+            Ok(batou_core::Verdict::UpToDate)
+        }
+    }
+
+    #[test]
+    fn a_guard_in_a_cwd_that_an_earlier_component_creates_is_predicted_to_run() {
+        let project = crate::test_util::project_with::<Compile>(
+            "compile",
+            "[hosts.localhost]\ncomponents = [\"compile\"]\n",
+        );
+        let dry = project.dry_run("dev");
+        assert_eq!(
+            dry.reasons()[2],
+            (
+                "compile > Command('sh -c echo built > out')".into(),
+                "guard cannot run yet: `cwd` missing".into()
+            )
+        );
+        project.assert_prediction_matches("dev").assert_changed(&[
+            "compile > Workdir",
+            "compile > Directory('src')",
+            "compile > Command('sh -c echo built > out')",
+        ]);
+        let out = project.workdir("compile").join("src/out");
+        assert_eq!(std::fs::read_to_string(out).unwrap(), "built\n");
+    }
+
+    #[test]
+    fn a_missing_cwd_in_a_real_run_is_a_failure_naming_it() {
+        let project = build("argv = [\"true\"]\ncwd = \"nowhere\"\nunless = [\"false\"]\n");
+        let run = project.run("dev", ConvergeOptions::default());
+        let failure = run.failure().expect("the guard cannot run");
+        assert!(
+            failure.starts_with("build: cannot run guard `false`: its working directory `"),
+            "{failure}"
+        );
+        assert!(
+            failure.ends_with("/work/build/nowhere` does not exist"),
+            "{failure}"
+        );
     }
 }
