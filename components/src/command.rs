@@ -72,7 +72,8 @@ pub struct Command {
 }
 
 impl Command {
-    /// A command running `argv` in the work directory; add a guard with `creates` or `unless`.
+    /// A command running `argv` in the work directory; add a guard with `creates`, `unless` or
+    /// `on_change`.
     pub fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
         Command {
             argv: argv.into_iter().map(Into::into).collect(),
@@ -542,7 +543,7 @@ on_change = ["config"]
 
     #[test]
     fn unknown_or_empty_on_change_names_are_configuration_errors() {
-        let err = config_error(&reload("").env(
+        let err = config_error(reload("").env(
             "dev",
             "[hosts.localhost]\ncomponents = [\"reload\", \"config\"]\n\n[components.config]\ntype = \"file\"\npath = \"c\"\ncontent = \"\"\n\n[components.reload]\ntype = \"command\"\nargv = [\"true\"]\non_change = [\"confg\"]\n",
         ));
