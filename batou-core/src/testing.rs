@@ -112,6 +112,60 @@ impl TestProject {
         first
     }
 
+    /// Checks the promise of a dry run against the real run: predicts environment `name`,
+    /// asserts that the prediction wrote nothing (the project and the base directory are
+    /// byte for byte as before), converges for real, asserts that exactly the predicted
+    /// component paths changed, in the same order, then converges again and asserts that
+    /// nothing changed. Returns the real run.
+    ///
+    /// Call it once per scenario, after arranging the host's state (drift, removals):
+    ///
+    /// ```
+    /// # use batou_core::testing::TestProject;
+    /// # use batou_core::{Component, Deploy, Registry, Verdict};
+    /// # #[derive(serde::Deserialize)]
+    /// # struct Nothing {}
+    /// # impl Component for Nothing {
+    /// #     fn label(&self) -> String { "Nothing".into() }
+    /// #     fn verify(&self, _cx: &mut Deploy) -> anyhow::Result<Verdict> { Ok(Verdict::UpToDate) }
+    /// # }
+    /// # let mut registry = Registry::new();
+    /// # registry.register::<Nothing>("nothing");
+    /// let project = TestProject::new(registry);
+    /// project.env("dev", "[hosts.localhost]\ncomponents = [\"nothing\"]\n");
+    /// project
+    ///     .assert_prediction_matches("dev")
+    ///     .assert_changed(&["nothing > Workdir"]);
+    /// ```
+    pub fn assert_prediction_matches(&self, name: &str) -> Run {
+        let before = tree(self.path());
+        let dry = self.dry_run(name);
+        let after = tree(self.path());
+        if before != after {
+            let changed: Vec<&String> = before
+                .iter()
+                .filter(|(path, entry)| after.get(*path) != Some(entry))
+                .map(|(path, _)| path)
+                .chain(after.keys().filter(|path| !before.contains_key(*path)))
+                .collect();
+            panic!(
+                "the dry run of `{name}` changed {changed:?}\nevents: {:#?}",
+                dry.events
+            );
+        }
+        let real = self.converge(name);
+        assert_eq!(
+            dry.changed(),
+            real.changed(),
+            "the dry run of `{name}` predicted other changes (left) than the run made (right)\n\
+             prediction: {:#?}\nrun: {:#?}",
+            dry.events,
+            real.events
+        );
+        self.converge(name).assert_unchanged();
+        real
+    }
+
     /// Converges environment `name` with `options` and returns the run, whether or not a
     /// component failed; panics on a configuration error (see [`TestProject::configure`]).
     pub fn run(&self, name: &str, options: ConvergeOptions) -> Run {
@@ -214,6 +268,46 @@ impl Run {
             })
             .collect()
     }
+}
+
+/// An entry of [`tree`]: kind (`d`, `f`, `l`), permission bits, owner, group and content.
+type Entry = (char, u32, u32, u32, Vec<u8>);
+
+/// What a tree holds, by path relative to `root`: each entry's kind, permission bits,
+/// ownership and content (a file's bytes, a link's target), for telling whether anything
+/// changed.
+fn tree(root: &Path) -> std::collections::BTreeMap<String, Entry> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut found = std::collections::BTreeMap::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let mode = meta.permissions().mode() & 0o7777;
+            let relative = path
+                .strip_prefix(root)
+                .expect("entries lie below the root")
+                .display()
+                .to_string();
+            let (kind, content) = if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap_or_default();
+                ('l', target.into_os_string().into_encoded_bytes())
+            } else if meta.is_dir() {
+                pending.push(path.clone());
+                ('d', Vec::new())
+            } else {
+                ('f', std::fs::read(&path).unwrap_or_default())
+            };
+            found.insert(relative, (kind, mode, meta.uid(), meta.gid(), content));
+        }
+    }
+    found
 }
 
 fn only_host(plan: &Plan, environment: &str) -> String {

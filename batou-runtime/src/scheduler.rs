@@ -18,7 +18,12 @@
 //! - an interrupt ([`Scheduler::interrupt`]) works like a failure that nothing depends on:
 //!   no new step starts, running steps finish, every session ends; hosts left with steps not
 //!   run are `interrupted`. A step still running when the grace after the interrupt ends
-//!   ([`Scheduler::grace_expired`]) leaves its host's state unknown.
+//!   ([`Scheduler::grace_expired`]) leaves its host's state unknown;
+//! - a dry run changes nothing, so a failure stops nothing but the prediction that failed:
+//!   every host that can be prepared is predicted, also a failed step's host (its later
+//!   steps) and steps that depend on a step that failed or was not predicted. Those are
+//!   predicted as if the step they depend on would succeed, and a log line says so; the
+//!   failed host still fails the run.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -124,7 +129,7 @@ pub enum Action {
 pub struct SchedulerOptions {
     /// Whether the run only reports what it would change.
     pub dry_run: bool,
-    /// Whether the other hosts' steps go on after a host failed.
+    /// Whether the other hosts' steps go on after a host failed (always, in a dry run).
     pub keep_going: bool,
     /// Steps running at the same time, across hosts.
     pub jobs: usize,
@@ -262,6 +267,8 @@ impl<'p> Scheduler<'p> {
     /// to do next.
     pub fn report(&mut self, host: &str, report: Report, now: f64) -> Vec<Action> {
         let mut actions = Vec::new();
+        let keep_going = self.keeps_going();
+        let dry_run = self.options.dry_run;
         let Some(h) = self.hosts.get_mut(host) else {
             return actions;
         };
@@ -295,7 +302,9 @@ impl<'p> Scheduler<'p> {
                 self.running -= 1;
                 self.state[step] = StepState::Done(outcome);
                 h.busy = false;
-                if outcome == RootOutcome::Failed {
+                // A failed prediction stops nothing: its host's later steps are predicted
+                // too, and the host's status says that it failed (`host_status`).
+                if outcome == RootOutcome::Failed && !dry_run {
                     h.failure = Some(HostFailure::new(
                         HostStatus::Failed,
                         vec![format!("`{}` failed", self.steps[step].root)],
@@ -305,7 +314,7 @@ impl<'p> Scheduler<'p> {
                             "an earlier root component on this host failed".into(),
                         );
                     }
-                    if !self.options.keep_going {
+                    if !keep_going {
                         self.stop.get_or_insert(Stop::Failure);
                     }
                 }
@@ -326,7 +335,7 @@ impl<'p> Scheduler<'p> {
                 for later in h.queue.drain(..) {
                     self.state[later] = StepState::NotRun("the host's state is unknown".into());
                 }
-                if !self.options.keep_going {
+                if !keep_going {
                     self.stop.get_or_insert(Stop::Failure);
                 }
             }
@@ -340,7 +349,7 @@ impl<'p> Scheduler<'p> {
         {
             self.preparing = false;
             if self.hosts.values().any(|h| h.failure.is_some())
-                && !self.options.keep_going
+                && !keep_going
                 && self.stop.is_none()
             {
                 self.stop = Some(Stop::SetupFailed);
@@ -521,9 +530,16 @@ impl<'p> Scheduler<'p> {
                         }));
                         self.state[step] = StepState::NotRun(reason);
                     }
-                    Deps::Done => {
+                    Deps::Done(assumed) => {
                         if self.running >= jobs {
                             break;
+                        }
+                        for (label, why) in assumed {
+                            actions.push(Action::Emit(Event::Log {
+                                host: name.clone(),
+                                component: self.steps[step].root.clone(),
+                                message: format!("predicted as if `{label}` would succeed: {why}"),
+                            }));
                         }
                         let h = self.hosts.get_mut(&name).expect("known host");
                         h.queue.pop_front();
@@ -614,6 +630,16 @@ impl<'p> Scheduler<'p> {
             return (f.status, f.error.join(": "));
         }
         let changed = self.roots(name, |s| *s == StepState::Done(RootOutcome::Changed));
+        let failed = self.roots(name, |s| *s == StepState::Done(RootOutcome::Failed));
+        if !failed.is_empty() {
+            // Only a dry run goes on after a failed step (see `report`).
+            let failed: Vec<String> = failed.iter().map(|r| format!("`{r}`")).collect();
+            let mut detail = format!("{} failed", failed.join(", "));
+            if !changed.is_empty() {
+                detail.push_str(&format!("; would change: {}", changed.join(", ")));
+            }
+            return (HostStatus::Failed, detail);
+        }
         let unchanged = self.roots(name, |s| *s == StepState::Done(RootOutcome::Unchanged));
         let not_run = self.roots(name, |s| {
             matches!(s, StepState::NotRun(_) | StepState::Pending)
@@ -662,6 +688,7 @@ impl<'p> Scheduler<'p> {
 
     fn dependencies(&self, step: usize) -> Deps {
         let mut waiting = false;
+        let mut assumed = Vec::new();
         for dep in &self.steps[step].after {
             let label = format!("{}: {}", self.steps[*dep].host, self.steps[*dep].root);
             match &self.state[*dep] {
@@ -669,6 +696,14 @@ impl<'p> Scheduler<'p> {
                 StepState::Excluded => {}
                 StepState::Done(RootOutcome::Changed | RootOutcome::Unchanged) => {}
                 StepState::Pending | StepState::Running => waiting = true,
+                // A dry run predicts what depends on a prediction that failed or did not
+                // happen as if that step would succeed.
+                StepState::Done(_) | StepState::Unknown if self.options.dry_run => {
+                    assumed.push((label, "its own prediction failed".to_string()));
+                }
+                StepState::NotRun(reason) if self.options.dry_run => {
+                    assumed.push((label, format!("it was not predicted ({reason})")));
+                }
                 StepState::Done(_) | StepState::Unknown => {
                     return Deps::Blocked(format!("it depends on `{label}`, which failed"));
                 }
@@ -677,12 +712,23 @@ impl<'p> Scheduler<'p> {
                 }
             }
         }
-        if waiting { Deps::Waiting } else { Deps::Done }
+        if waiting {
+            Deps::Waiting
+        } else {
+            Deps::Done(assumed)
+        }
+    }
+
+    /// Whether a failure leaves the other hosts' steps running: with `keep_going`, and in
+    /// every dry run.
+    fn keeps_going(&self) -> bool {
+        self.options.keep_going || self.options.dry_run
     }
 }
 
 enum Deps {
-    Done,
+    /// Every dependency is done; in a dry run, the ones assumed to succeed with the reason.
+    Done(Vec<(String, String)>),
     Waiting,
     Blocked(String),
 }
@@ -1030,6 +1076,113 @@ mod tests {
         s.ready("web1").done("web1", "motd", Changed);
         let (outcome, _) = s.sched.finish(2.0);
         assert_eq!(outcome.hosts[0].detail, "would change: motd");
+    }
+
+    fn dry_run(jobs: usize) -> SchedulerOptions {
+        SchedulerOptions {
+            dry_run: true,
+            keep_going: false,
+            jobs,
+        }
+    }
+
+    #[test]
+    fn a_failed_prediction_stops_no_other_prediction() {
+        // db1's database fails to predict; web1's app depends on it, web2's motd does not,
+        // and db1 has a later step of its own.
+        let plan = steps(&[
+            ("db1", "database", &[]),
+            ("db1", "backup", &[]),
+            ("web1", "app", &[0]),
+            ("web2", "motd", &[]),
+        ]);
+        let mut s = Script::new(&plan, &["db1", "web1", "web2"], dry_run(8));
+        s.ready("db1").ready("web1").ready("web2");
+        assert_eq!(s.take(), ["start db1 database", "start web2 motd"]);
+        s.done("db1", "database", Failed);
+        let log = s.take();
+        assert_eq!(
+            log,
+            [
+                "start db1 backup",
+                "Log { host: \"web1\", component: \"app\", message: \"predicted as if `db1: database` would succeed: its own prediction failed\" }",
+                "start web1 app",
+            ]
+        );
+        s.done("web2", "motd", Unchanged);
+        s.done("db1", "backup", Changed);
+        s.done("web1", "app", Changed);
+        let (outcome, _) = s.sched.finish(s.clock);
+        let hosts: Vec<_> = outcome
+            .hosts
+            .iter()
+            .map(|h| (h.host.as_str(), h.status.as_str(), h.detail.as_str()))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("db1", "failed", "`database` failed; would change: backup"),
+                ("web1", "changed", "would change: app"),
+                ("web2", "unchanged", ""),
+            ]
+        );
+        assert_eq!(
+            outcome.exit,
+            Exit::DeployFailed,
+            "the failure is still reported"
+        );
+    }
+
+    #[test]
+    fn a_dry_run_predicts_the_other_hosts_when_one_cannot_be_prepared() {
+        let plan = steps(&[("db1", "database", &[]), ("web1", "app", &[0])]);
+        let mut s = Script::new(&plan, &["db1", "web1"], dry_run(8));
+        s.report(
+            "db1",
+            Report::SetupFailed(HostFailure::new(
+                HostStatus::Unreachable,
+                vec!["connection refused".into()],
+            )),
+        );
+        s.ready("web1");
+        assert_eq!(
+            s.take(),
+            [
+                "unreachable db1",
+                "Log { host: \"web1\", component: \"app\", message: \"predicted as if `db1: database` would succeed: it was not predicted (host unreachable)\" }",
+                "start web1 app",
+                "done db1 at 2",
+            ]
+        );
+        s.done("web1", "app", Unchanged);
+        let (hosts, exit) = s.summary();
+        assert_eq!(
+            hosts,
+            statuses(&[("db1", "unreachable"), ("web1", "unchanged")])
+        );
+        assert_eq!(exit, Exit::Unreachable);
+    }
+
+    #[test]
+    fn a_dry_run_predicts_past_a_broken_session_on_other_hosts() {
+        let plan = steps(&[
+            ("db1", "database", &[]),
+            ("db1", "backup", &[]),
+            ("web1", "app", &[0]),
+        ]);
+        let mut s = Script::new(&plan, &["db1", "web1"], dry_run(8));
+        s.ready("db1").ready("web1");
+        assert_eq!(s.take(), ["start db1 database"]);
+        let failure = HostFailure::new(HostStatus::Timeout, vec!["silent".into()]);
+        s.report("db1", Report::Broken { step: 0, failure });
+        let log = s.take();
+        assert_eq!(log[0], "timeout db1");
+        assert!(log.contains(&"start web1 app".to_string()), "{log:?}");
+        assert!(!log.contains(&"start db1 backup".to_string()), "{log:?}");
+        s.done("web1", "app", Changed);
+        let (hosts, exit) = s.summary();
+        assert_eq!(hosts, statuses(&[("db1", "timeout"), ("web1", "changed")]));
+        assert_eq!(exit, Exit::Timeout);
     }
 
     #[test]

@@ -5,16 +5,20 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
-use batou_core::{Component, ConfigError, Configure, Deploy, Verdict};
+use batou_core::{Component, ConfigError, Configure, Deploy, RootWatch, Verdict};
 use serde::Deserialize;
 
 use crate::cmd::{Cmd, CommandOutput, DEFAULT_TIMEOUT, cmd};
 
-/// A command that runs when its guard says the host needs it.
+/// A command that runs when its guards say the host needs it.
 ///
 /// A command must say how to tell that it is done, or it could not converge: `creates` (runs
-/// while that path is missing) or `unless` (runs while that command fails). `unless` also runs
-/// in dry runs, so it must not change anything.
+/// while that path is missing), `unless` (runs while that command fails) or `on_change` (runs
+/// when one of those root components of the same host changed in this deploy, for reloads
+/// and migrations). When several are given, it runs only when every one of them says so:
+/// `on_change` is asked first, then `creates`, and `unless` runs only when both agree. `unless`
+/// also runs in dry runs, so it must not change anything; in a dry run where it cannot run
+/// yet (its `cwd` or its program does not exist), the command is predicted to run.
 ///
 /// ```toml
 /// [components.build]
@@ -22,6 +26,11 @@ use crate::cmd::{Cmd, CommandOutput, DEFAULT_TIMEOUT, cmd};
 /// argv = ["make", "install"]
 /// creates = "bin/app"
 /// timeout = 60
+///
+/// [components.reload]
+/// type = "command"
+/// argv = ["systemctl", "reload", "nginx"]
+/// on_change = ["nginx-config"]
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +52,10 @@ pub struct Command {
     /// Run only while this command fails.
     #[serde(default)]
     pub unless: Option<Vec<String>>,
+    /// Run only when one of these root components (of the same host) changed in this deploy;
+    /// they are deployed before this one.
+    #[serde(default)]
+    pub on_change: Option<Vec<String>>,
     /// Show what the command printed also when it succeeds (always shown when it fails).
     #[serde(default)]
     pub show_output: bool,
@@ -50,10 +63,17 @@ pub struct Command {
     resolved_cwd: PathBuf,
     #[serde(skip)]
     resolved_creates: Option<PathBuf>,
+    #[serde(skip)]
+    watches: Vec<RootWatch>,
+    /// Whether `update` ran in this deploy: the watched roots still count as changed in the
+    /// verify after it, and the command must not run twice for one change.
+    #[serde(skip)]
+    ran: bool,
 }
 
 impl Command {
-    /// A command running `argv` in the work directory; add a guard with `creates` or `unless`.
+    /// A command running `argv` in the work directory; add a guard with `creates`, `unless` or
+    /// `on_change`.
     pub fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
         Command {
             argv: argv.into_iter().map(Into::into).collect(),
@@ -62,9 +82,12 @@ impl Command {
             timeout: None,
             creates: None,
             unless: None,
+            on_change: None,
             show_output: false,
             resolved_cwd: PathBuf::new(),
             resolved_creates: None,
+            watches: Vec::new(),
+            ran: false,
         }
     }
 
@@ -77,6 +100,19 @@ impl Command {
     /// Runs only while `argv` fails.
     pub fn unless<S: Into<String>>(mut self, argv: impl IntoIterator<Item = S>) -> Self {
         self.unless = Some(argv.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Runs only when one of the root components `roots` (of the same host) changed in this
+    /// deploy.
+    pub fn on_change<S: Into<String>>(mut self, roots: impl IntoIterator<Item = S>) -> Self {
+        self.on_change = Some(roots.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Working directory, relative to the work directory.
+    pub fn cwd(mut self, cwd: impl Into<String>) -> Self {
+        self.cwd = Some(cwd.into());
         self
     }
 
@@ -137,6 +173,57 @@ impl Command {
             .envs(&self.env)
             .timeout(timeout)
     }
+
+    /// Why the working directory cannot be used, when it does not exist.
+    fn missing_cwd(&self) -> Option<String> {
+        if self.resolved_cwd.is_dir() {
+            return None;
+        }
+        Some(match &self.cwd {
+            Some(_) => "`cwd` missing".to_string(),
+            None => "work directory missing".to_string(),
+        })
+    }
+
+    /// The `unless` guard's verdict: `None` when it says the command is done, else the
+    /// reason to run. In a dry run, a guard that cannot run yet (its working directory or its
+    /// program does not exist, as on a fresh host) says "run".
+    fn unless_says_run(&self, unless: &[String], dry_run: bool) -> anyhow::Result<Option<String>> {
+        if let Some(missing) = self.missing_cwd() {
+            if dry_run {
+                return Ok(Some(format!("guard cannot run yet: {missing}")));
+            }
+            bail!(
+                "cannot run guard `{}`: its working directory `{}` does not exist",
+                unless.join(" "),
+                self.resolved_cwd.display()
+            );
+        }
+        let out = match self.cmd(unless).run() {
+            Ok(out) => out,
+            Err(e) if dry_run && is_not_found(&e) => {
+                return Ok(Some(format!(
+                    "guard cannot run yet: `{}` not found",
+                    unless[0]
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        // A guard that hangs is an error, not a reason to run the command.
+        if out.timed_out() {
+            return Err(anyhow::anyhow!(out.failure()));
+        }
+        Ok((!out.success()).then(|| format!("`{}` {}", unless.join(" "), out.status)))
+    }
+}
+
+/// Whether `error` says that something (a program) was not found.
+fn is_not_found(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    })
 }
 
 impl Component for Command {
@@ -151,10 +238,13 @@ impl Component for Command {
         if self.unless.as_ref().is_some_and(Vec::is_empty) {
             bail!("`unless` must name a program");
         }
-        if self.creates.is_none() && self.unless.is_none() {
+        if self.on_change.as_ref().is_some_and(Vec::is_empty) {
+            bail!("`on_change` must name a root component");
+        }
+        if self.creates.is_none() && self.unless.is_none() && self.on_change.is_none() {
             let message = format!("command `{}` has no guard", self.argv.join(" "));
             return Err(ConfigError::new(message)
-                .hint("set `creates` or `unless` so that it can converge")
+                .hint("set `creates`, `unless` or `on_change` so that it can converge")
                 .into());
         }
         if let Some(t) = self.timeout
@@ -168,37 +258,68 @@ impl Component for Command {
             None => cx.workdir().to_path_buf(),
         };
         self.resolved_creates = self.creates.as_ref().map(|c| cx.path(c)).transpose()?;
+        self.watches = Vec::new();
+        for root in self.on_change.iter().flatten() {
+            let watch = cx.watch_root(root)?;
+            if !self.watches.contains(&watch) {
+                self.watches.push(watch);
+            }
+        }
         Ok(())
     }
 
-    fn verify(&self, _cx: &mut Deploy) -> anyhow::Result<Verdict> {
-        if let Some(path) = &self.resolved_creates
-            && std::fs::symlink_metadata(path).is_err()
-        {
-            return Ok(Verdict::needs_update(format!(
+    fn verify(&self, cx: &mut Deploy) -> anyhow::Result<Verdict> {
+        // Every guard given must say "run"; the cheap ones are asked first, so that `unless`
+        // runs only when the others agree.
+        let mut reasons = Vec::new();
+        if self.on_change.is_some() {
+            let changed: Vec<&str> = self
+                .watches
+                .iter()
+                .filter(|w| cx.root_changed(w))
+                .map(RootWatch::name)
+                .collect();
+            // The watched roots still count as changed after `update`: it ran for them.
+            if changed.is_empty() || self.ran {
+                return Ok(Verdict::UpToDate);
+            }
+            reasons.push(format!("{} changed", changed.join(", ")));
+        }
+        if let Some(path) = &self.resolved_creates {
+            if std::fs::symlink_metadata(path).is_ok() {
+                return Ok(Verdict::UpToDate);
+            }
+            reasons.push(format!(
                 "`{}` does not exist",
                 self.creates.as_deref().unwrap_or_default()
-            )));
+            ));
         }
         if let Some(unless) = &self.unless {
-            let out = self.cmd(unless).run()?;
-            // A guard that hangs is an error, not a reason to run the command.
-            if out.timed_out() {
-                return Err(anyhow::anyhow!(out.failure()));
-            }
-            if !out.success() {
-                return Ok(Verdict::needs_update(format!(
-                    "`{}` {}",
-                    unless.join(" "),
-                    out.status
-                )));
+            match self.unless_says_run(unless, cx.dry_run())? {
+                Some(reason) => reasons.push(reason),
+                None => return Ok(Verdict::UpToDate),
             }
         }
-        Ok(Verdict::UpToDate)
+        let reason = reasons.join("; ");
+        Ok(Verdict::needs_update(
+            if cx.dry_run() && self.on_change.is_some() {
+                format!("would run: {reason}")
+            } else {
+                reason
+            },
+        ))
     }
 
     fn update(&mut self, cx: &mut Deploy) -> anyhow::Result<()> {
+        if self.missing_cwd().is_some() {
+            bail!(
+                "cannot run `{}`: its working directory `{}` does not exist",
+                self.argv.join(" "),
+                self.resolved_cwd.display()
+            );
+        }
         let out = self.cmd(&self.argv).run()?.check()?;
+        self.ran = true;
         if self.show_output {
             let text = out.tail();
             if !text.is_empty() {
@@ -344,5 +465,180 @@ timeout = 1.5
     fn a_command_without_a_guard_is_a_configuration_error() {
         let err = config_error(&build("argv = [\"make\"]\n"));
         assert!(err.contains("command `make` has no guard"), "{err}");
+    }
+
+    /// Root `config` (a file) and root `reload`, a command that runs when `config` changed;
+    /// `attributes` are added to `reload`'s table.
+    fn reload(attributes: &str) -> batou_core::testing::TestProject {
+        project(&format!(
+            r#"[hosts.localhost]
+components = ["reload", "config"]
+
+[components.config]
+type = "file"
+path = "app.conf"
+content = "workers = 4\n"
+
+[components.reload]
+type = "command"
+argv = ["sh", "-c", "echo reloaded >> reloads"]
+on_change = ["config"]
+{attributes}"#
+        ))
+    }
+
+    #[test]
+    fn on_change_runs_the_command_only_when_the_watched_root_changed() {
+        let project = reload("");
+        let reloads = project.workdir("reload").join("reloads");
+        // `reload` is listed first but watches `config`, so it is deployed after it.
+        let dry = project.dry_run("dev");
+        dry.assert_changed(&["config > Workdir", "config", "reload > Workdir", "reload"]);
+        assert_eq!(dry.reasons()[3].1, "would run: config changed");
+        let run = project.assert_prediction_matches("dev");
+        assert_eq!(run.reasons()[3], ("reload".into(), "config changed".into()));
+        assert_eq!(std::fs::read_to_string(&reloads).unwrap(), "reloaded\n");
+
+        // Nothing changed: nothing runs (assert_prediction_matches converged twice).
+        assert_eq!(std::fs::read_to_string(&reloads).unwrap(), "reloaded\n");
+
+        // The watched file drifts: the command runs once more.
+        std::fs::write(project.workdir("config").join("app.conf"), "workers = 2\n").unwrap();
+        project
+            .assert_prediction_matches("dev")
+            .assert_changed(&["config", "reload"]);
+        assert_eq!(
+            std::fs::read_to_string(&reloads).unwrap(),
+            "reloaded\nreloaded\n"
+        );
+    }
+
+    #[test]
+    fn every_guard_given_must_say_run() {
+        // `creates` names a file the command does not make: it still converges, since
+        // `on_change` says "done" after it ran.
+        let project = reload("creates = \"never\"\n");
+        project.assert_prediction_matches("dev");
+        std::fs::write(project.workdir("reload").join("never"), "").unwrap();
+        std::fs::write(project.workdir("config").join("app.conf"), "drift\n").unwrap();
+        // `config` changed, but `creates` exists: the command does not run.
+        project
+            .assert_prediction_matches("dev")
+            .assert_changed(&["config"]);
+        let reloads = project.workdir("reload").join("reloads");
+        assert_eq!(std::fs::read_to_string(&reloads).unwrap(), "reloaded\n");
+
+        // `unless` runs only when the other guards say run, and its success means done.
+        let project = reload("unless = [\"test\", \"-e\", \"reloads\"]\n");
+        let run = project.assert_prediction_matches("dev");
+        assert_eq!(
+            run.reasons()[3].1,
+            "config changed; `test -e reloads` failed with exit code 1"
+        );
+        std::fs::write(project.workdir("config").join("app.conf"), "drift\n").unwrap();
+        project
+            .assert_prediction_matches("dev")
+            .assert_changed(&["config"]);
+    }
+
+    #[test]
+    fn unknown_or_empty_on_change_names_are_configuration_errors() {
+        let err = config_error(reload("").env(
+            "dev",
+            "[hosts.localhost]\ncomponents = [\"reload\", \"config\"]\n\n[components.config]\ntype = \"file\"\npath = \"c\"\ncontent = \"\"\n\n[components.reload]\ntype = \"command\"\nargv = [\"true\"]\non_change = [\"confg\"]\n",
+        ));
+        assert!(
+            err.contains("`confg` is not a root component of host `localhost`"),
+            "{err}"
+        );
+        assert!(err.contains("did you mean `config`?"), "{err}");
+        let err = config_error(&build("argv = [\"true\"]\non_change = []\n"));
+        assert!(
+            err.contains("`on_change` must name a root component"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_guard_that_cannot_run_yet_is_predicted_to_run() {
+        // On a fresh host the work directory, the guard's `cwd`, does not exist yet.
+        let project =
+            build("argv = [\"touch\", \"flag\"]\nunless = [\"test\", \"-e\", \"flag\"]\n");
+        let dry = project.dry_run("dev");
+        assert_eq!(
+            dry.reasons(),
+            pairs(&[
+                ("build > Workdir", "missing"),
+                ("build", "guard cannot run yet: work directory missing"),
+            ])
+        );
+        project.assert_prediction_matches("dev");
+
+        // A guard whose program an earlier step would install.
+        let project = build("argv = [\"touch\", \"flag\"]\nunless = [\"./check-flag\"]\n");
+        std::fs::create_dir_all(project.workdir("build")).unwrap();
+        let dry = project.dry_run("dev");
+        assert_eq!(
+            dry.reasons(),
+            pairs(&[("build", "guard cannot run yet: `./check-flag` not found")])
+        );
+    }
+
+    /// A directory and a command working in it, added the way a Rust component does.
+    #[derive(serde::Deserialize)]
+    struct Compile {}
+
+    impl batou_core::Component for Compile {
+        fn configure(&mut self, cx: &mut batou_core::Configure) -> anyhow::Result<()> {
+            cx.add(crate::Directory::new("src"));
+            cx.add(
+                super::Command::new(["sh", "-c", "echo built > out"])
+                    .cwd("src")
+                    .unless(["test", "-e", "out"]),
+            );
+            Ok(())
+        }
+
+        fn verify(&self, _cx: &mut batou_core::Deploy) -> anyhow::Result<batou_core::Verdict> {
+            Ok(batou_core::Verdict::UpToDate)
+        }
+    }
+
+    #[test]
+    fn a_guard_in_a_cwd_that_an_earlier_component_creates_is_predicted_to_run() {
+        let project = crate::test_util::project_with::<Compile>(
+            "compile",
+            "[hosts.localhost]\ncomponents = [\"compile\"]\n",
+        );
+        let dry = project.dry_run("dev");
+        assert_eq!(
+            dry.reasons()[2],
+            (
+                "compile > Command('sh -c echo built > out')".into(),
+                "guard cannot run yet: `cwd` missing".into()
+            )
+        );
+        project.assert_prediction_matches("dev").assert_changed(&[
+            "compile > Workdir",
+            "compile > Directory('src')",
+            "compile > Command('sh -c echo built > out')",
+        ]);
+        let out = project.workdir("compile").join("src/out");
+        assert_eq!(std::fs::read_to_string(out).unwrap(), "built\n");
+    }
+
+    #[test]
+    fn a_missing_cwd_in_a_real_run_is_a_failure_naming_it() {
+        let project = build("argv = [\"true\"]\ncwd = \"nowhere\"\nunless = [\"false\"]\n");
+        let run = project.run("dev", ConvergeOptions::default());
+        let failure = run.failure().expect("the guard cannot run");
+        assert!(
+            failure.starts_with("build: cannot run guard `false`: its working directory `"),
+            "{failure}"
+        );
+        assert!(
+            failure.ends_with("/work/build/nowhere` does not exist"),
+            "{failure}"
+        );
     }
 }

@@ -83,6 +83,24 @@ impl Directory {
         collect_extraneous(&self.resolved, Path::new(""), &self.expected, &mut found)?;
         Ok(found)
     }
+
+    /// Creates the directory when it is missing and gives it its mode.
+    fn create_or_fix_mode(&self) -> anyhow::Result<()> {
+        let created = !self.resolved.is_dir();
+        if created {
+            std::fs::create_dir_all(&self.resolved)
+                .with_context(|| format!("cannot create `{}`", self.resolved.display()))?;
+        }
+        let mode = self.mode.map(|m| m.0).unwrap_or(DEFAULT_MODE);
+        let current = std::fs::metadata(&self.resolved)?.permissions().mode() & 0o7777;
+        // New directories get their mode whatever the umask; existing ones keep theirs
+        // unless `mode` is set.
+        if (self.mode.is_some() || created) && current != mode {
+            std::fs::set_permissions(&self.resolved, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("cannot set mode of `{}`", self.resolved.display()))?;
+        }
+        Ok(())
+    }
 }
 
 fn collect_extraneous(
@@ -123,16 +141,12 @@ impl Component for Directory {
         };
         let base = self.path.trim_end_matches('/').to_string();
         let entries = cx.project().walk(&source)?;
-        // Sub-components converge before this directory: a symlink at the top of the tree
-        // needs the directory first (files create their parents themselves).
-        if entries
-            .iter()
-            .any(|e| e.kind == ProjectEntryKind::Symlink && !e.relative.contains('/'))
-        {
-            let mut own = Directory::new(base.clone());
-            own.mode = self.mode;
-            cx.add(own);
-        }
+        // Sub-components converge before this directory, so the directory itself (with its
+        // mode) is the first of them: the entries need it, and a dry run predicts it once,
+        // there, as the real run creates it. This component then only purges.
+        let mut own = Directory::new(base.clone());
+        own.mode = self.mode;
+        cx.add(own);
         for entry in entries {
             self.expected.insert(PathBuf::from(&entry.relative));
             let target = format!("{base}/{}", entry.relative);
@@ -159,6 +173,11 @@ impl Component for Directory {
     fn verify(&self, _cx: &mut Deploy) -> anyhow::Result<Verdict> {
         self.allowed.check(&self.resolved)?;
         let meta = match std::fs::symlink_metadata(&self.resolved) {
+            // With a source, the first sub-component creates the directory: missing here
+            // means a dry run, in which it was predicted there and nothing is left to purge.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.source.is_some() => {
+                return Ok(Verdict::UpToDate);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Verdict::needs_update("missing"));
             }
@@ -176,7 +195,8 @@ impl Component for Directory {
         }
         let mut reasons = Vec::new();
         let mode = meta.permissions().mode() & 0o7777;
-        if let Some(want) = self.mode
+        // With a source, the mode belongs to the first sub-component.
+        if let Some(want) = self.mode.filter(|_| self.source.is_none())
             && want.0 != mode
         {
             reasons.push(format!("mode {} -> {want}", Mode(mode)));
@@ -197,18 +217,8 @@ impl Component for Directory {
 
     fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
         self.allowed.check(&self.resolved)?;
-        let created = !self.resolved.is_dir();
-        if created {
-            std::fs::create_dir_all(&self.resolved)
-                .with_context(|| format!("cannot create `{}`", self.resolved.display()))?;
-        }
-        let mode = self.mode.map(|m| m.0).unwrap_or(DEFAULT_MODE);
-        let current = std::fs::metadata(&self.resolved)?.permissions().mode() & 0o7777;
-        // New directories get their mode whatever the umask; existing ones keep theirs
-        // unless `mode` is set.
-        if (self.mode.is_some() || created) && current != mode {
-            std::fs::set_permissions(&self.resolved, std::fs::Permissions::from_mode(mode))
-                .with_context(|| format!("cannot set mode of `{}`", self.resolved.display()))?;
+        if self.source.is_none() {
+            self.create_or_fix_mode()?;
         }
         if self.purge {
             for rel in self.extraneous()? {
@@ -319,15 +329,84 @@ purge = true
     }
 
     #[test]
-    fn a_dry_run_predicts_the_tree_and_creates_nothing() {
+    fn a_dry_run_predicts_the_tree_exactly_and_creates_nothing() {
         let project = site();
         let dry = project.dry_run("dev");
-        // The directory itself is predicted too: in a dry run, its sub-components did not
-        // create it.
-        assert_eq!(dry.changed().len(), 7, "{:?}", dry.changed());
-        assert_eq!(dry.changed().last().map(String::as_str), Some("site"));
+        // The directory itself is predicted once, as its first sub-component, which is
+        // where the run creates it; the root only purges.
+        dry.assert_changed(&[
+            "site > Workdir",
+            "site > Directory('htdocs')",
+            "site > Directory('htdocs/css')",
+            "site > File('htdocs/css/shop.css')",
+            "site > Symlink('htdocs/home.html')",
+            "site > File('htdocs/index.html')",
+        ]);
         assert!(!project.base_dir().exists());
-        project.converge_twice("dev");
+        project.assert_prediction_matches("dev");
+    }
+
+    #[test]
+    fn predictions_match_the_run_for_plain_directories() {
+        let project = project(DATA);
+        project
+            .assert_prediction_matches("dev")
+            .assert_changed(&["data > Workdir", "data"]);
+        let path = project.workdir("data").join("data");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        project
+            .assert_prediction_matches("dev")
+            .assert_changed(&["data"]);
+        std::fs::remove_dir(&path).unwrap();
+        project
+            .assert_prediction_matches("dev")
+            .assert_changed(&["data"]);
+    }
+
+    #[test]
+    fn predictions_match_the_run_for_a_source_tree_as_it_drifts() {
+        let project = project(&format!("{SITE}mode = 0o750\n"));
+        project.file("site/index.html", "<h1>shop</h1>\n");
+        project.file("site/css/shop.css", "h1 { color: red }\n");
+        project.file("site/css/print/print.css", "h1 { color: black }\n");
+        project.assert_prediction_matches("dev");
+        let htdocs = project.workdir("site").join("htdocs");
+
+        // A changed, a removed and a stray file, a stray directory.
+        std::fs::write(htdocs.join("index.html"), "<h1>defaced</h1>\n").unwrap();
+        std::fs::remove_file(htdocs.join("css/shop.css")).unwrap();
+        std::fs::write(htdocs.join("css/stray.css"), "").unwrap();
+        std::fs::create_dir(htdocs.join("old")).unwrap();
+        project.assert_prediction_matches("dev").assert_changed(&[
+            "site > File('htdocs/css/shop.css')",
+            "site > File('htdocs/index.html')",
+            "site",
+        ]);
+
+        // A removed nested directory, and the top directory's mode.
+        std::fs::remove_dir_all(htdocs.join("css")).unwrap();
+        std::fs::set_permissions(&htdocs, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        project.assert_prediction_matches("dev").assert_changed(&[
+            "site > Directory('htdocs')",
+            "site > Directory('htdocs/css')",
+            "site > Directory('htdocs/css/print')",
+            "site > File('htdocs/css/print/print.css')",
+            "site > File('htdocs/css/shop.css')",
+        ]);
+        assert_eq!(mode(&htdocs), 0o750);
+
+        // The whole tree removed.
+        std::fs::remove_dir_all(&htdocs).unwrap();
+        assert_eq!(project.assert_prediction_matches("dev").changed().len(), 6);
+
+        // A source file removed from the project: purged.
+        std::fs::remove_file(project.root().join("site/index.html")).unwrap();
+        project
+            .assert_prediction_matches("dev")
+            .assert_changed(&["site"]);
+        assert!(!htdocs.join("index.html").exists());
     }
 
     #[test]

@@ -169,6 +169,30 @@ target = "releases/2"
     }
 
     #[test]
+    fn predictions_match_the_run_for_new_retargeted_and_removed_links() {
+        let project = project(CURRENT);
+        project
+            .assert_prediction_matches("dev")
+            .assert_changed(&["current > Workdir", "current"]);
+        let link = project.workdir("current").join("current");
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink("releases/1", &link).unwrap();
+        project
+            .assert_prediction_matches("dev")
+            .assert_changed(&["current"]);
+        std::fs::remove_file(&link).unwrap();
+        project
+            .assert_prediction_matches("dev")
+            .assert_changed(&["current"]);
+        // A link in a directory that does not exist yet: predicted, not a failure.
+        let deep = crate::test_util::project(
+            &CURRENT.replace("path = \"current\"", "path = \"deep/current\""),
+        );
+        deep.dry_run("dev")
+            .assert_changed(&["current > Workdir", "current"]);
+    }
+
+    #[test]
     fn a_file_in_the_way_is_a_failure_never_removed() {
         let project = project(CURRENT);
         let path = project.workdir("current").join("current");

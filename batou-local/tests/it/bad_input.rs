@@ -227,8 +227,29 @@ fn cases() -> Vec<Case> {
         case("component assigned twice", "[hosts.localhost]\ncomponents = [\"motd\", \"motd\"]\n\n[components.motd]\ntype = \"file\"\npath = \"m\"\n")
             .expect("component `motd` is assigned twice to host `localhost` in environments/dev.toml:2:23"),
         case("command without guard", "[hosts.localhost]\ncomponents = [\"build\"]\n\n[components.build]\ntype = \"command\"\nargv = [\"true\"]\n")
-            .expect("caused by: command `true` has no guard\nhint: set `creates` or `unless` so that it can converge")
+            .expect("caused by: command `true` has no guard\nhint: set `creates`, `unless` or `on_change` so that it can converge")
             .expect("in host `localhost`, component `build`"),
+        case("command watching an unknown root component", "[hosts.localhost]\ncomponents = [\"reload\", \"config\"]\n\n[components.config]\ntype = \"file\"\npath = \"app.conf\"\ncontent = \"x\"\n\n[components.reload]\ntype = \"command\"\nargv = [\"true\"]\non_change = [\"confg\"]\n")
+            .expect("caused by: `confg` is not a root component of host `localhost` (did you mean `config`?)")
+            .expect("hint: the other root components of host `localhost` are `config`")
+            .expect("in host `localhost`, component `reload`"),
+        case("command watching a root component of another host (local)", "[hosts.localhost]\ncomponents = [\"reload\"]\n\n[hosts.db1]\ncomponents = [\"config\"]\n\n[components.config]\ntype = \"file\"\npath = \"app.conf\"\ncontent = \"x\"\n\n[components.reload]\ntype = \"command\"\nargv = [\"true\"]\non_change = [\"config\"]\n")
+            .expect("caused by: `config` is not a root component of host `localhost`")
+            .expect("hint: host `localhost` has no other root component to watch")
+            .expect("in host `localhost`, component `reload`")
+            .args(&["--host", "localhost"])
+            .only(Binary::Local),
+        case("command watching a root component of another host (remote)", "[hosts.localhost]\ncomponents = [\"reload\"]\n\n[hosts.db1]\ncomponents = [\"config\"]\n\n[components.config]\ntype = \"file\"\npath = \"app.conf\"\ncontent = \"x\"\n\n[components.reload]\ntype = \"command\"\nargv = [\"true\"]\non_change = [\"config\"]\n")
+            .expect("caused by: `config` is not a root component of host `localhost`")
+            .expect("hint: host `localhost` has no other root component to watch")
+            .expect("in host `localhost`, component `reload`")
+            .only(Binary::Remote),
+        case("command watching itself", "[hosts.localhost]\ncomponents = [\"reload\"]\n\n[components.reload]\ntype = \"command\"\nargv = [\"true\"]\non_change = [\"reload\"]\n")
+            .expect("caused by: `reload` cannot watch itself for changes")
+            .expect("in host `localhost`, component `reload`"),
+        case("command with an empty on_change", "[hosts.localhost]\ncomponents = [\"reload\"]\n\n[components.reload]\ntype = \"command\"\nargv = [\"true\"]\non_change = []\n")
+            .expect("caused by: `on_change` must name a root component")
+            .expect("in host `localhost`, component `reload`"),
         case("missing source file", motd("source = \"files/motd\"\n"))
             .expect("caused by: project file `files/motd` does not exist")
             .expect("in host `localhost`, component `motd`"),

@@ -8,6 +8,7 @@ mod commands;
 mod components;
 mod confinement;
 mod demo;
+mod dry_run;
 mod example;
 mod failure;
 mod harness;

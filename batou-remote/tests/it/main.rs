@@ -6,6 +6,7 @@ mod base_dir;
 mod cli;
 mod confinement;
 mod deploy;
+mod dry_run;
 mod example;
 mod faults;
 mod harness;
