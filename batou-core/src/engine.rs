@@ -79,10 +79,12 @@ pub fn converge_step(
     options: ConvergeOptions,
     sink: &mut dyn EventSink,
 ) -> StepReport {
+    let started = Instant::now();
     let changed_roots = plan.changed_roots_of(step);
     let index = step;
     let (step, host_data) = plan.step_with_host(step);
     let host = step.host.clone();
+    let root = step.root.clone();
     sink.event(Event::StepStarted {
         host: host.clone(),
         component: step.root.clone(),
@@ -102,7 +104,7 @@ pub fn converge_step(
     if matches!(result, Ok(true)) {
         plan.record_changed(index);
     }
-    match result {
+    let report = match result {
         Ok(any) => StepReport {
             outcome: if any {
                 RootOutcome::Changed
@@ -125,7 +127,15 @@ pub fn converge_step(
                 failure: Some((failure.path, chain)),
             }
         }
-    }
+    };
+    sink.event(Event::StepFinished {
+        host,
+        component: root,
+        outcome: report.outcome,
+        dry_run: options.dry_run,
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    report
 }
 
 /// Converges the steps of `host` in plan order, reporting events to `sink` as they happen.

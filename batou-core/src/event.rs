@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ServiceOutcome, ServiceVerb};
+use crate::{RootOutcome, ServiceOutcome, ServiceVerb};
 
 /// Something that happened while converging one host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +26,20 @@ pub enum Event {
         host: String,
         /// The root component the event is about.
         component: String,
+    },
+    /// A root component finished converging, whatever its outcome (`changed`, `unchanged`,
+    /// `failed`): the one event an unchanged root component has.
+    StepFinished {
+        /// The host the event is about.
+        host: String,
+        /// The root component the event is about.
+        component: String,
+        /// How the root component ended: `changed`, `unchanged` or `failed`.
+        outcome: RootOutcome,
+        /// Whether the run only reports what it would change.
+        dry_run: bool,
+        /// How long converging the root component took.
+        seconds: f64,
     },
     /// A component needed an update (in a dry run: would need one).
     Changed {

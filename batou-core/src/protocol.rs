@@ -21,7 +21,8 @@ use crate::{Event, RootOutcome, ServiceOutcome, ServiceVerb};
 /// 3: a job carries only the project files its host's steps read, file contents as base64.
 /// 4: sessions for the `service` verbs (`start.purpose`, `service`, `service_finished`), and
 /// a job step lists its services.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: the `step_finished` event (an older controller cannot read it).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Everything one host needs to configure and converge its part of a plan, and nothing more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,21 +1,37 @@
-//! Rendering events for people (prefixed lines on stderr) and for programs (JSON lines).
-//!
-//! Both renderers write each event as it arrives, so output is live. Human output prefixes
-//! every line with its host; JSON output is one event object per line.
+//! The human renderer: host-prefixed lines on stderr and the final summary.
 
 use std::io::Write;
 
-use crate::{Event, EventSink, ServiceOutcome, ServiceResult, ServiceVerb};
+use anstyle::{AnsiColor, Style};
+
+use super::{HumanOptions, Verbosity};
+use crate::{Event, EventSink, RootOutcome, ServiceOutcome, ServiceResult, ServiceVerb};
 
 /// Renders events as human-readable, host-prefixed lines.
 pub struct HumanOutput<W: Write> {
     out: W,
+    options: HumanOptions,
 }
 
 impl<W: Write> HumanOutput<W> {
-    /// Writes to `out` (normally stderr).
+    /// Writes to `out` (normally stderr) with the default options: today's output.
     pub fn new(out: W) -> Self {
-        HumanOutput { out }
+        HumanOutput::with_options(out, HumanOptions::default())
+    }
+
+    /// Writes to `out` with colour, verbosity and diffs as `options` say.
+    pub fn with_options(out: W, options: HumanOptions) -> Self {
+        HumanOutput { out, options }
+    }
+
+    /// The writer, for a live line drawn between events ([`super::ProgressOutput`]).
+    pub(crate) fn writer(&mut self) -> &mut W {
+        &mut self.out
+    }
+
+    /// Whether this output colours.
+    pub(crate) fn color(&self) -> bool {
+        self.options.color
     }
 
     fn lines(&mut self, host: &str, text: &str) {
@@ -29,7 +45,10 @@ impl<W: Write> EventSink for HumanOutput<W> {
     fn event(&mut self, event: Event) {
         // Rendered whole, then masked: no secret value reaches the terminal, whichever
         // field of the event carried it.
-        let mut rendered = HumanOutput { out: Vec::new() };
+        let mut rendered = HumanOutput {
+            out: Vec::new(),
+            options: self.options,
+        };
         rendered.render(event);
         let text = String::from_utf8_lossy(&rendered.out);
         let _ = self.out.write_all(crate::redact::mask(&text).as_bytes());
@@ -37,10 +56,125 @@ impl<W: Write> EventSink for HumanOutput<W> {
     }
 }
 
+/// The colours of outcomes and diffs, after the conventions of Ansible and cargo.
+const CHANGED: Style = AnsiColor::Yellow.on_default();
+const WOULD_CHANGE: Style = AnsiColor::Cyan.on_default();
+const UNCHANGED: Style = AnsiColor::Green.on_default();
+const FAILED: Style = AnsiColor::Red.on_default().bold();
+const DIFF_ADDED: Style = AnsiColor::Green.on_default();
+const DIFF_REMOVED: Style = AnsiColor::Red.on_default();
+const DIFF_HUNK: Style = AnsiColor::Cyan.on_default();
+const DIFF_HEADER: Style = Style::new().bold();
+const DIM: Style = Style::new().dimmed();
+
+/// The style of a summary status.
+fn status_style(status: &str) -> Style {
+    match status {
+        "changed" => CHANGED,
+        "unchanged" => UNCHANGED,
+        "skipped" | "not attempted" => DIM,
+        _ => FAILED,
+    }
+}
+
+/// Whether `event` is shown at `verbosity`: `-q` keeps failures and the summary.
+fn shown(event: &Event, verbosity: Verbosity) -> bool {
+    match event {
+        Event::HostStarted { .. } | Event::StepStarted { .. } => verbosity >= Verbosity::Debug,
+        Event::StepFinished { .. } => verbosity >= Verbosity::Verbose,
+        Event::Failed { .. }
+        | Event::HostFailed { .. }
+        | Event::Interrupted { .. }
+        | Event::RunFinished { .. } => true,
+        Event::Service { outcome, .. } => {
+            verbosity > Verbosity::Quiet || matches!(outcome.result, ServiceResult::Failed { .. })
+        }
+        Event::Changed { .. }
+        | Event::Diff { .. }
+        | Event::Log { .. }
+        | Event::AgentUploaded { .. }
+        | Event::Skipped { .. }
+        | Event::HostFinished { .. } => verbosity > Verbosity::Quiet,
+    }
+}
+
 impl HumanOutput<Vec<u8>> {
+    /// `text` in `style` when colouring.
+    fn paint(&self, style: Style, text: &str) -> String {
+        if self.options.color {
+            format!("{}{text}{}", style.render(), style.render_reset())
+        } else {
+            text.to_string()
+        }
+    }
+
+    /// A diff's lines, indented, coloured and cut as the options say.
+    fn diff_text(&self, diff: &str) -> String {
+        let total = diff.lines().count();
+        let keep = self.options.diff_lines.unwrap_or(usize::MAX);
+        let mut text = String::new();
+        for line in diff.lines().take(keep) {
+            let style = if line.starts_with("+++") || line.starts_with("---") {
+                DIFF_HEADER
+            } else if line.starts_with('+') {
+                DIFF_ADDED
+            } else if line.starts_with('-') {
+                DIFF_REMOVED
+            } else if line.starts_with("@@") {
+                DIFF_HUNK
+            } else {
+                Style::new()
+            };
+            text.push_str(&format!("    {}\n", self.paint(style, line)));
+        }
+        if total > keep {
+            let more = total - keep;
+            let noun = if more == 1 { "line" } else { "lines" };
+            text.push_str(&format!(
+                "    {}\n",
+                self.paint(DIM, &format!("… {more} more {noun}"))
+            ));
+        }
+        text
+    }
+
     fn render(&mut self, event: Event) {
+        if !shown(&event, self.options.verbosity) {
+            return;
+        }
         match event {
-            Event::HostStarted { .. } | Event::StepStarted { .. } => {}
+            Event::HostStarted {
+                host,
+                environment,
+                dry_run,
+            } => {
+                let how = if dry_run { " (dry run)" } else { "" };
+                self.lines(
+                    &host,
+                    &format!("converging environment `{environment}`{how}"),
+                );
+            }
+            Event::StepStarted { host, component } => {
+                let text = format!("{} {component}", self.paint(DIM, "starting"));
+                self.lines(&host, &text);
+            }
+            Event::StepFinished {
+                host,
+                component,
+                outcome,
+                dry_run,
+                seconds,
+            } => {
+                let (word, style) = match outcome {
+                    RootOutcome::Changed if dry_run => ("would change", WOULD_CHANGE),
+                    RootOutcome::Changed => ("changed", CHANGED),
+                    RootOutcome::Unchanged => ("unchanged", UNCHANGED),
+                    RootOutcome::Failed => ("failed", FAILED),
+                    RootOutcome::NotAttempted => ("not attempted", DIM),
+                };
+                let text = format!("{} {component} in {seconds:.2} s", self.paint(style, word));
+                self.lines(&host, &text);
+            }
             Event::RunFinished { hosts, seconds } => {
                 let width = hosts.iter().map(|h| h.host.len()).max().unwrap_or(0);
                 let _ = writeln!(self.out, "summary:");
@@ -51,7 +185,13 @@ impl HumanOutput<Vec<u8>> {
                     // host on each of its lines.
                     let mut lines = h.detail.lines();
                     let first = lines.next().unwrap_or_default();
-                    let row = format!("  {:width$}  {:16} {}", h.host, status, first);
+                    let padded = format!("{status:16}");
+                    let painted = padded.replacen(
+                        status.as_str(),
+                        &self.paint(status_style(&status), &status),
+                        1,
+                    );
+                    let row = format!("  {:width$}  {painted} {}", h.host, first);
                     let _ = writeln!(self.out, "{}", row.trim_end());
                     for line in lines {
                         let row = format!("  {:width$}  {:16} {}", h.host, "", line);
@@ -74,7 +214,17 @@ impl HumanOutput<Vec<u8>> {
                         .unwrap_or(3)
                 };
                 counts.sort_by_key(|(s, _)| order(s));
-                let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+                let parts: Vec<String> = counts
+                    .iter()
+                    .map(|(s, n)| {
+                        let part = format!("{n} {s}");
+                        if *n > 0 {
+                            self.paint(status_style(s), &part)
+                        } else {
+                            part
+                        }
+                    })
+                    .collect();
                 let noun = if hosts.len() == 1 { "host" } else { "hosts" };
                 let _ = writeln!(
                     self.out,
@@ -93,7 +243,10 @@ impl HumanOutput<Vec<u8>> {
                 host,
                 component,
                 reason,
-            } => self.lines(&host, &format!("skipped {component}: {reason}")),
+            } => {
+                let text = format!("{} {component}: {reason}", self.paint(DIM, "skipped"));
+                self.lines(&host, &text);
+            }
             Event::Interrupted { host, not_started } => self.lines(
                 &host,
                 &format!("interrupted: not started: {}", not_started.join(", ")),
@@ -105,7 +258,7 @@ impl HumanOutput<Vec<u8>> {
             } => {
                 let text = format!(
                     "{}\n{}",
-                    status.as_str().replace('_', " "),
+                    self.paint(FAILED, &status.as_str().replace('_', " ")),
                     chain_text(&error)
                 );
                 self.lines(&host, &text);
@@ -116,12 +269,18 @@ impl HumanOutput<Vec<u8>> {
                 reason,
                 dry_run,
             } => {
-                let verb = if dry_run { "would change" } else { "changed" };
+                let verb = if dry_run {
+                    self.paint(WOULD_CHANGE, "would change")
+                } else {
+                    self.paint(CHANGED, "changed")
+                };
                 self.lines(&host, &format!("{verb} {component} ({reason})"));
             }
             Event::Diff { host, diff, .. } => {
-                let indented: String = diff.lines().map(|l| format!("    {l}\n")).collect();
-                self.lines(&host, &indented);
+                if self.options.diff {
+                    let text = self.diff_text(&diff);
+                    self.lines(&host, &text);
+                }
             }
             Event::Log {
                 host,
@@ -133,7 +292,11 @@ impl HumanOutput<Vec<u8>> {
                 component,
                 error,
             } => {
-                let text = format!("failed {component}\n{}", chain_text(&error));
+                let text = format!(
+                    "{} {component}\n{}",
+                    self.paint(FAILED, "failed"),
+                    chain_text(&error)
+                );
                 self.lines(&host, &text);
             }
             Event::Service {
@@ -253,27 +416,6 @@ fn chain_text(error: &[String]) -> String {
         }
     }
     text
-}
-
-/// Renders events as one JSON object per line.
-pub struct JsonOutput<W: Write> {
-    out: W,
-}
-
-impl<W: Write> JsonOutput<W> {
-    /// Writes to `out` (normally stdout).
-    pub fn new(out: W) -> Self {
-        JsonOutput { out }
-    }
-}
-
-impl<W: Write> EventSink for JsonOutput<W> {
-    fn event(&mut self, event: Event) {
-        let line = serde_json::to_string(&crate::redact::to_masked_json(&event))
-            .expect("events always serialize");
-        let _ = writeln!(self.out, "{line}");
-        let _ = self.out.flush();
-    }
 }
 
 #[cfg(test)]
