@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use batou_core::output::{HumanOutput, JsonOutput};
 use batou_core::protocol::{Controller, RemotePlan};
 use batou_core::{ConfigError, EventSink};
+use batou_runtime::output_args::{Output, OutputArgs};
 use batou_runtime::verb::ServiceCommand;
 use batou_runtime::{Exit, ExitError};
 use clap::{Parser, Subcommand};
@@ -85,6 +85,8 @@ struct Args {
     /// Print one JSON event per line on stdout instead of human output on stderr.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    output: OutputArgs,
     /// Hosts deployed at the same time (default: the environment's `jobs`).
     #[arg(long)]
     jobs: Option<usize>,
@@ -131,6 +133,8 @@ pub struct Settings {
     pub project: PathBuf,
     /// `--json`: one event per line on stdout instead of human output on stderr.
     pub json: bool,
+    /// How human output looks: `--color`, `-q`, `-v`, `--no-diff`, `--diff-lines`.
+    pub output: Output,
     /// `--dry-run`: report what would change, change nothing.
     pub dry_run: bool,
     /// `--keep-going`: after a failure, go on with whatever does not depend on it.
@@ -242,6 +246,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
             .expect("clap requires the environment of a deploy"),
         project,
         json: args.json,
+        output: args.output.resolve(),
         dry_run: args.dry_run,
         keep_going: args.keep_going,
         jobs: args.jobs,
@@ -298,11 +303,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     ));
     let agent = Arc::new(AgentBinary::new(&agent_path)?);
     let controller = controller();
-    let mut sink: Box<dyn EventSink + Send> = if settings.json {
-        Box::new(JsonOutput::new(std::io::stdout()))
-    } else {
-        Box::new(HumanOutput::new(std::io::stderr()))
-    };
+    let mut sink: Box<dyn EventSink + Send> = settings.output.sink(settings.json);
     if let (Some(command), Some(targets)) = (&settings.service, &targets) {
         let report = runtime.block_on(verbs::control(
             &plan,
@@ -321,8 +322,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     let json = settings.json;
     let mut warn = |warning: String| {
         if json {
-            let event = serde_json::json!({"event": "warning", "message": warning});
-            println!("{}", batou_core::redact::to_masked_json(&event));
+            let event = batou_core::output::warning_event(warning);
+            batou_core::output::write_json(&mut std::io::stdout(), event);
         } else {
             eprintln!("warning: {}", batou_core::redact::mask(&warning));
         }

@@ -28,6 +28,7 @@ pub mod agent;
 mod exit;
 pub mod handover;
 mod local;
+pub mod output_args;
 mod planning;
 mod report;
 mod role;

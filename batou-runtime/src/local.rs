@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
-use batou_core::output::{HumanOutput, JsonOutput};
 use batou_core::{
     ConfigError, ConvergeOptions, Environment, Event, EventSink, Plan, Project, Registry,
 };
 use clap::{Parser, Subcommand};
 
+use crate::output_args::{Output, OutputArgs};
 use crate::scheduler::{Action, Report, Scheduler, SchedulerOptions};
 use crate::verb::ServiceCommand;
 use crate::{
@@ -75,6 +75,8 @@ struct Args {
     /// Print one JSON event per line on stdout instead of human output on stderr.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    output: OutputArgs,
     /// The deployment repository (default: the nearest directory above the current one that
     /// has `environments/`).
     #[arg(long, short = 'C', value_name = "DIR")]
@@ -100,6 +102,8 @@ pub struct Settings {
     pub dry_run: bool,
     /// Whether events go to stdout as JSON lines instead of the human renderer.
     pub json: bool,
+    /// How human output looks: colour, verbosity, diffs.
+    pub output: Output,
     /// The project's root directory.
     pub project: PathBuf,
     /// A `base_dir` that replaces the environment's.
@@ -158,11 +162,7 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
         None => environment.local_base_dir(&settings.project, crate::planning::home().as_deref()),
     };
     let mut plan = Plan::build(&environment, registry, &project, &base_dir)?;
-    let mut sink: Box<dyn EventSink> = if settings.json {
-        Box::new(JsonOutput::new(std::io::stdout().lock()))
-    } else {
-        Box::new(HumanOutput::new(std::io::stderr().lock()))
-    };
+    let mut sink: Box<dyn EventSink> = settings.output.sink(settings.json);
     if let Some(command) = &settings.service {
         // A verb is short and changes no files: a signal ends it like any program, and the
         // guards of the supervisor commands it runs end those.
@@ -322,7 +322,7 @@ fn watch_signals() -> anyhow::Result<&'static AtomicBool> {
     Ok(&INTERRUPT)
 }
 
-/// Writes to stderr past its lock, which the human output holds for the whole converge.
+/// Writes to stderr directly, past the human output and its progress line.
 fn say(text: &str) {
     let _ = nix::unistd::write(std::io::stderr(), text.as_bytes());
 }
@@ -350,6 +350,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         host: args.host,
         dry_run: args.dry_run,
         json: args.json,
+        output: args.output.resolve(),
         project,
         base_dir: args.base_dir,
         identity: args.identity,

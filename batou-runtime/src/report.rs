@@ -15,13 +15,12 @@ pub fn print_error(err: &anyhow::Error, json: bool) {
         .and_then(|c| c.hint.clone());
     let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
     if json {
-        let event = serde_json::json!({
-            "event": "error",
-            "kind": Exit::of_error(err).name(),
-            "error": chain,
-            "hint": hint,
-        });
-        println!("{}", batou_core::redact::to_masked_json(&event));
+        let event = batou_core::output::error_event(
+            Exit::of_error(err).name(),
+            chain.clone(),
+            hint.clone(),
+        );
+        batou_core::output::write_json(&mut std::io::stdout(), event);
     }
     let mut text = String::new();
     for (i, cause) in chain.iter().enumerate() {

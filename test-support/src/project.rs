@@ -166,12 +166,25 @@ impl From<std::process::Output> for Outcome {
 }
 
 impl Outcome {
-    /// The JSON events on stdout.
+    /// The JSON events on stdout, after the schema line (which must come first, once), each
+    /// checked to carry its timestamp `ts`.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        self.stdout
+        let mut lines: Vec<serde_json::Value> = self
+            .stdout
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect()
+            .collect();
+        if lines.is_empty() {
+            return lines;
+        }
+        let schema = lines.remove(0);
+        assert_eq!(schema["event"], "schema", "the first line: {}", self.stdout);
+        assert_eq!(schema["version"], 1, "{}", self.stdout);
+        for line in std::iter::once(&schema).chain(&lines) {
+            assert!(line["ts"].is_string(), "no `ts`: {line}");
+            assert_ne!(line["event"], "schema", "a second schema line: {line}");
+        }
+        lines
     }
 
     /// How many events of kind `event` the run printed.
