@@ -11,6 +11,7 @@ mod example;
 mod faults;
 mod harness;
 mod interrupts;
+mod output;
 mod process_faults;
 mod secrets;
 mod service_verbs;
