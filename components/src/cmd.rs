@@ -115,6 +115,22 @@ impl Cmd {
     /// Runs the command and returns its output whatever its exit code; an error means it
     /// could not be started (a missing program or working directory, say).
     pub fn run(&self) -> anyhow::Result<CommandOutput> {
+        self.start(None)
+    }
+
+    /// Runs the command like [`Cmd::run`], passing each line it prints to `on_line` as soon
+    /// as the line is complete: the stream (`"stdout"` or `"stderr"`) and the line.
+    pub fn run_streaming(
+        &self,
+        mut on_line: impl FnMut(&'static str, &str),
+    ) -> anyhow::Result<CommandOutput> {
+        self.start(Some(&mut on_line))
+    }
+
+    fn start(
+        &self,
+        on_line: Option<&mut dyn FnMut(&'static str, &str)>,
+    ) -> anyhow::Result<CommandOutput> {
         if self.argv.is_empty() {
             bail!("a command needs a program to run");
         }
@@ -127,12 +143,16 @@ impl Cmd {
                 );
             }
         }
-        let out = crate::process::run(&Request {
+        let request = Request {
             argv: &self.argv,
             cwd: self.cwd.as_deref().unwrap_or(Path::new(".")),
             env: &self.env,
             timeout: self.timeout,
-        })?;
+        };
+        let out = match on_line {
+            Some(on_line) => crate::process::run_streaming(&request, on_line)?,
+            None => crate::process::run(&request)?,
+        };
         Ok(CommandOutput {
             argv: self.argv.clone(),
             status: out.status,

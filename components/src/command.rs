@@ -56,7 +56,8 @@ pub struct Command {
     /// they are deployed before this one.
     #[serde(default)]
     pub on_change: Option<Vec<String>>,
-    /// Show what the command printed also when it succeeds (always shown when it fails).
+    /// Show what the command prints, line by line as it runs, also when it succeeds (the
+    /// tail is always shown when it fails).
     #[serde(default)]
     pub show_output: bool,
     #[serde(skip)]
@@ -318,14 +319,16 @@ impl Component for Command {
                 self.resolved_cwd.display()
             );
         }
-        let out = self.cmd(&self.argv).run()?.check()?;
+        let command = self.cmd(&self.argv);
+        // With `show_output`, each line is shown as it comes, so that a long command is
+        // seen working; a failure still reports the tail with the error.
+        let out = if self.show_output {
+            command.run_streaming(|_, line| cx.log(line))?
+        } else {
+            command.run()?
+        };
+        out.check()?;
         self.ran = true;
-        if self.show_output {
-            let text = out.tail();
-            if !text.is_empty() {
-                cx.log(text);
-            }
-        }
         Ok(())
     }
 }
@@ -420,10 +423,7 @@ creates = "out"
 show_output = true
 "#,
         );
-        assert_eq!(
-            project.converge_twice("dev").logs(),
-            ["--- stdout ---\nbuilt"]
-        );
+        assert_eq!(project.converge_twice("dev").logs(), ["built"]);
     }
 
     #[test]

@@ -50,6 +50,8 @@ const GRACE: Duration = Duration::from_secs(2);
 const MAX_KEPT: usize = 8;
 /// Bytes of each output stream kept in memory; beyond that only the end is kept.
 const MAX_OUTPUT: usize = 4 << 20;
+/// A streamed line longer than this is passed on in pieces of this size.
+const MAX_LINE: usize = 64 * 1024;
 
 /// What to run.
 #[derive(Debug, Clone, Copy)]
@@ -119,11 +121,28 @@ pub fn keep_in_guards(fd: impl AsFd) -> std::io::Result<()> {
 
 /// Runs a program as described in the module documentation and returns its output; an error
 /// means it could not be started.
+pub fn run(request: &Request<'_>) -> anyhow::Result<Output> {
+    start(request, None)
+}
+
+/// Runs a program like [`run`], and passes each line of its output to `on_line` as soon as
+/// it is complete: the stream (`"stdout"` or `"stderr"`) and the line without its newline.
+/// The output is returned whole all the same.
+pub fn run_streaming(
+    request: &Request<'_>,
+    on_line: &mut dyn FnMut(&'static str, &str),
+) -> anyhow::Result<Output> {
+    start(request, Some(on_line))
+}
+
 #[expect(
     clippy::disallowed_methods,
     reason = "this is the one command runner the others go through"
 )]
-pub fn run(request: &Request<'_>) -> anyhow::Result<Output> {
+fn start(
+    request: &Request<'_>,
+    on_line: Option<&mut dyn FnMut(&'static str, &str)>,
+) -> anyhow::Result<Output> {
     let (program, args) = request.argv.split_first().context("empty command")?;
     let starting = || {
         format!(
@@ -150,27 +169,31 @@ pub fn run(request: &Request<'_>) -> anyhow::Result<Output> {
     let stdout = child.stdout.take().map(OwnedFd::from);
     let stderr = child.stderr.take().map(OwnedFd::from);
     let pgid = Pid::from_raw(i32::try_from(child.id()).context("process id out of range")?);
+    let streaming = on_line.is_some();
     let mut running = Running {
         child,
         pgid,
         exit: Some(exit_read),
-        stdout: Stream::new(stdout),
-        stderr: Stream::new(stderr),
+        stdout: Stream::new(stdout, streaming),
+        stderr: Stream::new(stderr, streaming),
+        on_line,
     };
     running.wait(request.timeout)
 }
 
 /// A started guard and what it printed so far.
-struct Running {
+struct Running<'a> {
     child: Child,
     pgid: Pid,
     /// The exit pipe, until the guard has exited.
     exit: Option<OwnedFd>,
     stdout: Stream,
     stderr: Stream,
+    /// Where complete lines go as they arrive, when streaming.
+    on_line: Option<&'a mut dyn FnMut(&'static str, &str)>,
 }
 
-impl Running {
+impl Running<'_> {
     fn wait(&mut self, timeout: Duration) -> anyhow::Result<Output> {
         let deadline = Instant::now() + timeout;
         let mut timed_out = false;
@@ -200,6 +223,14 @@ impl Running {
         // The group is ended; reaping the guard frees its pid (and so the group id).
         let status = self.child.wait().context("cannot wait for the command")?;
         self.pump(Duration::ZERO);
+        // A last line without its newline.
+        for (name, stream) in [("stdout", &mut self.stdout), ("stderr", &mut self.stderr)] {
+            if let (Some(on_line), Some(partial)) = (self.on_line.as_mut(), stream.partial.take())
+                && !partial.is_empty()
+            {
+                on_line(name, &String::from_utf8_lossy(&partial));
+            }
+        }
         let status = if timed_out {
             Status::TimedOut
         } else if let Some(code) = status.code() {
@@ -269,8 +300,24 @@ impl Running {
             match i {
                 // Nobody writes to the exit pipe: any event is its end.
                 0 => self.exit = None,
-                1 => self.stdout.read(),
-                _ => self.stderr.read(),
+                1 => {
+                    let lines = self.stdout.read();
+                    self.emit("stdout", lines);
+                }
+                _ => {
+                    let lines = self.stderr.read();
+                    self.emit("stderr", lines);
+                }
+            }
+        }
+    }
+}
+
+impl Running<'_> {
+    fn emit(&mut self, name: &'static str, lines: Vec<String>) {
+        if let Some(on_line) = self.on_line.as_mut() {
+            for line in lines {
+                on_line(name, &line);
             }
         }
     }
@@ -281,14 +328,17 @@ struct Stream {
     pipe: Option<OwnedFd>,
     buf: Vec<u8>,
     dropped: bool,
+    /// When streaming: the start of a line whose newline has not come yet.
+    partial: Option<Vec<u8>>,
 }
 
 impl Stream {
-    fn new(pipe: Option<OwnedFd>) -> Self {
+    fn new(pipe: Option<OwnedFd>, streaming: bool) -> Self {
         Stream {
             pipe,
             buf: Vec::new(),
             dropped: false,
+            partial: streaming.then(Vec::new),
         }
     }
 
@@ -296,13 +346,29 @@ impl Stream {
         self.pipe.is_some()
     }
 
-    /// Reads what is available (poll said so, so this does not block).
-    fn read(&mut self) {
-        let Some(pipe) = &self.pipe else { return };
+    /// Reads what is available (poll said so, so this does not block); when streaming,
+    /// returns the lines it completed.
+    fn read(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let Some(pipe) = &self.pipe else {
+            return lines;
+        };
         let mut chunk = [0u8; 64 * 1024];
         match nix::unistd::read(pipe.as_fd(), &mut chunk) {
             Ok(0) => self.pipe = None,
             Ok(n) => {
+                if let Some(partial) = &mut self.partial {
+                    partial.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = partial
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .or((partial.len() >= MAX_LINE).then_some(MAX_LINE - 1))
+                    {
+                        let line: Vec<u8> = partial.drain(..=end).collect();
+                        let line = line.strip_suffix(b"\n").unwrap_or(&line);
+                        lines.push(String::from_utf8_lossy(line).into_owned());
+                    }
+                }
                 self.buf.extend_from_slice(&chunk[..n]);
                 if self.buf.len() > 2 * MAX_OUTPUT {
                     let cut = self.buf.len() - MAX_OUTPUT;
@@ -313,6 +379,7 @@ impl Stream {
             Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
             Err(_) => self.pipe = None,
         }
+        lines
     }
 
     fn text(&self) -> String {
@@ -616,6 +683,42 @@ mod tests {
         assert_eq!(out.stderr, "err\n");
         let (out, _) = run_sh("kill -USR1 $$", 10.0);
         assert_eq!(out.status, Status::Signaled(libc::SIGUSR1));
+    }
+
+    #[test]
+    fn streamed_lines_arrive_while_the_program_runs() {
+        let argv = vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            "echo first; echo warn >&2; sleep 0.5; printf last".to_string(),
+        ];
+        let env = BTreeMap::new();
+        let started = Instant::now();
+        let mut lines = Vec::new();
+        let out = run_streaming(
+            &Request {
+                argv: &argv,
+                cwd: Path::new("/"),
+                env: &env,
+                timeout: Duration::from_secs(10),
+            },
+            &mut |stream, line| lines.push((stream, line.to_string(), started.elapsed())),
+        )
+        .unwrap();
+        let ended = started.elapsed();
+        let names: Vec<(&str, &str)> = lines.iter().map(|(s, l, _)| (*s, l.as_str())).collect();
+        assert_eq!(
+            names,
+            [("stdout", "first"), ("stderr", "warn"), ("stdout", "last")]
+        );
+        assert!(
+            ended - lines[0].2 >= Duration::from_millis(400),
+            "the first line came only at the end: {lines:?}"
+        );
+        assert_eq!(
+            out.stdout, "first\nlast",
+            "the output is returned whole too"
+        );
     }
 
     #[test]
