@@ -127,10 +127,7 @@ impl Cmd {
         self.start(Some(&mut on_line))
     }
 
-    fn start(
-        &self,
-        on_line: Option<&mut dyn FnMut(&'static str, &str)>,
-    ) -> anyhow::Result<CommandOutput> {
+    fn start(&self, on_line: Option<crate::process::OnLine<'_>>) -> anyhow::Result<CommandOutput> {
         if self.argv.is_empty() {
             bail!("a command needs a program to run");
         }

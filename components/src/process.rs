@@ -66,6 +66,10 @@ pub struct Request<'a> {
     pub timeout: Duration,
 }
 
+/// Receives each complete line of a program's output as it arrives: the stream (`"stdout"`
+/// or `"stderr"`) and the line without its newline.
+pub type OnLine<'a> = &'a mut dyn FnMut(&'static str, &str);
+
 /// How a program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -128,10 +132,7 @@ pub fn run(request: &Request<'_>) -> anyhow::Result<Output> {
 /// Runs a program like [`run`], and passes each line of its output to `on_line` as soon as
 /// it is complete: the stream (`"stdout"` or `"stderr"`) and the line without its newline.
 /// The output is returned whole all the same.
-pub fn run_streaming(
-    request: &Request<'_>,
-    on_line: &mut dyn FnMut(&'static str, &str),
-) -> anyhow::Result<Output> {
+pub fn run_streaming(request: &Request<'_>, on_line: OnLine<'_>) -> anyhow::Result<Output> {
     start(request, Some(on_line))
 }
 
@@ -139,10 +140,7 @@ pub fn run_streaming(
     clippy::disallowed_methods,
     reason = "this is the one command runner the others go through"
 )]
-fn start(
-    request: &Request<'_>,
-    on_line: Option<&mut dyn FnMut(&'static str, &str)>,
-) -> anyhow::Result<Output> {
+fn start(request: &Request<'_>, on_line: Option<OnLine<'_>>) -> anyhow::Result<Output> {
     let (program, args) = request.argv.split_first().context("empty command")?;
     let starting = || {
         format!(
@@ -190,7 +188,7 @@ struct Running<'a> {
     stdout: Stream,
     stderr: Stream,
     /// Where complete lines go as they arrive, when streaming.
-    on_line: Option<&'a mut dyn FnMut(&'static str, &str)>,
+    on_line: Option<OnLine<'a>>,
 }
 
 impl Running<'_> {

@@ -304,7 +304,7 @@ impl HumanOutput<Vec<u8>> {
                 verb,
                 outcome,
             } => {
-                let text = service_text(verb, &outcome);
+                let text = service_text(verb, &outcome, |style, text| self.paint(style, text));
                 self.lines(&host, &text);
             }
             Event::HostFinished {
@@ -338,7 +338,11 @@ impl HumanOutput<Vec<u8>> {
 }
 
 /// One service's line (or lines, for a failure) after a `service` verb.
-fn service_text(verb: ServiceVerb, outcome: &ServiceOutcome) -> String {
+fn service_text(
+    verb: ServiceVerb,
+    outcome: &ServiceOutcome,
+    paint: impl Fn(Style, &str) -> String,
+) -> String {
     let component = &outcome.component;
     match &outcome.result {
         ServiceResult::Status { status } => {
@@ -358,24 +362,25 @@ fn service_text(verb: ServiceVerb, outcome: &ServiceOutcome) -> String {
                 facts.push(detail.clone());
             }
             let state = if status.running {
-                "running"
+                paint(UNCHANGED, "running")
             } else {
-                "not running"
+                paint(FAILED, "not running")
             };
             format!("{component}: {state} ({})", facts.join(", "))
         }
-        ServiceResult::Changed { action } => format!("{action} {component}"),
+        ServiceResult::Changed { action } => format!("{} {component}", paint(CHANGED, action)),
         ServiceResult::Unchanged => {
             let why = match verb {
                 ServiceVerb::Start => " (already running)",
                 ServiceVerb::Stop => " (already stopped)",
                 ServiceVerb::Status | ServiceVerb::Restart => "",
             };
-            format!("unchanged {component}{why}")
+            format!("{} {component}{why}", paint(UNCHANGED, "unchanged"))
         }
         ServiceResult::Failed { error } => {
             format!(
-                "failed {component} ({})\n{}",
+                "{} {component} ({})\n{}",
+                paint(FAILED, "failed"),
                 verb.as_str(),
                 chain_text(error)
             )
@@ -421,6 +426,7 @@ fn chain_text(error: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::HumanOptions;
     use crate::{HostStatus, HostSummary};
 
     fn render(events: Vec<Event>) -> String {
@@ -464,6 +470,66 @@ mod tests {
             text.contains("web1:   error: boom\nweb1:     second line\nweb1:   caused by: cause\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn colour_marks_outcomes_and_diff_lines_and_quiet_keeps_failures() {
+        let events = || {
+            vec![
+                Event::Changed {
+                    host: "web1".into(),
+                    component: "app".into(),
+                    reason: "missing".into(),
+                    dry_run: false,
+                },
+                Event::Diff {
+                    host: "web1".into(),
+                    component: "app".into(),
+                    diff: "@@ -1 +1 @@\n-old\n+new\n".into(),
+                },
+                Event::Failed {
+                    host: "web1".into(),
+                    component: "db".into(),
+                    error: vec!["boom".into()],
+                },
+                Event::Service {
+                    host: "web1".into(),
+                    verb: ServiceVerb::Start,
+                    outcome: ServiceOutcome {
+                        root: "web".into(),
+                        component: "web".into(),
+                        result: ServiceResult::Unchanged,
+                    },
+                },
+            ]
+        };
+        let render_with = |options: HumanOptions| {
+            let mut buf = Vec::new();
+            let mut out = HumanOutput::with_options(&mut buf, options);
+            for e in events() {
+                out.event(e);
+            }
+            String::from_utf8(buf).unwrap()
+        };
+        let text = render_with(HumanOptions {
+            color: true,
+            ..HumanOptions::default()
+        });
+        assert_eq!(
+            text,
+            "web1: \x1b[33mchanged\x1b[0m app (missing)\n\
+             web1:     \x1b[36m@@ -1 +1 @@\x1b[0m\n\
+             web1:     \x1b[31m-old\x1b[0m\n\
+             web1:     \x1b[32m+new\x1b[0m\n\
+             web1: \x1b[1m\x1b[31mfailed\x1b[0m db\n\
+             web1:   error: boom\n\
+             web1: \x1b[32munchanged\x1b[0m web (already running)\n"
+        );
+        let quiet = render_with(HumanOptions {
+            verbosity: Verbosity::Quiet,
+            ..HumanOptions::default()
+        });
+        assert_eq!(quiet, "web1: failed db\nweb1:   error: boom\n");
     }
 
     #[test]
