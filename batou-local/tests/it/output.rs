@@ -219,3 +219,40 @@ fn no_color_is_honoured_on_a_terminal() {
     assert!(screen.starts_with("{\"event\":\"schema\""), "{screen:?}");
     p.converge_twice(&["dev"]);
 }
+
+#[test]
+fn a_long_command_with_show_output_streams_its_lines() {
+    let p = Project::new();
+    p.env(
+        "dev",
+        r#"[hosts.localhost]
+components = ["build"]
+
+[components.build]
+type = "command"
+argv = ["sh", "-c", "echo compiling; sleep 1; echo linking; touch built"]
+creates = "built"
+show_output = true
+"#,
+    );
+    let out = p.converge(&["dev", "--json"]);
+    let logs: Vec<(String, std::time::SystemTime)> = out
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "log")
+        .map(|e| {
+            (
+                e["message"].as_str().unwrap().to_string(),
+                humantime::parse_rfc3339(e["ts"].as_str().unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    let messages: Vec<&str> = logs.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(messages, ["compiling", "linking"], "{}", out.stdout);
+    let apart = logs[1].1.duration_since(logs[0].1).unwrap();
+    assert!(
+        apart >= std::time::Duration::from_millis(800),
+        "the first line came only at the end: {apart:?}"
+    );
+    p.converge_twice(&["dev"]);
+}
