@@ -127,7 +127,7 @@ pub fn script(shell: Shell, mut command: clap::Command) -> String {
 _{id}_environments() {{
     {clap_function} "$@"
     local names
-    names=$("{name}" __complete-environments -- "${{COMP_WORDS[@]:1:COMP_CWORD-1}}" 2>/dev/null) || return 0
+    names=$({name} __complete-environments -- "${{COMP_WORDS[@]:1:COMP_CWORD-1}}" 2>/dev/null) || return 0
     [[ -n "$names" ]] || return 0
     local IFS=$'\n'
     COMPREPLY+=( $(compgen -W "$names" -- "${{COMP_WORDS[COMP_CWORD]}}") )

@@ -313,7 +313,7 @@ mod tests {
         );
         project
             .converge("dev")
-            .assert_changed(&["greeting > File('greeting.txt')", "greeting"]);
+            .assert_changed(&["greeting > Workdir", "greeting > File('greeting.txt')"]);
         let text = std::fs::read_to_string(project.workdir("greeting").join("greeting.txt"));
         assert_eq!(text.unwrap(), "Hello, tests, from localhost!\n");
         project.converge("dev").assert_unchanged();

@@ -17,3 +17,4 @@ mod secrets;
 mod service_verbs;
 mod services;
 mod snapshots;
+mod tooling;
