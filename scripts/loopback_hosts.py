@@ -24,7 +24,8 @@ def build(root, packages, release=False):
     cmd = ["cargo", "build", "-q"] + (["--release"] if release else [])
     for package in packages:
         cmd += ["-p", package]
-    subprocess.run(cmd, cwd=root, check=True)
+    if subprocess.run(cmd, cwd=root).returncode != 0:
+        raise SystemExit(f"`{' '.join(cmd)}` failed; nothing was started")
     out = subprocess.run(
         ["cargo", "metadata", "-q", "--format-version", "1", "--no-deps"],
         cwd=root, check=True, capture_output=True, text=True,
