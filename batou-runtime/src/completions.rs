@@ -98,7 +98,8 @@ impl Tooling {
 
 /// The completion script of `command` for `shell`: clap_complete's, with environment names
 /// added from `__complete-environments`.
-pub fn script(shell: Shell, mut command: clap::Command) -> String {
+pub fn script(shell: Shell, command: clap::Command) -> String {
+    let mut command = without_hidden_subcommands(command);
     let name = command.get_name().to_string();
     let mut out = Vec::new();
     let generator = match shell {
@@ -166,6 +167,26 @@ complete -c {name} -f -a '({name} __complete-environments -- (commandline -opc)[
     };
     text.push_str(&environments);
     text
+}
+
+/// `command` with the same arguments and only its visible subcommands: clap_complete would
+/// offer the hidden ones (the roles, `__complete-environments`) as candidates.
+fn without_hidden_subcommands(command: clap::Command) -> clap::Command {
+    let mut visible = clap::Command::new(command.get_name().to_string())
+        .args(command.get_arguments().cloned())
+        .subcommands(
+            command
+                .get_subcommands()
+                .filter(|s| !s.is_hide_set())
+                .cloned(),
+        );
+    if let Some(version) = command.get_version() {
+        visible = visible.version(version.to_string());
+    }
+    if let Some(about) = command.get_about() {
+        visible = visible.about(about.clone());
+    }
+    visible
 }
 
 /// Writes the man pages of `command` and of each of its visible subcommands into `dir`

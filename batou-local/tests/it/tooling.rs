@@ -42,6 +42,13 @@ fn completions_are_generated_for_three_shells() {
                 script.contains(&format!("{name} __complete-environments")),
                 "{name} {shell}: environments are not completed"
             );
+            // Hidden commands are no candidates (the scripts only call one of them).
+            for hidden in ["agent-install", "plan"] {
+                assert!(
+                    !script.contains(hidden),
+                    "{name} {shell}: `{hidden}` offered"
+                );
+            }
             if name == "batou-local" {
                 assert!(script.contains("init"), "{shell}");
             } else {
@@ -138,8 +145,18 @@ fn bash_completes_environment_names_of_the_project() {
             "{name}"
         );
         let all = complete(root, &[""]);
-        for env in ["dev", "production", "staging", "deploy", "--json"] {
+        for env in [
+            "dev",
+            "production",
+            "staging",
+            "deploy",
+            "--json",
+            "--version",
+        ] {
             assert!(all.contains(&env.to_string()), "{name}: {all:?}");
+        }
+        for hidden in ["agent", "plan", "__complete-environments"] {
+            assert!(!all.contains(&hidden.to_string()), "{name}: {all:?}");
         }
         assert!(!all.contains(&"README".to_string()), "{name}: {all:?}");
         // `-C` names the project, wherever the shell is.
