@@ -9,6 +9,7 @@ use std::process::Command;
 use crate::harness::{Outcome, bin, run_binary, snapshot, workspace_binary, workspace_root};
 
 const SHELLS: [&str; 3] = ["bash", "zsh", "fish"];
+const SHELLS_INSTALL: &str = "apt-get install -y bash zsh fish";
 
 fn both() -> [(&'static str, PathBuf); 2] {
     [
@@ -59,12 +60,8 @@ fn completions_are_generated_for_three_shells() {
                 assert!(script.contains(&long("keep-going")), "{shell}");
             }
         }
-        // Shells that are installed must accept the script.
+        // Each shell accepts its script.
         for shell in SHELLS {
-            let Ok(check) = Command::new(shell).arg("-n").arg("/dev/null").output() else {
-                continue;
-            };
-            assert!(check.status.success());
             let script = cwd.path().join(format!("{name}.{shell}"));
             let out = run_binary(&binary, cwd.path(), &["completions", shell]);
             std::fs::write(&script, out.stdout).unwrap();
@@ -73,7 +70,11 @@ fn completions_are_generated_for_three_shells() {
             } else {
                 "-n"
             };
-            let check = Command::new(shell).arg(flag).arg(&script).output().unwrap();
+            let check = Command::new(shell)
+                .arg(flag)
+                .arg(&script)
+                .output()
+                .unwrap_or_else(|e| panic!("{shell} does not run ({e}): {SHELLS_INSTALL}"));
             assert!(
                 check.status.success(),
                 "{shell} rejects the script: {}",
@@ -173,6 +174,87 @@ fn bash_completes_environment_names_of_the_project() {
             "{name}: {after:?}"
         );
         assert!(complete(root, &["dev", "pr"]).is_empty(), "{name}");
+    }
+}
+
+/// Runs `script` in `shell` (`zsh` or `fish`) with the completion script of `name` and
+/// `PATH` leading to the built binaries, in `cwd`; returns the lines it printed.
+fn shell_run(shell: &str, name: &str, binary: &Path, cwd: &Path, script: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let completions = dir.path().join(format!("{name}.{shell}"));
+    let out = run_binary(binary, cwd, &["completions", shell]);
+    std::fs::write(&completions, out.stdout).unwrap();
+    let path = format!(
+        "{}:{}",
+        binary.parent().unwrap().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let out = Command::new(shell)
+        .arg("-c")
+        .arg(format!(
+            "source {} 2>/dev/null\n{script}",
+            completions.display()
+        ))
+        .current_dir(cwd)
+        .env("PATH", path)
+        .output()
+        .unwrap_or_else(|e| panic!("{shell} does not run ({e}): {SHELLS_INSTALL}"));
+    let out = Outcome::from(out);
+    assert_eq!(out.code, 0, "{shell}: {}", out.stderr);
+    out.stdout.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn zsh_and_fish_complete_environment_names_of_the_project() {
+    let project = tempfile::tempdir().unwrap();
+    let root = project.path();
+    std::fs::create_dir_all(root.join("environments")).unwrap();
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    for env in ["dev", "production"] {
+        std::fs::write(root.join(format!("environments/{env}.toml")), "").unwrap();
+    }
+    let nested = root.join("sub");
+    for (name, binary) in both() {
+        // fish's own completion engine, as on TAB.
+        let fish = |line: &str| {
+            shell_run(
+                "fish",
+                name,
+                &binary,
+                &nested,
+                &format!("complete -C '{line}'"),
+            )
+        };
+        assert_eq!(fish(&format!("{name} pr")), ["production"], "{name}");
+        assert_eq!(fish(&format!("{name} deploy d")), ["dev"], "{name}");
+        assert!(fish(&format!("{name} dev pr")).is_empty(), "{name}");
+        // zsh: the added function with `words` and `CURRENT` as the completion system sets
+        // them, clap's function and `compadd` replaced by ones that print.
+        let function = format!("_{}_environments", name.replace('-', "_"));
+        let zsh = |words: &str, current: usize| {
+            shell_run(
+                "zsh",
+                name,
+                &binary,
+                &nested,
+                &format!(
+                    "compadd() {{ [[ $1 == -a ]] && print -l -- ${{(P)2}} }}\n\
+                     _{name}() {{ : }}\n\
+                     words=({words}); CURRENT={current}; {function}"
+                ),
+            )
+        };
+        assert_eq!(
+            zsh(&format!("{name} ''"), 2),
+            ["dev", "production"],
+            "{name}"
+        );
+        assert_eq!(
+            zsh(&format!("{name} -C {} deploy ''", root.display()), 5),
+            ["dev", "production"],
+            "{name}"
+        );
+        assert!(zsh(&format!("{name} dev ''"), 3).is_empty(), "{name}");
     }
 }
 
