@@ -29,9 +29,10 @@ use crate::{find_project, print_error};
 pub enum Tooling {
     /// Print a completion script for SHELL on stdout (environment names are completed too).
     ///
-    /// bash: `source <(batou-local completions bash)` in `~/.bashrc`;
-    /// zsh: `source <(batou-local completions zsh)` in `~/.zshrc` (after `compinit`);
-    /// fish: `batou-local completions fish > ~/.config/fish/completions/batou-local.fish`.
+    /// For `batou-local` (likewise `batou-remote`): bash: `source <(batou-local completions
+    /// bash)` in `~/.bashrc`; zsh: `source <(batou-local completions zsh)` in `~/.zshrc`
+    /// (after `compinit`); fish: `batou-local completions fish >
+    /// ~/.config/fish/completions/batou-local.fish`.
     Completions {
         /// The shell to complete for.
         shell: Shell,
