@@ -15,10 +15,14 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from loopback_hosts import build  # noqa: E402
+
 DIRS, FILES, LINKS = 20, 500, 50
 
 TEMPLATE = (
@@ -67,8 +71,7 @@ def main():
     args = ap.parse_args()
     binary = args.binary
     if not binary:
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "batou-local"], cwd=ROOT, check=True)
-        binary = os.path.join(ROOT, "target/release/batou-local")
+        binary = os.path.join(build(ROOT, ["batou-local"], release=True), "batou-local")
 
     work = tempfile.mkdtemp(prefix="batou-bench-")
     try:

@@ -26,7 +26,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from loopback_hosts import Cluster  # noqa: E402
+from loopback_hosts import Cluster, build, exit_on_signals  # noqa: E402
 HOSTS = 8
 DIRS, FILES, LINKS = 4, 100, 10
 
@@ -84,12 +84,12 @@ def main():
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--binary")
     args = ap.parse_args()
+    exit_on_signals()
     if not os.path.exists("/usr/sbin/sshd"):
         raise SystemExit("this benchmark needs OpenSSH's server: apt-get install -y openssh-server")
     binary = args.binary
     if not binary:
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "batou-remote"], cwd=ROOT, check=True)
-        binary = os.path.join(ROOT, "target/release/batou-remote")
+        binary = os.path.join(build(ROOT, ["batou-remote"], release=True), "batou-remote")
 
     root = tempfile.mkdtemp(prefix="bb", dir="/tmp")
     cluster = None

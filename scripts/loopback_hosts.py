@@ -6,11 +6,44 @@ host names to addresses, with strict host key checking. Only 127.0.0.0/8 is used
 """
 
 import getpass
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
+
+
+def build(root, packages, release=False):
+    """Builds `packages` of the workspace at `root`; returns the directory of the binaries.
+
+    The target directory is cargo's own answer (`cargo metadata`), so `CARGO_TARGET_DIR` and
+    `build.target-dir` are honoured. A failed build raises before anything is started.
+    """
+    cmd = ["cargo", "build", "-q"] + (["--release"] if release else [])
+    for package in packages:
+        cmd += ["-p", package]
+    if subprocess.run(cmd, cwd=root).returncode != 0:
+        raise SystemExit(f"`{' '.join(cmd)}` failed; nothing was started")
+    out = subprocess.run(
+        ["cargo", "metadata", "-q", "--format-version", "1", "--no-deps"],
+        cwd=root, check=True, capture_output=True, text=True,
+    )
+    return os.path.join(json.loads(out.stdout)["target_directory"], "release" if release else "debug")
+
+
+def exit_on_signals():
+    """Turns SIGTERM and SIGHUP into `SystemExit`, so that `finally` blocks stop the hosts.
+
+    SIGINT already raises `KeyboardInterrupt`; the default action of the others would end
+    the script with its sshd processes still running.
+    """
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
 
 
 def free_port(address):
@@ -28,6 +61,15 @@ class Cluster:
         self.root = root
         self.children = []
         self.hosts = {}
+        try:
+            self._start(names)
+        except BaseException:
+            # A host that did not come up must not leave the others running.
+            self.stop()
+            raise
+
+    def _start(self, names):
+        root = self.root
         key = os.path.join(root, "client_key")
         keygen(key)
         if os.geteuid() == 0:
@@ -79,7 +121,9 @@ class Cluster:
 
     def stop(self):
         for child in self.children:
-            child.kill()
+            if child.poll() is None:
+                child.kill()
             child.wait()
+        self.children = []
 
 

@@ -34,8 +34,8 @@ use crate::ssh::{SshOptions, SshSettings};
 /// Deploy an environment to every host over SSH.
 ///
 /// `batou-remote ENVIRONMENT` and `batou-remote deploy ENVIRONMENT` are the same; an
-/// environment named like a command (`deploy`, `secrets`, `agent`, `plan`, `help`, ...)
-/// needs `deploy`.
+/// environment named like a command (`deploy`, `secrets`, `completions`, `man`, `agent`,
+/// `plan`, `help`, ...) needs `deploy`.
 ///
 /// Verbs come after the environment, so that they never take an environment's name:
 /// `batou-remote ENVIRONMENT service status|start|stop|restart [COMPONENT]...` controls the
@@ -67,6 +67,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    #[command(flatten)]
+    Tooling(batou_runtime::completions::Tooling),
     #[command(flatten)]
     Role(batou_runtime::Role),
 }
@@ -187,6 +189,10 @@ pub fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Role(role)) => return role.serve(|_| {}),
         Some(Command::Secrets { args }) => return batou_runtime::secrets_main(args),
+        Some(Command::Tooling(tooling)) => {
+            use clap::CommandFactory;
+            return tooling.run(Cli::command());
+        }
         Some(Command::Deploy(args)) => args,
         None => cli.args,
     };

@@ -10,7 +10,9 @@
 //! - the planning pipeline a controller uses ([`load_environment`], [`remote_plan`]);
 //! - the scheduler of runs across hosts ([`scheduler`]), exit codes ([`Exit`]), the error
 //!   printer ([`print_error`]) and the `secrets` commands ([`secrets`]);
-//! - the `service` verbs' command line and summary ([`verb`]), which both commands share.
+//! - the `service` verbs' command line and summary ([`verb`]), which both commands share;
+//! - shell completions and man pages from the clap definitions ([`completions`]), and
+//!   `init`, which creates a deployment repository ([`init`]).
 //!
 //! Projects with their own component types call [`main_with`] from their `main`, through the
 //! `batou` facade:
@@ -25,8 +27,10 @@
 //! ```
 
 pub mod agent;
+pub mod completions;
 mod exit;
 pub mod handover;
+pub mod init;
 mod local;
 pub mod output_args;
 mod planning;

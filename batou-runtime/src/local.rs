@@ -22,7 +22,8 @@ use crate::{
 /// Converge an environment's components on this machine.
 ///
 /// `batou-local ENVIRONMENT` and `batou-local deploy ENVIRONMENT` are the same; an
-/// environment named like a command (`deploy`, `agent`, `plan`, `help`, ...) needs `deploy`.
+/// environment named like a command (`deploy`, `init`, `secrets`, `completions`, `man`,
+/// `agent`, `plan`, `help`, ...) needs `deploy`.
 ///
 /// Verbs come after the environment, so that they never take an environment's name:
 /// `batou-local ENVIRONMENT service status|start|stop|restart [COMPONENT]...` controls the
@@ -30,10 +31,11 @@ use crate::{
 /// deploys the environment `service`; `batou-local service service status` shows its
 /// services).
 #[derive(Debug, Parser)]
+// No bare `about`: it would take this crate's description, not the command's (the first
+// line above).
 #[command(
     name = "batou-local",
     version,
-    about,
     subcommand_negates_reqs = true,
     args_conflicts_with_subcommands = true
 )]
@@ -54,6 +56,10 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Create a deployment repository in DIR that `batou-local dev` converges at once.
+    Init(crate::init::InitArgs),
+    #[command(flatten)]
+    Tooling(crate::completions::Tooling),
     #[command(flatten)]
     Role(Role),
 }
@@ -119,8 +125,36 @@ pub(crate) fn run_main(register: impl Fn(&mut Registry), stock: bool) -> ExitCod
     match cli.command {
         Some(Command::Role(role)) => role.serve(register),
         Some(Command::Secrets { args }) => secrets_main(args),
+        Some(Command::Init(args)) => init_main(&args),
+        Some(Command::Tooling(tooling)) => {
+            use clap::CommandFactory;
+            tooling.run(Cli::command())
+        }
         Some(Command::Deploy(args)) => run_local(args, register, stock),
         None => run_local(cli.args, register, stock),
+    }
+}
+
+fn init_main(args: &crate::init::InitArgs) -> ExitCode {
+    match crate::init::init(args) {
+        Ok(files) => {
+            let dir = args.dir.display();
+            for file in files {
+                eprintln!("created {}", args.dir.join(file).display());
+            }
+            let cd = if args.dir == Path::new(".") {
+                String::new()
+            } else {
+                format!("cd {dir} && ")
+            };
+            eprintln!("next: {cd}batou-local dev");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            let exit = Exit::of_error(&err);
+            print_error(&err, false);
+            exit.into()
+        }
     }
 }
 

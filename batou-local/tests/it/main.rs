@@ -18,3 +18,4 @@ mod secrets;
 mod service_verbs;
 mod services;
 mod snapshots;
+mod tooling;

@@ -5,6 +5,7 @@
 mod base_dir;
 mod cli;
 mod confinement;
+mod demo_script;
 mod deploy;
 mod dry_run;
 mod example;
