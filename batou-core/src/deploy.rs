@@ -81,6 +81,16 @@ impl Deploy<'_> {
         self.diff = Some(diff);
     }
 
+    /// Says what the component is doing, for `-vv` (a `detail` event): the command it
+    /// runs, the file it reads. Hidden at the default verbosity.
+    pub fn detail(&mut self, message: impl Into<String>) {
+        self.sink.event(Event::Detail {
+            host: self.host.name.clone(),
+            component: self.path.to_string(),
+            message: message.into(),
+        });
+    }
+
     /// Shows a message to people, prefixed with host and component path.
     pub fn log(&mut self, message: impl Into<String>) {
         self.sink.event(Event::Log {

@@ -70,6 +70,16 @@ pub enum Event {
         /// The message, as the component wrote it.
         message: String,
     },
+    /// What the tool does on the way, for `-vv`: a command a component runs, how a host is
+    /// reached. `component` is empty for what concerns the host as a whole.
+    Detail {
+        /// The host the event is about.
+        host: String,
+        /// The component path, or empty.
+        component: String,
+        /// What is being done.
+        message: String,
+    },
     /// A component failed; `error` is the cause chain, outermost first.
     Failed {
         /// The host the event is about.

@@ -440,9 +440,25 @@ pub(crate) async fn open_session(
     purpose: Purpose,
     on_event: impl Fn(Event),
 ) -> Result<(Arc<openssh::Session>, AgentSession), HostFailure> {
+    let detail = |message: String| {
+        on_event(Event::Detail {
+            host: host.name.clone(),
+            component: String::new(),
+            message,
+        })
+    };
+    detail(format!(
+        "connecting: {}",
+        ssh::describe_connect(host, &options.ssh)
+    ));
+    let connecting = std::time::Instant::now();
     let session = ssh::connect(host, &options.ssh)
         .await
         .map_err(|err| connect_failure(&err))?;
+    detail(format!(
+        "connected in {:.2} s",
+        connecting.elapsed().as_secs_f64()
+    ));
     let upload_deadline = options.agent_timeout.max(Duration::from_secs(120));
     let prepared = async {
         if ensure_agent(&session, agent, upload_deadline).await? {
@@ -450,6 +466,11 @@ pub(crate) async fn open_session(
                 host: host.name.clone(),
                 bytes: agent.size,
             });
+        } else {
+            detail(format!(
+                "agent {} is on the host already",
+                &agent.sha256[..12.min(agent.sha256.len())]
+            ));
         }
         AgentSession::start(
             Arc::clone(&session),

@@ -235,6 +235,19 @@ pub async fn connect(
     Ok(Arc::new(session))
 }
 
+/// The master's command line as `connect` starts it, for `-vv`: `ssh` and its arguments,
+/// with `N` standing for the master's number in its control socket and log paths.
+pub fn describe_connect(host: &RemoteHost, options: &SshOptions) -> String {
+    let control = options.control_dir.join("N.sock");
+    let log = options.control_dir.join("N.log");
+    let argv = master_argv(host, options, &control, &log);
+    let words: Vec<String> = argv
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    format!("ssh {}", words.join(" "))
+}
+
 /// Closes a master connection once nothing else uses it, and makes sure its process ends.
 pub async fn close(session: Arc<Session>, masters: &Masters) {
     let Ok(session) = Arc::try_unwrap(session) else {

@@ -296,6 +296,11 @@ impl Component for Command {
             ));
         }
         if let Some(unless) = &self.unless {
+            cx.detail(format!(
+                "guard: running `{}` in `{}`",
+                unless.join(" "),
+                self.resolved_cwd.display()
+            ));
             match self.unless_says_run(unless, cx.dry_run())? {
                 Some(reason) => reasons.push(reason),
                 None => return Ok(Verdict::UpToDate),
@@ -319,6 +324,11 @@ impl Component for Command {
                 self.resolved_cwd.display()
             );
         }
+        cx.detail(format!(
+            "running `{}` in `{}`",
+            self.argv.join(" "),
+            self.resolved_cwd.display()
+        ));
         let command = self.cmd(&self.argv);
         // With `show_output`, each line is shown as it comes, so that a long command is
         // seen working; a failure still reports the tail with the error.

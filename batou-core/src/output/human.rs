@@ -80,7 +80,9 @@ fn status_style(status: &str) -> Style {
 /// Whether `event` is shown at `verbosity`: `-q` keeps failures and the summary.
 fn shown(event: &Event, verbosity: Verbosity) -> bool {
     match event {
-        Event::HostStarted { .. } | Event::StepStarted { .. } => verbosity >= Verbosity::Debug,
+        Event::HostStarted { .. } | Event::StepStarted { .. } | Event::Detail { .. } => {
+            verbosity >= Verbosity::Debug
+        }
         Event::StepFinished { .. } => verbosity >= Verbosity::Verbose,
         Event::Failed { .. }
         | Event::HostFailed { .. }
@@ -287,6 +289,18 @@ impl HumanOutput<Vec<u8>> {
                 component,
                 message,
             } => self.lines(&host, &format!("{component}: {message}")),
+            Event::Detail {
+                host,
+                component,
+                message,
+            } => {
+                let line = if component.is_empty() {
+                    message
+                } else {
+                    format!("{component}: {message}")
+                };
+                self.lines(&host, &line);
+            }
             Event::Failed {
                 host,
                 component,

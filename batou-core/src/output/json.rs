@@ -141,6 +141,14 @@ const SCHEMA: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     (
+        "detail",
+        &[
+            ("host", "string"),
+            ("component", "string"),
+            ("message", "string"),
+        ],
+    ),
+    (
         "failed",
         &[
             ("host", "string"),
@@ -267,6 +275,11 @@ mod tests {
                 component: component(),
                 message: "hello".into(),
             },
+            Event::Detail {
+                host: host(),
+                component: component(),
+                message: "running `true`".into(),
+            },
             Event::Failed {
                 host: host(),
                 component: component(),
@@ -333,6 +346,7 @@ mod tests {
                 | Event::Changed { .. }
                 | Event::Diff { .. }
                 | Event::Log { .. }
+                | Event::Detail { .. }
                 | Event::Failed { .. }
                 | Event::AgentUploaded { .. }
                 | Event::Skipped { .. }

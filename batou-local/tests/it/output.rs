@@ -115,6 +115,35 @@ fn verbose_adds_unchanged_steps_and_timings() {
 }
 
 #[test]
+fn very_verbose_shows_the_commands_run() {
+    let p = Project::new();
+    p.env(
+        "dev",
+        "[hosts.localhost]\ncomponents = [\"job\"]\n[components.job]\ntype = \"command\"\nargv = [\"touch\", \"made\"]\nunless = [\"test\", \"-e\", \"made\"]\n",
+    );
+    let out = p.converge(&["dev", "-vv", "--color", "never"]);
+    assert!(
+        out.stderr
+            .contains("localhost: job: guard: running `test -e made` in `"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("localhost: job: running `touch made` in `"),
+        "{}",
+        out.stderr
+    );
+    let normal = p.converge(&["dev", "--color", "never"]);
+    assert!(
+        !normal.stderr.contains("guard: running"),
+        "{}",
+        normal.stderr
+    );
+    p.converge_twice(&["dev"]);
+}
+
+#[test]
 fn diffs_can_be_left_out_or_cut() {
     let p = project();
     let out = p.converge(&["dev", "--dry-run", "--no-diff"]);

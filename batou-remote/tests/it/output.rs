@@ -66,6 +66,34 @@ fn remote_runs_report_every_step_and_honour_quiet_and_verbose() {
             verbose.stderr
         );
     }
+    assert!(
+        !verbose.stderr.contains("connecting:"),
+        "{}",
+        verbose.stderr
+    );
+
+    // -vv adds how the host is reached.
+    let very = cluster.run(p.root(), &["prod", "-vv", "--color", "never"]);
+    assert_eq!(very.code, 0, "{}", very.stderr);
+    let connecting = very
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("web1: connecting: ssh "))
+        .unwrap_or_else(|| panic!("no connecting line: {}", very.stderr));
+    assert!(
+        connecting.contains("StrictHostKeyChecking=yes") && connecting.contains(" -- "),
+        "{connecting}"
+    );
+    assert!(
+        very.stderr.contains("web1: connected in "),
+        "{}",
+        very.stderr
+    );
+    assert!(
+        very.stderr.contains("is on the host already"),
+        "{}",
+        very.stderr
+    );
     let again = cluster.run(p.root(), &["prod", "--json"]);
     assert_eq!(again.changed(), Vec::<String>::new());
 }
