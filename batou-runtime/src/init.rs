@@ -4,7 +4,8 @@
 //! found absent: an existing file is never overwritten, and a refused `init` writes nothing.
 //! With `--rust` the repository is also a Cargo package with one component type of its own
 //! and a unit test of it; its `batou` dependency is a path (`--batou-path`, a checkout of
-//! this workspace or its `batou` crate) or else this release's version.
+//! this workspace or its `batou` crate; by default the checkout this binary was built from)
+//! or, when that checkout is gone, this release's version.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,7 +25,8 @@ pub struct InitArgs {
     #[arg(long)]
     pub rust: bool,
     /// With `--rust`: depend on the `batou` crate at this path (a checkout of batou's
-    /// workspace, or its `batou/` directory) instead of the released version.
+    /// workspace, or its `batou/` directory) instead of the checkout this binary was built
+    /// from (or, when that is gone, the released version).
     #[arg(long, value_name = "DIR", requires = "rust")]
     pub batou_path: Option<PathBuf>,
 }
@@ -118,7 +120,18 @@ fn package_name(dir: &Path) -> anyhow::Result<String> {
     Ok(name)
 }
 
+/// The `batou` crate of the workspace this binary was built from, while that checkout
+/// still exists: what `init --rust` depends on without `--batou-path`.
+fn built_from() -> Option<PathBuf> {
+    let krate = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .join("batou");
+    krate.join("Cargo.toml").is_file().then_some(krate)
+}
+
 fn cargo_toml(name: &str, batou_path: Option<&Path>) -> anyhow::Result<String> {
+    let built_from = built_from();
+    let batou_path = batou_path.or(built_from.as_deref());
     let batou = match batou_path {
         Some(path) => {
             let path = std::path::absolute(path)?;
@@ -340,12 +353,14 @@ mod tests {
 
     #[test]
     fn the_batou_dependency_is_a_path_or_this_version() {
-        let text = cargo_toml("d", None).unwrap();
-        assert!(text.contains(&format!(
-            "batou = {{ version = \"{}\" }}",
-            env!("CARGO_PKG_VERSION")
-        )));
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        // Built inside this workspace, the default is the workspace's `batou` crate.
+        let text = cargo_toml("d", None).unwrap();
+        let expected = toml_string(workspace.join("batou").to_str().unwrap());
+        assert!(
+            text.contains(&format!("batou = {{ path = {expected} }}")),
+            "{text}"
+        );
         let text = cargo_toml("d", Some(workspace)).unwrap();
         let expected = toml_string(workspace.join("batou").to_str().unwrap());
         assert!(
