@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use batou_test_support::{Runsvdir, procs};
@@ -28,18 +27,7 @@ content = "hello\n"
 
 /// `batou-remote [the cluster's options] ARGS...`.
 fn remote(cluster: &Cluster, p: &Project, args: &[&str]) -> Outcome {
-    Command::new(env!("CARGO_BIN_EXE_batou-remote"))
-        .arg("-C")
-        .arg(p.root())
-        .arg("--ssh-config")
-        .arg(&cluster.ssh_config)
-        .args(["--connect-timeout", "3", "--agent-timeout", "20"])
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .env_remove("BATOU_PROJECT_BINARY")
-        .output()
-        .unwrap()
-        .into()
+    cluster.run(p.root(), args)
 }
 
 /// `batou-remote service` deploys the environment `service`; `service service status` is a
