@@ -7,7 +7,9 @@
 
 mod cmd;
 mod command;
+mod digest;
 mod directory;
+mod download;
 mod file;
 mod fs;
 mod mode;
@@ -18,6 +20,7 @@ mod symlink;
 pub use cmd::{Cmd, CommandOutput, cmd};
 pub use command::{Command, run_command};
 pub use directory::Directory;
+pub use download::Download;
 pub use file::File;
 pub use fs::write_atomic;
 pub use mode::Mode;
@@ -33,7 +36,8 @@ pub fn register(registry: &mut batou_core::Registry) {
         .register::<Directory>("directory")
         .register::<Symlink>("symlink")
         .register::<Command>("command")
-        .register::<Service>("service");
+        .register::<Service>("service")
+        .register::<Download>("download");
 }
 
 /// What the components' unit tests share: a [`TestProject`](batou_core::testing::TestProject)

@@ -10,6 +10,7 @@
 //! - [`Cluster`]: real `sshd` processes on 127.0.0.2, 127.0.0.3, ... playing hosts.
 //! - [`procs`]: processes found through `/proc` (children, process groups, agents, markers),
 //!   signals, and waits with a deadline.
+//! - [`HttpServer`]: an HTTP file server on 127.0.0.1 with byte ranges, for downloads.
 //! - [`Runsvdir`]: a real runit supervisor on a temporary service directory.
 //! - [`assert_output_snapshot!`]: insta snapshots of human output, with temporary paths,
 //!   ports, durations, sizes and key fingerprints filtered out.
@@ -20,12 +21,14 @@
 
 mod cluster;
 mod filters;
+mod http;
 pub mod procs;
 mod project;
 mod runit;
 
 pub use cluster::{Cluster, Host, INSTALL};
 pub use filters::snapshot_filters;
+pub use http::{HttpServer, Request as HttpRequest};
 /// Snapshot testing, re-exported for [`assert_output_snapshot!`].
 pub use insta;
 pub use project::{Outcome, Project, run_binary, run_binary_in, snapshot};
