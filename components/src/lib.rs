@@ -5,6 +5,7 @@
 //! (`type = "file"` and the type's attributes). Every write is atomic: a temporary file in the
 //! same directory, created with its final mode, written, synced and renamed into place.
 
+mod archive;
 mod cmd;
 mod command;
 mod digest;
@@ -17,6 +18,7 @@ pub mod process;
 mod service;
 mod symlink;
 
+pub use archive::{Archive, ArchiveFormat};
 pub use cmd::{Cmd, CommandOutput, cmd};
 pub use command::{Command, run_command};
 pub use directory::Directory;
@@ -37,7 +39,8 @@ pub fn register(registry: &mut batou_core::Registry) {
         .register::<Symlink>("symlink")
         .register::<Command>("command")
         .register::<Service>("service")
-        .register::<Download>("download");
+        .register::<Download>("download")
+        .register::<Archive>("archive");
 }
 
 /// What the components' unit tests share: a [`TestProject`](batou_core::testing::TestProject)
