@@ -50,7 +50,7 @@ pub use batou_core::{ConvergeOptions, Environment, HostReport, Plan, converge};
 
 pub use batou_components::{
     Archive, ArchiveFormat, Cmd, Command, CommandOutput, CommandStatus, Directory, Download, File,
-    Health, Manager, Mode, Service, ServiceState, Symlink, cmd, run_command, write_atomic,
+    Git, Health, Manager, Mode, Service, ServiceState, Symlink, cmd, run_command, write_atomic,
 };
 
 /// Converging an environment in process and asserting on its events, for tests of a

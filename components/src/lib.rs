@@ -13,6 +13,7 @@ mod directory;
 mod download;
 mod file;
 mod fs;
+mod git;
 mod mode;
 pub mod process;
 mod service;
@@ -25,6 +26,7 @@ pub use directory::Directory;
 pub use download::Download;
 pub use file::File;
 pub use fs::write_atomic;
+pub use git::Git;
 pub use mode::Mode;
 pub use process::Status as CommandStatus;
 pub use service::{Health, Manager, Service, ServiceState};
@@ -40,7 +42,8 @@ pub fn register(registry: &mut batou_core::Registry) {
         .register::<Command>("command")
         .register::<Service>("service")
         .register::<Download>("download")
-        .register::<Archive>("archive");
+        .register::<Archive>("archive")
+        .register::<Git>("git");
 }
 
 /// What the components' unit tests share: a [`TestProject`](batou_core::testing::TestProject)
