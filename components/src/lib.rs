@@ -18,6 +18,7 @@ mod mode;
 pub mod process;
 mod service;
 mod symlink;
+mod virtualenv;
 
 pub use archive::{Archive, ArchiveFormat};
 pub use cmd::{Cmd, CommandOutput, cmd};
@@ -31,6 +32,7 @@ pub use mode::Mode;
 pub use process::Status as CommandStatus;
 pub use service::{Health, Manager, Service, ServiceState};
 pub use symlink::Symlink;
+pub use virtualenv::Virtualenv;
 
 /// Registers the library's types under their environment names:
 /// `file`, `directory`, `symlink`, `command`, `service`.
@@ -43,7 +45,8 @@ pub fn register(registry: &mut batou_core::Registry) {
         .register::<Service>("service")
         .register::<Download>("download")
         .register::<Archive>("archive")
-        .register::<Git>("git");
+        .register::<Git>("git")
+        .register::<Virtualenv>("virtualenv");
 }
 
 /// What the components' unit tests share: a [`TestProject`](batou_core::testing::TestProject)

@@ -11,6 +11,7 @@
 //! - [`procs`]: processes found through `/proc` (children, process groups, agents, markers),
 //!   signals, and waits with a deadline.
 //! - [`HttpServer`]: an HTTP file server on 127.0.0.1 with byte ranges, for downloads.
+//! - [`wheel`]: a tiny Python wheel for installs without network access.
 //! - [`Runsvdir`]: a real runit supervisor on a temporary service directory.
 //! - [`assert_output_snapshot!`]: insta snapshots of human output, with temporary paths,
 //!   ports, durations, sizes and key fingerprints filtered out.
@@ -24,6 +25,7 @@ mod filters;
 mod http;
 pub mod procs;
 mod project;
+mod python;
 mod runit;
 
 pub use cluster::{Cluster, Host, INSTALL};
@@ -32,6 +34,7 @@ pub use http::{HttpServer, Request as HttpRequest};
 /// Snapshot testing, re-exported for [`assert_output_snapshot!`].
 pub use insta;
 pub use project::{Outcome, Project, run_binary, run_binary_in, snapshot};
+pub use python::{PYTHON, PYTHON_INSTALL, require_venv, wheel};
 pub use runit::{RUNIT_INSTALL, Runsvdir};
 
 use std::path::{Path, PathBuf};
