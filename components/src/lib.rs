@@ -8,6 +8,7 @@
 mod archive;
 mod cmd;
 mod command;
+mod cron;
 mod digest;
 mod directory;
 mod download;
@@ -23,6 +24,7 @@ mod virtualenv;
 pub use archive::{Archive, ArchiveFormat};
 pub use cmd::{Cmd, CommandOutput, cmd};
 pub use command::{Command, run_command};
+pub use cron::{Cron, CronEntry};
 pub use directory::Directory;
 pub use download::Download;
 pub use file::File;
@@ -46,7 +48,8 @@ pub fn register(registry: &mut batou_core::Registry) {
         .register::<Download>("download")
         .register::<Archive>("archive")
         .register::<Git>("git")
-        .register::<Virtualenv>("virtualenv");
+        .register::<Virtualenv>("virtualenv")
+        .register::<Cron>("cron");
 }
 
 /// What the components' unit tests share: a [`TestProject`](batou_core::testing::TestProject)

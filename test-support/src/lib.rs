@@ -12,6 +12,7 @@
 //!   signals, and waits with a deadline.
 //! - [`HttpServer`]: an HTTP file server on 127.0.0.1 with byte ranges, for downloads.
 //! - [`wheel`]: a tiny Python wheel for installs without network access.
+//! - [`CronUser`]: a system user for one test, with a real crontab.
 //! - [`Runsvdir`]: a real runit supervisor on a temporary service directory.
 //! - [`assert_output_snapshot!`]: insta snapshots of human output, with temporary paths,
 //!   ports, durations, sizes and key fingerprints filtered out.
@@ -21,6 +22,7 @@
 #![expect(clippy::disallowed_methods, reason = "tests start real processes")]
 
 mod cluster;
+mod cron;
 mod filters;
 mod http;
 pub mod procs;
@@ -29,6 +31,7 @@ mod python;
 mod runit;
 
 pub use cluster::{Cluster, Host, INSTALL};
+pub use cron::{CRON_INSTALL, CronUser};
 pub use filters::snapshot_filters;
 pub use http::{HttpServer, Request as HttpRequest};
 /// Snapshot testing, re-exported for [`assert_output_snapshot!`].
