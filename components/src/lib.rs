@@ -16,6 +16,7 @@ mod file;
 mod fs;
 mod git;
 mod mode;
+mod nginx;
 pub mod process;
 mod service;
 mod symlink;
@@ -31,6 +32,7 @@ pub use file::File;
 pub use fs::write_atomic;
 pub use git::Git;
 pub use mode::Mode;
+pub use nginx::NginxSite;
 pub use process::Status as CommandStatus;
 pub use service::{Health, Manager, Service, ServiceState};
 pub use symlink::Symlink;
@@ -49,7 +51,8 @@ pub fn register(registry: &mut batou_core::Registry) {
         .register::<Archive>("archive")
         .register::<Git>("git")
         .register::<Virtualenv>("virtualenv")
-        .register::<Cron>("cron");
+        .register::<Cron>("cron")
+        .register::<NginxSite>("nginx_site");
 }
 
 /// What the components' unit tests share: a [`TestProject`](batou_core::testing::TestProject)

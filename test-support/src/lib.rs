@@ -13,6 +13,7 @@
 //! - [`HttpServer`]: an HTTP file server on 127.0.0.1 with byte ranges, for downloads.
 //! - [`wheel`]: a tiny Python wheel for installs without network access.
 //! - [`CronUser`]: a system user for one test, with a real crontab.
+//! - [`Nginx`]: a real nginx on a temporary directory, the test's child.
 //! - [`Runsvdir`]: a real runit supervisor on a temporary service directory.
 //! - [`assert_output_snapshot!`]: insta snapshots of human output, with temporary paths,
 //!   ports, durations, sizes and key fingerprints filtered out.
@@ -25,6 +26,7 @@ mod cluster;
 mod cron;
 mod filters;
 mod http;
+mod nginx;
 pub mod procs;
 mod project;
 mod python;
@@ -36,6 +38,7 @@ pub use filters::snapshot_filters;
 pub use http::{HttpServer, Request as HttpRequest};
 /// Snapshot testing, re-exported for [`assert_output_snapshot!`].
 pub use insta;
+pub use nginx::{NGINX, NGINX_INSTALL, Nginx};
 pub use project::{Outcome, Project, run_binary, run_binary_in, snapshot};
 pub use python::{PYTHON, PYTHON_INSTALL, require_venv, wheel};
 pub use runit::{RUNIT_INSTALL, Runsvdir};
