@@ -14,6 +14,7 @@
 //! - [`wheel`]: a tiny Python wheel for installs without network access.
 //! - [`CronUser`]: a system user for one test, with a real crontab.
 //! - [`Nginx`]: a real nginx on a temporary directory, the test's child.
+//! - [`GitRepo`], [`tar_gz`], [`sha256_hex`]: fixtures for the library components.
 //! - [`Runsvdir`]: a real runit supervisor on a temporary service directory.
 //! - [`assert_output_snapshot!`]: insta snapshots of human output, with temporary paths,
 //!   ports, durations, sizes and key fingerprints filtered out.
@@ -26,6 +27,7 @@ mod cluster;
 mod cron;
 mod filters;
 mod http;
+mod library;
 mod nginx;
 pub mod procs;
 mod project;
@@ -38,6 +40,7 @@ pub use filters::snapshot_filters;
 pub use http::{HttpServer, Request as HttpRequest};
 /// Snapshot testing, re-exported for [`assert_output_snapshot!`].
 pub use insta;
+pub use library::{GIT_INSTALL, GitRepo, git, sha256_hex, tar_gz};
 pub use nginx::{NGINX, NGINX_INSTALL, Nginx};
 pub use project::{Outcome, Project, run_binary, run_binary_in, snapshot};
 pub use python::{PYTHON, PYTHON_INSTALL, require_venv, wheel};

@@ -13,6 +13,7 @@ mod example;
 mod failure;
 mod harness;
 mod interrupts;
+mod library;
 mod output;
 mod secrets;
 mod service_verbs;
