@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use batou_core::{AllowedPaths, Component, ConfigError, Configure, Deploy, Verdict, refuse_nul};
 use serde::Deserialize;
 
-use crate::digest::{sha256, sha256_file, short};
+use crate::digest::{parse_sha256, sha256, sha256_file, short};
 use crate::fs::write_atomic;
 
 /// An archive's format.
@@ -93,6 +93,12 @@ pub struct Archive {
     /// Leading path components dropped from every entry's name.
     #[serde(default)]
     pub strip_components: usize,
+    /// The SHA-256 digest the archive must have (64 hex digits). With `path`, give it (the
+    /// download's `sha256`) so that a dry run predicts the unpacking of an archive that an
+    /// earlier step downloads anew: verify then compares the record with it, not with the
+    /// file as it is before that step.
+    #[serde(default)]
+    pub sha256: Option<String>,
     #[serde(skip)]
     resolved_target: PathBuf,
     #[serde(skip)]
@@ -101,6 +107,9 @@ pub struct Archive {
     data: Option<Vec<u8>>,
     #[serde(skip)]
     digest: String,
+    /// `sha256`, checked and in lower case.
+    #[serde(skip)]
+    expected: Option<String>,
     #[serde(skip)]
     resolved_format: Option<ArchiveFormat>,
     #[serde(skip)]
@@ -131,10 +140,12 @@ impl Archive {
             target,
             format: None,
             strip_components: 0,
+            sha256: None,
             resolved_target: PathBuf::new(),
             resolved_path: None,
             data: None,
             digest: String::new(),
+            expected: None,
             resolved_format: None,
             allowed: AllowedPaths::default(),
         }
@@ -149,6 +160,12 @@ impl Archive {
     /// Drops `n` leading path components from every entry's name.
     pub fn strip_components(mut self, n: usize) -> Self {
         self.strip_components = n;
+        self
+    }
+
+    /// The SHA-256 digest the archive must have.
+    pub fn sha256(mut self, digest: impl Into<String>) -> Self {
+        self.sha256 = Some(digest.into());
         self
     }
 
@@ -241,9 +258,22 @@ impl Component for Archive {
                 .into());
             }
         };
+        self.expected = self
+            .sha256
+            .as_deref()
+            .map(|d| parse_sha256("sha256", d))
+            .transpose()?;
         if let Some(source) = &self.source {
             let data = cx.project().read(source)?;
             self.digest = sha256(&data);
+            if let Some(expected) = &self.expected
+                && *expected != self.digest
+            {
+                bail!(
+                    "project file `{source}` has SHA-256 digest {}, not the {expected} that `sha256` says",
+                    self.digest
+                );
+            }
             self.data = Some(data);
         }
         if let Some(path) = &self.path {
@@ -260,7 +290,21 @@ impl Component for Archive {
 
     fn verify(&self, cx: &mut Deploy) -> anyhow::Result<Verdict> {
         self.allowed.check(&self.resolved_target)?;
-        let Some(digest) = self.current_digest()? else {
+        let digest = match &self.expected {
+            Some(expected) => Some(expected.clone()),
+            None => self.current_digest()?,
+        };
+        let record = std::fs::read_to_string(self.record_path()).ok();
+        let target_is_dir =
+            std::fs::symlink_metadata(&self.resolved_target).is_ok_and(|m| m.is_dir());
+        if let Some(digest) = &digest
+            && target_is_dir
+            && record.as_deref() == Some(self.record(digest).as_str())
+        {
+            return Ok(Verdict::UpToDate);
+        }
+        let on_host_missing = self.resolved_path.as_ref().is_some_and(|p| !p.exists());
+        let Some(digest) = digest.filter(|_| !on_host_missing) else {
             let path = self.resolved_path.as_deref().unwrap_or(Path::new(""));
             if cx.dry_run() {
                 return Ok(Verdict::needs_update(format!(
@@ -278,7 +322,6 @@ impl Component for Archive {
             ),
             Err(_) => return Ok(Verdict::needs_update("missing")),
         }
-        let record = std::fs::read_to_string(self.record_path()).ok();
         Ok(match record {
             Some(record) if record == self.record(&digest) => Verdict::UpToDate,
             Some(record) => {
@@ -305,6 +348,14 @@ impl Component for Archive {
                     .display()
             );
         };
+        if let Some(expected) = &self.expected
+            && *expected != digest
+        {
+            bail!(
+                "archive `{}` has SHA-256 digest {digest}, not the {expected} that `sha256` says",
+                self.format_name()
+            );
+        }
         let staging = self.beside(&format!(".batou-unpack-{}", std::process::id()));
         remove_tree(&staging)?;
         std::fs::create_dir(&staging)
@@ -921,6 +972,54 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(project.workdir("app").join("app/index.html")).unwrap(),
             "hi\n"
+        );
+    }
+
+    #[test]
+    fn with_sha256_a_dry_run_predicts_an_archive_an_earlier_step_replaces() {
+        let one = archive_bytes(ArchiveFormat::Tar, &[E::File("v", "1\n")]);
+        let two = archive_bytes(ArchiveFormat::Tar, &[E::File("v", "2\n")]);
+        let env = |digest: &str| {
+            format!(
+                "[hosts.localhost]\ncomponents = [\"app\"]\n\n[components.app]\ntype = \"archive\"\npath = \"app.tar\"\nsha256 = \"{digest}\"\ntarget = \"app\"\n"
+            )
+        };
+        let project = project(&env(&sha256(&one)));
+        std::fs::create_dir_all(project.workdir("app")).unwrap();
+        std::fs::write(project.workdir("app").join("app.tar"), &one).unwrap();
+        project.assert_prediction_matches("dev");
+
+        // The environment names the next archive before the file on the host is replaced:
+        // the prediction says so, and the real run refuses the file that is still there.
+        project.env("dev", &env(&sha256(&two)));
+        let dry = project.dry_run("dev");
+        assert_eq!(
+            dry.reasons()[0].1,
+            format!(
+                "archive changed: {} -> {}",
+                short(&sha256(&one)),
+                short(&sha256(&two))
+            )
+        );
+        let failure = project
+            .run("dev", ConvergeOptions::default())
+            .failure()
+            .unwrap();
+        assert!(
+            failure.contains(&format!(
+                "archive `app.tar` has SHA-256 digest {}, not the {} that `sha256` says",
+                sha256(&one),
+                sha256(&two)
+            )),
+            "{failure}"
+        );
+        std::fs::write(project.workdir("app").join("app.tar"), &two).unwrap();
+        project
+            .assert_prediction_matches("dev")
+            .assert_changed(&["app"]);
+        assert_eq!(
+            std::fs::read_to_string(project.workdir("app").join("app/v")).unwrap(),
+            "2\n"
         );
     }
 

@@ -12,6 +12,7 @@ mod example;
 mod faults;
 mod harness;
 mod interrupts;
+mod library;
 mod output;
 mod process_faults;
 mod secrets;
