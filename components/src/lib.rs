@@ -1,5 +1,7 @@
 //! The reusable component library: [`File`], [`Directory`], [`Symlink`], [`Command`] and
-//! [`Service`], and [`cmd`], the command runner for component authors.
+//! [`Service`]; for a web application's deployment [`Download`], [`Archive`], [`Git`],
+//! [`Virtualenv`], [`Cron`] and [`NginxSite`]; and [`cmd`], the command runner for component
+//! authors.
 //!
 //! Each type is usable from Rust (builder methods) and from an environment file
 //! (`type = "file"` and the type's attributes). Every write is atomic: a temporary file in the
@@ -39,7 +41,8 @@ pub use symlink::Symlink;
 pub use virtualenv::Virtualenv;
 
 /// Registers the library's types under their environment names:
-/// `file`, `directory`, `symlink`, `command`, `service`.
+/// `file`, `directory`, `symlink`, `command`, `service`, `download`, `archive`, `git`,
+/// `virtualenv`, `cron`, `nginx_site`.
 pub fn register(registry: &mut batou_core::Registry) {
     registry
         .register::<File>("file")

@@ -444,13 +444,13 @@ mod tests {
             failure.contains("the interpreter `/nonexistent/python3` is not installed on the host"),
             "{failure}"
         );
-        let err = config_error(&project.env(
+        let err = config_error(project.env(
             "dev",
             "[hosts.localhost]\ncomponents = [\"app\"]\n\n[components.app]\ntype = \"virtualenv\"\nrequirement = \"r.txt\"\n",
         ));
         assert!(err.contains("unknown field `requirement`"), "{err}");
         assert!(err.contains("did you mean `requirements`?"), "{err}");
-        let err = config_error(&project.env(
+        let err = config_error(project.env(
             "dev",
             "[hosts.localhost]\ncomponents = [\"app\"]\n\n[components.app]\ntype = \"virtualenv\"\nrequirements = \"missing.txt\"\n",
         ));
