@@ -22,7 +22,8 @@ use crate::{Event, RootOutcome, ServiceOutcome, ServiceVerb};
 /// 4: sessions for the `service` verbs (`start.purpose`, `service`, `service_finished`), and
 /// a job step lists its services.
 /// 5: the `step_finished` event (an older controller cannot read it).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: jobs carry release bundles; sessions for the `releases` and `rollback` verbs.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Everything one host needs to configure and converge its part of a plan, and nothing more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +45,10 @@ pub struct HostJob {
     /// The named secret files the host's components read.
     #[serde(default)]
     pub secret_files: BTreeMap<String, String>,
+    /// The release bundles the host's components use, by bundle specification; the
+    /// archives themselves travel by digest into the host's store, never in the job.
+    #[serde(default)]
+    pub bundles: BTreeMap<String, crate::Bundle>,
     /// `(name, value)` of every secret this job carries, for the agent to mask in its
     /// events and journal.
     #[serde(default)]

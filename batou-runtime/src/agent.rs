@@ -324,6 +324,9 @@ fn session(
                 let mut sink = out.clone();
                 let started = now();
                 let report = batou_core::converge_step(&mut plan, step, options, &mut sink);
+                if report.outcome == RootOutcome::Failed && !dry_run {
+                    batou_core::roll_back_after_failure(&mut plan, step, &mut sink);
+                }
                 link.end_step();
                 if let Some(j) = &journal {
                     j.append(JournalEntry::Step {
@@ -422,7 +425,7 @@ fn chain(err: &anyhow::Error) -> Vec<String> {
 }
 
 /// The base directory on this host: relative paths (and `~/...`) are relative to `$HOME`.
-fn resolve_base_dir(base_dir: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn resolve_base_dir(base_dir: &str) -> anyhow::Result<PathBuf> {
     if Path::new(base_dir).is_absolute() {
         return Ok(PathBuf::from(base_dir));
     }

@@ -205,6 +205,9 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
     // From here on a signal no longer kills the process: the first one stops after the
     // running root component, the second one at once.
     let interrupt = watch_signals()?;
+    if !settings.dry_run {
+        crate::releases::store_locally(&plan, &host, &base_dir, sink.as_mut())?;
+    }
     let exit = converge_here(&mut plan, &host, settings.dry_run, interrupt, sink.as_mut());
     drop(sink);
     Ok(exit)
@@ -256,6 +259,9 @@ fn converge_here(
             match action {
                 Action::Start { step, .. } => {
                     let done = batou_core::converge_step(plan, step, options, sink);
+                    if done.outcome == batou_core::RootOutcome::Failed && !dry_run {
+                        batou_core::roll_back_after_failure(plan, step, sink);
+                    }
                     next.extend(report(
                         &mut scheduler,
                         Report::StepDone {

@@ -3,7 +3,7 @@
 //! A deployment repository with component types of its own depends on `batou` alone: this
 //! crate re-exports the component model ([`Component`], [`Configure`], [`Deploy`],
 //! [`Verdict`], [`Secret`]), the library components ([`File`], [`Directory`], [`Symlink`],
-//! [`Command`], [`Service`]), the command runner [`cmd`] and the entry point [`main_with`];
+//! [`Command`], [`Service`], [`Release`]), the command runner [`cmd`] and the entry point [`main_with`];
 //! with the feature `testing`, also `testing` (converging in process, for a project's tests). It adds
 //! nothing of its own, so that the crates behind it can be re-cut without touching any
 //! project.
@@ -49,8 +49,8 @@ pub use batou_core::{
 pub use batou_core::{ConvergeOptions, Environment, HostReport, Plan, converge};
 
 pub use batou_components::{
-    Cmd, Command, CommandOutput, CommandStatus, Directory, File, Health, Manager, Mode, Service,
-    ServiceState, Symlink, cmd, run_command, write_atomic,
+    Cmd, Command, CommandOutput, CommandStatus, Directory, File, Health, Manager, Mode, Release,
+    Service, ServiceState, Symlink, cmd, run_command, write_atomic,
 };
 
 /// Converging an environment in process and asserting on its events, for tests of a

@@ -1,5 +1,5 @@
-//! The reusable component library: [`File`], [`Directory`], [`Symlink`], [`Command`] and
-//! [`Service`], and [`cmd`], the command runner for component authors.
+//! The reusable component library: [`File`], [`Directory`], [`Symlink`], [`Command`],
+//! [`Service`] and [`Release`], and [`cmd`], the command runner for component authors.
 //!
 //! Each type is usable from Rust (builder methods) and from an environment file
 //! (`type = "file"` and the type's attributes). Every write is atomic: a temporary file in the
@@ -12,6 +12,7 @@ mod file;
 mod fs;
 mod mode;
 pub mod process;
+pub mod release;
 mod service;
 mod symlink;
 
@@ -22,18 +23,21 @@ pub use file::File;
 pub use fs::write_atomic;
 pub use mode::Mode;
 pub use process::Status as CommandStatus;
+pub use release::Release;
 pub use service::{Health, Manager, Service, ServiceState};
 pub use symlink::Symlink;
 
 /// Registers the library's types under their environment names:
-/// `file`, `directory`, `symlink`, `command`, `service`.
+/// `file`, `directory`, `symlink`, `command`, `service`, `release`.
 pub fn register(registry: &mut batou_core::Registry) {
     registry
         .register::<File>("file")
         .register::<Directory>("directory")
         .register::<Symlink>("symlink")
         .register::<Command>("command")
-        .register::<Service>("service");
+        .register::<Service>("service")
+        .register::<Release>("release")
+        .configure_first("release");
 }
 
 /// What the components' unit tests share: a [`TestProject`](batou_core::testing::TestProject)

@@ -14,6 +14,7 @@ mod failure;
 mod harness;
 mod interrupts;
 mod output;
+mod releases;
 mod secrets;
 mod service_verbs;
 mod services;
