@@ -64,6 +64,24 @@ pub fn store_dir(base_dir: &Path) -> PathBuf {
     base_dir.join("releases").join(".store")
 }
 
+/// What a host's store holds of a digest: the answer of the agent binary's `bundle-check`
+/// role to a controller, one JSON line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum StoreState {
+    /// The verified bundle.
+    Present,
+    /// A partial upload of this many bytes, to be resumed.
+    Partial {
+        /// Bytes already on the host.
+        bytes: u64,
+    },
+    /// Nothing.
+    Missing,
+    /// An entry whose content did not match its digest: it was removed.
+    Corrupt,
+}
+
 static SKIP_BUILDS: AtomicBool = AtomicBool::new(false);
 
 /// Makes plans of this process answer every bundle with [`Bundle::unbuilt`] instead of

@@ -101,6 +101,14 @@ pub enum SessionError {
         /// What the install wrote to stderr.
         stderr: String,
     },
+    /// A release bundle could not be shipped into the host's store.
+    #[error("cannot ship bundle {digest}: {message}")]
+    Bundle {
+        /// The bundle's short digest.
+        digest: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The agent could not be started.
     #[error("cannot start the agent: {source}")]
     CannotStart {
@@ -183,7 +191,7 @@ impl AgentBinary {
         })
     }
 
-    fn remote(&self) -> Word {
+    pub(crate) fn remote(&self) -> Word {
         Word::Home(format!("{AGENT_CACHE}/{}", self.sha256))
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod schedule;
+pub mod ship;
 pub mod ssh;
 pub mod verbs;
 

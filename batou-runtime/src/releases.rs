@@ -64,16 +64,55 @@ pub(crate) fn check(base_dir: &str, digest: &str) -> u8 {
     }
 }
 
-/// `bundle-install <base_dir> <digest>`: verifies the uploaded `<digest>.part` and renames it
-/// into the store.
-pub(crate) fn install(base_dir: &str, digest: &str) -> u8 {
+/// `bundle-receive <base_dir> <digest> <size>`: appends stdin to the partial upload of the
+/// digest; once it holds `size` bytes, verifies it and renames it into the store. Input that
+/// ends early leaves the partial file for the next upload to resume.
+pub(crate) fn receive(base_dir: &str, digest: &str, size: u64) -> u8 {
     let result = crate::agent::resolve_base_dir(base_dir)
-        .and_then(|base| store::install(&batou_core::bundle::store_dir(&base), digest));
+        .and_then(|base| receive_into(&batou_core::bundle::store_dir(&base), digest, size));
     match result {
         Ok(()) => 0,
         Err(err) => {
-            eprintln!("bundle-install: {err:#}");
+            eprintln!("bundle-receive: {err:#}");
             1
         }
     }
+}
+
+fn receive_into(store_dir: &Path, digest: &str, size: u64) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    if let store::StoreState::Present = store::check(store_dir, digest)? {
+        return Ok(());
+    }
+    let path = store::partial(store_dir, digest);
+    let mut part = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open `{}`", path.display()))?;
+    let mut have = part.metadata()?.len();
+    if have > size {
+        drop(part);
+        let _ = std::fs::remove_file(&path);
+        anyhow::bail!(
+            "the partial upload holds {have} bytes, more than the bundle's {size}: removed"
+        );
+    }
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = vec![0u8; 1 << 20];
+    while have < size {
+        let n = stdin.read(&mut buf)?;
+        if n == 0 {
+            part.sync_all()?;
+            anyhow::bail!("the upload ended at {have} of {size} bytes; the next deploy resumes it");
+        }
+        let n = n.min(usize::try_from(size - have).unwrap_or(usize::MAX));
+        part.write_all(&buf[..n])?;
+        have += n as u64;
+    }
+    part.sync_all()?;
+    drop(part);
+    store::install(store_dir, digest)
 }

@@ -36,13 +36,16 @@ pub enum Role {
         /// The bundle's SHA-256, in hex.
         sha256: String,
     },
-    /// Verify an uploaded bundle against its SHA-256 and install it in the store.
+    /// Append stdin to a partial bundle upload; once whole, verify it against its SHA-256
+    /// and install it in the store.
     #[command(hide = true)]
-    BundleInstall {
+    BundleReceive {
         /// The environment's `base_dir` as the job gives it.
         base_dir: String,
         /// The bundle's SHA-256, in hex.
         sha256: String,
+        /// The bundle's size in bytes.
+        size: u64,
     },
     /// Print the remote plan of an environment as JSON.
     #[command(hide = true)]
@@ -66,9 +69,11 @@ impl Role {
             Role::BundleCheck { base_dir, sha256 } => {
                 ExitCode::from(crate::releases::check(&base_dir, &sha256))
             }
-            Role::BundleInstall { base_dir, sha256 } => {
-                ExitCode::from(crate::releases::install(&base_dir, &sha256))
-            }
+            Role::BundleReceive {
+                base_dir,
+                sha256,
+                size,
+            } => ExitCode::from(crate::releases::receive(&base_dir, &sha256, size)),
             Role::Plan {
                 environment,
                 project,

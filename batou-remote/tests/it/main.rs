@@ -14,6 +14,7 @@ mod harness;
 mod interrupts;
 mod output;
 mod process_faults;
+mod releases;
 mod secrets;
 mod service_verbs;
 mod services;

@@ -147,7 +147,9 @@ impl Component for Release {
         };
         let bundle = cx.bundle(&spec, |project| bundle::build(project.root(), &spec))?;
         let base_dir = cx.base_dir().to_path_buf();
-        let dir = cx.path(batou_core::bundle::release_root(&base_dir, cx.root()))?;
+        // Below the base directory by construction (root names are names); not through
+        // `cx.path`, which resolves relative to the work directory.
+        let dir = batou_core::bundle::release_root(&base_dir, cx.root());
         self.configured = Some(Configured {
             bundle,
             layout: Layout {

@@ -10,25 +10,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-/// What the store holds of a digest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum StoreState {
-    /// The verified bundle.
-    Present,
-    /// A partial upload of this many bytes, to be resumed.
-    Partial {
-        /// Bytes already on the host.
-        bytes: u64,
-    },
-    /// Nothing.
-    Missing,
-    /// An entry whose content does not match its digest: it was removed.
-    Corrupt,
-}
+pub use batou_core::bundle::StoreState;
 
 /// The store entry of `digest` below `store`.
 pub fn entry(store: &Path, digest: &str) -> PathBuf {
