@@ -133,9 +133,12 @@ impl Bundles {
                 let known = self.known.lock().expect("never poisoned").get(key).cloned();
                 match known {
                     Some(b) => b,
-                    None if builds_skipped() => Bundle::unbuilt(),
                     None => {
-                        let b = make()?;
+                        let b = if builds_skipped() {
+                            Bundle::unbuilt()
+                        } else {
+                            make()?
+                        };
                         self.known
                             .lock()
                             .expect("never poisoned")

@@ -67,8 +67,8 @@ pub use plan::{Plan, Step};
 pub use project::{Project, ProjectEntry, ProjectEntryKind, ProjectFiles};
 pub use registry::Registry;
 pub use release::{
-    ReleaseControl, ReleaseEntry, RollbackOutcome, list_releases, release_steps, roll_back,
-    roll_back_after_failure,
+    ReleaseControl, ReleaseEntry, ReleaseReport, RollbackOutcome, list_releases, release_steps,
+    release_verb, roll_back, roll_back_after_failure,
 };
 pub use secrets::Secret;
 pub use service::{

@@ -173,6 +173,15 @@ pub enum ToAgent {
         /// The root components' names.
         roots: Vec<String>,
     },
+    /// List the releases of these release roots (none: every one), rolling back first in a
+    /// `rollback` session, to `to` or to the release before the current one.
+    Releases {
+        /// The release roots' names.
+        roots: Vec<String>,
+        /// The release to roll back to.
+        #[serde(default)]
+        to: Option<String>,
+    },
     /// End the session: write the journal record and release the lock.
     Finish,
 }
@@ -193,6 +202,11 @@ pub enum Purpose {
         /// The verb.
         verb: ServiceVerb,
     },
+    /// List the host's releases (`releases`), or roll back first (`rollback`).
+    Releases {
+        /// Whether to roll back.
+        rollback: bool,
+    },
 }
 
 impl Purpose {
@@ -201,6 +215,7 @@ impl Purpose {
         match self {
             Purpose::Deploy => !dry_run,
             Purpose::Service { verb } => verb != ServiceVerb::Status,
+            Purpose::Releases { rollback } => rollback,
         }
     }
 }
@@ -259,6 +274,11 @@ pub enum FromAgent {
     ServiceFinished {
         /// One outcome per service, in the order they ran.
         outcomes: Vec<ServiceOutcome>,
+    },
+    /// The session's `releases` or `rollback` verb ran.
+    ReleasesFinished {
+        /// One report per release root.
+        reports: Vec<crate::ReleaseReport>,
     },
     /// The agent wrote its journal record and ends the session.
     Finished,

@@ -163,11 +163,22 @@ pub fn roll_back(
 /// After `failed` failed in this run: rolls back every release it watches that changed in
 /// this run (its activation is what made the service unhealthy), and reports on the host
 /// as "not healthy; rolled back to <id>", or why that was not possible.
+///
+/// Only a failure of one of the step's services counts (`failed_component`, the failing
+/// component path): a component that fails before its service restarts says nothing about
+/// the release's health.
 pub fn roll_back_after_failure(
     plan: &mut Plan,
     failed: usize,
+    failed_component: &str,
     sink: &mut dyn EventSink,
 ) -> Vec<RollbackOutcome> {
+    if !crate::service_paths(plan, failed)
+        .iter()
+        .any(|p| p == failed_component)
+    {
+        return Vec::new();
+    }
     let watched: Vec<usize> = plan
         .watched_by(failed)
         .into_iter()
@@ -194,6 +205,100 @@ pub fn roll_back_after_failure(
         outcomes.push(outcome);
     }
     outcomes
+}
+
+/// What a `releases` or `rollback` verb did for one release root on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseReport {
+    /// The release's root component.
+    pub root: String,
+    /// The releases on the host after the verb, oldest first.
+    pub releases: Vec<ReleaseEntry>,
+    /// What the rollback did (the `rollback` verb only).
+    pub rollback: Option<RollbackOutcome>,
+    /// Why the releases could not be listed.
+    pub error: Option<Vec<String>>,
+}
+
+impl ReleaseReport {
+    /// Whether listing or rolling back failed.
+    pub fn is_failed(&self) -> bool {
+        self.error.is_some() || self.rollback.as_ref().is_some_and(|r| !r.succeeded())
+    }
+}
+
+/// Runs the `releases` verb (`rollback: None`) or the `rollback` verb (`Some(to)`) on the
+/// release roots of `host` named in `roots` (none: every one), in plan order: rolls back
+/// first, then lists the releases, each as a `log` event of the root.
+pub fn release_verb(
+    plan: &mut Plan,
+    host: &str,
+    roots: &[String],
+    rollback: Option<Option<&str>>,
+    sink: &mut dyn EventSink,
+) -> Vec<ReleaseReport> {
+    let steps: Vec<usize> = plan
+        .host_order(host)
+        .into_iter()
+        .filter(|s| find(&plan.steps()[*s].tree).is_some())
+        .filter(|s| roots.is_empty() || roots.contains(&plan.steps()[*s].root))
+        .collect();
+    let mut reports = Vec::new();
+    for step in steps {
+        let root = plan.steps()[step].root.clone();
+        let rolled = rollback.map(|to| roll_back(plan, step, to, sink));
+        if let Some(r) = &rolled {
+            let message = match (&r.error, &r.from, &r.to) {
+                (None, Some(from), Some(to)) if from == to => format!("already at release {to}"),
+                (None, Some(from), Some(to)) => format!("rolled back {from} -> {to}"),
+                (Some(e), _, Some(to)) => format!("switched to {to}, but: {}", e.join(": ")),
+                (Some(e), _, _) => format!("not rolled back: {}", e.join(": ")),
+                (None, _, _) => "not rolled back".to_string(),
+            };
+            let event = if r.succeeded() {
+                Event::Log {
+                    host: host.to_string(),
+                    component: root.clone(),
+                    message,
+                }
+            } else {
+                Event::Failed {
+                    host: host.to_string(),
+                    component: root.clone(),
+                    error: vec![message],
+                }
+            };
+            sink.event(event);
+        }
+        let (releases, error) = match list_releases(plan, step, sink) {
+            Ok(list) => (list, None),
+            Err(e) => (Vec::new(), Some(e.chain().map(|c| c.to_string()).collect())),
+        };
+        for r in &releases {
+            let mut line = format!("release {}", r.id);
+            if r.current {
+                line.push_str(" (current)");
+            }
+            if let Some(at) = &r.activated {
+                line.push_str(&format!(", activated {at}"));
+            }
+            if let Some(by) = &r.by {
+                line.push_str(&format!(" by {by}"));
+            }
+            sink.event(Event::Log {
+                host: host.to_string(),
+                component: root.clone(),
+                message: line,
+            });
+        }
+        reports.push(ReleaseReport {
+            root,
+            releases,
+            rollback: rolled,
+            error,
+        });
+    }
+    reports
 }
 
 /// The first release of a tree with its component path.

@@ -428,6 +428,30 @@ impl AgentSession {
         }
     }
 
+    /// Runs the session's `releases` or `rollback` verb on these release roots.
+    pub async fn releases(
+        &mut self,
+        roots: &[String],
+        to: Option<String>,
+        mut on_event: impl FnMut(Event),
+    ) -> Result<Vec<batou_core::ReleaseReport>, SessionError> {
+        self.send(&ToAgent::Releases {
+            roots: roots.to_vec(),
+            to,
+        })
+        .await?;
+        loop {
+            match self.read().await? {
+                FromAgent::Event { event } => on_event(event),
+                FromAgent::ReleasesFinished { reports } => return Ok(reports),
+                FromAgent::Refused {
+                    reason, message, ..
+                } => return Err(SessionError::Refused { reason, message }),
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
     /// Ends the session: the agent writes its journal record and exits.
     pub async fn finish(mut self) -> Result<(), SessionError> {
         self.send(&ToAgent::Finish).await?;

@@ -324,8 +324,8 @@ fn session(
                 let mut sink = out.clone();
                 let started = now();
                 let report = batou_core::converge_step(&mut plan, step, options, &mut sink);
-                if report.outcome == RootOutcome::Failed && !dry_run {
-                    batou_core::roll_back_after_failure(&mut plan, step, &mut sink);
+                if let (Some((component, _)), false) = (&report.failure, dry_run) {
+                    batou_core::roll_back_after_failure(&mut plan, step, component, &mut sink);
                 }
                 link.end_step();
                 if let Some(j) = &journal {
@@ -384,6 +384,30 @@ fn session(
                     })?;
                 }
                 out.send(&FromAgent::ServiceFinished { outcomes: all });
+            }
+            Ok(ToAgent::Releases { roots, to }) => {
+                let Purpose::Releases { rollback } = purpose else {
+                    refuse(
+                        out,
+                        Refusal::Protocol,
+                        vec!["a `releases` message in another session".into()],
+                        None,
+                    );
+                    bail!("protocol error");
+                };
+                if !link.begin_step() {
+                    break;
+                }
+                let mut sink = out.clone();
+                let reports = batou_core::release_verb(
+                    &mut plan,
+                    &job.host.name,
+                    &roots,
+                    rollback.then_some(to.as_deref()),
+                    &mut sink,
+                );
+                link.end_step();
+                out.send(&FromAgent::ReleasesFinished { reports });
             }
             Ok(ToAgent::Finish) => {
                 if let Some(j) = journal.as_ref().filter(|_| deploy) {

@@ -298,3 +298,96 @@ fn retention_keeps_current_and_the_one_before_it() {
     s.project.assert_idempotent(&["dev"]);
     assert_eq!(s.ids(), seen[2..].to_vec());
 }
+
+#[test]
+fn rollback_and_roll_forward_in_one_step_and_the_releases_verb_lists_them() {
+    let s = Scenario::new();
+    s.env(5);
+    s.site("v1", true);
+    s.converge();
+    let one = s.current();
+    s.site("v2", true);
+    s.converge();
+    let two = s.current();
+    let bundles = std::fs::read_dir(s.project.path(".batou/bundles"))
+        .unwrap()
+        .count();
+
+    let listed = s.run(&["releases"]);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let lines: Vec<String> = listed
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "log")
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with(&format!("release {one}, activated ")),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("release {two} (current), activated ")),
+        "{lines:?}"
+    );
+
+    // Back to the release before the current one: no build, the service restarted on it.
+    let back = s.run(&["rollback"]);
+    assert_eq!(back.code, 0, "{}\n{}", back.stdout, back.stderr);
+    assert_eq!(s.current(), one);
+    assert_eq!(s.get(), "v1");
+    assert!(
+        back.stdout
+            .contains(&format!("app: rolled back {two} -> {one}")),
+        "{}",
+        back.stdout
+    );
+    assert_eq!(
+        std::fs::read_dir(s.project.path(".batou/bundles"))
+            .unwrap()
+            .count(),
+        bundles,
+        "a rollback builds nothing"
+    );
+
+    // Forward again by id, and an unknown id is refused with the ones there are.
+    let wrong = s.run(&["rollback", "--to", "nope"]);
+    assert_eq!(wrong.code, 1);
+    assert!(
+        wrong
+            .stdout
+            .contains("release `nope` is not on host `localhost`"),
+        "{}",
+        wrong.stdout
+    );
+    assert_eq!(s.current(), one);
+    let forward = s.run(&["rollback", "--to", &two]);
+    assert_eq!(forward.code, 0, "{}", forward.stdout);
+    assert_eq!(s.current(), two);
+    assert_eq!(s.get(), "v2");
+
+    // Usage: `--to` belongs to `rollback`; an unknown root is named with a suggestion.
+    let usage = s.project.run(&["dev", "releases", "--to", &one]);
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
+    assert!(
+        usage
+            .stderr
+            .contains("`--to` applies to the `rollback` verb only")
+    );
+    let unknown = s.run(&["rollback", "ap"]);
+    assert_eq!(unknown.code, 3, "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("(did you mean `app`?)"),
+        "{}",
+        unknown.stderr
+    );
+    let not_release = s.run(&["releases", "web"]);
+    assert_eq!(not_release.code, 3);
+    assert!(
+        not_release
+            .stderr
+            .contains("root component `web` is not a release")
+    );
+
+    s.project.assert_idempotent(&["dev"]);
+}

@@ -332,3 +332,64 @@ fn an_upload_cut_off_resumes_and_a_corrupted_store_entry_is_replaced() {
     assert_eq!(hash, digest);
     s.assert_unchanged();
 }
+
+#[test]
+fn rollback_and_roll_forward_over_ssh_and_the_releases_of_each_host() {
+    let s = Scenario::new(&["web1", "web2"], false);
+    s.site("v1", true);
+    s.deploy();
+    let one = s.current("web1", "app");
+    s.site("v2", true);
+    s.deploy();
+    let two = s.current("web1", "app");
+
+    // Only web1, in one step: no upload, the service restarted and healthy on the old one.
+    let back = s.run(&["rollback", "--hosts", "web1"]);
+    assert_eq!(back.code, 0, "{}\n{}", back.stdout, back.stderr);
+    assert_eq!(uploads(&back), Vec::<String>::new());
+    assert_eq!(s.current("web1", "app"), one);
+    assert_eq!(s.get("web1"), "v1");
+    assert_eq!(s.current("web2", "app"), two);
+    assert_eq!(s.get("web2"), "v2");
+    let statuses = back.statuses();
+    assert_eq!(statuses.get("web1").map(String::as_str), Some("changed"));
+    assert!(!statuses.contains_key("web2"), "{statuses:?}");
+    let journal = s.cluster.host("web1").journal("srv");
+    assert!(
+        journal.iter().any(|r| r["record"] == "release"
+            && r["action"] == "rolled_back"
+            && r["id"] == one.as_str()
+            && r["previous"] == two.as_str()),
+        "{journal:?}"
+    );
+
+    let listed = s.run(&["releases"]);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let current: Vec<String> = listed
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "log")
+        .filter_map(|e| {
+            let m = e["message"].as_str()?;
+            m.contains("(current)")
+                .then(|| format!("{}: {m}", e["host"].as_str().unwrap()))
+        })
+        .collect();
+    assert_eq!(current.len(), 2, "{current:?}");
+    assert!(
+        current[0].starts_with(&format!("web1: release {one} (current)")),
+        "{current:?}"
+    );
+    assert!(
+        current[1].starts_with(&format!("web2: release {two} (current)")),
+        "{current:?}"
+    );
+    assert!(current[0].contains(" by "), "{current:?}");
+
+    // Forward again by id; then a deploy changes nothing.
+    let forward = s.run(&["rollback", "--to", &two, "--hosts", "web1"]);
+    assert_eq!(forward.code, 0, "{}", forward.stdout);
+    assert_eq!(s.current("web1", "app"), two);
+    assert_eq!(s.get("web1"), "v2");
+    s.assert_unchanged();
+}

@@ -136,10 +136,8 @@ impl Component for Release {
         if self.keep == 0 {
             bail!("`keep` must be at least 1");
         }
-        if let Some(argv) = &self.build {
-            if argv.is_empty() {
-                bail!("`build` is empty: give a program to run, or leave `build` out");
-            }
+        if self.build.as_ref().is_some_and(Vec::is_empty) {
+            bail!("`build` is empty: give a program to run, or leave `build` out");
         }
         let spec = Spec {
             build: self.build.clone(),
