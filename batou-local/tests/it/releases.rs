@@ -391,3 +391,56 @@ fn rollback_and_roll_forward_in_one_step_and_the_releases_verb_lists_them() {
 
     s.project.assert_idempotent(&["dev"]);
 }
+
+/// `examples/releases`, copied into a temporary directory (the build writes `.batou/` into
+/// the project): converged with a runsvdir, the server says the release it runs from, a
+/// second release and a rollback, then converged again with no change.
+#[test]
+fn the_releases_example_serves_its_release_id_and_rolls_back() {
+    let base = Project::new();
+    let example = base.path("example");
+    let source = crate::harness::workspace_root().join("examples/releases");
+    for file in ["environments/dev.toml", "app/server.py", "app/VERSION"] {
+        let to = example.join(file);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(source.join(file), &to).unwrap();
+    }
+    let runsvdir = Runsvdir::on(&example.join("service"));
+    let args = ["-C", example.to_str().unwrap(), "dev", "--json"];
+    let get = || {
+        procs::wait_until("the example to answer", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", 8492)).is_ok()
+        });
+        http_get(8492)
+    };
+    let current = || {
+        std::fs::read_link(example.join("releases/app/current"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    base.converge(&args);
+    let one = current();
+    assert_eq!(get(), format!("release {one} version 1.0\n"));
+    base.assert_idempotent(&args);
+
+    std::fs::write(example.join("app/VERSION"), "1.1\n").unwrap();
+    base.converge(&args);
+    let two = current();
+    assert_eq!(get(), format!("release {two} version 1.1\n"));
+    let back = base.run(&["-C", example.to_str().unwrap(), "dev", "rollback"]);
+    assert_eq!(back.code, 0, "{}", back.stderr);
+    assert_eq!(get(), format!("release {one} version 1.0\n"));
+    let forward = base.run(&[
+        "-C",
+        example.to_str().unwrap(),
+        "dev",
+        "rollback",
+        "--to",
+        &two,
+    ]);
+    assert_eq!(forward.code, 0, "{}", forward.stderr);
+    assert_eq!(get(), format!("release {two} version 1.1\n"));
+    base.assert_idempotent(&args);
+    drop(runsvdir);
+}
