@@ -10,7 +10,8 @@ shrink), on 8 hosts. Times, as medians of several runs:
   uploaded to every host, unpacked beside the old release, activated),
 
 and the bytes each run uploaded (from the `bundle ... uploaded: N bytes` events), beside the
-floor: 8 parallel `scp` of the bundle to the same hosts, with the same ssh_config.
+floor: 8 parallel `scp -O` of the bundle to the same hosts, with the same ssh_config
+(the legacy protocol: the loopback hosts run no SFTP subsystem).
 
 Needs /usr/sbin/sshd (apt-get install -y openssh-server); traffic stays on 127.0.0.0/8.
 
@@ -117,7 +118,7 @@ def main():
             bundle = max(glob.glob(os.path.join(project, ".batou/bundles/*.tar.zst")), key=os.path.getmtime)
             floors.append(
                 timed_parallel(
-                    [["scp", "-q", "-F", cluster.ssh_config, bundle, f"{h}:floor.bin"] for h in names]
+                    [["scp", "-O", "-q", "-F", cluster.ssh_config, bundle, f"{h}:floor.bin"] for h in names]
                 )
             )
         size = os.path.getsize(bundle)
