@@ -531,7 +531,7 @@ fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
     // Before building the project's binary: a bad name must end the run untouched.
     batou_core::check_name(&settings.environment)?;
     // The release verbs act on what the hosts have: nothing is built.
-    let skip_builds = settings.release.is_some();
+    let skip_builds = settings.release.is_some() || settings.service.is_some();
     if skip_builds {
         batou_core::bundle::skip_builds();
     }

@@ -201,7 +201,7 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
         Some(dir) => std::path::absolute(dir)?,
         None => environment.local_base_dir(&settings.project, crate::planning::home().as_deref()),
     };
-    if settings.release.is_some() {
+    if settings.release.is_some() || settings.service.is_some() {
         // The verbs act on what the host has: nothing is built.
         batou_core::bundle::skip_builds();
     }

@@ -143,20 +143,7 @@ pub(super) fn configure_slots<'a>(
                     pending.remove(&step);
                 }
                 Err((_, err)) if err.chain().any(|c| c.is::<Unsatisfied>()) => {}
-                Err((path, err)) => {
-                    // A component's own hint stays visible: only the outermost one is shown.
-                    let hint = err
-                        .chain()
-                        .find_map(|c| c.downcast_ref::<ConfigError>()?.hint.clone());
-                    let mut e = ConfigError::new(format!("cannot configure `{path}`"))
-                        .at(Place::Component {
-                            host: scopes[step].host.name.clone(),
-                            path,
-                        })
-                        .caused_by(err);
-                    e.hint = hint;
-                    return Err(e);
-                }
+                Err((path, err)) => return Err(configure_error(&scopes[step], path, err)),
             }
         }
         for (step, tree) in trees.iter_mut().enumerate() {
@@ -205,9 +192,12 @@ fn release_variables(
         let scope = &scopes[step];
         let attributes = slot.attributes.render(scope)?;
         let component = attributes.create(cx.registry, &slot.type_name, scope)?;
-        // Errors show again, with their place, when the step is configured for real.
-        if configure_root(scope, resources, component).is_err() {
-            continue;
+        match configure_root(scope, resources, component) {
+            Ok(_) => {}
+            // Configured again once what it requires is there.
+            Err((_, err)) if err.chain().any(|c| c.is::<Unsatisfied>()) => continue,
+            // A failed build is not run twice.
+            Err((path, err)) => return Err(configure_error(scope, path, err)),
         }
         let Some(bundle) = cx.bundles.of_step(step) else {
             continue;
@@ -227,6 +217,22 @@ fn release_variables(
             .insert(slot.root.clone(), vars);
     }
     Ok(out)
+}
+
+/// The error of a step whose configure failed at component `path`.
+fn configure_error(scope: &Scope, path: String, err: anyhow::Error) -> ConfigError {
+    // A component's own hint stays visible: only the outermost one is shown.
+    let hint = err
+        .chain()
+        .find_map(|c| c.downcast_ref::<ConfigError>()?.hint.clone());
+    let mut e = ConfigError::new(format!("cannot configure `{path}`"))
+        .at(Place::Component {
+            host: scope.host.name.clone(),
+            path,
+        })
+        .caused_by(err);
+    e.hint = hint;
+    e
 }
 
 /// Configures a root component and its sub-components, depth first in the order added.

@@ -444,3 +444,56 @@ fn the_releases_example_serves_its_release_id_and_rolls_back() {
     base.assert_idempotent(&args);
     drop(runsvdir);
 }
+
+#[test]
+fn a_failing_build_runs_once_shows_its_output_and_touches_nothing() {
+    let s = Scenario::new();
+    s.env(5);
+    s.site("v1", true);
+    let text = std::fs::read_to_string(s.project.path("environments/dev.toml"))
+        .unwrap()
+        .replace(
+            "files = [\"site/\"]",
+            "build = [\"sh\", \"-c\", \"echo compiling the site; exit 4\"]\nfiles = [\"site/\"]",
+        );
+    s.project.env("dev", &text);
+    let out = s.project.run(&["dev"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert_eq!(
+        out.stderr.matches("build | compiling the site").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("the build `sh -c echo compiling the site; exit 4` failed"),
+        "{}",
+        out.stderr
+    );
+    assert!(!s.project.path("releases").exists());
+    assert!(!s.project.path("work").exists());
+    // A service verb builds nothing either.
+    let status = s.project.run(&["dev", "service", "status"]);
+    assert!(!status.stderr.contains("build |"), "{}", status.stderr);
+    s.env(5);
+    s.converge();
+    s.project.assert_idempotent(&["dev"]);
+}
+
+#[test]
+fn no_verb_takes_an_environment_name() {
+    let p = Project::new();
+    for name in ["releases", "rollback"] {
+        p.env(
+            name,
+            &format!(
+                "[hosts.localhost]\ncomponents = [\"motd\"]\n\n[components.motd]\ntype = \"file\"\npath = \"{name}.txt\"\ncontent = \"hi\"\n"
+            ),
+        );
+        let out = p.run(&[name, "--json"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(p.path(&format!("work/motd/{name}.txt")).exists());
+        p.assert_idempotent(&[name]);
+    }
+}
