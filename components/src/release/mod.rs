@@ -554,3 +554,56 @@ impl<R: Read> Read for HashingReader<R> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use batou_core::{Component, Configure};
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::test_util::project_with;
+
+    /// A project's own root type that adds a release from Rust.
+    #[derive(Deserialize)]
+    struct Shop {}
+
+    impl Component for Shop {
+        fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+            cx.add(
+                Release::new(["site"])
+                    .build(["sh", "-c", "echo built > site/built.txt"])
+                    .keep(2),
+            );
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_release_from_rust_builds_unpacks_and_activates() {
+        let project = project_with::<Shop>(
+            "shop",
+            "[hosts.localhost]\ncomponents = [\"shop\"]\n\n[components.shop]\ntype = \"shop\"\n",
+        );
+        project.file("site/index.html", "v1");
+        // What `batou-local` does before converging: the bundle into the local store.
+        let plan = project.configure("dev").unwrap();
+        let bundles = plan.host_bundles("localhost");
+        assert_eq!(bundles.len(), 1);
+        let store = batou_core::bundle::store_dir(&project.base_dir());
+        store::ensure_local(&store, &bundles[0].digest, Path::new(&bundles[0].archive)).unwrap();
+
+        let run = project.converge("dev");
+        run.assert_succeeded();
+        let dir = project.base_dir().join("releases/shop");
+        let id = &bundles[0].id;
+        assert_eq!(
+            std::fs::read_link(dir.join("current")).unwrap(),
+            Path::new(id)
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join(id).join("site/built.txt")).unwrap(),
+            "built\n"
+        );
+        project.converge("dev").assert_unchanged();
+    }
+}
