@@ -56,6 +56,12 @@ pub trait Component: Send + 'static {
     fn service(&self) -> Option<&dyn crate::ServiceControl> {
         None
     }
+
+    /// This component as a keeper of releases, for the `releases` and `rollback` verbs and
+    /// the automatic rollback; `None` for everything that is not one.
+    fn release(&self) -> Option<&dyn crate::ReleaseControl> {
+        None
+    }
 }
 
 /// `a::b::Name<c::D>` → `Name<D>`: every path segment of a type name without its modules.

@@ -31,6 +31,8 @@ pub(crate) struct Scope<'a> {
     /// Templates loading through `project`.
     pub(crate) templates: &'a Templates,
     pub(crate) secret_files: &'a SecretFiles,
+    /// The plan's bundles: built once per specification on the controller, shipped to agents.
+    pub(crate) bundles: &'a crate::bundle::Bundles,
     pub(crate) context: minijinja::Value,
 }
 
@@ -181,6 +183,30 @@ impl<'a> Configure<'a> {
     /// hosts whose components ask for a secret file receive it.
     pub fn secret_file(&self, name: &str) -> anyhow::Result<Secret<String>> {
         self.scope.secret_files.get(self.scope.step, name)
+    }
+
+    /// The bundle of a release whose specification is `spec`: on the controller `make` builds
+    /// it, once per run however many hosts and steps ask (each later call answers the first
+    /// result); on an agent it is the bundle the controller built, shipped in the job. With
+    /// [`skip_builds`](crate::bundle::skip_builds), [`Bundle::unbuilt`](crate::Bundle::unbuilt).
+    ///
+    /// Building reads the controller's project directly, not through [`Configure::project`]:
+    /// the archive travels to hosts by digest, never inside the job.
+    pub fn bundle(
+        &mut self,
+        spec: &impl Serialize,
+        make: impl FnOnce(&Project) -> anyhow::Result<crate::Bundle>,
+    ) -> anyhow::Result<crate::Bundle> {
+        let key = serde_json::to_string(spec).context("cannot serialize a bundle specification")?;
+        let project = &self.scope.project;
+        self.scope
+            .bundles
+            .get(self.scope.step, &key, || make(project))
+    }
+
+    /// The root component being configured.
+    pub fn root(&self) -> &str {
+        self.scope.root
     }
 
     /// Provides `value` under `key` to every component that requires it, on any host.

@@ -72,12 +72,51 @@ pub enum JournalEntry {
         /// What it did to each service.
         outcomes: Vec<crate::ServiceOutcome>,
     },
+    /// A release was made current: activated by a deploy, or rolled back to (by the
+    /// automatic rollback or the `rollback` verb).
+    Release {
+        /// The release's root component.
+        component: String,
+        /// What made it current.
+        action: ReleaseAction,
+        /// The release's id.
+        id: String,
+        /// The id that was current before, if any.
+        #[serde(default)]
+        previous: Option<String>,
+    },
     /// The deploy ended early: the agent's configure differed from the controller's, or the
     /// controller disconnected.
     Aborted {
         /// The cause chain, outermost first.
         error: Vec<String>,
     },
+}
+
+/// What made a release current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseAction {
+    /// A deploy activated it.
+    Activated,
+    /// A rollback went back to it.
+    RolledBack,
+}
+
+/// Appends `record` (masked) to the journal at `path` and syncs it; the file is created
+/// private (0600).
+pub fn append(path: &std::path::Path, record: &JournalRecord) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let line = serde_json::to_string(&crate::redact::to_masked_json(record))
+        .map_err(std::io::Error::other)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(format!("{line}\n").as_bytes())?;
+    file.sync_all()
 }
 
 /// How a finished deploy went on the host.

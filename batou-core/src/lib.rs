@@ -28,6 +28,7 @@
 //! registry.register::<Hello>("hello");
 //! ```
 
+pub mod bundle;
 mod component;
 mod configure;
 mod deploy;
@@ -44,6 +45,7 @@ mod project;
 pub mod protocol;
 pub mod redact;
 mod registry;
+mod release;
 mod resources;
 pub mod secrets;
 mod service;
@@ -52,6 +54,7 @@ mod template;
 pub mod testing;
 mod workdir;
 
+pub use bundle::Bundle;
 pub use component::{Component, Verdict};
 pub use configure::{Configure, RootWatch, SubComponent};
 pub use deploy::Deploy;
@@ -63,6 +66,10 @@ pub use paths::{AllowedPaths, refuse_nul};
 pub use plan::{Plan, Step};
 pub use project::{Project, ProjectEntry, ProjectEntryKind, ProjectFiles};
 pub use registry::Registry;
+pub use release::{
+    ReleaseControl, ReleaseEntry, ReleaseReport, RollbackOutcome, list_releases, release_steps,
+    release_verb, roll_back, roll_back_after_failure,
+};
 pub use secrets::Secret;
 pub use service::{
     ServiceControl, ServiceOutcome, ServiceResult, ServiceStatus, ServiceVerb, control_services,

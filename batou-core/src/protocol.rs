@@ -22,7 +22,8 @@ use crate::{Event, RootOutcome, ServiceOutcome, ServiceVerb};
 /// 4: sessions for the `service` verbs (`start.purpose`, `service`, `service_finished`), and
 /// a job step lists its services.
 /// 5: the `step_finished` event (an older controller cannot read it).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: jobs carry release bundles; sessions for the `releases` and `rollback` verbs.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Everything one host needs to configure and converge its part of a plan, and nothing more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +45,10 @@ pub struct HostJob {
     /// The named secret files the host's components read.
     #[serde(default)]
     pub secret_files: BTreeMap<String, String>,
+    /// The release bundles the host's components use, by bundle specification; the
+    /// archives themselves travel by digest into the host's store, never in the job.
+    #[serde(default)]
+    pub bundles: BTreeMap<String, crate::Bundle>,
     /// `(name, value)` of every secret this job carries, for the agent to mask in its
     /// events and journal.
     #[serde(default)]
@@ -168,6 +173,15 @@ pub enum ToAgent {
         /// The root components' names.
         roots: Vec<String>,
     },
+    /// List the releases of these release roots (none: every one), rolling back first in a
+    /// `rollback` session, to `to` or to the release before the current one.
+    Releases {
+        /// The release roots' names.
+        roots: Vec<String>,
+        /// The release to roll back to.
+        #[serde(default)]
+        to: Option<String>,
+    },
     /// End the session: write the journal record and release the lock.
     Finish,
 }
@@ -188,6 +202,11 @@ pub enum Purpose {
         /// The verb.
         verb: ServiceVerb,
     },
+    /// List the host's releases (`releases`), or roll back first (`rollback`).
+    Releases {
+        /// Whether to roll back.
+        rollback: bool,
+    },
 }
 
 impl Purpose {
@@ -196,6 +215,7 @@ impl Purpose {
         match self {
             Purpose::Deploy => !dry_run,
             Purpose::Service { verb } => verb != ServiceVerb::Status,
+            Purpose::Releases { rollback } => rollback,
         }
     }
 }
@@ -254,6 +274,11 @@ pub enum FromAgent {
     ServiceFinished {
         /// One outcome per service, in the order they ran.
         outcomes: Vec<ServiceOutcome>,
+    },
+    /// The session's `releases` or `rollback` verb ran.
+    ReleasesFinished {
+        /// One report per release root.
+        reports: Vec<crate::ReleaseReport>,
     },
     /// The agent wrote its journal record and ends the session.
     Finished,

@@ -21,6 +21,7 @@ type JsonFactory =
 pub struct Registry {
     types: BTreeMap<String, (Factory, JsonFactory)>,
     any_type: bool,
+    first: std::collections::BTreeSet<String>,
 }
 
 impl Registry {
@@ -58,7 +59,22 @@ impl Registry {
         Registry {
             types: BTreeMap::new(),
             any_type: true,
+            first: Default::default(),
         }
+    }
+
+    /// Marks the type `name` as a release type: its root components are configured before the
+    /// attributes of the other roots of their host are rendered, and the bundle each asks for
+    /// through [`Configure::bundle`](crate::Configure::bundle) appears in those templates as
+    /// `releases.<root>` (and `release` when the host has one release root).
+    pub fn configure_first(&mut self, name: &str) -> &mut Self {
+        self.first.insert(name.to_string());
+        self
+    }
+
+    /// Whether root components of type `name` are configured first ([`Registry::configure_first`]).
+    pub(crate) fn configures_first(&self, name: &str) -> bool {
+        self.first.contains(name)
     }
 
     /// Whether a type called `name` is registered.

@@ -50,6 +50,23 @@ impl Resources {
         self.watches.remove(&step);
     }
 
+    /// The steps that `step` watches for changes.
+    pub(crate) fn watched_by(&self, step: usize) -> Vec<usize> {
+        self.watches
+            .get(&step)
+            .map(|w| w.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The steps that watch `step` for changes, in step order.
+    pub(crate) fn watchers_of(&self, step: usize) -> Vec<usize> {
+        self.watches
+            .iter()
+            .filter(|(_, watched)| watched.contains(&step))
+            .map(|(watcher, _)| *watcher)
+            .collect()
+    }
+
     /// Records that `step` watches `watched` for changes, so that it is deployed after it.
     pub(crate) fn watch(&mut self, step: usize, watched: usize) {
         self.watches.entry(step).or_default().insert(watched);

@@ -101,6 +101,14 @@ pub enum SessionError {
         /// What the install wrote to stderr.
         stderr: String,
     },
+    /// A release bundle could not be shipped into the host's store.
+    #[error("cannot ship bundle {digest}: {message}")]
+    Bundle {
+        /// The bundle's short digest.
+        digest: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The agent could not be started.
     #[error("cannot start the agent: {source}")]
     CannotStart {
@@ -183,7 +191,7 @@ impl AgentBinary {
         })
     }
 
-    fn remote(&self) -> Word {
+    pub(crate) fn remote(&self) -> Word {
         Word::Home(format!("{AGENT_CACHE}/{}", self.sha256))
     }
 }
@@ -412,6 +420,30 @@ impl AgentSession {
             match self.read().await? {
                 FromAgent::Event { event } => on_event(event),
                 FromAgent::ServiceFinished { outcomes } => return Ok(outcomes),
+                FromAgent::Refused {
+                    reason, message, ..
+                } => return Err(SessionError::Refused { reason, message }),
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Runs the session's `releases` or `rollback` verb on these release roots.
+    pub async fn releases(
+        &mut self,
+        roots: &[String],
+        to: Option<String>,
+        mut on_event: impl FnMut(Event),
+    ) -> Result<Vec<batou_core::ReleaseReport>, SessionError> {
+        self.send(&ToAgent::Releases {
+            roots: roots.to_vec(),
+            to,
+        })
+        .await?;
+        loop {
+            match self.read().await? {
+                FromAgent::Event { event } => on_event(event),
+                FromAgent::ReleasesFinished { reports } => return Ok(reports),
                 FromAgent::Refused {
                     reason, message, ..
                 } => return Err(SessionError::Refused { reason, message }),

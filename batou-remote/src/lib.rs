@@ -6,7 +6,9 @@
 //! run the plan with [`schedule::deploy`], render events, pick the exit code.
 
 pub mod agent;
+pub mod release_verbs;
 pub mod schedule;
+pub mod ship;
 pub mod ssh;
 pub mod verbs;
 
@@ -23,7 +25,7 @@ use anyhow::Context;
 use batou_core::protocol::{Controller, RemotePlan};
 use batou_core::{ConfigError, EventSink};
 use batou_runtime::output_args::{Output, OutputArgs};
-use batou_runtime::verb::ServiceCommand;
+use batou_runtime::verb::{ReleaseCommand, ServiceCommand, Verb};
 use batou_runtime::{Exit, ExitError};
 use clap::{Parser, Subcommand};
 
@@ -60,7 +62,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Deploy an environment (what `batou-remote ENVIRONMENT` does).
-    Deploy(Args),
+    Deploy(Box<Args>),
     /// Create, edit, show and share an environment's secrets (see `secrets --help`).
     #[command(disable_help_flag = true)]
     Secrets {
@@ -98,6 +100,10 @@ struct Args {
     /// Deploy only these hosts, or run a verb only on them (comma-separated).
     #[arg(long, value_delimiter = ',')]
     hosts: Option<Vec<String>>,
+    /// With the `rollback` verb: the release to switch to (default: the one before the
+    /// current one).
+    #[arg(long, value_name = "ID")]
+    to: Option<String>,
     /// Accept and record the keys of hosts not yet in known_hosts (changed keys are refused).
     #[arg(long)]
     accept_new_host_keys: bool,
@@ -153,6 +159,8 @@ pub struct Settings {
     pub ssh: SshSettings,
     /// A `service` verb to run instead of a deploy.
     pub service: Option<ServiceCommand>,
+    /// A `releases` or `rollback` verb to run instead of a deploy.
+    pub release: Option<ReleaseCommand>,
 }
 
 impl Settings {
@@ -193,7 +201,7 @@ pub fn main() -> ExitCode {
             use clap::CommandFactory;
             return tooling.run(Cli::command());
         }
-        Some(Command::Deploy(args)) => args,
+        Some(Command::Deploy(args)) => *args,
         None => cli.args,
     };
     let json = args.json;
@@ -216,8 +224,25 @@ pub fn main() -> ExitCode {
 }
 
 fn settings(args: Args) -> anyhow::Result<Settings> {
-    let service = batou_runtime::verb::parse_verb("batou-remote", &args.verb)?;
-    if service.is_some() {
+    let (service, release) = match batou_runtime::verb::parse_verb("batou-remote", &args.verb)? {
+        None => (None, None),
+        Some(Verb::Service(s)) => (Some(s), None),
+        Some(Verb::Releases(r)) => (None, Some(r)),
+    };
+    if args.to.is_some() && !release.as_ref().is_some_and(|r| r.rollback) {
+        use clap::CommandFactory;
+        return Err(Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "`--to` applies to the `rollback` verb only",
+            )
+            .into());
+    }
+    let release = release.map(|r| ReleaseCommand {
+        to: args.to.clone(),
+        ..r
+    });
+    if service.is_some() || release.is_some() {
         for (given, flag) in [
             (args.dry_run, "--dry-run"),
             (args.keep_going, "--keep-going"),
@@ -227,7 +252,14 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
                 return Err(Cli::command()
                     .error(
                         clap::error::ErrorKind::ArgumentConflict,
-                        format!("`{flag}` does not apply to the `service` verbs"),
+                        format!(
+                            "`{flag}` does not apply to the `{}` verbs",
+                            if service.is_some() {
+                                "service"
+                            } else {
+                                "releases` and `rollback"
+                            }
+                        ),
                     )
                     .into());
             }
@@ -267,6 +299,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
             keepalive: whole_seconds(seconds(args.keepalive, "keepalive")?),
         },
         service,
+        release,
     })
 }
 
@@ -285,6 +318,14 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     // Which hosts and services a verb acts on is checked before any connection, too.
     let targets = match &settings.service {
         Some(command) => Some(verbs::targets(&plan, settings.hosts.as_ref(), command)?),
+        None => None,
+    };
+    let release_targets = match &settings.release {
+        Some(command) => Some(release_verbs::targets(
+            &plan,
+            settings.hosts.as_ref(),
+            command,
+        )?),
         None => None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -312,6 +353,21 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     let mut sink: Box<dyn EventSink + Send> = settings.output.sink(settings.json);
     if let (Some(command), Some(targets)) = (&settings.service, &targets) {
         let report = runtime.block_on(verbs::control(
+            &plan,
+            targets,
+            command,
+            agent,
+            controller,
+            &options,
+            sink.as_mut(),
+        ));
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        options.ssh.masters.terminate_all();
+        drop(control_dir);
+        return Ok(report.exit);
+    }
+    if let (Some(command), Some(targets)) = (&settings.release, &release_targets) {
+        let report = runtime.block_on(release_verbs::control(
             &plan,
             targets,
             command,
@@ -474,12 +530,20 @@ fn output_within(
 fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
     // Before building the project's binary: a bad name must end the run untouched.
     batou_core::check_name(&settings.environment)?;
+    // The release verbs act on what the hosts have: nothing is built.
+    let skip_builds = settings.release.is_some() || settings.service.is_some();
+    if skip_builds {
+        batou_core::bundle::skip_builds();
+    }
     if let Some(binary) = batou_runtime::handover::build_if_package(&settings.project)? {
         let mut command = std::process::Command::new(&binary);
         command
             .arg("plan")
             .arg(&settings.environment)
             .arg(&settings.project);
+        if skip_builds {
+            command.env(batou_runtime::SKIP_BUILDS_ENV, "1");
+        }
         if let Some(identity) = &settings.identity {
             command.env(
                 batou_core::secrets::IDENTITY_ENV,

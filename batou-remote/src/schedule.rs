@@ -104,6 +104,7 @@ pub(crate) fn session_failure(err: &SessionError) -> HostFailure {
         | SessionError::CannotStartUpload { .. }
         | SessionError::CannotUpload { .. }
         | SessionError::CannotInstall { .. }
+        | SessionError::Bundle { .. }
         | SessionError::CannotStart { .. }
         | SessionError::ProtocolMismatch { .. }
         | SessionError::BadMessage { .. }
@@ -471,6 +472,10 @@ pub(crate) async fn open_session(
                 "agent {} is on the host already",
                 &agent.sha256[..12.min(agent.sha256.len())]
             ));
+        }
+        // Bundles go into the host's store before any step; a dry run uploads nothing.
+        if purpose == Purpose::Deploy && !options.dry_run {
+            crate::ship::ship_bundles(&session, agent, job, upload_deadline, &on_event).await?;
         }
         AgentSession::start(
             Arc::clone(&session),

@@ -289,6 +289,7 @@ mod tests {
                     resources: BTreeMap::new(),
                     files: Default::default(),
                     secret_files: BTreeMap::new(),
+                    bundles: BTreeMap::new(),
                     secrets: Vec::new(),
                 },
             );

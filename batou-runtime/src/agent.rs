@@ -324,6 +324,9 @@ fn session(
                 let mut sink = out.clone();
                 let started = now();
                 let report = batou_core::converge_step(&mut plan, step, options, &mut sink);
+                if let (Some((component, _)), false) = (&report.failure, dry_run) {
+                    batou_core::roll_back_after_failure(&mut plan, step, component, &mut sink);
+                }
                 link.end_step();
                 if let Some(j) = &journal {
                     j.append(JournalEntry::Step {
@@ -382,6 +385,30 @@ fn session(
                 }
                 out.send(&FromAgent::ServiceFinished { outcomes: all });
             }
+            Ok(ToAgent::Releases { roots, to }) => {
+                let Purpose::Releases { rollback } = purpose else {
+                    refuse(
+                        out,
+                        Refusal::Protocol,
+                        vec!["a `releases` message in another session".into()],
+                        None,
+                    );
+                    bail!("protocol error");
+                };
+                if !link.begin_step() {
+                    break;
+                }
+                let mut sink = out.clone();
+                let reports = batou_core::release_verb(
+                    &mut plan,
+                    &job.host.name,
+                    &roots,
+                    rollback.then_some(to.as_deref()),
+                    &mut sink,
+                );
+                link.end_step();
+                out.send(&FromAgent::ReleasesFinished { reports });
+            }
             Ok(ToAgent::Finish) => {
                 if let Some(j) = journal.as_ref().filter(|_| deploy) {
                     j.finished(&outcomes, plan.steps().len(), &changed_components)?;
@@ -422,7 +449,7 @@ fn chain(err: &anyhow::Error) -> Vec<String> {
 }
 
 /// The base directory on this host: relative paths (and `~/...`) are relative to `$HOME`.
-fn resolve_base_dir(base_dir: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn resolve_base_dir(base_dir: &str) -> anyhow::Result<PathBuf> {
     if Path::new(base_dir).is_absolute() {
         return Ok(PathBuf::from(base_dir));
     }

@@ -34,6 +34,7 @@ pub mod init;
 mod local;
 pub mod output_args;
 mod planning;
+mod releases;
 mod report;
 mod role;
 pub mod scheduler;
@@ -48,7 +49,7 @@ pub use exit::{Exit, ExitError};
 pub use local::{Settings, find_project, run};
 pub use planning::{identity_source, load_environment, remote_plan};
 pub use report::print_error;
-pub use role::Role;
+pub use role::{Role, SKIP_BUILDS_ENV};
 
 /// Runs `<program> secrets ARGS...` (the secrets commands parse their own arguments).
 pub fn secrets_main(args: Vec<std::ffi::OsString>) -> ExitCode {

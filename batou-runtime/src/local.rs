@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 use crate::output_args::{Output, OutputArgs};
 use crate::scheduler::{Action, Report, Scheduler, SchedulerOptions};
-use crate::verb::ServiceCommand;
+use crate::verb::{ReleaseCommand, ServiceCommand, Verb};
 use crate::{
     Exit, Role, handover, identity_source, load_environment, print_error, registry, secrets_main,
 };
@@ -95,6 +95,10 @@ struct Args {
     /// `~/.ssh/id_rsa`).
     #[arg(long, value_name = "FILE")]
     identity: Option<PathBuf>,
+    /// With the `rollback` verb: the release to switch to (default: the one before the
+    /// current one).
+    #[arg(long, value_name = "ID")]
+    to: Option<String>,
 }
 
 /// What a run was asked to do, resolved from the command line.
@@ -118,6 +122,8 @@ pub struct Settings {
     pub identity: Option<PathBuf>,
     /// A `service` verb to run instead of a converge.
     pub service: Option<ServiceCommand>,
+    /// A `releases` or `rollback` verb to run instead of a converge.
+    pub release: Option<ReleaseCommand>,
 }
 
 pub(crate) fn run_main(register: impl Fn(&mut Registry), stock: bool) -> ExitCode {
@@ -195,8 +201,15 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
         Some(dir) => std::path::absolute(dir)?,
         None => environment.local_base_dir(&settings.project, crate::planning::home().as_deref()),
     };
+    if settings.release.is_some() || settings.service.is_some() {
+        // The verbs act on what the host has: nothing is built.
+        batou_core::bundle::skip_builds();
+    }
     let mut plan = Plan::build(&environment, registry, &project, &base_dir)?;
     let mut sink: Box<dyn EventSink> = settings.output.sink(settings.json);
+    if let Some(command) = &settings.release {
+        return releases_here(&mut plan, &host, command, sink.as_mut());
+    }
     if let Some(command) = &settings.service {
         // A verb is short and changes no files: a signal ends it like any program, and the
         // guards of the supervisor commands it runs end those.
@@ -205,6 +218,9 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
     // From here on a signal no longer kills the process: the first one stops after the
     // running root component, the second one at once.
     let interrupt = watch_signals()?;
+    if !settings.dry_run {
+        crate::releases::store_locally(&plan, &host, &base_dir, sink.as_mut())?;
+    }
     let exit = converge_here(&mut plan, &host, settings.dry_run, interrupt, sink.as_mut());
     drop(sink);
     Ok(exit)
@@ -256,6 +272,9 @@ fn converge_here(
             match action {
                 Action::Start { step, .. } => {
                     let done = batou_core::converge_step(plan, step, options, sink);
+                    if let (Some((component, _)), false) = (&done.failure, dry_run) {
+                        batou_core::roll_back_after_failure(plan, step, component, sink);
+                    }
                     next.extend(report(
                         &mut scheduler,
                         Report::StepDone {
@@ -324,6 +343,48 @@ fn control_here(
     })
 }
 
+/// Runs `releases` or `rollback` on this host's release roots.
+fn releases_here(
+    plan: &mut Plan,
+    host: &str,
+    command: &ReleaseCommand,
+    sink: &mut dyn EventSink,
+) -> anyhow::Result<Exit> {
+    let started = Instant::now();
+    let roots: Vec<(String, bool)> = plan
+        .host_order(host)
+        .into_iter()
+        .map(|i| {
+            (
+                plan.steps()[i].root.clone(),
+                batou_core::release_steps(plan).contains(&i),
+            )
+        })
+        .collect();
+    crate::verb::check_release_roots(&plan.environment, &roots, &command.roots)?;
+    let reports = batou_core::release_verb(
+        plan,
+        host,
+        &command.roots,
+        command.rollback.then_some(command.to.as_deref()),
+        sink,
+    );
+    let (status, detail) = crate::verb::release_summary(&reports);
+    sink.event(Event::RunFinished {
+        hosts: vec![batou_core::HostSummary {
+            host: host.to_string(),
+            status,
+            detail,
+        }],
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    Ok(if status == batou_core::HostStatus::Failed {
+        Exit::DeployFailed
+    } else {
+        Exit::Success
+    })
+}
+
 /// Takes SIGINT and SIGTERM away from their default (ending the process) and serves them on
 /// a thread of their own: the first sets the returned flag, the second ends the process with
 /// exit status 130.
@@ -362,7 +423,24 @@ fn say(text: &str) {
 }
 
 fn settings(args: Args) -> anyhow::Result<Settings> {
-    let service = verb_of(&args.verb, args.dry_run);
+    let (service, release) = match verb_of(&args.verb, args.dry_run) {
+        None => (None, None),
+        Some(Verb::Service(s)) => (Some(s), None),
+        Some(Verb::Releases(r)) => (None, Some(r)),
+    };
+    if args.to.is_some() && !release.as_ref().is_some_and(|r| r.rollback) {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "`--to` applies to the `rollback` verb only",
+            )
+            .exit();
+    }
+    let release = release.map(|r| ReleaseCommand {
+        to: args.to.clone(),
+        ..r
+    });
     let project = match args.project {
         Some(dir) => {
             let dir = std::path::absolute(&dir)?;
@@ -389,19 +467,24 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         base_dir: args.base_dir,
         identity: args.identity,
         service,
+        release,
     })
 }
 
 /// The verb after the environment; a wrong one is a usage error (exit 2), like any other
 /// wrong word on the command line.
-fn verb_of(words: &[String], dry_run: bool) -> Option<ServiceCommand> {
+fn verb_of(words: &[String], dry_run: bool) -> Option<Verb> {
     use clap::CommandFactory;
     let command = crate::verb::parse_verb("batou-local", words).unwrap_or_else(|e| e.exit());
-    if command.is_some() && dry_run {
+    if let (Some(verb), true) = (&command, dry_run) {
+        let which = match verb {
+            Verb::Service(_) => "`service`",
+            Verb::Releases(_) => "`releases` and `rollback`",
+        };
         Cli::command()
             .error(
                 clap::error::ErrorKind::ArgumentConflict,
-                "`--dry-run` does not apply to the `service` verbs",
+                format!("`--dry-run` does not apply to the {which} verbs"),
             )
             .exit();
     }

@@ -9,6 +9,10 @@ use clap::Subcommand;
 
 use crate::{Exit, agent, identity_source, print_error, registry, remote_plan};
 
+/// Set for a project binary's `plan` role by a controller that plans for a verb: releases
+/// are planned without building (see [`batou_core::bundle::skip_builds`]).
+pub const SKIP_BUILDS_ENV: &str = "BATOU_SKIP_BUILDS";
+
 /// The roles every deployment binary has besides its command line, for a controller. They
 /// are commands of their own, hidden from `--help`.
 #[derive(Debug, Subcommand)]
@@ -23,6 +27,25 @@ pub enum Role {
         sha256: String,
         /// Where to install the verified binary.
         target: PathBuf,
+    },
+    /// Say what the host's bundle store holds of a digest, as one JSON line.
+    #[command(hide = true)]
+    BundleCheck {
+        /// The environment's `base_dir` as the job gives it.
+        base_dir: String,
+        /// The bundle's SHA-256, in hex.
+        sha256: String,
+    },
+    /// Append stdin to a partial bundle upload; once whole, verify it against its SHA-256
+    /// and install it in the store.
+    #[command(hide = true)]
+    BundleReceive {
+        /// The environment's `base_dir` as the job gives it.
+        base_dir: String,
+        /// The bundle's SHA-256, in hex.
+        sha256: String,
+        /// The bundle's size in bytes.
+        size: u64,
     },
     /// Print the remote plan of an environment as JSON.
     #[command(hide = true)]
@@ -43,10 +66,21 @@ impl Role {
             Role::AgentInstall { sha256, target } => {
                 ExitCode::from(agent::install(&sha256, &target))
             }
+            Role::BundleCheck { base_dir, sha256 } => {
+                ExitCode::from(crate::releases::check(&base_dir, &sha256))
+            }
+            Role::BundleReceive {
+                base_dir,
+                sha256,
+                size,
+            } => ExitCode::from(crate::releases::receive(&base_dir, &sha256, size)),
             Role::Plan {
                 environment,
                 project,
             } => {
+                if std::env::var_os(SKIP_BUILDS_ENV).is_some() {
+                    batou_core::bundle::skip_builds();
+                }
                 let identities = identity_source(None);
                 match remote_plan(&project, &environment, &registry(register), &identities) {
                     Ok(plan) => {

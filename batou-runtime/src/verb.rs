@@ -1,5 +1,7 @@
 //! Verbs on an environment other than a deploy: `<ENVIRONMENT> service
-//! status|start|stop|restart [COMPONENT...]`, shared by `batou-local` and `batou-remote`.
+//! status|start|stop|restart [COMPONENT...]`, `<ENVIRONMENT> releases [COMPONENT...]` and
+//! `<ENVIRONMENT> rollback [COMPONENT...]` (with `--to <ID>`), shared by `batou-local` and
+//! `batou-remote`.
 //!
 //! The environment comes first and the verb after it, so that no verb takes away an
 //! environment's name: `batou-remote service` deploys the environment `service`, and
@@ -7,7 +9,7 @@
 //! collect the words after the environment and hand them to [`parse_verb`]; running the verb
 //! is theirs (in process, or through agents).
 
-use batou_core::{HostStatus, ServiceOutcome, ServiceResult, ServiceVerb};
+use batou_core::{HostStatus, ReleaseReport, ServiceOutcome, ServiceResult, ServiceVerb};
 use clap::{Parser, Subcommand};
 
 /// A `service` verb and the root components it names (none: every one with a service).
@@ -17,6 +19,26 @@ pub struct ServiceCommand {
     pub verb: ServiceVerb,
     /// The root components named on the command line, in that order.
     pub roots: Vec<String>,
+}
+
+/// A verb after the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verb {
+    /// `service status|start|stop|restart [COMPONENT]...`.
+    Service(ServiceCommand),
+    /// `releases [COMPONENT]...` or `rollback [COMPONENT]...`.
+    Releases(ReleaseCommand),
+}
+
+/// A `releases` or `rollback` verb and the release roots it names (none: every one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseCommand {
+    /// `rollback` rather than `releases`.
+    pub rollback: bool,
+    /// The release roots named on the command line, in that order.
+    pub roots: Vec<String>,
+    /// `--to`: the release to roll back to (default: the one before the current one).
+    pub to: Option<String>,
 }
 
 /// The words after the environment.
@@ -30,6 +52,18 @@ enum VerbLine {
     /// Control the services of the environment's root components.
     #[command(subcommand)]
     Service(ServiceLine),
+    /// List each host's releases: which is current, when and by whom each was activated.
+    Releases(Releases),
+    /// Switch back to the release before the current one (or `--to <ID>`) in one step:
+    /// no build, no upload; restart the services that watch it and check their health.
+    Rollback(Releases),
+}
+
+#[derive(Debug, clap::Args)]
+struct Releases {
+    /// Release roots to act on (default: every one).
+    #[arg(value_name = "COMPONENT")]
+    components: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,7 +89,7 @@ struct Components {
 /// What the `VERB` words after the environment ask for: `None` for a deploy (no words), the
 /// `service` verb otherwise. `program` names the command in usage errors
 /// (`batou-local <ENVIRONMENT>`).
-pub fn parse_verb(program: &str, words: &[String]) -> Result<Option<ServiceCommand>, clap::Error> {
+pub fn parse_verb(program: &str, words: &[String]) -> Result<Option<Verb>, clap::Error> {
     if words.is_empty() {
         return Ok(None);
     }
@@ -71,18 +105,137 @@ pub fn parse_verb(program: &str, words: &[String]) -> Result<Option<ServiceComma
         });
     let matches = command.try_get_matches_from(words)?;
     let line = <VerbLine as clap::FromArgMatches>::from_arg_matches(&matches)?;
-    let VerbLine::Service(service) = line;
+    let service = match line {
+        VerbLine::Service(service) => service,
+        VerbLine::Releases(r) => {
+            return Ok(Some(Verb::Releases(ReleaseCommand {
+                rollback: false,
+                roots: r.components,
+                to: None,
+            })));
+        }
+        VerbLine::Rollback(r) => {
+            return Ok(Some(Verb::Releases(ReleaseCommand {
+                rollback: true,
+                roots: r.components,
+                to: None,
+            })));
+        }
+    };
     let (verb, roots) = match service {
         ServiceLine::Status(c) => (ServiceVerb::Status, c.components),
         ServiceLine::Start(c) => (ServiceVerb::Start, c.components),
         ServiceLine::Stop(c) => (ServiceVerb::Stop, c.components),
         ServiceLine::Restart(c) => (ServiceVerb::Restart, c.components),
     };
-    Ok(Some(ServiceCommand { verb, roots }))
+    Ok(Some(Verb::Service(ServiceCommand { verb, roots })))
+}
+
+/// Checks the release roots a `releases` or `rollback` verb names against `roots` (each
+/// root component in scope and whether it is a release): unknown names (with a suggestion)
+/// and roots that are no release are configuration errors, and so is a scope without any.
+pub fn check_release_roots(
+    environment: &str,
+    roots: &[(String, bool)],
+    requested: &[String],
+) -> Result<(), batou_core::ConfigError> {
+    use batou_core::ConfigError;
+    let releases: Vec<&str> = roots
+        .iter()
+        .filter(|(_, r)| *r)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let listing = || {
+        if releases.is_empty() {
+            "no root component is a release: add a component of type `release` (see docs/releases.md)".to_string()
+        } else {
+            format!("release roots: {}", releases.join(", "))
+        }
+    };
+    for name in requested {
+        match roots.iter().find(|(root, _)| root == name) {
+            None => {
+                return Err(ConfigError::new(format!(
+                    "unknown root component `{name}` in environment `{environment}`"
+                ))
+                .suggest(name, roots.iter().map(|(root, _)| root.as_str()))
+                .hint(listing()));
+            }
+            Some((_, false)) => {
+                return Err(
+                    ConfigError::new(format!("root component `{name}` is not a release"))
+                        .hint(listing()),
+                );
+            }
+            Some((_, true)) => {}
+        }
+    }
+    if releases.is_empty() {
+        return Err(ConfigError::new(format!(
+            "no root component of environment `{environment}` is a release"
+        ))
+        .hint(listing()));
+    }
+    Ok(())
+}
+
+/// A host's line in the summary after `releases` or `rollback`: failed when any release
+/// root failed, changed when a rollback switched a release, unchanged otherwise; the detail
+/// says what is current (and what was) per release root.
+pub fn release_summary(reports: &[ReleaseReport]) -> (HostStatus, String) {
+    let mut status = HostStatus::Unchanged;
+    let mut parts = Vec::new();
+    for r in reports {
+        let current = r
+            .releases
+            .iter()
+            .find(|e| e.current)
+            .map(|e| e.id.as_str())
+            .unwrap_or("none");
+        let part = match &r.rollback {
+            Some(rb) if !rb.succeeded() => {
+                status = HostStatus::Failed;
+                format!(
+                    "{}: rollback failed ({})",
+                    r.root,
+                    rb.error.clone().unwrap_or_default().join(": ")
+                )
+            }
+            Some(rb) if rb.from != rb.to => {
+                if status != HostStatus::Failed {
+                    status = HostStatus::Changed;
+                }
+                format!(
+                    "{}: rolled back {} -> {current}",
+                    r.root,
+                    rb.from.as_deref().unwrap_or("none")
+                )
+            }
+            _ if r.error.is_some() => {
+                status = HostStatus::Failed;
+                format!(
+                    "{}: {}",
+                    r.root,
+                    r.error.clone().unwrap_or_default().join(": ")
+                )
+            }
+            _ => format!(
+                "{}: {} release{}, current {current}",
+                r.root,
+                r.releases.len(),
+                if r.releases.len() == 1 { "" } else { "s" }
+            ),
+        };
+        parts.push(part);
+    }
+    if parts.is_empty() {
+        parts.push("no release roots".to_string());
+    }
+    (status, parts.join("; "))
 }
 
 /// The help of the `VERB` words, for a command's `--help`.
-pub const VERB_HELP: &str = "A verb instead of a deploy, after the environment: `service status|start|stop|restart [COMPONENT]...` controls the services of the named root components (default: every one with a service)";
+pub const VERB_HELP: &str = "A verb instead of a deploy, after the environment: `service status|start|stop|restart [COMPONENT]...` controls the services of the named root components (default: every one with a service); `releases [COMPONENT]...` lists the releases; `rollback [COMPONENT]...` switches back to the previous release (or `--to <ID>`)";
 
 /// A host's line in the summary after a `service` verb: failed when any service failed,
 /// changed when the verb changed any, unchanged otherwise (`status` changes nothing); the
@@ -137,17 +290,33 @@ mod tests {
         assert_eq!(parse_verb("batou-local", &[]).unwrap(), None);
         assert_eq!(
             parse_verb("batou-local", &words("service status")).unwrap(),
-            Some(ServiceCommand {
+            Some(Verb::Service(ServiceCommand {
                 verb: ServiceVerb::Status,
                 roots: Vec::new()
-            })
+            }))
         );
         assert_eq!(
             parse_verb("batou-local", &words("service restart web api")).unwrap(),
-            Some(ServiceCommand {
+            Some(Verb::Service(ServiceCommand {
                 verb: ServiceVerb::Restart,
                 roots: vec!["web".into(), "api".into()]
-            })
+            }))
+        );
+        assert_eq!(
+            parse_verb("batou-local", &words("rollback app")).unwrap(),
+            Some(Verb::Releases(ReleaseCommand {
+                rollback: true,
+                roots: vec!["app".into()],
+                to: None,
+            }))
+        );
+        assert_eq!(
+            parse_verb("batou-local", &words("releases")).unwrap(),
+            Some(Verb::Releases(ReleaseCommand {
+                rollback: false,
+                roots: Vec::new(),
+                to: None,
+            }))
         );
         let err = parse_verb("batou-local", &words("service reload")).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::InvalidSubcommand);

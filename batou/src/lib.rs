@@ -3,7 +3,7 @@
 //! A deployment repository with component types of its own depends on `batou` alone: this
 //! crate re-exports the component model ([`Component`], [`Configure`], [`Deploy`],
 //! [`Verdict`], [`Secret`]), the library components ([`File`], [`Directory`], [`Symlink`],
-//! [`Command`], [`Service`]), the command runner [`cmd`] and the entry point [`main_with`];
+//! [`Command`], [`Service`], [`Release`]), the command runner [`cmd`] and the entry point [`main_with`];
 //! with the feature `testing`, also `testing` (converging in process, for a project's tests). It adds
 //! nothing of its own, so that the crates behind it can be re-cut without touching any
 //! project.
@@ -50,7 +50,7 @@ pub use batou_core::{ConvergeOptions, Environment, HostReport, Plan, converge};
 
 pub use batou_components::{
     Archive, ArchiveFormat, Cmd, Command, CommandOutput, CommandStatus, Cron, CronEntry, Directory,
-    Download, File, Git, Health, Manager, Mode, NginxSite, Service, ServiceState, Symlink,
+    Download, File, Git, Health, Manager, Mode, NginxSite, Release, Service, ServiceState, Symlink,
     Virtualenv, cmd, run_command, write_atomic,
 };
 

@@ -1,7 +1,7 @@
-//! The reusable component library: [`File`], [`Directory`], [`Symlink`], [`Command`] and
-//! [`Service`]; for a web application's deployment [`Download`], [`Archive`], [`Git`],
-//! [`Virtualenv`], [`Cron`] and [`NginxSite`]; and [`cmd`], the command runner for component
-//! authors.
+//! The reusable component library: [`File`], [`Directory`], [`Symlink`], [`Command`],
+//! [`Service`] and [`Release`]; for a web application's deployment [`Download`], [`Archive`],
+//! [`Git`], [`Virtualenv`], [`Cron`] and [`NginxSite`]; and [`cmd`], the command runner for
+//! component authors.
 //!
 //! Each type is usable from Rust (builder methods) and from an environment file
 //! (`type = "file"` and the type's attributes). Every write is atomic: a temporary file in the
@@ -20,6 +20,7 @@ mod git;
 mod mode;
 mod nginx;
 pub mod process;
+pub mod release;
 mod service;
 mod symlink;
 mod virtualenv;
@@ -36,13 +37,14 @@ pub use git::Git;
 pub use mode::Mode;
 pub use nginx::NginxSite;
 pub use process::Status as CommandStatus;
+pub use release::Release;
 pub use service::{Health, Manager, Service, ServiceState};
 pub use symlink::Symlink;
 pub use virtualenv::Virtualenv;
 
 /// Registers the library's types under their environment names:
-/// `file`, `directory`, `symlink`, `command`, `service`, `download`, `archive`, `git`,
-/// `virtualenv`, `cron`, `nginx_site`.
+/// `file`, `directory`, `symlink`, `command`, `service`, `release`, `download`, `archive`,
+/// `git`, `virtualenv`, `cron`, `nginx_site`.
 pub fn register(registry: &mut batou_core::Registry) {
     registry
         .register::<File>("file")
@@ -50,12 +52,14 @@ pub fn register(registry: &mut batou_core::Registry) {
         .register::<Symlink>("symlink")
         .register::<Command>("command")
         .register::<Service>("service")
+        .register::<Release>("release")
         .register::<Download>("download")
         .register::<Archive>("archive")
         .register::<Git>("git")
         .register::<Virtualenv>("virtualenv")
         .register::<Cron>("cron")
-        .register::<NginxSite>("nginx_site");
+        .register::<NginxSite>("nginx_site")
+        .configure_first("release");
 }
 
 /// What the components' unit tests share: a [`TestProject`](batou_core::testing::TestProject)

@@ -54,6 +54,7 @@ impl Plan {
             resources: self.resources.consumed_by(&steps),
             files: self.project.read_by(&steps),
             secret_files: self.secret_files.used_by(&steps),
+            bundles: self.bundles.used_by(&steps),
             secrets: Vec::new(),
         };
         // The agent masks every secret its job carries, wherever it came from (attributes,
@@ -123,6 +124,7 @@ impl Plan {
     ) -> Result<Plan, ConfigError> {
         let project = Project::shipped(job.files.clone());
         let secret_files = Arc::new(SecretFiles::new(job.secret_files.clone(), None));
+        let bundles = Arc::new(crate::bundle::Bundles::shipped(job.bundles.clone()));
         // The controller rendered attributes with a relative base directory planned as
         // `~/...`; this host knows where that is.
         let home = HomeExpansion::new(&job.base_dir, base_dir);
@@ -163,6 +165,7 @@ impl Plan {
                 project: &project,
                 registry,
                 secret_files: &secret_files,
+                bundles: &bundles,
             },
             Resources::fixed(job.resources.clone()),
         )?;
@@ -190,6 +193,7 @@ impl Plan {
             resources: built.resources,
             project,
             secret_files,
+            bundles,
             secret_values: Vec::new(),
             changed: Default::default(),
         };

@@ -46,6 +46,8 @@ pub struct Plan {
     resources: Resources,
     project: Project,
     secret_files: Arc<SecretFiles>,
+    /// The bundles the plan's release components asked for.
+    bundles: Arc<crate::bundle::Bundles>,
     /// Every secret string of the environment with its name (empty on agents).
     secret_values: Vec<(String, String)>,
     /// The steps that changed (or, in a dry run, would change) so far in this run.
@@ -105,6 +107,7 @@ impl Plan {
             }
         }
         check_unassigned(environment, &attributes, registry, &templates)?;
+        let bundles = Arc::new(crate::bundle::Bundles::default());
         let allow_paths: Vec<String> = environment
             .settings
             .allow_paths
@@ -120,6 +123,7 @@ impl Plan {
                 project,
                 registry,
                 secret_files: &secret_files,
+                bundles: &bundles,
             },
             Resources::default(),
         )?;
@@ -166,6 +170,7 @@ impl Plan {
             resources: built.resources,
             project: project.clone(),
             secret_files,
+            bundles,
             secret_values: environment.secret_values.clone(),
             changed: Default::default(),
         })
@@ -217,6 +222,37 @@ impl Plan {
     /// Records that `step` changed (or would change) in this run.
     pub(crate) fn record_changed(&mut self, step: usize) {
         self.changed.insert(step);
+    }
+
+    /// The bundles the steps of `host` use, once each by digest.
+    pub fn host_bundles(&self, host: &str) -> Vec<crate::Bundle> {
+        let mut out: Vec<crate::Bundle> = Vec::new();
+        for bundle in self.bundles.used_by(&self.host_order(host)).into_values() {
+            if !bundle.is_unbuilt() && !out.iter().any(|b| b.digest == bundle.digest) {
+                out.push(bundle);
+            }
+        }
+        out
+    }
+
+    /// The bundle a step's release component asked for, if any.
+    pub fn bundle_of(&self, step: usize) -> Option<crate::Bundle> {
+        self.bundles.of_step(step)
+    }
+
+    /// The steps `step` watches for changes.
+    pub fn watched_by(&self, step: usize) -> Vec<usize> {
+        self.resources.watched_by(step)
+    }
+
+    /// Whether `step` changed (or would change) so far in this run.
+    pub fn has_changed(&self, step: usize) -> bool {
+        self.changed.contains(&step)
+    }
+
+    /// The steps of the same host that watch `step` for changes (`restart_on`).
+    pub fn watchers_of(&self, step: usize) -> Vec<usize> {
+        self.resources.watchers_of(step)
     }
 
     /// A step to converge, with its host.

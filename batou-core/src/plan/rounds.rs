@@ -35,6 +35,7 @@ pub(super) struct Context<'a> {
     pub(super) project: &'a Project,
     pub(super) registry: &'a Registry,
     pub(super) secret_files: &'a SecretFiles,
+    pub(super) bundles: &'a crate::bundle::Bundles,
 }
 
 pub(super) struct Built<'a> {
@@ -70,7 +71,7 @@ pub(super) fn configure_slots<'a>(
             .entry(slot.host.name.as_str())
             .or_insert_with(|| Templates::new(cx.project.for_step(step)));
     }
-    let scopes: Vec<Scope> = slots
+    let mut scopes: Vec<Scope> = slots
         .iter()
         .enumerate()
         .map(|(step, slot)| {
@@ -102,10 +103,24 @@ pub(super) fn configure_slots<'a>(
                 project: cx.project.for_step(step),
                 templates: &host_templates[slot.host.name.as_str()],
                 secret_files: cx.secret_files,
+                bundles: cx.bundles,
                 context,
             }
         })
         .collect();
+    // Release roots are configured first, so that every root of their host sees their
+    // paths in templates (`release`, `releases.<root>`) when its attributes are rendered.
+    let releases = release_variables(slots, cx, &scopes, &mut resources.clone())?;
+    for scope in &mut scopes {
+        if let Some(vars) = releases.get(scope.host.name.as_str()) {
+            let release = (vars.len() == 1).then(|| vars.values().next().cloned());
+            scope.context = minijinja::context! {
+                releases => minijinja::Value::from_serialize(vars),
+                release => minijinja::Value::from_serialize(release.flatten()),
+                ..scope.context.clone()
+            };
+        }
+    }
 
     // Attributes are rendered once per step, before any configure runs.
     let attributes = slots
@@ -128,20 +143,7 @@ pub(super) fn configure_slots<'a>(
                     pending.remove(&step);
                 }
                 Err((_, err)) if err.chain().any(|c| c.is::<Unsatisfied>()) => {}
-                Err((path, err)) => {
-                    // A component's own hint stays visible: only the outermost one is shown.
-                    let hint = err
-                        .chain()
-                        .find_map(|c| c.downcast_ref::<ConfigError>()?.hint.clone());
-                    let mut e = ConfigError::new(format!("cannot configure `{path}`"))
-                        .at(Place::Component {
-                            host: scopes[step].host.name.clone(),
-                            path,
-                        })
-                        .caused_by(err);
-                    e.hint = hint;
-                    return Err(e);
-                }
+                Err((path, err)) => return Err(configure_error(&scopes[step], path, err)),
             }
         }
         for (step, tree) in trees.iter_mut().enumerate() {
@@ -168,6 +170,69 @@ pub(super) fn configure_slots<'a>(
         "resources did not settle after {MAX_ROUNDS} rounds of configuration"
     ))
     .hint("a component provides values that depend on what it requires in a loop"))
+}
+
+/// What templates see of each release root, by host and root: `id`, `digest`, `path` (this
+/// plan's release) and `current` (the link that follows activations and rollbacks).
+type ReleaseVariables = BTreeMap<String, BTreeMap<String, BTreeMap<&'static str, String>>>;
+
+/// Configures the slots whose type the registry configures first (releases) with the base
+/// template context, and collects the bundles they asked for.
+fn release_variables(
+    slots: &[Slot],
+    cx: &Context,
+    scopes: &[Scope],
+    resources: &mut Resources,
+) -> Result<ReleaseVariables, ConfigError> {
+    let mut out: ReleaseVariables = BTreeMap::new();
+    for (step, slot) in slots.iter().enumerate() {
+        if !cx.registry.configures_first(&slot.type_name) {
+            continue;
+        }
+        let scope = &scopes[step];
+        let attributes = slot.attributes.render(scope)?;
+        let component = attributes.create(cx.registry, &slot.type_name, scope)?;
+        match configure_root(scope, resources, component) {
+            Ok(_) => {}
+            // Configured again once what it requires is there.
+            Err((_, err)) if err.chain().any(|c| c.is::<Unsatisfied>()) => continue,
+            // A failed build is not run twice.
+            Err((path, err)) => return Err(configure_error(scope, path, err)),
+        }
+        let Some(bundle) = cx.bundles.of_step(step) else {
+            continue;
+        };
+        let dir = crate::bundle::release_root(cx.base_dir, &slot.root);
+        let vars = BTreeMap::from([
+            ("id", bundle.id.clone()),
+            ("digest", bundle.digest.clone()),
+            ("path", dir.join(&bundle.id).to_string_lossy().into_owned()),
+            (
+                "current",
+                dir.join("current").to_string_lossy().into_owned(),
+            ),
+        ]);
+        out.entry(slot.host.name.clone())
+            .or_default()
+            .insert(slot.root.clone(), vars);
+    }
+    Ok(out)
+}
+
+/// The error of a step whose configure failed at component `path`.
+fn configure_error(scope: &Scope, path: String, err: anyhow::Error) -> ConfigError {
+    // A component's own hint stays visible: only the outermost one is shown.
+    let hint = err
+        .chain()
+        .find_map(|c| c.downcast_ref::<ConfigError>()?.hint.clone());
+    let mut e = ConfigError::new(format!("cannot configure `{path}`"))
+        .at(Place::Component {
+            host: scope.host.name.clone(),
+            path,
+        })
+        .caused_by(err);
+    e.hint = hint;
+    e
 }
 
 /// Configures a root component and its sub-components, depth first in the order added.

@@ -15,6 +15,7 @@ mod harness;
 mod interrupts;
 mod library;
 mod output;
+mod releases;
 mod secrets;
 mod service_verbs;
 mod services;

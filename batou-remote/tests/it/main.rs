@@ -15,6 +15,7 @@ mod interrupts;
 mod library;
 mod output;
 mod process_faults;
+mod releases;
 mod secrets;
 mod service_verbs;
 mod services;
