@@ -162,7 +162,7 @@ pub fn roll_back(
 
 /// After `failed` failed in this run: rolls back every release it watches that changed in
 /// this run (its activation is what made the service unhealthy), and reports on the host
-/// as "not healthy; rolled back to <id>", or why that was not possible.
+/// as "not healthy; rolled back to `<id>`", or why that was not possible.
 ///
 /// Only a failure of one of the step's services counts (`failed_component`, the failing
 /// component path): a component that fails before its service restarts says nothing about

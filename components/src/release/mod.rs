@@ -11,7 +11,7 @@
 //! releases/<root>/.history.jsonl  every activation and rollback: when, by whom
 //! ```
 //!
-//! Building is in [`bundle`], the store in [`store`]; shipping to remote hosts is the
+//! Building is in `bundle.rs`, the store in [`store`]; shipping to remote hosts is the
 //! controller's (`batou-remote`), rolling back after an unhealthy service the runtime's,
 //! through [`ReleaseControl`].
 
