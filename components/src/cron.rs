@@ -235,7 +235,8 @@ impl Cron {
 
 impl Component for Cron {
     fn label(&self) -> String {
-        format!("Cron('{}')", self.block.as_deref().unwrap_or_default())
+        let name = self.block.as_deref().or(self.user.as_deref());
+        format!("Cron('{}')", name.unwrap_or("crontab"))
     }
 
     fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {

@@ -120,12 +120,27 @@ impl Download {
             argv.extend(["--continue-at".into(), "-".into()]);
         }
         argv.extend(["--output".into(), partial.to_string_lossy().into_owned()]);
-        argv.extend(["--url".into(), self.url.clone()]);
-        cx.detail(format!("running `{}`", argv.join(" ")));
+        // The URL may carry a token: it reaches curl through a private config file, never
+        // its command line.
+        let config = self
+            .resolved
+            .with_file_name(format!(".{}.batou-curlrc", file_name(&self.resolved)));
+        argv.extend(["--config".into(), config.to_string_lossy().into_owned()]);
+        cx.detail(format!("running `{}` for `{}`", argv.join(" "), self.url));
+        let escaped = self.url.replace('\\', "\\\\").replace('"', "\\\"");
+        crate::fs::write_atomic(
+            &config,
+            format!("url = \"{escaped}\"\n").as_bytes(),
+            0o600,
+            None,
+            None,
+        )?;
         let out = cmd(&argv)
             // curl's own `--max-time` ends it first; this bounds a curl that hangs anyway.
             .timeout(Duration::from_secs_f64(seconds + 10.0))
-            .run()
+            .run();
+        let _ = std::fs::remove_file(&config);
+        let out = out
             .map_err(|e| {
                 if is_not_found(&e) {
                     anyhow::anyhow!(
@@ -273,6 +288,13 @@ impl Component for Download {
             .with_context(|| format!("cannot rename into `{}`", self.resolved.display()))?;
         Ok(())
     }
+}
+
+/// The file name of `path`, for sibling names.
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// The last segment of a URL's path (without the scheme), without query or fragment.
