@@ -1,5 +1,6 @@
-//! The reusable component library: [`File`], [`Directory`], [`Symlink`], [`Command`] and
-//! [`Service`], and [`cmd`], the command runner for component authors.
+//! The reusable component library: [`File`], [`Directory`], [`Symlink`], [`Command`],
+//! [`Service`], [`Presence`] and [`Purge`], and [`cmd`], the command runner for component
+//! authors.
 //!
 //! Each type is usable from Rust (builder methods) and from an environment file
 //! (`type = "file"` and the type's attributes). Every write is atomic: a temporary file in the
@@ -11,7 +12,9 @@ mod directory;
 mod file;
 mod fs;
 mod mode;
+mod presence;
 pub mod process;
+mod purge;
 mod service;
 mod symlink;
 
@@ -21,19 +24,23 @@ pub use directory::Directory;
 pub use file::File;
 pub use fs::write_atomic;
 pub use mode::Mode;
+pub use presence::Presence;
 pub use process::Status as CommandStatus;
+pub use purge::Purge;
 pub use service::{Health, Manager, Service, ServiceState};
 pub use symlink::Symlink;
 
 /// Registers the library's types under their environment names:
-/// `file`, `directory`, `symlink`, `command`, `service`.
+/// `file`, `directory`, `symlink`, `command`, `service`, `presence`, `purge`.
 pub fn register(registry: &mut batou_core::Registry) {
     registry
         .register::<File>("file")
         .register::<Directory>("directory")
         .register::<Symlink>("symlink")
         .register::<Command>("command")
-        .register::<Service>("service");
+        .register::<Service>("service")
+        .register::<Presence>("presence")
+        .register::<Purge>("purge");
 }
 
 /// What the components' unit tests share: a [`TestProject`](batou_core::testing::TestProject)
