@@ -251,7 +251,8 @@ mod tests {
         assert!(!builds.join("b.tmp").exists());
         assert!(std::fs::symlink_metadata(builds.join("etc.tmp")).is_err());
         assert!(
-            std::path::Path::new("/etc/hostname").exists() || std::path::Path::new("/etc").is_dir()
+            std::path::Path::new("/etc").is_dir(),
+            "a link's target is left alone"
         );
         assert!(builds.join("keep/deep/c.tmp").exists());
         assert!(builds.join("app").exists());
@@ -264,13 +265,7 @@ mod tests {
         let run = project.converge("dev");
         assert_eq!(
             run.reasons(),
-            pairs(&[
-                ("clean > Workdir", "missing"),
-                ("clean", "matches: keep/deep/c.tmp")
-            ])
-            .into_iter()
-            .filter(|(c, _)| c == "clean")
-            .collect::<Vec<_>>()
+            pairs(&[("clean", "matches: keep/deep/c.tmp")])
         );
         assert!(builds.join("keep/deep").is_dir());
         project.converge("dev").assert_unchanged();
