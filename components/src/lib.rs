@@ -8,6 +8,7 @@
 
 mod cmd;
 mod command;
+mod data;
 mod directory;
 mod file;
 mod fs;
@@ -20,6 +21,7 @@ mod symlink;
 
 pub use cmd::{Cmd, CommandOutput, cmd};
 pub use command::{Command, run_command};
+pub use data::DataFormat;
 pub use directory::Directory;
 pub use file::File;
 pub use fs::write_atomic;
