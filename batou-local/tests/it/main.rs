@@ -3,6 +3,7 @@
 #![expect(clippy::disallowed_methods, reason = "tests start real processes")]
 
 mod bad_input;
+mod building_blocks;
 mod cli;
 mod commands;
 mod components;

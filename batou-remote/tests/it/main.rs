@@ -3,6 +3,7 @@
 #![expect(clippy::disallowed_methods, reason = "tests start real processes")]
 
 mod base_dir;
+mod building_blocks;
 mod cli;
 mod confinement;
 mod demo_script;
