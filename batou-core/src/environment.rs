@@ -47,6 +47,38 @@ pub struct Settings {
     /// Absolute paths outside `base_dir` that components may change.
     #[serde(default)]
     pub allow_paths: Vec<Spanned<String>>,
+    /// The template syntax (`[environment.templates]`): line statements and comments.
+    #[serde(default)]
+    pub templates: TemplateSettings,
+}
+
+/// The `[environment.templates]` table: Jinja2's line statement and line comment prefixes,
+/// with their places for errors.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSettings {
+    /// A line starting with this (after blanks) is a statement (batou uses `@@`).
+    #[serde(default)]
+    pub line_statement_prefix: Option<Spanned<String>>,
+    /// A line starting with this, or its rest after it, is a comment.
+    #[serde(default)]
+    pub line_comment_prefix: Option<Spanned<String>>,
+}
+
+impl TemplateSettings {
+    /// The syntax, without places.
+    pub fn syntax(&self) -> crate::TemplateSyntax {
+        crate::TemplateSyntax {
+            line_statement_prefix: self
+                .line_statement_prefix
+                .as_ref()
+                .map(|p| p.get_ref().clone()),
+            line_comment_prefix: self
+                .line_comment_prefix
+                .as_ref()
+                .map(|p| p.get_ref().clone()),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -56,6 +88,7 @@ impl Default for Settings {
             base_dir: default_base_dir(),
             jobs: default_jobs(),
             allow_paths: Vec::new(),
+            templates: TemplateSettings::default(),
         }
     }
 }
@@ -287,6 +320,22 @@ impl Environment {
                 ))
                 .at(source.place(allowed.span().start)));
             }
+        }
+
+        if let Err(message) = settings.templates.syntax().check() {
+            let at = [
+                &settings.templates.line_statement_prefix,
+                &settings.templates.line_comment_prefix,
+            ]
+            .into_iter()
+            .flatten()
+            .map(|p| p.span().start)
+            .next()
+            .unwrap_or(0);
+            return Err(ConfigError::new(format!(
+                "the template syntax of `[environment.templates]` is not usable: {message}"
+            ))
+            .at(source.place(at)));
         }
 
         let components = parse_components(&source, components_value, registry)?;

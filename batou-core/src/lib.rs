@@ -56,7 +56,9 @@ pub use component::{Component, Verdict};
 pub use configure::{Configure, RootWatch, SubComponent};
 pub use deploy::Deploy;
 pub use engine::{ConvergeOptions, HostReport, RootOutcome, StepReport, converge, converge_step};
-pub use environment::{Connect, Environment, Host, Settings, check_name, host_base_dir};
+pub use environment::{
+    Connect, Environment, Host, Settings, TemplateSettings, check_name, host_base_dir,
+};
 pub use error::{ConfigError, Place};
 pub use event::{Event, EventSink, HostStatus, HostSummary};
 pub use paths::{AllowedPaths, refuse_nul};
@@ -68,7 +70,7 @@ pub use service::{
     ServiceControl, ServiceOutcome, ServiceResult, ServiceStatus, ServiceVerb, control_services,
     has_services, select_roots, service_paths,
 };
-pub use template::Templates;
+pub use template::{TemplateSyntax, Templates};
 
 /// Removes `.` and resolves `..` lexically, without touching the file system.
 pub fn normalize_path(path: &std::path::Path) -> std::path::PathBuf {

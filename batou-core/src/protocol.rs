@@ -48,6 +48,10 @@ pub struct HostJob {
     /// events and journal.
     #[serde(default)]
     pub secrets: Vec<(String, String)>,
+    /// The environment's template syntax (line statements and comments), for the agent's
+    /// configure to render templates as the controller's did.
+    #[serde(default, skip_serializing_if = "crate::TemplateSyntax::is_default")]
+    pub templates: crate::TemplateSyntax,
 }
 
 /// What a controller needs to deploy an environment over SSH: the plan's graph, how to reach

@@ -290,6 +290,7 @@ mod tests {
                     files: Default::default(),
                     secret_files: BTreeMap::new(),
                     secrets: Vec::new(),
+                    templates: Default::default(),
                 },
             );
         }

@@ -55,6 +55,7 @@ impl Plan {
             files: self.project.read_by(&steps),
             secret_files: self.secret_files.used_by(&steps),
             secrets: Vec::new(),
+            templates: self.syntax.clone(),
         };
         // The agent masks every secret its job carries, wherever it came from (attributes,
         // host data, resources, files): those whose value occurs in the job.
@@ -163,6 +164,7 @@ impl Plan {
                 project: &project,
                 registry,
                 secret_files: &secret_files,
+                syntax: &job.templates,
             },
             Resources::fixed(job.resources.clone()),
         )?;
@@ -192,6 +194,7 @@ impl Plan {
             secret_files,
             secret_values: Vec::new(),
             changed: Default::default(),
+            syntax: job.templates.clone(),
         };
         for (i, expected) in job_steps.iter().enumerate() {
             let configured = plan.component_paths(i);

@@ -50,6 +50,8 @@ pub struct Plan {
     secret_values: Vec<(String, String)>,
     /// The steps that changed (or, in a dry run, would change) so far in this run.
     changed: std::collections::BTreeSet<usize>,
+    /// The environment's template syntax, which jobs carry to agents.
+    syntax: crate::TemplateSyntax,
 }
 
 impl Plan {
@@ -64,7 +66,8 @@ impl Plan {
         project: &Project,
         base_dir: &Path,
     ) -> Result<Plan, ConfigError> {
-        let templates = Templates::new(project.clone());
+        let syntax = environment.settings.templates.syntax();
+        let templates = Templates::with_syntax(project.clone(), &syntax);
         let secret_files = Arc::new(SecretFiles::new(
             environment.secret_files.clone(),
             environment.secrets_path.clone(),
@@ -120,6 +123,7 @@ impl Plan {
                 project,
                 registry,
                 secret_files: &secret_files,
+                syntax: &syntax,
             },
             Resources::default(),
         )?;
@@ -168,6 +172,7 @@ impl Plan {
             secret_files,
             secret_values: environment.secret_values.clone(),
             changed: Default::default(),
+            syntax,
         })
     }
 

@@ -35,6 +35,7 @@ pub(super) struct Context<'a> {
     pub(super) project: &'a Project,
     pub(super) registry: &'a Registry,
     pub(super) secret_files: &'a SecretFiles,
+    pub(super) syntax: &'a crate::TemplateSyntax,
 }
 
 pub(super) struct Built<'a> {
@@ -68,7 +69,7 @@ pub(super) fn configure_slots<'a>(
     for (step, slot) in slots.iter().enumerate() {
         host_templates
             .entry(slot.host.name.as_str())
-            .or_insert_with(|| Templates::new(cx.project.for_step(step)));
+            .or_insert_with(|| Templates::with_syntax(cx.project.for_step(step), cx.syntax));
     }
     let scopes: Vec<Scope> = slots
         .iter()

@@ -19,4 +19,5 @@ mod secrets;
 mod service_verbs;
 mod services;
 mod snapshots;
+mod templates_compat;
 mod tooling;

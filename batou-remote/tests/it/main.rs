@@ -19,3 +19,4 @@ mod secrets;
 mod service_verbs;
 mod services;
 mod snapshots;
+mod templates_compat;
