@@ -73,6 +73,10 @@ pub struct RemotePlan {
     /// `(name, value)` of every secret of the environment, for the controller to mask.
     #[serde(default)]
     pub secrets: Vec<(String, String)>,
+    /// The names of the secrets that planning generated (stored, or in a dry run made for
+    /// this run only), for the controller to report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub generated: Vec<String>,
 }
 
 /// How to reach a host; unset fields come from the user's SSH configuration.

@@ -281,6 +281,10 @@ fn whole_seconds(d: Duration) -> Duration {
 /// (see `watch_signals`): the first stops the run in order, the second at once.
 pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     let (plan, agent_path) = plan(settings)?;
+    for line in batou_runtime::generated_lines(&plan.environment, &plan.generated, settings.dry_run)
+    {
+        eprintln!("{line}");
+    }
     check_hosts(&plan, settings)?;
     // Which hosts and services a verb acts on is checked before any connection, too.
     let targets = match &settings.service {
@@ -480,6 +484,10 @@ fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
             .arg("plan")
             .arg(&settings.environment)
             .arg(&settings.project);
+        if settings.dry_run {
+            // A dry run generates no secret for keeps.
+            command.arg("--dry-run");
+        }
         if let Some(identity) = &settings.identity {
             command.env(
                 batou_core::secrets::IDENTITY_ENV,
@@ -514,6 +522,7 @@ fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
         &settings.environment,
         &registry,
         &identities,
+        settings.dry_run,
     )?;
     let me = std::env::current_exe().context("cannot find this executable to ship as the agent")?;
     Ok((plan, me))
@@ -591,6 +600,7 @@ mod tests {
             order: Vec::new(),
             host_jobs: Default::default(),
             secrets: Vec::new(),
+            generated: Vec::new(),
         }
     }
 

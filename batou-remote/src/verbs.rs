@@ -310,6 +310,7 @@ mod tests {
             steps,
             host_jobs,
             secrets: Vec::new(),
+            generated: Vec::new(),
         }
     }
 

@@ -46,7 +46,7 @@ use batou_core::Registry;
 
 pub use exit::{Exit, ExitError};
 pub use local::{Settings, find_project, run};
-pub use planning::{identity_source, load_environment, remote_plan};
+pub use planning::{Loaded, generated_lines, identity_source, load_environment, remote_plan};
 pub use report::print_error;
 pub use role::Role;
 

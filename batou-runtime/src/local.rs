@@ -183,12 +183,17 @@ fn run_local(args: Args, register: impl FnOnce(&mut Registry), stock: bool) -> E
 /// Once the plan is built, this takes SIGINT and SIGTERM over for the rest of the process
 /// (see `watch_signals`): the first stops the converge after the running root component.
 pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
-    let environment = load_environment(
+    let loaded = load_environment(
         &settings.project,
         &settings.environment,
         registry,
         &identity_source(settings.identity.clone()),
+        settings.dry_run,
     )?;
+    for line in crate::generated_lines(&settings.environment, &loaded.generated, settings.dry_run) {
+        eprintln!("{line}");
+    }
+    let environment = loaded.environment;
     let host = choose_host(&environment, settings.host.as_deref())?;
     let project = Project::new(&settings.project);
     let base_dir = match &settings.base_dir {

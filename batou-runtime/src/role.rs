@@ -32,6 +32,9 @@ pub enum Role {
         /// The project's root directory.
         #[arg(default_value = ".")]
         project: PathBuf,
+        /// Plan for a dry run: generate no secret for keeps.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -46,9 +49,16 @@ impl Role {
             Role::Plan {
                 environment,
                 project,
+                dry_run,
             } => {
                 let identities = identity_source(None);
-                match remote_plan(&project, &environment, &registry(register), &identities) {
+                match remote_plan(
+                    &project,
+                    &environment,
+                    &registry(register),
+                    &identities,
+                    dry_run,
+                ) {
                     Ok(plan) => {
                         println!(
                             "{}",

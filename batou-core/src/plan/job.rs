@@ -112,6 +112,7 @@ impl Plan {
             order: self.order.clone(),
             host_jobs,
             secrets: self.secret_values.clone(),
+            generated: Vec::new(),
         })
     }
 

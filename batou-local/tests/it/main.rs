@@ -12,6 +12,7 @@ mod demo;
 mod dry_run;
 mod example;
 mod failure;
+mod generated_secrets;
 mod harness;
 mod interrupts;
 mod output;
