@@ -11,6 +11,7 @@ mod deploy;
 mod dry_run;
 mod example;
 mod faults;
+mod generated_secrets;
 mod harness;
 mod interrupts;
 mod output;
