@@ -32,6 +32,9 @@ pub(crate) struct Scope<'a> {
     pub(crate) templates: &'a Templates,
     pub(crate) secret_files: &'a SecretFiles,
     pub(crate) context: minijinja::Value,
+    /// The host's facts as planned ([`crate::Facts::unknown`] until gathered).
+    pub(crate) facts: crate::Facts,
+    pub(crate) fact_reads: crate::FactReads,
 }
 
 /// A sub-component that a component added, for asking later whether it changed.
@@ -118,6 +121,17 @@ impl<'a> Configure<'a> {
     /// The host this component is configured for.
     pub fn host(&self) -> &Host {
         self.scope.host
+    }
+
+    /// The host's platform facts (OS, distribution, version, architecture), for choosing a
+    /// variant: a service manager, a package name.
+    ///
+    /// Asking is recorded: a plan whose configure asked is built again once the host's
+    /// facts are known, and every value is empty until then. Configure stays pure: the facts
+    /// are gathered by the command that plans, not here.
+    pub fn facts(&self) -> &crate::Facts {
+        self.scope.fact_reads.record(&self.scope.host.name);
+        &self.scope.facts
     }
 
     /// The environment's name.

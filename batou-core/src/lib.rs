@@ -36,6 +36,7 @@ mod engine;
 mod environment;
 mod error;
 mod event;
+pub mod facts;
 pub mod journal;
 pub mod output;
 mod paths;
@@ -61,6 +62,7 @@ pub use environment::{
 };
 pub use error::{ConfigError, Place};
 pub use event::{Event, EventSink, HostStatus, HostSummary};
+pub use facts::{FactReads, Facts, FactsInput};
 pub use paths::{AllowedPaths, refuse_nul};
 pub use plan::{Plan, Step};
 pub use project::{Project, ProjectEntry, ProjectEntryKind, ProjectFiles};

@@ -6,6 +6,7 @@
 //! run the plan with [`schedule::deploy`], render events, pick the exit code.
 
 pub mod agent;
+mod facts;
 pub mod schedule;
 pub mod ssh;
 pub mod verbs;
@@ -13,7 +14,7 @@ pub mod verbs;
 /// The secrets commands, shared with `batou-local` (`batou-local/src/secrets.rs`).
 pub use batou_runtime::secrets;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -479,53 +480,113 @@ fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
     // Before building the project's binary: a bad name must end the run untouched.
     batou_core::check_name(&settings.environment)?;
     if let Some(binary) = batou_runtime::handover::build_if_package(&settings.project)? {
-        let mut command = std::process::Command::new(&binary);
-        command
-            .arg("plan")
-            .arg(&settings.environment)
-            .arg(&settings.project);
-        if settings.dry_run {
-            // A dry run generates no secret for keeps.
-            command.arg("--dry-run");
+        let mut facts = BTreeMap::new();
+        let mut generated = Vec::new();
+        // Kept until the project's binary has read it.
+        let facts_file = tempfile::NamedTempFile::new().context("cannot create a facts file")?;
+        loop {
+            let mut command = std::process::Command::new(&binary);
+            command
+                .arg("plan")
+                .arg(&settings.environment)
+                .arg(&settings.project);
+            if settings.dry_run {
+                // A dry run generates no secret for keeps.
+                command.arg("--dry-run");
+            }
+            if !facts.is_empty() {
+                std::fs::write(
+                    facts_file.path(),
+                    serde_json::to_vec(&facts).expect("facts always serialize"),
+                )
+                .context("cannot write the facts file")?;
+                command.arg("--facts").arg(facts_file.path());
+            }
+            if let Some(identity) = &settings.identity {
+                command.env(
+                    batou_core::secrets::IDENTITY_ENV,
+                    std::path::absolute(identity)?,
+                );
+            }
+            let output = output_within(&mut command, PLAN_DEADLINE).with_context(|| {
+                format!("cannot run the project's binary `{}`", binary.display())
+            })?;
+            if !output.status.success() {
+                // The project's binary printed its error already formatted; relay it.
+                eprint!(
+                    "{}",
+                    batou_core::redact::mask(&String::from_utf8_lossy(&output.stderr))
+                );
+                return Err(ConfigError::new(
+                    "the project's binary could not plan the environment",
+                )
+                .hint("fix the errors above; nothing was touched on any host")
+                .into());
+            }
+            let planned: batou_runtime::Planned = serde_json::from_slice(&output.stdout)
+                .context("cannot read the plan printed by the project's binary")?;
+            let Some(plan) = next_plan(planned, &mut facts, &mut generated, settings)? else {
+                continue;
+            };
+            for (name, value) in &plan.secrets {
+                batou_core::redact::register(name, value);
+            }
+            return Ok((plan, binary));
         }
-        if let Some(identity) = &settings.identity {
-            command.env(
-                batou_core::secrets::IDENTITY_ENV,
-                std::path::absolute(identity)?,
-            );
-        }
-        let output = output_within(&mut command, PLAN_DEADLINE)
-            .with_context(|| format!("cannot run the project's binary `{}`", binary.display()))?;
-        if !output.status.success() {
-            // The project's binary printed its error already formatted; relay it.
-            eprint!(
-                "{}",
-                batou_core::redact::mask(&String::from_utf8_lossy(&output.stderr))
-            );
-            return Err(
-                ConfigError::new("the project's binary could not plan the environment")
-                    .hint("fix the errors above; nothing was touched on any host")
-                    .into(),
-            );
-        }
-        let plan: RemotePlan = serde_json::from_slice(&output.stdout)
-            .context("cannot read the plan printed by the project's binary")?;
-        for (name, value) in &plan.secrets {
-            batou_core::redact::register(name, value);
-        }
-        return Ok((plan, binary));
     }
     let registry = batou_runtime::registry(|_| {});
     let identities = batou_runtime::identity_source(settings.identity.clone());
-    let plan = batou_runtime::remote_plan(
-        &settings.project,
-        &settings.environment,
-        &registry,
-        &identities,
-        settings.dry_run,
-    )?;
+    let mut facts = BTreeMap::new();
+    let mut generated = Vec::new();
+    let plan = loop {
+        let planned = batou_runtime::remote_plan(
+            &settings.project,
+            &settings.environment,
+            &registry,
+            &identities,
+            settings.dry_run,
+            &facts,
+        )?;
+        match next_plan(planned, &mut facts, &mut generated, settings)? {
+            Some(plan) => break plan,
+            None => continue,
+        }
+    };
     let me = std::env::current_exe().context("cannot find this executable to ship as the agent")?;
     Ok((plan, me))
+}
+
+/// A final plan with the secrets generated on the way, or `None` after gathering the facts
+/// that planning asked for (the caller plans again). Facts are asked for at most once per
+/// host, so this ends.
+fn next_plan(
+    planned: batou_runtime::Planned,
+    facts: &mut BTreeMap<String, batou_core::Facts>,
+    generated: &mut Vec<String>,
+    settings: &Settings,
+) -> anyhow::Result<Option<RemotePlan>> {
+    match planned {
+        batou_runtime::Planned::Plan(plan) => {
+            let mut plan = *plan;
+            generated.append(&mut plan.generated);
+            plan.generated = std::mem::take(generated);
+            Ok(Some(plan))
+        }
+        batou_runtime::Planned::NeedsFacts {
+            facts_needed,
+            generated: mut more,
+        } => {
+            generated.append(&mut more);
+            if let Some(again) = facts_needed.iter().find(|h| facts.contains_key(&h.name)) {
+                anyhow::bail!(
+                    "planning asked for the facts of host `{}` twice",
+                    again.name
+                );
+            }
+            facts.extend(facts::gather(&facts_needed, settings)?);
+            Ok(None)
+        }
+    }
 }
 
 /// The plan must have hosts, and `--hosts` must name hosts of the plan.
@@ -601,6 +662,7 @@ mod tests {
             host_jobs: Default::default(),
             secrets: Vec::new(),
             generated: Vec::new(),
+            fact_hosts: Vec::new(),
         }
     }
 

@@ -291,6 +291,7 @@ mod tests {
                     secret_files: BTreeMap::new(),
                     secrets: Vec::new(),
                     templates: Default::default(),
+                    facts: None,
                 },
             );
         }
@@ -311,6 +312,7 @@ mod tests {
             host_jobs,
             secrets: Vec::new(),
             generated: Vec::new(),
+            fact_hosts: Vec::new(),
         }
     }
 

@@ -29,6 +29,7 @@
 pub mod agent;
 pub mod completions;
 mod exit;
+pub mod facts;
 pub mod handover;
 pub mod init;
 mod local;
@@ -46,7 +47,9 @@ use batou_core::Registry;
 
 pub use exit::{Exit, ExitError};
 pub use local::{Settings, find_project, run};
-pub use planning::{Loaded, generated_lines, identity_source, load_environment, remote_plan};
+pub use planning::{
+    Loaded, Planned, generated_lines, identity_source, load_environment, remote_plan,
+};
 pub use report::print_error;
 pub use role::Role;
 

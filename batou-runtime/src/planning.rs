@@ -2,29 +2,88 @@
 //! where this user's identities are. Controllers (`batou-remote`, and a project binary's
 //! `plan` role) and the local converge share it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use batou_core::secrets::{IDENTITY_ENV, IdentitySource, Secrets, UserDirs, secrets_path};
 use batou_core::{Environment, Plan, Project, Registry};
+use batou_core::{Facts, FactsInput};
+use serde::{Deserialize, Serialize};
 
 /// Loads an environment and plans it for remote hosts (relative base directories below each
-/// host's home). Missing generated secrets are generated and stored, or, with `dry_run`,
-/// generated for this plan only; the plan names them in `generated`.
+/// host's home), with the hosts' platform facts gathered so far. Missing generated secrets
+/// are generated and stored, or, with `dry_run`, generated for this plan only; the plan names
+/// them in `generated`.
+///
+/// When a configure read the facts of a host that `facts` lacks, the plan is not final
+/// (whether building it succeeded or not): the answer names those hosts, for the controller
+/// to gather their facts and plan again.
 pub fn remote_plan(
     project: &Path,
     environment: &str,
     registry: &Registry,
     identities: &IdentitySource,
     dry_run: bool,
-) -> anyhow::Result<batou_core::protocol::RemotePlan> {
+    facts: &BTreeMap<String, Facts>,
+) -> anyhow::Result<Planned> {
     let loaded = load_environment(project, environment, registry, identities, dry_run)?;
     let environment = loaded.environment;
     let base_dir = environment.remote_base_dir();
-    let plan = Plan::build(&environment, registry, &Project::new(project), &base_dir)?;
-    let mut remote = plan.export(environment.settings.jobs)?;
+    let input = FactsInput {
+        facts: facts.clone(),
+        reads: Default::default(),
+    };
+    let built = Plan::build_with_facts(
+        &environment,
+        registry,
+        &Project::new(project),
+        &base_dir,
+        &input,
+    );
+    let missing: Vec<String> = input
+        .reads
+        .hosts()
+        .into_iter()
+        .filter(|h| !facts.contains_key(h))
+        .collect();
+    if !missing.is_empty() {
+        let hosts = environment
+            .hosts
+            .iter()
+            .filter(|h| missing.contains(&h.name))
+            .map(|h| batou_core::protocol::RemoteHost {
+                name: h.name.clone(),
+                address: h.address.clone(),
+                port: h.port,
+                user: h.user.clone(),
+            })
+            .collect();
+        return Ok(Planned::NeedsFacts {
+            facts_needed: hosts,
+            generated: loaded.generated,
+        });
+    }
+    let mut remote = built?.export(environment.settings.jobs)?;
     remote.generated = loaded.generated;
-    Ok(remote)
+    Ok(Planned::Plan(Box::new(remote)))
+}
+
+/// What planning for remote hosts gives: the plan, or the hosts whose facts it needs first.
+/// A project's binary prints it as JSON for the controller (`<binary> plan`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Planned {
+    /// Configure read the facts of these hosts, which were not given.
+    NeedsFacts {
+        /// The hosts, sorted, with how to reach them.
+        facts_needed: Vec<batou_core::protocol::RemoteHost>,
+        /// The secrets this planning generated (stored already, unless a dry run).
+        #[serde(default)]
+        generated: Vec<String>,
+    },
+    /// The plan, with every fact it read.
+    Plan(Box<batou_core::protocol::RemotePlan>),
 }
 
 /// An environment loaded with its secrets, and the generated secrets that loading made.

@@ -35,6 +35,10 @@ pub enum Role {
         /// Plan for a dry run: generate no secret for keeps.
         #[arg(long)]
         dry_run: bool,
+        /// A JSON file of hosts' platform facts (host name to facts), gathered by the
+        /// controller after this role said it needs them.
+        #[arg(long)]
+        facts: Option<PathBuf>,
     },
 }
 
@@ -50,14 +54,23 @@ impl Role {
                 environment,
                 project,
                 dry_run,
+                facts,
             } => {
                 let identities = identity_source(None);
+                let facts = match facts.map(|path| read_facts(&path)).transpose() {
+                    Ok(facts) => facts.unwrap_or_default(),
+                    Err(err) => {
+                        print_error(&err, false);
+                        return Exit::of_error(&err).into();
+                    }
+                };
                 match remote_plan(
                     &project,
                     &environment,
                     &registry(register),
                     &identities,
                     dry_run,
+                    &facts,
                 ) {
                     Ok(plan) => {
                         println!(
@@ -75,4 +88,15 @@ impl Role {
             }
         }
     }
+}
+
+/// Hosts' facts from the JSON file the controller wrote.
+fn read_facts(
+    path: &std::path::Path,
+) -> anyhow::Result<std::collections::BTreeMap<String, batou_core::Facts>> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the facts file `{}`", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("cannot read the facts file `{}`", path.display()))
 }

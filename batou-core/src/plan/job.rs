@@ -56,6 +56,7 @@ impl Plan {
             secret_files: self.secret_files.used_by(&steps),
             secrets: Vec::new(),
             templates: self.syntax.clone(),
+            facts: self.facts.get(host).cloned(),
         };
         // The agent masks every secret its job carries, wherever it came from (attributes,
         // host data, resources, files): those whose value occurs in the job.
@@ -113,6 +114,7 @@ impl Plan {
             host_jobs,
             secrets: self.secret_values.clone(),
             generated: Vec::new(),
+            fact_hosts: self.fact_hosts(),
         })
     }
 
@@ -124,6 +126,15 @@ impl Plan {
         base_dir: &Path,
     ) -> Result<Plan, ConfigError> {
         let project = Project::shipped(job.files.clone());
+        // The agent checked its own facts against these before configuring.
+        let facts = crate::FactsInput {
+            facts: job
+                .facts
+                .iter()
+                .map(|f| (job.host.name.clone(), f.clone()))
+                .collect(),
+            reads: Default::default(),
+        };
         let secret_files = Arc::new(SecretFiles::new(job.secret_files.clone(), None));
         // The controller rendered attributes with a relative base directory planned as
         // `~/...`; this host knows where that is.
@@ -166,6 +177,7 @@ impl Plan {
                 registry,
                 secret_files: &secret_files,
                 syntax: &job.templates,
+                facts: &facts,
             },
             Resources::fixed(job.resources.clone()),
         )?;
@@ -196,6 +208,8 @@ impl Plan {
             secret_values: Vec::new(),
             changed: Default::default(),
             syntax: job.templates.clone(),
+            fact_reads: facts.reads.hosts(),
+            facts: facts.facts,
         };
         for (i, expected) in job_steps.iter().enumerate() {
             let configured = plan.component_paths(i);

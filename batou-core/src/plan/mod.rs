@@ -52,6 +52,10 @@ pub struct Plan {
     changed: std::collections::BTreeSet<usize>,
     /// The environment's template syntax, which jobs carry to agents.
     syntax: crate::TemplateSyntax,
+    /// The hosts' facts as planned (only those gathered), which jobs carry to agents.
+    facts: BTreeMap<String, crate::Facts>,
+    /// The hosts whose facts a configure read.
+    fact_reads: std::collections::BTreeSet<String>,
 }
 
 impl Plan {
@@ -65,6 +69,26 @@ impl Plan {
         registry: &Registry,
         project: &Project,
         base_dir: &Path,
+    ) -> Result<Plan, ConfigError> {
+        Self::build_with_facts(
+            environment,
+            registry,
+            project,
+            base_dir,
+            &crate::FactsInput::default(),
+        )
+    }
+
+    /// Like [`Plan::build`], with hosts' platform facts: those in `facts.facts` as gathered,
+    /// the others unknown. Every host whose facts a configure read is recorded in
+    /// `facts.reads` (also when building fails), so that the caller can gather them and
+    /// build again.
+    pub fn build_with_facts(
+        environment: &Environment,
+        registry: &Registry,
+        project: &Project,
+        base_dir: &Path,
+        facts: &crate::FactsInput,
     ) -> Result<Plan, ConfigError> {
         let syntax = environment.settings.templates.syntax();
         let templates = Templates::with_syntax(project.clone(), &syntax);
@@ -124,6 +148,7 @@ impl Plan {
                 registry,
                 secret_files: &secret_files,
                 syntax: &syntax,
+                facts,
             },
             Resources::default(),
         )?;
@@ -173,7 +198,23 @@ impl Plan {
             secret_values: environment.secret_values.clone(),
             changed: Default::default(),
             syntax,
+            facts: facts.facts.clone(),
+            fact_reads: facts.reads.hosts(),
         })
+    }
+
+    /// The hosts whose facts a configure read, sorted.
+    pub fn fact_hosts(&self) -> Vec<String> {
+        self.fact_reads.iter().cloned().collect()
+    }
+
+    /// The hosts whose facts were read but not given: what to gather before building again.
+    pub fn missing_facts(&self) -> Vec<String> {
+        self.fact_reads
+            .iter()
+            .filter(|h| !self.facts.contains_key(*h))
+            .cloned()
+            .collect()
     }
 
     /// All steps, in environment order (not plan order).

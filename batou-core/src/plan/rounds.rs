@@ -36,6 +36,7 @@ pub(super) struct Context<'a> {
     pub(super) registry: &'a Registry,
     pub(super) secret_files: &'a SecretFiles,
     pub(super) syntax: &'a crate::TemplateSyntax,
+    pub(super) facts: &'a crate::FactsInput,
 }
 
 pub(super) struct Built<'a> {
@@ -77,11 +78,17 @@ pub(super) fn configure_slots<'a>(
         .map(|(step, slot)| {
             let workdir = cx.base_dir.join("work").join(&slot.root);
             let host = slot.host;
+            let facts = cx.facts.of(&host.name);
             let context = minijinja::context! {
                 host => minijinja::context! {
                     name => &host.name,
                     data => minijinja::Value::from_serialize(&host.data),
                     address => host.address.as_deref().unwrap_or(&host.name),
+                    facts => minijinja::Value::from_object(crate::facts::FactsValue {
+                        host: host.name.clone(),
+                        facts: facts.clone(),
+                        reads: cx.facts.reads.clone(),
+                    }),
                 },
                 environment => minijinja::context! {
                     name => cx.environment,
@@ -104,6 +111,8 @@ pub(super) fn configure_slots<'a>(
                 templates: &host_templates[slot.host.name.as_str()],
                 secret_files: cx.secret_files,
                 context,
+                facts,
+                fact_reads: cx.facts.reads.clone(),
             }
         })
         .collect();

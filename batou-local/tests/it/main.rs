@@ -11,6 +11,7 @@ mod confinement;
 mod demo;
 mod dry_run;
 mod example;
+mod facts;
 mod failure;
 mod generated_secrets;
 mod harness;

@@ -10,6 +10,7 @@ mod demo_script;
 mod deploy;
 mod dry_run;
 mod example;
+mod facts;
 mod faults;
 mod generated_secrets;
 mod harness;
