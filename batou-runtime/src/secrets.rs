@@ -165,7 +165,7 @@ impl Repo {
 /// The recipients of `environment`'s secrets, from `secrets/<env>.recipients`: an error with
 /// a hint when the file is missing or lists nobody.
 pub(crate) fn read_recipients(root: &Path, environment: &str) -> anyhow::Result<Vec<Recipient>> {
-    let relative = recipients_path(&environment);
+    let relative = recipients_path(environment);
     let text = match std::fs::read_to_string(root.join(recipients_path(environment))) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
