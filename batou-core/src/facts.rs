@@ -116,9 +116,26 @@ impl Facts {
 #[derive(Debug, Clone, Default)]
 pub struct FactReads(Arc<Mutex<BTreeSet<String>>>);
 
+thread_local! {
+    /// Set while an error looks for names to suggest: what it looks at was not read by the
+    /// template, and must not make a plan gather facts.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` without recording fact reads.
+pub(crate) fn quietly<T>(f: impl FnOnce() -> T) -> T {
+    QUIET.with(|q| q.set(true));
+    let out = f();
+    QUIET.with(|q| q.set(false));
+    out
+}
+
 impl FactReads {
     /// Records that a configure on `host` read its facts.
     pub(crate) fn record(&self, host: &str) {
+        if QUIET.with(std::cell::Cell::get) {
+            return;
+        }
         self.0
             .lock()
             .expect("the fact reads lock is never poisoned")

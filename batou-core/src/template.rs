@@ -244,7 +244,8 @@ impl Templates {
             };
         }
         let mut message = describe(err, source.as_deref());
-        if let Some(suggestion) = suggest(err, source.as_deref(), context) {
+        if let Some(suggestion) = crate::facts::quietly(|| suggest(err, source.as_deref(), context))
+        {
             message.push_str(&format!(" (did you mean `{suggestion}`?)"));
         }
         anyhow::anyhow!(message)
