@@ -523,7 +523,7 @@ fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
                 .hint("fix the errors above; nothing was touched on any host")
                 .into());
             }
-            let planned: batou_runtime::Planned = serde_json::from_slice(&output.stdout)
+            let planned = batou_runtime::Planned::from_json(&output.stdout)
                 .context("cannot read the plan printed by the project's binary")?;
             let Some(plan) = next_plan(planned, &mut facts, &mut generated, settings)? else {
                 continue;

@@ -71,7 +71,7 @@ pub fn remote_plan(
 
 /// What planning for remote hosts gives: the plan, or the hosts whose facts it needs first.
 /// A project's binary prints it as JSON for the controller (`<binary> plan`).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum Planned {
     /// Configure read the facts of these hosts, which were not given.
@@ -84,6 +84,26 @@ pub enum Planned {
     },
     /// The plan, with every fact it read.
     Plan(Box<batou_core::protocol::RemotePlan>),
+}
+
+impl Planned {
+    /// Reads what `<binary> plan` printed. (Not an untagged `Deserialize`: a plan's types
+    /// read from the JSON text itself, not from serde's buffered copy of it.)
+    pub fn from_json(json: &[u8]) -> serde_json::Result<Planned> {
+        #[derive(Deserialize)]
+        struct NeedsFacts {
+            facts_needed: Vec<batou_core::protocol::RemoteHost>,
+            #[serde(default)]
+            generated: Vec<String>,
+        }
+        match serde_json::from_slice::<NeedsFacts>(json) {
+            Ok(n) => Ok(Planned::NeedsFacts {
+                facts_needed: n.facts_needed,
+                generated: n.generated,
+            }),
+            Err(_) => Ok(Planned::Plan(Box::new(serde_json::from_slice(json)?))),
+        }
+    }
 }
 
 /// An environment loaded with its secrets, and the generated secrets that loading made.
