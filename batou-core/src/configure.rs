@@ -34,6 +34,9 @@ pub(crate) struct Scope<'a> {
     /// The plan's bundles: built once per specification on the controller, shipped to agents.
     pub(crate) bundles: &'a crate::bundle::Bundles,
     pub(crate) context: minijinja::Value,
+    /// The host's facts as planned ([`crate::Facts::unknown`] until gathered).
+    pub(crate) facts: crate::Facts,
+    pub(crate) fact_reads: crate::FactReads,
 }
 
 /// A sub-component that a component added, for asking later whether it changed.
@@ -120,6 +123,17 @@ impl<'a> Configure<'a> {
     /// The host this component is configured for.
     pub fn host(&self) -> &Host {
         self.scope.host
+    }
+
+    /// The host's platform facts (OS, distribution, version, architecture), for choosing a
+    /// variant: a service manager, a package name.
+    ///
+    /// Asking is recorded: a plan whose configure asked is built again once the host's
+    /// facts are known, and every value is empty until then. Configure stays pure: the facts
+    /// are gathered by the command that plans, not here.
+    pub fn facts(&self) -> &crate::Facts {
+        self.scope.fact_reads.record(&self.scope.host.name);
+        &self.scope.facts
     }
 
     /// The environment's name.

@@ -47,6 +47,38 @@ pub struct Settings {
     /// Absolute paths outside `base_dir` that components may change.
     #[serde(default)]
     pub allow_paths: Vec<Spanned<String>>,
+    /// The template syntax (`[environment.templates]`): line statements and comments.
+    #[serde(default)]
+    pub templates: TemplateSettings,
+}
+
+/// The `[environment.templates]` table: Jinja2's line statement and line comment prefixes,
+/// with their places for errors.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSettings {
+    /// A line starting with this (after blanks) is a statement (batou uses `@@`).
+    #[serde(default)]
+    pub line_statement_prefix: Option<Spanned<String>>,
+    /// A line starting with this, or its rest after it, is a comment.
+    #[serde(default)]
+    pub line_comment_prefix: Option<Spanned<String>>,
+}
+
+impl TemplateSettings {
+    /// The syntax, without places.
+    pub fn syntax(&self) -> crate::TemplateSyntax {
+        crate::TemplateSyntax {
+            line_statement_prefix: self
+                .line_statement_prefix
+                .as_ref()
+                .map(|p| p.get_ref().clone()),
+            line_comment_prefix: self
+                .line_comment_prefix
+                .as_ref()
+                .map(|p| p.get_ref().clone()),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -56,6 +88,7 @@ impl Default for Settings {
             base_dir: default_base_dir(),
             jobs: default_jobs(),
             allow_paths: Vec::new(),
+            templates: TemplateSettings::default(),
         }
     }
 }
@@ -106,6 +139,8 @@ pub struct Environment {
     pub(crate) secrets_path: Option<String>,
     /// Every secret string with its dotted name.
     pub(crate) secret_values: Vec<(String, String)>,
+    /// The generated secrets the environment declares (`{ generate = "password" }`).
+    pub(crate) generated: Vec<crate::secrets::Declaration>,
 }
 
 /// A root component definition: its type and where its attribute overrides are.
@@ -289,6 +324,22 @@ impl Environment {
             }
         }
 
+        if let Err(message) = settings.templates.syntax().check() {
+            let at = [
+                &settings.templates.line_statement_prefix,
+                &settings.templates.line_comment_prefix,
+            ]
+            .into_iter()
+            .flatten()
+            .map(|p| p.span().start)
+            .next()
+            .unwrap_or(0);
+            return Err(ConfigError::new(format!(
+                "the template syntax of `[environment.templates]` is not usable: {message}"
+            ))
+            .at(source.place(at)));
+        }
+
         let components = parse_components(&source, components_value, registry)?;
 
         let mut hosts = Vec::new();
@@ -342,6 +393,11 @@ impl Environment {
             });
         }
 
+        let tables: Vec<(String, Spanned<DeValue<'_>>)> =
+            component_tables(&source)?.into_iter().collect();
+        let generated = crate::secrets::generate::declarations(&source, &tables)?;
+        drop(tables);
+
         Ok(Environment {
             name: name.to_string(),
             settings,
@@ -353,6 +409,7 @@ impl Environment {
             secret_files: BTreeMap::new(),
             secrets_path: None,
             secret_values: Vec::new(),
+            generated,
         })
     }
 
@@ -365,6 +422,22 @@ impl Environment {
         registry: &Registry,
     ) -> Result<(), ConfigError> {
         let overlay = &secrets.source;
+        for (name, _) in &secrets.generated {
+            if !self
+                .hosts
+                .iter()
+                .any(|h| h.components.contains(name.get_ref()))
+                || !self.components.contains_key(name.get_ref())
+            {
+                return Err(ConfigError::new(format!(
+                    "a generated secret for component `{}`, which no host runs",
+                    name.get_ref()
+                ))
+                .at(overlay.place(name.span().start))
+                .suggest(name.get_ref(), self.components.keys().map(String::as_str))
+                .hint("remove the entry with `secrets edit`, or assign the component to a host"));
+            }
+        }
         for name in &secrets.components {
             let component = name.get_ref();
             let assigned = self.hosts.iter().any(|h| h.components.contains(component));
@@ -455,6 +528,8 @@ impl Environment {
                     if let DeValue::Table(table) = value.get_mut() {
                         table.remove("type");
                     }
+                    // A generated secret's value comes from the secrets, below.
+                    crate::secrets::generate::strip(&mut value);
                     value
                 }
                 None => Spanned::new(def.span.clone(), DeValue::Table(DeTable::new())),
@@ -468,6 +543,18 @@ impl Environment {
             );
         }
         if let Some(secrets) = &self.secrets {
+            for (name, from) in generated_tables(secrets)? {
+                if let Some(into) = out.get_mut(&name) {
+                    merge(
+                        &mut into.value,
+                        from,
+                        &format!("components.{name}"),
+                        &[],
+                        &mut into.secret,
+                        secrets,
+                    )?;
+                }
+            }
             for (name, from) in component_tables(secrets)? {
                 // `apply_secrets` refused secrets for components that are not defined.
                 if let Some(into) = out.get_mut(&name) {
@@ -483,6 +570,43 @@ impl Environment {
             }
         }
         Ok(out)
+    }
+
+    /// The generated secrets this environment declares for components that hosts run and
+    /// whose value the secrets do not hold yet: what [`append_generated`] must make.
+    ///
+    /// [`append_generated`]: crate::secrets::append_generated
+    pub fn missing_generated(&self) -> Result<Vec<crate::secrets::Declaration>, ConfigError> {
+        if self.generated.is_empty() {
+            return Ok(Vec::new());
+        }
+        let attributes = self.attributes()?;
+        Ok(self
+            .generated
+            .iter()
+            .filter(|d| {
+                self.hosts
+                    .iter()
+                    .any(|h| h.components.contains(&d.component))
+            })
+            .filter(|d| {
+                let Some(merged) = attributes.get(&d.component) else {
+                    return true;
+                };
+                let mut value = merged.value.get_ref();
+                for key in &d.attribute {
+                    match value {
+                        DeValue::Table(t) => match t.get(key.as_str()) {
+                            Some(v) => value = v.get_ref(),
+                            None => return true,
+                        },
+                        _ => return true,
+                    }
+                }
+                false
+            })
+            .cloned()
+            .collect())
     }
 
     /// The host called `name`, or an error suggesting a close name.
@@ -642,6 +766,32 @@ fn component_tables(
         .filter(|(_, v)| v.get_ref().is_table())
         .map(|(k, v)| (k.into_inner().into_owned(), v))
         .collect())
+}
+
+/// The `[[generated]]` entries of a secrets text as attribute tables by component, nested
+/// along each entry's attribute path, with the value's span.
+fn generated_tables(
+    source: &SourceText,
+) -> Result<Vec<(String, Spanned<DeValue<'_>>)>, ConfigError> {
+    let mut doc = source.parse()?.into_inner();
+    let Some(value) = doc.remove("generated") else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for entry in crate::secrets::generate::entries(source, value)? {
+        let span = entry.value.span();
+        let mut value = entry.value;
+        for key in entry.attribute.iter().rev() {
+            let mut table = DeTable::new();
+            table.insert(
+                Spanned::new(span.clone(), std::borrow::Cow::Owned(key.clone())),
+                value,
+            );
+            value = Spanned::new(span.clone(), DeValue::Table(table));
+        }
+        out.push((entry.component, value));
+    }
+    Ok(out)
 }
 
 fn parse_components(

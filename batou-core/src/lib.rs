@@ -37,6 +37,7 @@ mod engine;
 mod environment;
 mod error;
 mod event;
+pub mod facts;
 pub mod journal;
 pub mod output;
 mod paths;
@@ -59,9 +60,12 @@ pub use component::{Component, Verdict};
 pub use configure::{Configure, RootWatch, SubComponent};
 pub use deploy::Deploy;
 pub use engine::{ConvergeOptions, HostReport, RootOutcome, StepReport, converge, converge_step};
-pub use environment::{Connect, Environment, Host, Settings, check_name, host_base_dir};
+pub use environment::{
+    Connect, Environment, Host, Settings, TemplateSettings, check_name, host_base_dir,
+};
 pub use error::{ConfigError, Place};
 pub use event::{Event, EventSink, HostStatus, HostSummary};
+pub use facts::{FactReads, Facts, FactsInput};
 pub use paths::{AllowedPaths, refuse_nul};
 pub use plan::{Plan, Step};
 pub use project::{Project, ProjectEntry, ProjectEntryKind, ProjectFiles};
@@ -75,7 +79,7 @@ pub use service::{
     ServiceControl, ServiceOutcome, ServiceResult, ServiceStatus, ServiceVerb, control_services,
     has_services, select_roots, service_paths,
 };
-pub use template::Templates;
+pub use template::{TemplateSyntax, Templates};
 
 /// Removes `.` and resolves `..` lexically, without touching the file system.
 pub fn normalize_path(path: &std::path::Path) -> std::path::PathBuf {

@@ -23,7 +23,9 @@ use crate::{Event, RootOutcome, ServiceOutcome, ServiceVerb};
 /// a job step lists its services.
 /// 5: the `step_finished` event (an older controller cannot read it).
 /// 6: jobs carry release bundles; sessions for the `releases` and `rollback` verbs.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 7: a job carries the template syntax and the host's facts; a remote plan names the hosts
+/// whose facts were read and the secrets generated.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Everything one host needs to configure and converge its part of a plan, and nothing more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +55,15 @@ pub struct HostJob {
     /// events and journal.
     #[serde(default)]
     pub secrets: Vec<(String, String)>,
+    /// The environment's template syntax (line statements and comments), for the agent's
+    /// configure to render templates as the controller's did.
+    #[serde(default, skip_serializing_if = "crate::TemplateSyntax::is_default")]
+    pub templates: crate::TemplateSyntax,
+    /// The host's platform facts, when its configure read them: the agent checks its own
+    /// against these (refusing with `plan_mismatch` when they differ) and configures with
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<crate::Facts>,
 }
 
 /// What a controller needs to deploy an environment over SSH: the plan's graph, how to reach
@@ -74,6 +85,14 @@ pub struct RemotePlan {
     /// `(name, value)` of every secret of the environment, for the controller to mask.
     #[serde(default)]
     pub secrets: Vec<(String, String)>,
+    /// The names of the secrets that planning generated (stored, or in a dry run made for
+    /// this run only), for the controller to report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub generated: Vec<String>,
+    /// The hosts whose facts a configure read: with facts missing from their jobs, the
+    /// controller gathers them and plans again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fact_hosts: Vec<String>,
 }
 
 /// How to reach a host; unset fields come from the user's SSH configuration.

@@ -2,19 +2,131 @@
 //!
 //! Errors name the template and line and quote the failing expression from the template source,
 //! never the values of the context: a context may hold secrets.
+//!
+//! For templates that projects bring from Jinja2 (batou's among them), Python's methods on
+//! strings, maps and lists (`.items()`, `.upper()`, `.format(..)`) come from minijinja-contrib's
+//! `pycompat`, and line statements (`@@ if ...` on a line of its own) are available with a
+//! prefix the environment chooses ([`TemplateSyntax`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
+use serde::{Deserialize, Serialize};
 
 use crate::Project;
 
 /// Renders project template files and inline template strings.
 pub struct Templates {
     env: Environment<'static>,
+    /// The syntax, for [`jinja2_blank_lines`] before compiling.
+    syntax: TemplateSyntax,
     /// Sources of loaded templates, kept to quote failing expressions in errors.
     sources: Arc<Mutex<BTreeMap<String, Arc<str>>>>,
+}
+
+/// The template syntax beyond Jinja's defaults that an environment chooses: line statements
+/// and line comments, as Jinja2's `line_statement_prefix` and `line_comment_prefix`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSyntax {
+    /// A line starting with this (after blanks) is a statement: `@@ for x in xs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line_statement_prefix: Option<String>,
+    /// A line starting with this, or its rest after it, is a comment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line_comment_prefix: Option<String>,
+}
+
+impl TemplateSyntax {
+    /// Whether this is Jinja's default syntax.
+    pub fn is_default(&self) -> bool {
+        self.line_statement_prefix.is_none() && self.line_comment_prefix.is_none()
+    }
+
+    /// minijinja's syntax configuration, or why there is none: an empty prefix, or one that
+    /// clashes with a delimiter or the other prefix.
+    fn config(&self) -> Result<minijinja::syntax::SyntaxConfig, String> {
+        for (name, prefix) in [
+            ("line_statement_prefix", &self.line_statement_prefix),
+            ("line_comment_prefix", &self.line_comment_prefix),
+        ] {
+            if let Some(p) = prefix
+                && p.trim().is_empty()
+            {
+                return Err(format!("`{name}` must not be empty or blank"));
+            }
+        }
+        let mut builder = minijinja::syntax::SyntaxConfig::builder();
+        if let Some(p) = &self.line_statement_prefix {
+            builder.line_statement_prefix(p.clone());
+        }
+        if let Some(p) = &self.line_comment_prefix {
+            builder.line_comment_prefix(p.clone());
+        }
+        // Jinja2 drops the blank lines after a line statement; `jinja2_blank_lines` turns
+        // them into line comments, which needs a line comment prefix.
+        if self.line_statement_prefix.is_some() && self.line_comment_prefix.is_none() {
+            builder.line_comment_prefix(BLANK_LINE_MARK);
+        }
+        builder.build().map_err(|e| {
+            e.detail()
+                .map_or_else(|| e.kind().to_string(), str::to_string)
+        })
+    }
+
+    /// Checks that minijinja accepts this syntax.
+    pub fn check(&self) -> Result<(), String> {
+        self.config().map(|_| ())
+    }
+}
+
+/// The line comment prefix that stands for a blank line after a line statement when the
+/// environment chose no line comment prefix: control characters that no template holds.
+const BLANK_LINE_MARK: &str = "\u{1}\u{2}";
+
+/// `source` with the blank lines that follow a line statement turned into line comments, so
+/// that they render as nothing, as in Jinja2 (whose line statements end with every blank line
+/// after them), while every line keeps its number for errors; and without the colon that
+/// Jinja2 allows at the end of a line statement.
+fn jinja2_blank_lines<'a>(source: &'a str, syntax: &TemplateSyntax) -> std::borrow::Cow<'a, str> {
+    let Some(prefix) = &syntax.line_statement_prefix else {
+        return std::borrow::Cow::Borrowed(source);
+    };
+    let mark = syntax
+        .line_comment_prefix
+        .as_deref()
+        .unwrap_or(BLANK_LINE_MARK);
+    let mut out = String::with_capacity(source.len());
+    let mut after_statement = false;
+    let mut changed = false;
+    for line in source.split_inclusive('\n') {
+        if after_statement && line.trim().is_empty() {
+            out.push_str(mark);
+            if line.ends_with('\n') {
+                out.push('\n');
+            }
+            changed = true;
+            continue;
+        }
+        after_statement = line.trim_start().starts_with(prefix.as_str());
+        let body = line.trim_end();
+        if after_statement && body.ends_with(':') {
+            // Jinja2 allows a colon after a line statement that opens a block
+            // (`@@ for x in xs:`); a blank keeps the columns.
+            out.push_str(&body[..body.len() - 1]);
+            out.push(' ');
+            out.push_str(&line[body.len()..]);
+            changed = true;
+            continue;
+        }
+        out.push_str(line);
+    }
+    if changed {
+        std::borrow::Cow::Owned(out)
+    } else {
+        std::borrow::Cow::Borrowed(source)
+    }
 }
 
 /// Whether a string contains template syntax and so needs rendering.
@@ -23,24 +135,45 @@ pub(crate) fn is_template(s: &str) -> bool {
 }
 
 impl Templates {
-    /// Templates that load files from `project`.
+    /// Templates that load files from `project`, in Jinja's default syntax.
     pub fn new(project: Project) -> Self {
+        Self::with_syntax(project, &TemplateSyntax::default())
+    }
+
+    /// Templates that load files from `project`, in `syntax` (checked when the environment
+    /// was loaded: see [`TemplateSyntax::check`]).
+    pub fn with_syntax(project: Project, syntax: &TemplateSyntax) -> Self {
         let sources: Arc<Mutex<BTreeMap<String, Arc<str>>>> = Arc::default();
         let mut env = base_environment();
+        if !syntax.is_default() {
+            // An environment's syntax is checked when it is loaded, and a job carries the
+            // one its controller checked.
+            env.set_syntax(
+                syntax
+                    .config()
+                    .expect("template syntax is checked when the environment is loaded"),
+            );
+        }
         let cache = Arc::clone(&sources);
+        let loader_syntax = syntax.clone();
         env.set_loader(move |name| {
             let data = read_template(&project, name).map_err(LoadError::into_minijinja)?;
             let text = crate::environment::utf8(name, data).map_err(|mut e| {
                 e.message = format!("template {}", e.message);
                 LoadError::new(e.into(), minijinja::ErrorKind::InvalidOperation).into_minijinja()
             })?;
+            let text = jinja2_blank_lines(&text, &loader_syntax).into_owned();
             cache
                 .lock()
                 .expect("template source cache lock is never poisoned")
                 .insert(name.to_string(), Arc::from(text.as_str()));
             Ok(Some(text))
         });
-        Templates { env, sources }
+        Templates {
+            env,
+            syntax: syntax.clone(),
+            sources,
+        }
     }
 
     /// Renders the project template file `name` (project-relative) with `context`.
@@ -56,18 +189,20 @@ impl Templates {
 
     /// Renders the inline template `source`, called `name` in errors, with `context`.
     pub fn render_str(&self, name: &str, source: &str, context: &Value) -> anyhow::Result<String> {
+        let source = jinja2_blank_lines(source, &self.syntax);
         self.env
-            .render_named_str(name, source, context)
-            .map_err(|e| self.error(&e, Some(source), context))
+            .render_named_str(name, &source, context)
+            .map_err(|e| self.error(&e, Some(&source), context))
     }
 
     /// Compiles the inline template `source` without rendering it: syntax errors are found
     /// without a context (unknown filters only show when rendering).
     pub fn check_str(&self, name: &str, source: &str) -> anyhow::Result<()> {
+        let source = jinja2_blank_lines(source, &self.syntax);
         self.env
-            .template_from_named_str(name, source)
+            .template_from_named_str(name, &source)
             .map(|_| ())
-            .map_err(|e| self.error(&e, Some(source), &Value::UNDEFINED))
+            .map_err(|e| self.error(&e, Some(&source), &Value::UNDEFINED))
     }
 
     fn error(
@@ -109,7 +244,8 @@ impl Templates {
             };
         }
         let mut message = describe(err, source.as_deref());
-        if let Some(suggestion) = suggest(err, source.as_deref(), context) {
+        if let Some(suggestion) = crate::facts::quietly(|| suggest(err, source.as_deref(), context))
+        {
             message.push_str(&format!(" (did you mean `{suggestion}`?)"));
         }
         anyhow::anyhow!(message)
@@ -419,6 +555,8 @@ fn base_environment() -> Environment<'static> {
     // Debug info would capture context values (possibly secrets) into errors; the failing
     // expression's source range is enough to place an error.
     env.set_debug(false);
+    // Python's methods (`.items()`, `.upper()`, `.format(..)`), as Jinja2 templates call them.
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env
 }
 
@@ -644,5 +782,139 @@ mod tests {
             err,
             "template `x` line 1: unknown test `strnig` (did you mean `string`?)"
         );
+    }
+
+    /// A template written for batou (Jinja2 with `line_statement_prefix="@@"`,
+    /// `keep_trailing_newline=True`, `StrictUndefined`), and the bytes Jinja2 3.1.6 renders
+    /// from it with the context of the test below.
+    const BATOU_TEMPLATE: &str = r#"# {{ component.name }} on {{ host.name }}
+@@ for name, port in ports.items()
+[{{ name.upper() }}]
+listen = {{ "{}:{}".format(address, port) }}
+@@ if name.startswith("web")
+workers = {{ workers }}
+@@ else
+workers = 1
+@@ endif
+
+@@ endfor
+@@ if not flags
+# no flags
+@@ endif
+  @@ for f in flags|sort
+flag = {{ f.strip().lower() }}
+  @@ endfor
+keys = {{ ports.keys()|list|join(",") }}
+names = {{ " ".join(["a", "b"]) }}
+title = {{ "hello world".title() }} / {{ "x-y".replace("-", "_") }} / {{ "a,b".split(",")|length }}
+count = {{ [1, 1, 2].count(1) }} / {{ ports.get("missing", "none") }}
+"#;
+    const BATOU_RENDERED: &str = r#"# app on web1
+[ADMIN]
+listen = 127.0.0.1:9090
+workers = 1
+[WEB]
+listen = 127.0.0.1:8080
+workers = 4
+flag = debug
+flag = trace
+keys = admin,web
+names = a b
+title = Hello World / x_y / 2
+count = 2 / none
+"#;
+
+    fn batou_syntax() -> TemplateSyntax {
+        TemplateSyntax {
+            line_statement_prefix: Some("@@".into()),
+            line_comment_prefix: None,
+        }
+    }
+
+    #[test]
+    fn a_batou_template_renders_the_bytes_jinja2_renders() {
+        let t = Templates::with_syntax(Project::new("/nonexistent"), &batou_syntax());
+        let cx = context! {
+            component => context! { name => "app" },
+            host => context! { name => "web1" },
+            ports => context! { admin => 9090, web => 8080 },
+            address => "127.0.0.1",
+            workers => 4,
+            flags => vec![" Debug", "TRACE "],
+        };
+        let out = t.render_str("batou.cfg.j2", BATOU_TEMPLATE, &cx).unwrap();
+        assert_eq!(out, BATOU_RENDERED);
+    }
+
+    #[test]
+    fn blank_lines_after_line_statements_vanish_as_in_jinja2() {
+        let t = Templates::with_syntax(Project::new("/nonexistent"), &batou_syntax());
+        // Each pair: a template and the bytes Jinja2 3.1.6 renders from it.
+        for (source, jinja2) in [
+            ("a\n@@ if true\n\n  \n  x\n@@ endif\n\n", "a\n  x\n"),
+            ("x\n  @@ if true\n  y\n  @@ endif\nz\n", "x\n  y\nz\n"),
+            ("@@ set a = 1\n\n@@ if a\nA\n@@ endif\n", "A\n"),
+            ("keep\n\nthis\n", "keep\n\nthis\n"),
+            ("@@ for x in [1, 2]:\n{{ x }}\n@@ endfor\n", "1\n2\n"),
+        ] {
+            let out = t.render_str("x", source, &context! {}).unwrap();
+            assert_eq!(out, jinja2, "{source:?}");
+        }
+        let err = t
+            .render_str("x", "@@ if true\n\n\n{{ nope }}\n@@ endif\n", &context! {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("template `x` line 4: undefined value"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn python_methods_work_without_line_statements_too() {
+        let t = templates();
+        let cx = context! { m => context! { a => 1, b => 2 }, s => "Shop" };
+        let out = t
+            .render_str(
+                "x",
+                "{% for k, v in m.items() %}{{ k }}={{ v }} {% endfor %}{{ s.upper() }} {{ '{}-{}'.format(s, 1) }}",
+                &cx,
+            )
+            .unwrap();
+        assert_eq!(out, "a=1 b=2 SHOP Shop-1");
+        // Without a prefix, `@@` is text.
+        assert_eq!(t.render_str("x", "@@ if x\n", &cx).unwrap(), "@@ if x\n");
+        let err = t
+            .render_str("x", "{{ s.nope() }}", &cx)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown method"), "{err}");
+    }
+
+    #[test]
+    fn line_comments_and_unusable_syntaxes() {
+        let syntax = TemplateSyntax {
+            line_statement_prefix: Some("@@".into()),
+            line_comment_prefix: Some("##".into()),
+        };
+        let t = Templates::with_syntax(Project::new("/nonexistent"), &syntax);
+        let out = t
+            .render_str(
+                "x",
+                "a\n## gone\n@@ if true\nb ## trailing\n@@ endif\n",
+                &context! {},
+            )
+            .unwrap();
+        // Not Jinja2's bytes (`a\n\nb\n`): see docs/environments.md.
+        assert_eq!(out, "a\nb ");
+        let blank = TemplateSyntax {
+            line_statement_prefix: Some(" ".into()),
+            line_comment_prefix: None,
+        };
+        assert_eq!(
+            blank.check().unwrap_err(),
+            "`line_statement_prefix` must not be empty or blank"
+        );
+        assert!(syntax.check().is_ok());
     }
 }

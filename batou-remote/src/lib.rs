@@ -6,6 +6,7 @@
 //! run the plan with [`schedule::deploy`], render events, pick the exit code.
 
 pub mod agent;
+mod facts;
 pub mod release_verbs;
 pub mod schedule;
 pub mod ship;
@@ -15,7 +16,7 @@ pub mod verbs;
 /// The secrets commands, shared with `batou-local` (`batou-local/src/secrets.rs`).
 pub use batou_runtime::secrets;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -314,6 +315,10 @@ fn whole_seconds(d: Duration) -> Duration {
 /// (see `watch_signals`): the first stops the run in order, the second at once.
 pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     let (plan, agent_path) = plan(settings)?;
+    for line in batou_runtime::generated_lines(&plan.environment, &plan.generated, settings.dry_run)
+    {
+        eprintln!("{line}");
+    }
     check_hosts(&plan, settings)?;
     // Which hosts and services a verb acts on is checked before any connection, too.
     let targets = match &settings.service {
@@ -536,51 +541,116 @@ fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
         batou_core::bundle::skip_builds();
     }
     if let Some(binary) = batou_runtime::handover::build_if_package(&settings.project)? {
-        let mut command = std::process::Command::new(&binary);
-        command
-            .arg("plan")
-            .arg(&settings.environment)
-            .arg(&settings.project);
-        if skip_builds {
-            command.env(batou_runtime::SKIP_BUILDS_ENV, "1");
+        let mut facts = BTreeMap::new();
+        let mut generated = Vec::new();
+        // Kept until the project's binary has read it.
+        let facts_file = tempfile::NamedTempFile::new().context("cannot create a facts file")?;
+        loop {
+            let mut command = std::process::Command::new(&binary);
+            command
+                .arg("plan")
+                .arg(&settings.environment)
+                .arg(&settings.project);
+            if skip_builds {
+                command.env(batou_runtime::SKIP_BUILDS_ENV, "1");
+            }
+            if settings.dry_run {
+                // A dry run generates no secret for keeps.
+                command.arg("--dry-run");
+            }
+            if !facts.is_empty() {
+                std::fs::write(
+                    facts_file.path(),
+                    serde_json::to_vec(&facts).expect("facts always serialize"),
+                )
+                .context("cannot write the facts file")?;
+                command.arg("--facts").arg(facts_file.path());
+            }
+            if let Some(identity) = &settings.identity {
+                command.env(
+                    batou_core::secrets::IDENTITY_ENV,
+                    std::path::absolute(identity)?,
+                );
+            }
+            let output = output_within(&mut command, PLAN_DEADLINE).with_context(|| {
+                format!("cannot run the project's binary `{}`", binary.display())
+            })?;
+            if !output.status.success() {
+                // The project's binary printed its error already formatted; relay it.
+                eprint!(
+                    "{}",
+                    batou_core::redact::mask(&String::from_utf8_lossy(&output.stderr))
+                );
+                return Err(ConfigError::new(
+                    "the project's binary could not plan the environment",
+                )
+                .hint("fix the errors above; nothing was touched on any host")
+                .into());
+            }
+            let planned = batou_runtime::Planned::from_json(&output.stdout)
+                .context("cannot read the plan printed by the project's binary")?;
+            let Some(plan) = next_plan(planned, &mut facts, &mut generated, settings)? else {
+                continue;
+            };
+            for (name, value) in &plan.secrets {
+                batou_core::redact::register(name, value);
+            }
+            return Ok((plan, binary));
         }
-        if let Some(identity) = &settings.identity {
-            command.env(
-                batou_core::secrets::IDENTITY_ENV,
-                std::path::absolute(identity)?,
-            );
-        }
-        let output = output_within(&mut command, PLAN_DEADLINE)
-            .with_context(|| format!("cannot run the project's binary `{}`", binary.display()))?;
-        if !output.status.success() {
-            // The project's binary printed its error already formatted; relay it.
-            eprint!(
-                "{}",
-                batou_core::redact::mask(&String::from_utf8_lossy(&output.stderr))
-            );
-            return Err(
-                ConfigError::new("the project's binary could not plan the environment")
-                    .hint("fix the errors above; nothing was touched on any host")
-                    .into(),
-            );
-        }
-        let plan: RemotePlan = serde_json::from_slice(&output.stdout)
-            .context("cannot read the plan printed by the project's binary")?;
-        for (name, value) in &plan.secrets {
-            batou_core::redact::register(name, value);
-        }
-        return Ok((plan, binary));
     }
     let registry = batou_runtime::registry(|_| {});
     let identities = batou_runtime::identity_source(settings.identity.clone());
-    let plan = batou_runtime::remote_plan(
-        &settings.project,
-        &settings.environment,
-        &registry,
-        &identities,
-    )?;
+    let mut facts = BTreeMap::new();
+    let mut generated = Vec::new();
+    let plan = loop {
+        let planned = batou_runtime::remote_plan(
+            &settings.project,
+            &settings.environment,
+            &registry,
+            &identities,
+            settings.dry_run,
+            &facts,
+        )?;
+        match next_plan(planned, &mut facts, &mut generated, settings)? {
+            Some(plan) => break plan,
+            None => continue,
+        }
+    };
     let me = std::env::current_exe().context("cannot find this executable to ship as the agent")?;
     Ok((plan, me))
+}
+
+/// A final plan with the secrets generated on the way, or `None` after gathering the facts
+/// that planning asked for (the caller plans again). Facts are asked for at most once per
+/// host, so this ends.
+fn next_plan(
+    planned: batou_runtime::Planned,
+    facts: &mut BTreeMap<String, batou_core::Facts>,
+    generated: &mut Vec<String>,
+    settings: &Settings,
+) -> anyhow::Result<Option<RemotePlan>> {
+    match planned {
+        batou_runtime::Planned::Plan(plan) => {
+            let mut plan = *plan;
+            generated.append(&mut plan.generated);
+            plan.generated = std::mem::take(generated);
+            Ok(Some(plan))
+        }
+        batou_runtime::Planned::NeedsFacts {
+            facts_needed,
+            generated: mut more,
+        } => {
+            generated.append(&mut more);
+            if let Some(again) = facts_needed.iter().find(|h| facts.contains_key(&h.name)) {
+                anyhow::bail!(
+                    "planning asked for the facts of host `{}` twice",
+                    again.name
+                );
+            }
+            facts.extend(facts::gather(&facts_needed, settings)?);
+            Ok(None)
+        }
+    }
 }
 
 /// The plan must have hosts, and `--hosts` must name hosts of the plan.
@@ -655,6 +725,8 @@ mod tests {
             order: Vec::new(),
             host_jobs: Default::default(),
             secrets: Vec::new(),
+            generated: Vec::new(),
+            fact_hosts: Vec::new(),
         }
     }
 

@@ -291,6 +291,8 @@ mod tests {
                     secret_files: BTreeMap::new(),
                     bundles: BTreeMap::new(),
                     secrets: Vec::new(),
+                    templates: Default::default(),
+                    facts: None,
                 },
             );
         }
@@ -310,6 +312,8 @@ mod tests {
             steps,
             host_jobs,
             secrets: Vec::new(),
+            generated: Vec::new(),
+            fact_hosts: Vec::new(),
         }
     }
 

@@ -273,6 +273,26 @@ fn session(
         j.append(JournalEntry::Started)?;
     }
 
+    // The controller planned with this host's facts: they must be this host's.
+    if let Some(planned) = &job.facts {
+        let found = crate::facts::this_machine();
+        let differences = match &found {
+            Ok(found) => planned.differences(found),
+            Err(e) => vec![format!("cannot gather them: {e:#}")],
+        };
+        if !differences.is_empty() {
+            let e = anyhow::anyhow!(
+                "the controller planned with other facts of host `{}` than the agent finds: {}",
+                job.host.name,
+                differences.join(", ")
+            );
+            refuse(out, Refusal::PlanMismatch, chain(&e), None);
+            if let Some(j) = journal.as_ref().filter(|_| deploy) {
+                j.append(JournalEntry::Aborted { error: chain(&e) })?;
+            }
+            return Ok(());
+        }
+    }
     let mut plan = match Plan::from_job(&job, registry, &base_dir) {
         Ok(plan) => plan,
         Err(e) => {

@@ -29,6 +29,7 @@
 pub mod agent;
 pub mod completions;
 mod exit;
+pub mod facts;
 pub mod handover;
 pub mod init;
 mod local;
@@ -47,7 +48,9 @@ use batou_core::Registry;
 
 pub use exit::{Exit, ExitError};
 pub use local::{Settings, find_project, run};
-pub use planning::{identity_source, load_environment, remote_plan};
+pub use planning::{
+    Loaded, Planned, generated_lines, identity_source, load_environment, remote_plan,
+};
 pub use report::print_error;
 pub use role::{Role, SKIP_BUILDS_ENV};
 

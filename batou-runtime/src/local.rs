@@ -189,12 +189,17 @@ fn run_local(args: Args, register: impl FnOnce(&mut Registry), stock: bool) -> E
 /// Once the plan is built, this takes SIGINT and SIGTERM over for the rest of the process
 /// (see `watch_signals`): the first stops the converge after the running root component.
 pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
-    let environment = load_environment(
+    let loaded = load_environment(
         &settings.project,
         &settings.environment,
         registry,
         &identity_source(settings.identity.clone()),
+        settings.dry_run,
     )?;
+    for line in crate::generated_lines(&settings.environment, &loaded.generated, settings.dry_run) {
+        eprintln!("{line}");
+    }
+    let environment = loaded.environment;
     let host = choose_host(&environment, settings.host.as_deref())?;
     let project = Project::new(&settings.project);
     let base_dir = match &settings.base_dir {
@@ -205,7 +210,7 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
         // The verbs act on what the host has: nothing is built.
         batou_core::bundle::skip_builds();
     }
-    let mut plan = Plan::build(&environment, registry, &project, &base_dir)?;
+    let mut plan = build_plan(&environment, registry, &project, &base_dir, &host)?;
     let mut sink: Box<dyn EventSink> = settings.output.sink(settings.json);
     if let Some(command) = &settings.release {
         return releases_here(&mut plan, &host, command, sink.as_mut());
@@ -224,6 +229,35 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
     let exit = converge_here(&mut plan, &host, settings.dry_run, interrupt, sink.as_mut());
     drop(sink);
     Ok(exit)
+}
+
+/// Builds the plan; when a configure read this host's platform facts, gathers this
+/// machine's (other hosts' stay unknown: they are not this machine) and builds it again, so
+/// that a plan that reads no facts is built once, exactly as fast as without them.
+fn build_plan(
+    environment: &batou_core::Environment,
+    registry: &Registry,
+    project: &Project,
+    base_dir: &std::path::Path,
+    host: &str,
+) -> anyhow::Result<Plan> {
+    let input = batou_core::FactsInput::default();
+    let built = Plan::build_with_facts(environment, registry, project, base_dir, &input);
+    if !input.reads.hosts().contains(host) {
+        return Ok(built?);
+    }
+    let facts = crate::facts::this_machine().context("cannot gather this machine's facts")?;
+    let input = batou_core::FactsInput {
+        facts: [(host.to_string(), facts)].into_iter().collect(),
+        reads: Default::default(),
+    };
+    Ok(Plan::build_with_facts(
+        environment,
+        registry,
+        project,
+        base_dir,
+        &input,
+    )?)
 }
 
 /// Converges this host's steps in process, driven by the same [`Scheduler`] as a remote run,

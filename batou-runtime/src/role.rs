@@ -55,6 +55,13 @@ pub enum Role {
         /// The project's root directory.
         #[arg(default_value = ".")]
         project: PathBuf,
+        /// Plan for a dry run: generate no secret for keeps.
+        #[arg(long)]
+        dry_run: bool,
+        /// A JSON file of hosts' platform facts (host name to facts), gathered by the
+        /// controller after this role said it needs them.
+        #[arg(long)]
+        facts: Option<PathBuf>,
     },
 }
 
@@ -77,12 +84,28 @@ impl Role {
             Role::Plan {
                 environment,
                 project,
+                dry_run,
+                facts,
             } => {
                 if std::env::var_os(SKIP_BUILDS_ENV).is_some() {
                     batou_core::bundle::skip_builds();
                 }
                 let identities = identity_source(None);
-                match remote_plan(&project, &environment, &registry(register), &identities) {
+                let facts = match facts.map(|path| read_facts(&path)).transpose() {
+                    Ok(facts) => facts.unwrap_or_default(),
+                    Err(err) => {
+                        print_error(&err, false);
+                        return Exit::of_error(&err).into();
+                    }
+                };
+                match remote_plan(
+                    &project,
+                    &environment,
+                    &registry(register),
+                    &identities,
+                    dry_run,
+                    &facts,
+                ) {
                     Ok(plan) => {
                         println!(
                             "{}",
@@ -99,4 +122,15 @@ impl Role {
             }
         }
     }
+}
+
+/// Hosts' facts from the JSON file the controller wrote.
+fn read_facts(
+    path: &std::path::Path,
+) -> anyhow::Result<std::collections::BTreeMap<String, batou_core::Facts>> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the facts file `{}`", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("cannot read the facts file `{}`", path.display()))
 }

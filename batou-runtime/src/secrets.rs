@@ -131,32 +131,7 @@ impl Repo {
     }
 
     fn recipients(&self) -> anyhow::Result<Vec<Recipient>> {
-        let relative = recipients_path(&self.environment);
-        let text = match std::fs::read_to_string(self.recipients_file()) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ConfigError::new(format!("`{relative}` does not exist"))
-                    .hint(format!(
-                        "create the secrets with `{cmd} create {}`",
-                        self.environment,
-                        cmd = command()
-                    ))
-                    .into());
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot read `{relative}`")),
-        };
-        let recipients = parse_recipients(&relative, &text)?;
-        if recipients.is_empty() {
-            return Err(
-                ConfigError::new(format!("`{relative}` lists no recipients"))
-                    .hint(format!(
-                        "add a public key with `{} add-recipient`",
-                        command()
-                    ))
-                    .into(),
-            );
-        }
-        Ok(recipients)
+        read_recipients(&self.root, &self.environment)
     }
 
     /// The decrypted cleartext of `path` (the secrets file or a rejected edit).
@@ -185,6 +160,37 @@ impl Repo {
         let data = secrets::encrypt(text, recipients)?;
         write_atomic(path, &data, 0o644)
     }
+}
+
+/// The recipients of `environment`'s secrets, from `secrets/<env>.recipients`: an error with
+/// a hint when the file is missing or lists nobody.
+pub(crate) fn read_recipients(root: &Path, environment: &str) -> anyhow::Result<Vec<Recipient>> {
+    let relative = recipients_path(environment);
+    let text = match std::fs::read_to_string(root.join(recipients_path(environment))) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ConfigError::new(format!("`{relative}` does not exist"))
+                .hint(format!(
+                    "create the secrets with `{cmd} create {}`",
+                    environment,
+                    cmd = command()
+                ))
+                .into());
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read `{relative}`")),
+    };
+    let recipients = parse_recipients(&relative, &text)?;
+    if recipients.is_empty() {
+        return Err(
+            ConfigError::new(format!("`{relative}` lists no recipients"))
+                .hint(format!(
+                    "add a public key with `{} add-recipient`",
+                    command()
+                ))
+                .into(),
+        );
+    }
+    Ok(recipients)
 }
 
 fn run(args: Args) -> anyhow::Result<Exit> {

@@ -60,6 +60,13 @@ pub struct Command {
     /// tail is always shown when it fails).
     #[serde(default)]
     pub show_output: bool,
+    /// The exit codes that count as success (default `[0]`); a signal or the timeout never
+    /// does.
+    #[serde(default)]
+    pub returncodes: Option<Vec<i64>>,
+    /// Any exit code counts as success (a signal or the timeout still fails the command).
+    #[serde(default)]
+    pub ignore_returncode: bool,
     #[serde(skip)]
     resolved_cwd: PathBuf,
     #[serde(skip)]
@@ -85,6 +92,8 @@ impl Command {
             unless: None,
             on_change: None,
             show_output: false,
+            returncodes: None,
+            ignore_returncode: false,
             resolved_cwd: PathBuf::new(),
             resolved_creates: None,
             watches: Vec::new(),
@@ -121,6 +130,53 @@ impl Command {
     pub fn timeout(mut self, seconds: f64) -> Self {
         self.timeout = Some(seconds);
         self
+    }
+
+    /// The exit codes that count as success, instead of only 0.
+    pub fn returncodes(mut self, codes: impl IntoIterator<Item = i32>) -> Self {
+        self.returncodes = Some(codes.into_iter().map(i64::from).collect());
+        self
+    }
+
+    /// Any exit code counts as success; a signal or the timeout still fails the command.
+    pub fn ignore_returncode(mut self) -> Self {
+        self.ignore_returncode = true;
+        self
+    }
+
+    /// Whether the command's exit counts as success: an accepted exit code, never a signal
+    /// or the timeout.
+    fn accepted(&self, out: &CommandOutput) -> bool {
+        match out.code() {
+            None => false,
+            Some(_) if self.ignore_returncode => true,
+            Some(code) => match &self.returncodes {
+                Some(codes) => codes.contains(&i64::from(code)),
+                None => code == 0,
+            },
+        }
+    }
+
+    /// Refuses accepted exit codes that cannot be one: an empty list, codes outside
+    /// 0..=255, or both `returncodes` and `ignore_returncode`.
+    fn check_returncodes(&self) -> anyhow::Result<()> {
+        let Some(codes) = &self.returncodes else {
+            return Ok(());
+        };
+        if self.ignore_returncode {
+            return Err(
+                ConfigError::new("set `returncodes` or `ignore_returncode`, not both")
+                    .hint("`ignore_returncode = true` accepts every exit code")
+                    .into(),
+            );
+        }
+        if codes.is_empty() {
+            bail!("`returncodes` is empty: no exit code would count as success");
+        }
+        if let Some(bad) = codes.iter().find(|c| !(0..=255).contains(*c)) {
+            bail!("`returncodes` holds {bad}: an exit code is between 0 and 255");
+        }
+        Ok(())
     }
 
     /// Refuses values that no program can receive: NUL bytes end C strings, and `=` ends an
@@ -218,6 +274,20 @@ impl Command {
     }
 }
 
+impl Command {
+    /// The accepted exit codes, as a message lists them.
+    fn accepted_codes(&self) -> String {
+        match &self.returncodes {
+            Some(codes) => codes
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            None => "0".into(),
+        }
+    }
+}
+
 /// Whether `error` says that something (a program) was not found.
 fn is_not_found(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
@@ -254,6 +324,7 @@ impl Component for Command {
             bail!("`timeout` must be a positive number of seconds");
         }
         self.check_host_can_accept()?;
+        self.check_returncodes()?;
         self.resolved_cwd = match &self.cwd {
             Some(cwd) => cx.path(cwd)?,
             None => cx.workdir().to_path_buf(),
@@ -337,7 +408,28 @@ impl Component for Command {
         } else {
             command.run()?
         };
-        out.check()?;
+        if !self.accepted(&out) {
+            let argv = self.argv.join(" ");
+            let err = match out.check() {
+                Err(e) => e,
+                // Exit code 0, which `returncodes` does not list.
+                Ok(_) => anyhow::anyhow!("command `{argv}` exited with code 0"),
+            };
+            return Err(match &self.returncodes {
+                Some(_) => err.context(format!(
+                    "`{argv}` did not end with one of its `returncodes` ({})",
+                    self.accepted_codes()
+                )),
+                None => err,
+            });
+        }
+        if !out.success() {
+            cx.detail(format!(
+                "`{}` exited with code {}, which is accepted",
+                self.argv.join(" "),
+                out.code().unwrap_or_default()
+            ));
+        }
         self.ran = true;
         Ok(())
     }
@@ -650,5 +742,68 @@ on_change = ["config"]
             failure.ends_with("/work/build/nowhere` does not exist"),
             "{failure}"
         );
+    }
+
+    #[test]
+    fn accepted_exit_codes_count_as_success_and_others_fail_naming_them() {
+        let project = build(
+            "argv = [\"sh\", \"-c\", \"touch out; exit 1\"]\ncreates = \"out\"\nreturncodes = [0, 1]\n",
+        );
+        project
+            .converge("dev")
+            .assert_changed(&["build > Workdir", "build"]);
+        project.converge("dev").assert_unchanged();
+
+        let project = build(
+            "argv = [\"sh\", \"-c\", \"touch out; exit 7\"]\ncreates = \"out\"\nignore_returncode = true\n",
+        );
+        project
+            .converge("dev")
+            .assert_changed(&["build > Workdir", "build"]);
+        project.converge("dev").assert_unchanged();
+
+        let project =
+            build("argv = [\"sh\", \"-c\", \"exit 3\"]\ncreates = \"out\"\nreturncodes = [0, 1]\n");
+        let run = project.run("dev", ConvergeOptions::default());
+        let failure = run.failure().expect("exit code 3 is not accepted");
+        assert!(
+            failure.starts_with(
+                "build: `sh -c exit 3` did not end with one of its `returncodes` (0, 1): command `sh -c exit 3` failed with exit code 3"
+            ),
+            "{failure}"
+        );
+
+        let project = build("argv = [\"true\"]\ncreates = \"out\"\nreturncodes = [1]\n");
+        let run = project.run("dev", ConvergeOptions::default());
+        let failure = run.failure().expect("exit code 0 is not accepted");
+        assert!(
+            failure.ends_with(
+                "`true` did not end with one of its `returncodes` (1): command `true` exited with code 0"
+            ),
+            "{failure}"
+        );
+    }
+
+    #[test]
+    fn accepted_exit_codes_that_cannot_be_are_refused_at_configure() {
+        for (attributes, want) in [
+            (
+                "returncodes = []\n",
+                "`returncodes` is empty: no exit code would count as success",
+            ),
+            (
+                "returncodes = [256]\n",
+                "`returncodes` holds 256: an exit code is between 0 and 255",
+            ),
+            (
+                "returncodes = [0]\nignore_returncode = true\n",
+                "set `returncodes` or `ignore_returncode`, not both",
+            ),
+        ] {
+            let err = config_error(&build(&format!(
+                "argv = [\"true\"]\ncreates = \"out\"\n{attributes}"
+            )));
+            assert!(err.ends_with(want), "{attributes}: {err}");
+        }
     }
 }

@@ -18,7 +18,7 @@ const DEFAULT_MODE: u32 = 0o755;
 ///
 /// Synced entries become sub-components (`File`, `Directory`, `Symlink`), so each change is
 /// reported with its diff. Entries in the target that the source lacks are left alone unless
-/// `purge = true`.
+/// `purge = true`; entries matching `exclude` are neither copied nor purged.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Directory {
@@ -33,6 +33,14 @@ pub struct Directory {
     /// Remove entries that the source does not have.
     #[serde(default)]
     pub purge: bool,
+    /// Globs of entries that are neither copied from the source nor purged: a pattern
+    /// without `/` matches a name at any depth (`*.pyc`, `__pycache__`), one with `/` the
+    /// path below the directory (`var/cache`). An excluded directory's whole tree is
+    /// excluded.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(skip)]
+    excluded: Option<globset::GlobSet>,
     #[serde(skip)]
     resolved: PathBuf,
     /// Relative paths the source tree defines, for purging.
@@ -50,6 +58,8 @@ impl Directory {
             mode: None,
             source: None,
             purge: false,
+            exclude: Vec::new(),
+            excluded: None,
             resolved: PathBuf::new(),
             expected: BTreeSet::new(),
             allowed: AllowedPaths::default(),
@@ -74,13 +84,64 @@ impl Directory {
         self
     }
 
+    /// Neither copies nor purges entries matching `pattern` (see [`Directory::exclude`]).
+    pub fn exclude(mut self, pattern: impl Into<String>) -> Self {
+        self.exclude.push(pattern.into());
+        self
+    }
+
+    /// Whether the relative path `rel`, or a directory it lies in, is excluded.
+    fn is_excluded(&self, rel: &Path) -> bool {
+        let Some(set) = &self.excluded else {
+            return false;
+        };
+        rel.ancestors()
+            .filter(|a| !a.as_os_str().is_empty())
+            .any(|a| set.is_match(a))
+    }
+
+    /// The `exclude` patterns as one matcher; a pattern without `/` matches at any depth.
+    fn build_excluded(&self) -> anyhow::Result<Option<globset::GlobSet>> {
+        if self.exclude.is_empty() {
+            return Ok(None);
+        }
+        let mut set = globset::GlobSetBuilder::new();
+        for pattern in &self.exclude {
+            batou_core::refuse_nul("exclude", pattern)?;
+            let trimmed = pattern.trim_matches('/');
+            if trimmed.is_empty() || trimmed.split('/').any(|p| p == ".." || p == ".") {
+                bail!("`exclude` pattern `{pattern}` names no entry below the directory");
+            }
+            let anchored = if trimmed.contains('/') {
+                trimmed.to_string()
+            } else {
+                format!("**/{trimmed}")
+            };
+            let glob = globset::GlobBuilder::new(&anchored)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| {
+                    anyhow::anyhow!("`exclude` pattern `{pattern}` is not a glob: {}", e.kind())
+                })?;
+            set.add(glob);
+        }
+        Ok(Some(set.build()?))
+    }
+
     /// Entries below the directory that the source does not define, outermost only.
     fn extraneous(&self) -> anyhow::Result<Vec<PathBuf>> {
         let mut found = Vec::new();
         if !self.resolved.is_dir() {
             return Ok(found);
         }
-        collect_extraneous(&self.resolved, Path::new(""), &self.expected, &mut found)?;
+        collect_extraneous(
+            &self.resolved,
+            Path::new(""),
+            &|rel| self.expected.contains(rel) || self.is_excluded(rel),
+            &|rel| self.is_excluded(rel),
+            &mut found,
+        )?;
         Ok(found)
     }
 
@@ -103,10 +164,13 @@ impl Directory {
     }
 }
 
+/// Collects the entries below `dir` that are not `kept`, descending into kept directories
+/// unless they are `left` alone whole (excluded).
 fn collect_extraneous(
     dir: &Path,
     relative: &Path,
-    expected: &BTreeSet<PathBuf>,
+    kept: &dyn Fn(&Path) -> bool,
+    left: &dyn Fn(&Path) -> bool,
     found: &mut Vec<PathBuf>,
 ) -> anyhow::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
@@ -116,10 +180,10 @@ fn collect_extraneous(
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let rel = relative.join(entry.file_name());
-        if !expected.contains(&rel) {
+        if !kept(&rel) {
             found.push(rel);
-        } else if entry.file_type()?.is_dir() {
-            collect_extraneous(&entry.path(), &rel, expected, found)?;
+        } else if !left(&rel) && entry.file_type()?.is_dir() {
+            collect_extraneous(&entry.path(), &rel, kept, left, found)?;
         }
     }
     Ok(())
@@ -136,6 +200,10 @@ impl Component for Directory {
         if self.purge && self.source.is_none() {
             bail!("`purge` needs a `source` to know which entries belong");
         }
+        if !self.exclude.is_empty() && self.source.is_none() {
+            bail!("`exclude` needs a `source`: it says which entries are not synced");
+        }
+        self.excluded = self.build_excluded()?;
         let Some(source) = self.source.clone() else {
             return Ok(());
         };
@@ -148,6 +216,9 @@ impl Component for Directory {
         own.mode = self.mode;
         cx.add(own);
         for entry in entries {
+            if self.is_excluded(Path::new(&entry.relative)) {
+                continue;
+            }
             self.expected.insert(PathBuf::from(&entry.relative));
             let target = format!("{base}/{}", entry.relative);
             let from = format!("{}/{}", source.trim_end_matches('/'), entry.relative);
@@ -457,6 +528,74 @@ purge = true
         assert!(
             failure.ends_with("/work/data/data` exists and is not a directory"),
             "{failure}"
+        );
+    }
+
+    #[test]
+    fn excluded_entries_are_neither_copied_nor_purged() {
+        let project = project(
+            r#"
+[hosts.localhost]
+components = ["site"]
+
+[components.site]
+type = "directory"
+path = "htdocs"
+source = "site"
+purge = true
+exclude = ["*.pyc", "var/cache"]
+"#,
+        );
+        project.file("site/index.html", "<h1>shop</h1>\n");
+        project.file("site/app.pyc", "bytecode");
+        project.file("site/lib/mod.pyc", "bytecode");
+        project.file("site/lib/mod.py", "pass\n");
+        project.file("site/var/cache/x", "cached\n");
+        let htdocs = project.workdir("site").join("htdocs");
+        std::fs::create_dir_all(htdocs.join("var/cache/local")).unwrap();
+        std::fs::write(htdocs.join("var/cache/local/state"), "mine").unwrap();
+        std::fs::write(htdocs.join("local.pyc"), "mine").unwrap();
+        std::fs::write(htdocs.join("stray.html"), "old").unwrap();
+        let dry = project.dry_run("dev");
+        assert!(
+            dry.reasons()
+                .contains(&("site".into(), "extraneous: stray.html".into())),
+            "{:?}",
+            dry.reasons()
+        );
+        project.assert_prediction_matches("dev");
+        assert!(htdocs.join("index.html").is_file());
+        assert!(htdocs.join("lib/mod.py").is_file());
+        assert!(!htdocs.join("app.pyc").exists());
+        assert!(!htdocs.join("lib/mod.pyc").exists());
+        assert!(!htdocs.join("var/cache/x").exists());
+        assert!(htdocs.join("var/cache/local/state").is_file());
+        assert!(htdocs.join("local.pyc").is_file());
+        assert!(!htdocs.join("stray.html").exists());
+        project.converge("dev").assert_unchanged();
+    }
+
+    #[test]
+    fn exclude_without_a_source_or_with_a_bad_pattern_is_refused() {
+        let env = |attributes: &str| {
+            project(&format!(
+                "[hosts.localhost]\ncomponents = [\"d\"]\n\n[components.d]\ntype = \"directory\"\npath = \"d\"\n{attributes}"
+            ))
+        };
+        let err = config_error(&env("exclude = [\"*.pyc\"]\n"));
+        assert!(
+            err.ends_with("`exclude` needs a `source`: it says which entries are not synced"),
+            "{err}"
+        );
+        let err = config_error(&env("source = \"site\"\nexclude = [\"../x\"]\n"));
+        assert!(
+            err.ends_with("`exclude` pattern `../x` names no entry below the directory"),
+            "{err}"
+        );
+        let err = config_error(&env("source = \"site\"\nexclude = [\"[a\"]\n"));
+        assert!(
+            err.contains("`exclude` pattern `[a` is not a glob"),
+            "{err}"
         );
     }
 }

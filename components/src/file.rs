@@ -11,6 +11,7 @@ use batou_core::{
 };
 use serde::{Deserialize, Deserializer};
 
+use crate::data::DataFormat;
 use crate::fs::{gid, uid, write_atomic};
 use crate::mode::Mode;
 
@@ -31,8 +32,17 @@ const SECRET_MODE: u32 = 0o600;
 /// mode = 0o644
 /// ```
 ///
-/// One of `content`, `template`, `source` and `secret` is required (`content = ""` for an
-/// empty file): a file without any would silently empty an existing one. From Rust, a
+/// Or data written as JSON, YAML or TOML:
+///
+/// ```toml
+/// [components.settings]
+/// type = "file"
+/// path = "settings.json"              # `format` defaults to the extension's
+/// data = { workers = 4, listen = ["127.0.0.1:8080"] }
+/// ```
+///
+/// One of `content`, `template`, `source`, `secret` and `data` is required (`content = ""`
+/// for an empty file): a file without any would silently empty an existing one. From Rust, a
 /// [`Secret`] can be the content too: [`File::secret_content`].
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, remote = "Self")]
@@ -55,6 +65,13 @@ pub struct File {
     /// Secret content given from Rust ([`File::secret_content`]); treated like `secret`.
     #[serde(skip)]
     pub secret_content: Option<Secret<String>>,
+    /// Data serialised as the file's content, in `format`.
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
+    /// How `data` is written: `json`, `yaml` or `toml`; by default the path's extension
+    /// (`.json`, `.yaml` or `.yml`, `.toml`) says.
+    #[serde(default)]
+    pub format: Option<DataFormat>,
     /// Variables for `template`, besides `host`, `environment` and `workdir`.
     #[serde(default)]
     pub vars: BTreeMap<String, serde_json::Value>,
@@ -81,7 +98,7 @@ pub struct File {
     #[serde(skip)]
     vars_secret: bool,
     #[serde(skip)]
-    data: Vec<u8>,
+    bytes: Vec<u8>,
     #[serde(skip)]
     allowed: AllowedPaths,
 }
@@ -97,6 +114,8 @@ impl std::fmt::Debug for File {
             .field("source", &self.source)
             .field("secret", &self.secret)
             .field("secret_content", &self.secret_content)
+            .field("data", &self.data.as_ref().map(|_| "<data>"))
+            .field("format", &self.format)
             .field("vars", &self.vars.keys().collect::<Vec<_>>())
             .field("mode", &self.mode)
             .field("owner", &self.owner)
@@ -131,7 +150,7 @@ impl<'de> Deserialize<'de> for File {
     }
 }
 
-const NO_CONTENT: &str = "a file needs one of `content`, `template`, `source` and `secret`";
+const NO_CONTENT: &str = "a file needs one of `content`, `template`, `source`, `secret` and `data`";
 const NO_CONTENT_HINT: &str = "write `content = \"\"` for an empty file";
 
 impl File {
@@ -154,7 +173,9 @@ impl File {
             resolved: PathBuf::new(),
             vars_error: None,
             vars_secret: false,
-            data: Vec::new(),
+            data: None,
+            format: None,
+            bytes: Vec::new(),
             allowed: AllowedPaths::default(),
         }
     }
@@ -223,6 +244,20 @@ impl File {
         self
     }
 
+    /// Content serialised from `data` (anything that serializes, such as a struct or
+    /// `serde_json::json!({..})`) in `format`.
+    pub fn data(mut self, data: impl serde::Serialize, format: DataFormat) -> Self {
+        match serde_json::to_value(data) {
+            Ok(value) => self.data = Some(value),
+            Err(e) => {
+                self.vars_error = Some(format!("cannot turn the `data` into a value: {e}"));
+                self.data = Some(serde_json::Value::Null);
+            }
+        }
+        self.format = Some(format);
+        self
+    }
+
     /// Content copied from a project file.
     pub fn source(mut self, source: impl Into<String>) -> Self {
         self.source = Some(source.into());
@@ -264,6 +299,7 @@ impl File {
             || self.source.is_some()
             || self.secret.is_some()
             || self.secret_content.is_some()
+            || self.data.is_some()
     }
 
     /// Whether the content is secret by declaration, so that no diff may show it.
@@ -295,20 +331,24 @@ impl Component for File {
         if let Some(error) = &self.vars_error {
             bail!("{error}");
         }
+        if self.format.is_some() && self.data.is_none() {
+            bail!("`format` says how `data` is written: set `data` too");
+        }
         let given = [
             self.content.is_some(),
             self.template.is_some(),
             self.source.is_some(),
             self.secret.is_some(),
             self.secret_content.is_some(),
+            self.data.is_some(),
         ];
         match given.iter().filter(|g| **g).count() {
             0 => return Err(ConfigError::new(NO_CONTENT).hint(NO_CONTENT_HINT).into()),
             1 => {}
             _ if self.secret_content.is_some() => bail!(
-                "set only one of `content`, `template`, `source`, `secret` and `secret_content`"
+                "set only one of `content`, `template`, `source`, `secret`, `data` and `secret_content`"
             ),
-            _ => bail!("set only one of `content`, `template`, `source` and `secret`"),
+            _ => bail!("set only one of `content`, `template`, `source`, `secret` and `data`"),
         }
         let data = if let Some(content) = &self.content {
             content.clone().into_bytes()
@@ -320,11 +360,17 @@ impl Component for File {
             cx.secret_file(name)?.expose().clone().into_bytes()
         } else if let Some(secret) = &self.secret_content {
             secret.expose().clone().into_bytes()
+        } else if let Some(data) = &self.data {
+            let format = match self.format {
+                Some(format) => format,
+                None => DataFormat::from_path(&self.path)?,
+            };
+            format.render(data)?.into_bytes()
         } else {
             unreachable!("one content attribute is set")
         };
-        self.data = data;
-        if self.mode.is_none() && (self.is_secret() || carries_secret(&self.data)) {
+        self.bytes = data;
+        if self.mode.is_none() && (self.is_secret() || carries_secret(&self.bytes)) {
             self.mode = Some(Mode(SECRET_MODE));
         }
         Ok(())
@@ -336,7 +382,7 @@ impl Component for File {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !self.is_secret()
-                    && let Some(d) = diff::unified(&self.path, b"", &self.data)
+                    && let Some(d) = diff::unified(&self.path, b"", &self.bytes)
                 {
                     cx.show_diff(d);
                 }
@@ -357,13 +403,13 @@ impl Component for File {
             let current = std::fs::read(&self.resolved)
                 .with_context(|| format!("cannot read `{}`", self.resolved.display()))?;
             if self.is_secret() {
-                if current != self.data {
+                if current != self.bytes {
                     reasons.push("secret content differs".into());
                 }
-            } else if let Some(d) = diff::unified(&self.path, &current, &self.data) {
+            } else if let Some(d) = diff::unified(&self.path, &current, &self.bytes) {
                 // The new lines are masked, but the old ones may hold a secret's previous
                 // value, which masking no longer knows: they are not shown.
-                let d = if carries_secret(&self.data) {
+                let d = if carries_secret(&self.bytes) {
                     hide_removed_lines(&d)
                 } else {
                     d
@@ -410,7 +456,7 @@ impl Component for File {
         };
         let (owner, group) = self.ownership()?;
         let same_content = existing.is_some()
-            && std::fs::read(&self.resolved).is_ok_and(|current| current == self.data);
+            && std::fs::read(&self.resolved).is_ok_and(|current| current == self.bytes);
         if same_content {
             // Only metadata differs: change it in place, the content stays as it is.
             if owner.is_some() || group.is_some() {
@@ -426,7 +472,7 @@ impl Component for File {
         // file would otherwise carry the ids of this process.
         let owner = owner.or(existing.as_ref().map(MetadataExt::uid));
         let group = group.or(existing.as_ref().map(MetadataExt::gid));
-        write_atomic(&self.resolved, &self.data, mode, owner, group)
+        write_atomic(&self.resolved, &self.bytes, mode, owner, group)
     }
 }
 
@@ -682,7 +728,7 @@ vars = { name = "world" }
         let err = config_error(&from_rust("secret-and-content"));
         assert!(
             err.to_string().contains(
-                "set only one of `content`, `template`, `source`, `secret` and `secret_content`"
+                "set only one of `content`, `template`, `source`, `secret`, `data` and `secret_content`"
             ),
             "{err}"
         );
@@ -798,5 +844,78 @@ group = "0"
         project
             .dry_run("dev")
             .assert_changed(&["motd > Workdir", "motd"]);
+    }
+
+    #[test]
+    fn data_is_written_in_the_format_of_the_extension_and_converges() {
+        let project = project(
+            r#"
+[hosts.localhost]
+components = ["settings", "plain"]
+
+[components.settings]
+type = "file"
+path = "settings.yaml"
+
+[components.settings.data]
+name = "{{ host.name }}"
+workers = 4
+flag = "no"
+db = { port = 5432 }
+
+[components.plain]
+type = "file"
+path = "plain.conf"
+format = "toml"
+data = { name = "shop" }
+"#,
+        );
+        project.assert_prediction_matches("dev").assert_changed(&[
+            "settings > Workdir",
+            "settings",
+            "plain > Workdir",
+            "plain",
+        ]);
+        let dir = project.workdir("settings");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("settings.yaml")).unwrap(),
+            "db:\n  port: 5432\nflag: \"no\"\nname: \"localhost\"\nworkers: 4\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(project.workdir("plain").join("plain.conf")).unwrap(),
+            "name = \"shop\"\n"
+        );
+        project.converge("dev").assert_unchanged();
+    }
+
+    #[test]
+    fn data_without_a_known_format_and_format_without_data_are_refused() {
+        let env = |attributes: &str| {
+            project(&format!(
+                "[hosts.localhost]\ncomponents = [\"f\"]\n\n[components.f]\ntype = \"file\"\n{attributes}"
+            ))
+        };
+        let err = config_error(&env("path = \"app.conf\"\ndata = { a = 1 }\n"));
+        assert!(
+            err.ends_with("cannot tell the format of `data` from the path `app.conf`"),
+            "{err}"
+        );
+        let err = config_error(&env(
+            "path = \"a.json\"\ncontent = \"\"\nformat = \"json\"\n",
+        ));
+        assert!(
+            err.ends_with("`format` says how `data` is written: set `data` too"),
+            "{err}"
+        );
+        let err = config_error(&env("path = \"a.json\"\ndata = 1\nformat = \"jsn\"\n"));
+        assert!(
+            err.contains("unknown value `jsn`, expected one of `json`, `yaml`, `toml`"),
+            "{err}"
+        );
+        let err = config_error(&env("path = \"a.toml\"\ndata = [1]\n"));
+        assert!(
+            err.ends_with("`data` written as TOML must be a table"),
+            "{err}"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The reusable component library: [`File`], [`Directory`], [`Symlink`], [`Command`],
-//! [`Service`] and [`Release`]; for a web application's deployment [`Download`], [`Archive`],
-//! [`Git`], [`Virtualenv`], [`Cron`] and [`NginxSite`]; and [`cmd`], the command runner for
-//! component authors.
+//! [`Service`], [`Release`], [`Presence`] and [`Purge`]; for a web application's deployment
+//! [`Download`], [`Archive`], [`Git`], [`Virtualenv`], [`Cron`] and [`NginxSite`]; and [`cmd`],
+//! the command runner for component authors.
 //!
 //! Each type is usable from Rust (builder methods) and from an environment file
 //! (`type = "file"` and the type's attributes). Every write is atomic: a temporary file in the
@@ -11,6 +11,7 @@ mod archive;
 mod cmd;
 mod command;
 mod cron;
+mod data;
 mod digest;
 mod directory;
 mod download;
@@ -19,7 +20,9 @@ mod fs;
 mod git;
 mod mode;
 mod nginx;
+mod presence;
 pub mod process;
+mod purge;
 pub mod release;
 mod service;
 mod symlink;
@@ -29,6 +32,7 @@ pub use archive::{Archive, ArchiveFormat};
 pub use cmd::{Cmd, CommandOutput, cmd};
 pub use command::{Command, run_command};
 pub use cron::{Cron, CronEntry};
+pub use data::DataFormat;
 pub use directory::Directory;
 pub use download::Download;
 pub use file::File;
@@ -36,15 +40,17 @@ pub use fs::write_atomic;
 pub use git::Git;
 pub use mode::Mode;
 pub use nginx::NginxSite;
+pub use presence::Presence;
 pub use process::Status as CommandStatus;
+pub use purge::Purge;
 pub use release::Release;
 pub use service::{Health, Manager, Service, ServiceState};
 pub use symlink::Symlink;
 pub use virtualenv::Virtualenv;
 
 /// Registers the library's types under their environment names:
-/// `file`, `directory`, `symlink`, `command`, `service`, `release`, `download`, `archive`,
-/// `git`, `virtualenv`, `cron`, `nginx_site`.
+/// `file`, `directory`, `symlink`, `command`, `service`, `presence`, `purge`, `release`,
+/// `download`, `archive`, `git`, `virtualenv`, `cron`, `nginx_site`.
 pub fn register(registry: &mut batou_core::Registry) {
     registry
         .register::<File>("file")
@@ -52,6 +58,8 @@ pub fn register(registry: &mut batou_core::Registry) {
         .register::<Symlink>("symlink")
         .register::<Command>("command")
         .register::<Service>("service")
+        .register::<Presence>("presence")
+        .register::<Purge>("purge")
         .register::<Release>("release")
         .register::<Download>("download")
         .register::<Archive>("archive")

@@ -56,6 +56,8 @@ impl Plan {
             secret_files: self.secret_files.used_by(&steps),
             bundles: self.bundles.used_by(&steps),
             secrets: Vec::new(),
+            templates: self.syntax.clone(),
+            facts: self.facts.get(host).cloned(),
         };
         // The agent masks every secret its job carries, wherever it came from (attributes,
         // host data, resources, files): those whose value occurs in the job.
@@ -112,6 +114,8 @@ impl Plan {
             order: self.order.clone(),
             host_jobs,
             secrets: self.secret_values.clone(),
+            generated: Vec::new(),
+            fact_hosts: self.fact_hosts(),
         })
     }
 
@@ -123,6 +127,15 @@ impl Plan {
         base_dir: &Path,
     ) -> Result<Plan, ConfigError> {
         let project = Project::shipped(job.files.clone());
+        // The agent checked its own facts against these before configuring.
+        let facts = crate::FactsInput {
+            facts: job
+                .facts
+                .iter()
+                .map(|f| (job.host.name.clone(), f.clone()))
+                .collect(),
+            reads: Default::default(),
+        };
         let secret_files = Arc::new(SecretFiles::new(job.secret_files.clone(), None));
         let bundles = Arc::new(crate::bundle::Bundles::shipped(job.bundles.clone()));
         // The controller rendered attributes with a relative base directory planned as
@@ -166,6 +179,8 @@ impl Plan {
                 registry,
                 secret_files: &secret_files,
                 bundles: &bundles,
+                syntax: &job.templates,
+                facts: &facts,
             },
             Resources::fixed(job.resources.clone()),
         )?;
@@ -196,6 +211,9 @@ impl Plan {
             bundles,
             secret_values: Vec::new(),
             changed: Default::default(),
+            syntax: job.templates.clone(),
+            fact_reads: facts.reads.hosts(),
+            facts: facts.facts,
         };
         for (i, expected) in job_steps.iter().enumerate() {
             let configured = plan.component_paths(i);

@@ -52,6 +52,12 @@ pub struct Plan {
     secret_values: Vec<(String, String)>,
     /// The steps that changed (or, in a dry run, would change) so far in this run.
     changed: std::collections::BTreeSet<usize>,
+    /// The environment's template syntax, which jobs carry to agents.
+    syntax: crate::TemplateSyntax,
+    /// The hosts' facts as planned (only those gathered), which jobs carry to agents.
+    facts: BTreeMap<String, crate::Facts>,
+    /// The hosts whose facts a configure read.
+    fact_reads: std::collections::BTreeSet<String>,
 }
 
 impl Plan {
@@ -66,7 +72,28 @@ impl Plan {
         project: &Project,
         base_dir: &Path,
     ) -> Result<Plan, ConfigError> {
-        let templates = Templates::new(project.clone());
+        Self::build_with_facts(
+            environment,
+            registry,
+            project,
+            base_dir,
+            &crate::FactsInput::default(),
+        )
+    }
+
+    /// Like [`Plan::build`], with hosts' platform facts: those in `facts.facts` as gathered,
+    /// the others unknown. Every host whose facts a configure read is recorded in
+    /// `facts.reads` (also when building fails), so that the caller can gather them and
+    /// build again.
+    pub fn build_with_facts(
+        environment: &Environment,
+        registry: &Registry,
+        project: &Project,
+        base_dir: &Path,
+        facts: &crate::FactsInput,
+    ) -> Result<Plan, ConfigError> {
+        let syntax = environment.settings.templates.syntax();
+        let templates = Templates::with_syntax(project.clone(), &syntax);
         let secret_files = Arc::new(SecretFiles::new(
             environment.secret_files.clone(),
             environment.secrets_path.clone(),
@@ -124,6 +151,8 @@ impl Plan {
                 registry,
                 secret_files: &secret_files,
                 bundles: &bundles,
+                syntax: &syntax,
+                facts,
             },
             Resources::default(),
         )?;
@@ -173,7 +202,24 @@ impl Plan {
             bundles,
             secret_values: environment.secret_values.clone(),
             changed: Default::default(),
+            syntax,
+            facts: facts.facts.clone(),
+            fact_reads: facts.reads.hosts(),
         })
+    }
+
+    /// The hosts whose facts a configure read, sorted.
+    pub fn fact_hosts(&self) -> Vec<String> {
+        self.fact_reads.iter().cloned().collect()
+    }
+
+    /// The hosts whose facts were read but not given: what to gather before building again.
+    pub fn missing_facts(&self) -> Vec<String> {
+        self.fact_reads
+            .iter()
+            .filter(|h| !self.facts.contains_key(*h))
+            .cloned()
+            .collect()
     }
 
     /// All steps, in environment order (not plan order).

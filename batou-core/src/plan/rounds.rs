@@ -36,6 +36,8 @@ pub(super) struct Context<'a> {
     pub(super) registry: &'a Registry,
     pub(super) secret_files: &'a SecretFiles,
     pub(super) bundles: &'a crate::bundle::Bundles,
+    pub(super) syntax: &'a crate::TemplateSyntax,
+    pub(super) facts: &'a crate::FactsInput,
 }
 
 pub(super) struct Built<'a> {
@@ -69,7 +71,7 @@ pub(super) fn configure_slots<'a>(
     for (step, slot) in slots.iter().enumerate() {
         host_templates
             .entry(slot.host.name.as_str())
-            .or_insert_with(|| Templates::new(cx.project.for_step(step)));
+            .or_insert_with(|| Templates::with_syntax(cx.project.for_step(step), cx.syntax));
     }
     let mut scopes: Vec<Scope> = slots
         .iter()
@@ -77,11 +79,17 @@ pub(super) fn configure_slots<'a>(
         .map(|(step, slot)| {
             let workdir = cx.base_dir.join("work").join(&slot.root);
             let host = slot.host;
+            let facts = cx.facts.of(&host.name);
             let context = minijinja::context! {
                 host => minijinja::context! {
                     name => &host.name,
                     data => minijinja::Value::from_serialize(&host.data),
                     address => host.address.as_deref().unwrap_or(&host.name),
+                    facts => minijinja::Value::from_object(crate::facts::FactsValue {
+                        host: host.name.clone(),
+                        facts: facts.clone(),
+                        reads: cx.facts.reads.clone(),
+                    }),
                 },
                 environment => minijinja::context! {
                     name => cx.environment,
@@ -105,6 +113,8 @@ pub(super) fn configure_slots<'a>(
                 secret_files: cx.secret_files,
                 bundles: cx.bundles,
                 context,
+                facts,
+                fact_reads: cx.facts.reads.clone(),
             }
         })
         .collect();

@@ -24,6 +24,9 @@ pub struct Secrets {
     pub(crate) hosts: Vec<(Spanned<String>, HostData)>,
     /// Named secret files.
     pub files: BTreeMap<String, String>,
+    /// The generated secrets (`[[generated]]`): component and attribute path, with the span
+    /// of the entry's `component` for errors.
+    pub(crate) generated: Vec<(Spanned<String>, Vec<String>)>,
     /// Every string value with its dotted name, for masking.
     pub values: Vec<(String, String)>,
 }
@@ -39,11 +42,29 @@ impl Secrets {
             components: Vec::new(),
             hosts: Vec::new(),
             files: BTreeMap::new(),
+            generated: Vec::new(),
             values: Vec::new(),
         };
         for (key, value) in doc.into_inner() {
             let section = key.get_ref().to_string();
             let at = source.place(key.span().start);
+            if section == "generated" {
+                for entry in super::generate::entries(&source, value)? {
+                    let name = format!(
+                        "components.{}.{}",
+                        entry.component,
+                        entry.attribute.join(".")
+                    );
+                    if let Some(v) = entry.value.get_ref().as_str() {
+                        secrets.values.push((name, v.to_string()));
+                    }
+                    secrets.generated.push((
+                        Spanned::new(entry.at..entry.at, entry.component),
+                        entry.attribute,
+                    ));
+                }
+                continue;
+            }
             let DeValue::Table(table) = value.into_inner() else {
                 return Err(ConfigError::new(format!("`{section}` must be a table")).at(at));
             };
@@ -123,8 +144,8 @@ impl Secrets {
                 _ => {
                     return Err(ConfigError::new(format!("unknown section `{section}`"))
                         .at(at)
-                        .suggest(&section, ["components", "hosts", "files"])
-                        .hint("secrets have `[components.<name>]`, `[hosts.<name>.data]` and `[files]`"));
+                        .suggest(&section, ["components", "hosts", "files", "generated"])
+                        .hint("secrets have `[components.<name>]`, `[hosts.<name>.data]`, `[files]` and `[[generated]]`"));
                 }
             }
         }
@@ -137,6 +158,11 @@ impl Secrets {
         names.sort();
         names.dedup();
         names
+    }
+
+    /// The cleartext.
+    pub fn text(&self) -> &str {
+        &self.source.text
     }
 
     /// The path of the encrypted file, as named in error places.

@@ -19,6 +19,9 @@
 //! file `~/.config/batou/identity.txt` or the user's SSH keys (`~/.ssh/id_ed25519`,
 //! `~/.ssh/id_rsa`).
 //!
+//! Generated secrets (`{ generate = "password" }` in an environment, `[[generated]]` in the
+//! cleartext) are in `generate.rs`.
+//!
 //! The parts: [`Secret`] (`secret.rs`), the cleartext format ([`Secrets`], `file.rs`), the
 //! merge into an environment's attributes, which marks every merged value as secret
 //! (`merge.rs`), named secret files as a plan uses them (`secret_files.rs`), and age
@@ -26,6 +29,7 @@
 //! `XDG_CONFIG_HOME` is left to the binaries: [`IdentitySource`] takes their values.
 
 mod file;
+pub(crate) mod generate;
 mod keys;
 mod merge;
 mod secret;
@@ -36,6 +40,7 @@ use std::path::Path;
 use crate::error::ConfigError;
 
 pub use file::Secrets;
+pub use generate::{Declaration, Kind as GenerateKind, append as append_generated};
 pub use keys::{
     IDENTITY_ENV, Identities, IdentitySource, Recipient, UserDirs, decrypt, encrypt,
     generate_identity, parse_recipients,

@@ -478,12 +478,12 @@ fn cases() -> Vec<Case> {
             .expect("caused by: project file name `t\\0` contains a NUL byte"),
         // A file needs content.
         case("file without content", motd(""))
-            .expect("error: component `motd`: a file needs one of `content`, `template`, `source` and `secret` in environments/dev.toml:4:1")
+            .expect("error: component `motd`: a file needs one of `content`, `template`, `source`, `secret` and `data` in environments/dev.toml:4:1")
             .expect("hint: write `content = \"\"` for an empty file"),
         case("file with a mode but without content", motd("mode = 0o600\n"))
-            .expect("a file needs one of `content`, `template`, `source` and `secret` in environments/dev.toml:4:1"),
+            .expect("a file needs one of `content`, `template`, `source`, `secret` and `data` in environments/dev.toml:4:1"),
         case("file without content that no host runs", spare("type = \"file\"\npath = \"x\"\n"))
-            .expect("a file needs one of `content`, `template`, `source` and `secret`")
+            .expect("a file needs one of `content`, `template`, `source`, `secret` and `data`")
             .expect("in environments/dev.toml:8:1"),
         // Project files are confined by their resolved path.
         case("source that is a symlink out of the project", motd("source = \"link\"\n"))

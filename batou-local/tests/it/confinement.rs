@@ -255,7 +255,7 @@ fn a_file_without_content_is_an_error_and_touches_nothing() {
     assert_eq!(out.code, 3, "{}", out.stderr);
     assert!(
         out.stderr.contains(
-            "component `a`: a file needs one of `content`, `template`, `source` and `secret` in environments/dev.toml:4:1\nhint: write `content = \"\"` for an empty file"
+            "component `a`: a file needs one of `content`, `template`, `source`, `secret` and `data` in environments/dev.toml:4:1\nhint: write `content = \"\"` for an empty file"
         ),
         "{}",
         out.stderr

@@ -3,6 +3,7 @@
 #![expect(clippy::disallowed_methods, reason = "tests start real processes")]
 
 mod bad_input;
+mod building_blocks;
 mod cli;
 mod commands;
 mod components;
@@ -10,7 +11,9 @@ mod confinement;
 mod demo;
 mod dry_run;
 mod example;
+mod facts;
 mod failure;
+mod generated_secrets;
 mod harness;
 mod interrupts;
 mod library;
@@ -20,4 +23,5 @@ mod secrets;
 mod service_verbs;
 mod services;
 mod snapshots;
+mod templates_compat;
 mod tooling;

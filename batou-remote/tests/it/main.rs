@@ -3,13 +3,16 @@
 #![expect(clippy::disallowed_methods, reason = "tests start real processes")]
 
 mod base_dir;
+mod building_blocks;
 mod cli;
 mod confinement;
 mod demo_script;
 mod deploy;
 mod dry_run;
 mod example;
+mod facts;
 mod faults;
+mod generated_secrets;
 mod harness;
 mod interrupts;
 mod library;
@@ -20,3 +23,4 @@ mod secrets;
 mod service_verbs;
 mod services;
 mod snapshots;
+mod templates_compat;

@@ -1,0 +1,49 @@
+//! Platform facts on a loopback host: gathered only because a template reads them, shipped
+//! in the job, checked by the agent, and rendered on the host.
+
+use crate::harness::{Cluster, Project};
+
+#[test]
+fn a_template_reads_the_hosts_facts_and_the_agent_agrees() {
+    let cluster = Cluster::start(&["web1"]);
+    let p = Project::new();
+    p.file(
+        "platform.j2",
+        "{{ host.facts.os }} {{ host.facts.distribution }} {{ host.facts.architecture }}\n",
+    );
+    p.env(
+        "prod",
+        r#"
+[environment]
+base_dir = "srv"
+
+[hosts.web1]
+components = ["platform"]
+
+[components.platform]
+type = "file"
+path = "platform"
+template = "platform.j2"
+"#,
+    );
+    let logins = cluster.host("web1").logins();
+    let out = cluster.run(p.root(), &["prod", "--json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stderr, out.stdout);
+    // One login to gather the facts, one to deploy.
+    assert_eq!(cluster.host("web1").logins() - logins, 2);
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let id = os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("ID="))
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string();
+    assert_eq!(
+        std::fs::read_to_string(cluster.host("web1").home.join("srv/work/platform/platform"))
+            .unwrap(),
+        format!("linux {id} {}\n", std::env::consts::ARCH)
+    );
+    let again = cluster.run(p.root(), &["prod", "--json"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(again.count("changed"), 0, "{}", again.stdout);
+}
