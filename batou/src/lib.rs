@@ -49,9 +49,9 @@ pub use batou_core::{
 pub use batou_core::{ConvergeOptions, Environment, HostReport, Plan, converge};
 
 pub use batou_components::{
-    Archive, ArchiveFormat, Cmd, Command, CommandOutput, CommandStatus, Cron, CronEntry, Directory,
-    Download, File, Git, Health, Manager, Mode, NginxSite, Release, Service, ServiceState, Symlink,
-    Virtualenv, cmd, run_command, write_atomic,
+    Archive, ArchiveFormat, Cmd, Command, CommandOutput, CommandStatus, Cron, CronEntry,
+    DataFormat, Directory, Download, File, Git, Health, Manager, Mode, NginxSite, Presence, Purge,
+    Release, Service, ServiceState, Symlink, Virtualenv, cmd, run_command, write_atomic,
 };
 
 /// Converging an environment in process and asserting on its events, for tests of a
