@@ -365,7 +365,8 @@ fn rollback_and_roll_forward_over_ssh_and_the_releases_of_each_host() {
 
     let listed = s.run(&["releases"]);
     assert_eq!(listed.code, 0, "{}", listed.stderr);
-    let current: Vec<String> = listed
+    // Hosts answer in parallel: their lines come in any order.
+    let mut current: Vec<String> = listed
         .events()
         .into_iter()
         .filter(|e| e["event"] == "log")
@@ -375,6 +376,7 @@ fn rollback_and_roll_forward_over_ssh_and_the_releases_of_each_host() {
                 .then(|| format!("{}: {m}", e["host"].as_str().unwrap()))
         })
         .collect();
+    current.sort();
     assert_eq!(current.len(), 2, "{current:?}");
     assert!(
         current[0].starts_with(&format!("web1: release {one} (current)")),
