@@ -37,6 +37,7 @@ use crate::{
 pub struct TestProject {
     dir: tempfile::TempDir,
     registry: Registry,
+    facts: std::collections::BTreeMap<String, crate::Facts>,
 }
 
 /// What one in-process converge reported.
@@ -57,7 +58,18 @@ impl TestProject {
             .expect("a temporary directory can be created");
         std::fs::create_dir_all(dir.path().join("project/environments"))
             .expect("the project directory can be created");
-        TestProject { dir, registry }
+        TestProject {
+            dir,
+            registry,
+            facts: Default::default(),
+        }
+    }
+
+    /// Plans as if `host` had been found to have `facts` (hosts without are unknown), for
+    /// tests of components that choose a variant by [`Configure::facts`](crate::Configure::facts).
+    pub fn facts(&mut self, host: &str, facts: crate::Facts) -> &mut Self {
+        self.facts.insert(host.to_string(), facts);
+        self
     }
 
     /// Writes `environments/<name>.toml`.
@@ -182,11 +194,15 @@ impl TestProject {
     pub fn configure(&self, name: &str) -> Result<Plan, ConfigError> {
         let root = self.root();
         let environment = Environment::load(&root, name, &self.registry)?;
-        Plan::build(
+        Plan::build_with_facts(
             &environment,
             &self.registry,
             &Project::new(&root),
             &self.base_dir(),
+            &crate::FactsInput {
+                facts: self.facts.clone(),
+                ..Default::default()
+            },
         )
     }
 

@@ -130,3 +130,65 @@ mod test_util {
             .collect()
     }
 }
+
+/// A Rust component that chooses its variant by the host's platform facts.
+#[cfg(test)]
+mod facts_variants {
+    use batou_core::{Component, Configure, Facts};
+
+    use crate::File;
+
+    /// Writes the name of the web server package the host's distribution ships.
+    #[derive(serde::Deserialize)]
+    struct WebServer {}
+
+    impl Component for WebServer {
+        fn configure(&mut self, cx: &mut Configure) -> anyhow::Result<()> {
+            let facts = cx.facts().clone();
+            let package = match facts.distribution.as_str() {
+                "debian" | "ubuntu" => "nginx-light",
+                "alpine" => "nginx-mainline",
+                _ if facts.like.iter().any(|l| l == "debian") => "nginx-light",
+                _ => "nginx",
+            };
+            cx.add(File::new("package").content(format!("{package}\n")));
+            Ok(())
+        }
+    }
+
+    fn on(facts: Option<Facts>) -> String {
+        let mut project = crate::test_util::project_with::<WebServer>(
+            "web",
+            "[hosts.localhost]\ncomponents = [\"web\"]\n\n[components.web]\n",
+        );
+        if let Some(facts) = facts {
+            project.facts("localhost", facts);
+        }
+        project.converge("dev").assert_succeeded();
+        project.converge("dev").assert_unchanged();
+        std::fs::read_to_string(project.workdir("web").join("package")).unwrap()
+    }
+
+    fn distribution(id: &str, like: &[&str]) -> Facts {
+        Facts {
+            os: "linux".into(),
+            architecture: "x86_64".into(),
+            distribution: id.into(),
+            like: like.iter().map(|l| l.to_string()).collect(),
+            ..Facts::unknown()
+        }
+    }
+
+    #[test]
+    fn a_component_chooses_its_variant_by_the_hosts_distribution() {
+        assert_eq!(on(Some(distribution("debian", &[]))), "nginx-light\n");
+        assert_eq!(on(Some(distribution("alpine", &[]))), "nginx-mainline\n");
+        assert_eq!(
+            on(Some(distribution("linuxmint", &["ubuntu", "debian"]))),
+            "nginx-light\n"
+        );
+        assert_eq!(on(Some(distribution("fedora", &[]))), "nginx\n");
+        // Facts not gathered: every value is empty, and the component takes its default.
+        assert_eq!(on(None), "nginx\n");
+    }
+}
