@@ -30,12 +30,20 @@ pub(crate) fn gather(
         .build()
         .context("cannot start the async runtime")?;
     let timeout = settings.agent_timeout;
-    // One host after the other: one short command each, only for the hosts whose facts
-    // configure read.
+    // All hosts at once, one short command each, only for the hosts whose facts configure
+    // read; the first failure in host order is the one reported.
     let result = runtime.block_on(async {
+        let asks: Vec<_> = hosts
+            .iter()
+            .map(|host| {
+                let (host, options) = (host.clone(), options.clone());
+                tokio::spawn(async move { ask(&host, &options, timeout).await })
+            })
+            .collect();
         let mut facts = BTreeMap::new();
-        for host in hosts {
-            facts.insert(host.name.clone(), ask(host, &options, timeout).await?);
+        for (host, ask) in hosts.iter().zip(asks) {
+            let found = ask.await.context("gathering facts stopped")??;
+            facts.insert(host.name.clone(), found);
         }
         anyhow::Ok(facts)
     });

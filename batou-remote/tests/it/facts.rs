@@ -5,7 +5,7 @@ use crate::harness::{Cluster, Project};
 
 #[test]
 fn a_template_reads_the_hosts_facts_and_the_agent_agrees() {
-    let cluster = Cluster::start(&["web1"]);
+    let cluster = Cluster::start(&["web1", "web2"]);
     let p = Project::new();
     p.file(
         "platform.j2",
@@ -20,17 +20,21 @@ base_dir = "srv"
 [hosts.web1]
 components = ["platform"]
 
+[hosts.web2]
+components = ["platform"]
+
 [components.platform]
 type = "file"
 path = "platform"
 template = "platform.j2"
 "#,
     );
-    let logins = cluster.host("web1").logins();
+    let logins = [cluster.host("web1").logins(), cluster.host("web2").logins()];
     let out = cluster.run(p.root(), &["prod", "--json"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stderr, out.stdout);
-    // One login to gather the facts, one to deploy.
-    assert_eq!(cluster.host("web1").logins() - logins, 2);
+    // On each host, one login to gather the facts (the hosts are asked at once), one to deploy.
+    assert_eq!(cluster.host("web1").logins() - logins[0], 2);
+    assert_eq!(cluster.host("web2").logins() - logins[1], 2);
     let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
     let id = os_release
         .lines()
@@ -38,11 +42,13 @@ template = "platform.j2"
         .unwrap_or_default()
         .trim_matches('"')
         .to_string();
-    assert_eq!(
-        std::fs::read_to_string(cluster.host("web1").home.join("srv/work/platform/platform"))
-            .unwrap(),
-        format!("linux {id} {}\n", std::env::consts::ARCH)
-    );
+    for host in ["web1", "web2"] {
+        assert_eq!(
+            std::fs::read_to_string(cluster.host(host).home.join("srv/work/platform/platform"))
+                .unwrap(),
+            format!("linux {id} {}\n", std::env::consts::ARCH)
+        );
+    }
     let again = cluster.run(p.root(), &["prod", "--json"]);
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(again.count("changed"), 0, "{}", again.stdout);
