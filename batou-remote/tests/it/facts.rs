@@ -53,3 +53,71 @@ template = "platform.j2"
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(again.count("changed"), 0, "{}", again.stdout);
 }
+
+#[test]
+fn an_agent_that_finds_other_facts_than_the_plan_refuses_and_changes_nothing() {
+    let cluster = Cluster::start(&["web1"]);
+    let home = cluster.host("web1").home.clone();
+    // bash, started by sshd for every command, reads the login's ~/.bashrc: the first login
+    // (the controller gathering facts) leaves a mark, and every later one (the agent) finds
+    // a `uname` that names another architecture first on its PATH.
+    let fake = home.join("fakebin");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::write(
+        fake.join("uname"),
+        "#!/bin/sh\nif [ \"$1\" = -m ]; then echo aarch64; else exec /bin/uname \"$@\"; fi\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(fake.join("uname"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        home.join(".bashrc"),
+        "if [ -e \"$HOME/.gathered\" ]; then export PATH=\"$HOME/fakebin:$PATH\"; else touch \"$HOME/.gathered\"; fi\n",
+    )
+    .unwrap();
+    let p = Project::new();
+    p.file("platform.j2", "{{ host.facts.architecture }}\n");
+    p.env(
+        "prod",
+        r#"
+[environment]
+base_dir = "srv"
+
+[hosts.web1]
+components = ["platform"]
+
+[components.platform]
+type = "file"
+path = "platform"
+template = "platform.j2"
+"#,
+    );
+    let out = cluster.run(p.root(), &["prod"]);
+    assert!(
+        home.join(".gathered").exists(),
+        "the host's shell did not read ~/.bashrc: {}",
+        out.stderr
+    );
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "the controller planned with other facts of host `web1` than the agent finds"
+        ) && out.stderr.contains("aarch64"),
+        "{}",
+        out.stderr
+    );
+    assert!(!home.join("srv/work/platform/platform").exists());
+
+    // With the host's own `uname` again, the next deploy converges, and the one after that
+    // changes nothing.
+    std::fs::remove_file(home.join(".bashrc")).unwrap();
+    let fixed = cluster.run(p.root(), &["prod", "--json"]);
+    assert_eq!(fixed.code, 0, "{}", fixed.stderr);
+    assert_eq!(
+        std::fs::read_to_string(home.join("srv/work/platform/platform")).unwrap(),
+        format!("{}\n", std::env::consts::ARCH)
+    );
+    let again = cluster.run(p.root(), &["prod", "--json"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(again.count("changed"), 0, "{}", again.stdout);
+}
