@@ -121,3 +121,64 @@ template = "platform.j2"
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(again.count("changed"), 0, "{}", again.stdout);
 }
+
+/// The `plan` role that a project's own binary answers for the controller: without facts it
+/// names the hosts whose facts configure read; with `--facts FILE` it plans with them.
+#[test]
+fn the_plan_role_asks_for_facts_and_plans_with_those_it_is_given() {
+    let p = Project::new();
+    p.env(
+        "prod",
+        r#"
+[environment]
+base_dir = "srv"
+
+[hosts.web1]
+address = "127.0.0.2"
+components = ["platform"]
+
+[hosts.db1]
+address = "127.0.0.3"
+components = ["other"]
+
+[components.platform]
+type = "file"
+path = "{{ host.facts.architecture }}-{{ host.facts.distribution }}.txt"
+content = "x\n"
+
+[components.other]
+type = "file"
+path = "other"
+content = "y\n"
+"#,
+    );
+    let binary = batou_test_support::bin("batou-remote");
+    let root = p.root().to_str().unwrap();
+    let asked = batou_test_support::run_binary(&binary, p.root(), &["plan", "prod", root]);
+    assert_eq!(asked.code, 0, "{}", asked.stderr);
+    let asked: serde_json::Value = serde_json::from_str(&asked.stdout).unwrap();
+    let needed: Vec<&str> = asked["facts_needed"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no `facts_needed` in {asked}"))
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(needed, ["web1"], "only the host whose facts were read");
+
+    let facts = p.root().join("facts.json");
+    std::fs::write(
+        &facts,
+        r#"{"web1": {"os": "linux", "architecture": "riscv64", "distribution": "testos", "version": "1"}}"#,
+    )
+    .unwrap();
+    let planned = batou_test_support::run_binary(
+        &binary,
+        p.root(),
+        &["plan", "prod", root, "--facts", facts.to_str().unwrap()],
+    );
+    assert_eq!(planned.code, 0, "{}", planned.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&planned.stdout).unwrap();
+    assert!(plan.get("facts_needed").is_none(), "{plan}");
+    let text = plan.to_string();
+    assert!(text.contains("riscv64-testos.txt"), "{text}");
+}
