@@ -42,8 +42,8 @@ pub use batou_core::diff;
 /// The process-wide list of secret values and the masking every output applies.
 pub use batou_core::redact;
 pub use batou_core::{
-    Component, ConfigError, Configure, Deploy, Event, EventSink, Host, Place, Project, Registry,
-    Secret, SubComponent, Templates, Verdict,
+    Component, ConfigError, Configure, Deploy, Event, EventSink, Facts, Host, Place, Project,
+    Registry, Secret, SubComponent, Templates, Verdict,
 };
 /// Loading, planning and converging in process, for a project's own tests.
 pub use batou_core::{ConvergeOptions, Environment, HostReport, Plan, converge};
