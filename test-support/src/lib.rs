@@ -33,6 +33,7 @@ pub mod procs;
 mod project;
 mod python;
 mod runit;
+mod templates;
 
 pub use cluster::{Cluster, Host, INSTALL};
 pub use cron::{CRON_INSTALL, CronUser};
@@ -45,6 +46,7 @@ pub use nginx::{NGINX, NGINX_INSTALL, Nginx};
 pub use project::{Outcome, Project, run_binary, run_binary_in, snapshot};
 pub use python::{PYTHON, PYTHON_INSTALL, require_venv, wheel};
 pub use runit::{RUNIT_INSTALL, Runsvdir};
+pub use templates::{BATOU_TEMPLATE, BATOU_TEMPLATE_JINJA2, batou_template_env};
 
 use std::path::{Path, PathBuf};
 
