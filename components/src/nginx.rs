@@ -462,13 +462,7 @@ mod tests {
     use super::*;
     use crate::test_util::project;
 
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
+    use batou_test_support::free_port;
 
     fn server(port: u16, body: &str) -> String {
         format!(

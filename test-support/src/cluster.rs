@@ -66,7 +66,7 @@ impl Cluster {
         };
         for (i, name) in names.iter().enumerate() {
             let address = format!("127.0.0.{}", i + 2);
-            let port = free_port(&address);
+            let port = crate::free_port_on(&address);
             let dir = cluster.root.join(name);
             let home = dir.join("home");
             std::fs::create_dir_all(&home).unwrap();
@@ -271,12 +271,4 @@ fn keygen(path: &Path) {
         "ssh-keygen failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn free_port(address: &str) -> u16 {
-    std::net::TcpListener::bind((address, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

@@ -255,13 +255,7 @@ fn cron_entries_live_in_their_block_and_go_when_no_longer_listed() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use batou_test_support::free_port;
 
 #[test]
 fn an_nginx_site_is_checked_in_place_written_and_reloaded_only_when_changed() {

@@ -9,14 +9,7 @@ use batou_test_support::{Runsvdir, procs};
 
 use crate::harness::{Outcome, Project};
 
-/// A loopback port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use batou_test_support::free_port;
 
 /// A project whose host runs `config` (a file root, served as `index.html`) and `web` (the
 /// HTTP server in `config`'s work directory), restarted when `config` changes; `extra` is

@@ -11,13 +11,7 @@ use batou_test_support::{
 
 use crate::harness::{Cluster, Project};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use batou_test_support::free_port;
 
 /// Predicts, converges, compares the changed component paths, converges again to no
 /// change; returns the real run.

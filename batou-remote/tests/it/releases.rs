@@ -11,13 +11,7 @@ use batou_test_support::{Runsvdir, procs};
 
 use crate::harness::{Cluster, Outcome, Project};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use batou_test_support::free_port;
 
 /// Hosts with a runsvdir and a port each, and a project whose `app` (and `mirror`, a second
 /// release root of the same files) ship `site/`, served by `web` from `app`'s `current`.

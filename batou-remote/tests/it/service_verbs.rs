@@ -78,13 +78,7 @@ fn an_environment_may_be_called_service() {
     assert_eq!(out.count("changed"), 0, "{}", out.stdout);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use batou_test_support::free_port;
 
 /// The pid runsv reports for `web` on the host whose home is `home`, while it runs.
 fn pid(home: &Path) -> Option<u32> {

@@ -6,13 +6,7 @@ use batou_test_support::{Runsvdir, procs};
 
 use crate::harness::{Cluster, Project};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use batou_test_support::free_port;
 
 /// The pid runsv reports for `web` on a host whose home is `home`.
 fn pid(home: &std::path::Path) -> Option<u32> {

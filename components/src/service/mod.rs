@@ -876,13 +876,7 @@ mod tests {
     use super::*;
     use crate::test_util::{config_error, mode, pairs, project, project_with};
 
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
+    use batou_test_support::free_port;
 
     /// An environment whose host runs `roots`, with `service_dir` allowed and in host data,
     /// then `components`.
