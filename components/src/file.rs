@@ -417,19 +417,8 @@ impl Component for File {
                 cx.show_diff(d);
                 reasons.push("content differs".into());
             }
-            let mode = meta.permissions().mode() & 0o7777;
-            if let Some(want) = self.mode
-                && want.0 != mode
-            {
-                reasons.push(format!("mode {} -> {want}", Mode(mode)));
-            }
             let (owner, group) = self.ownership()?;
-            if owner.is_some_and(|o| o != meta.uid()) {
-                reasons.push("owner differs".into());
-            }
-            if group.is_some_and(|g| g != meta.gid()) {
-                reasons.push("group differs".into());
-            }
+            reasons.extend(crate::fs::attribute_drift(&meta, self.mode, owner, group));
         }
         Ok(if reasons.is_empty() {
             Verdict::UpToDate

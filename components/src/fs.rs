@@ -79,6 +79,30 @@ pub(crate) fn set_ownership(
 }
 
 /// The parent directory of `path`, which must exist.
+/// Why an existing file's mode, owner or group differs from what is wanted (`None`: left as
+/// it is), as verify reports it: `mode 0600 -> 0640`, `owner differs`, `group differs`.
+pub(crate) fn attribute_drift(
+    meta: &std::fs::Metadata,
+    mode: Option<crate::Mode>,
+    owner: Option<u32>,
+    group: Option<u32>,
+) -> Vec<String> {
+    let mut reasons = Vec::new();
+    let have = meta.permissions().mode() & 0o7777;
+    if let Some(want) = mode
+        && want.0 != have
+    {
+        reasons.push(format!("mode {} -> {want}", crate::Mode(have)));
+    }
+    if owner.is_some_and(|o| o != meta.uid()) {
+        reasons.push("owner differs".into());
+    }
+    if group.is_some_and(|g| g != meta.gid()) {
+        reasons.push("group differs".into());
+    }
+    reasons
+}
+
 pub(crate) fn parent(path: &Path) -> anyhow::Result<&Path> {
     let dir = path
         .parent()

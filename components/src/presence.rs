@@ -1,6 +1,6 @@
 //! `Presence`: a file that must exist, whose content belongs to someone else.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -133,20 +133,8 @@ impl Component for Presence {
                 self.resolved.display()
             );
         }
-        let mut reasons = Vec::new();
-        let mode = meta.permissions().mode() & 0o7777;
-        if let Some(want) = self.mode
-            && want.0 != mode
-        {
-            reasons.push(format!("mode {} -> {want}", Mode(mode)));
-        }
         let (owner, group) = self.ownership()?;
-        if owner.is_some_and(|o| o != meta.uid()) {
-            reasons.push("owner differs".into());
-        }
-        if group.is_some_and(|g| g != meta.gid()) {
-            reasons.push("group differs".into());
-        }
+        let reasons = crate::fs::attribute_drift(&meta, self.mode, owner, group);
         Ok(if reasons.is_empty() {
             Verdict::UpToDate
         } else {
