@@ -1,7 +1,7 @@
 //! Configuration errors: what is wrong and where, found before any host is touched.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use toml::Spanned;
 use toml::de::DeTable;
@@ -123,6 +123,9 @@ const HINT_MARKER: &str = "\nhint: ";
 pub(crate) struct SourceText {
     pub(crate) path: String,
     pub(crate) text: Arc<str>,
+    /// The byte offset of every line's start, found on the first `place`: placing is a
+    /// binary search, whatever the file's size and however many places are asked for.
+    line_starts: Arc<OnceLock<Vec<usize>>>,
 }
 
 impl fmt::Debug for SourceText {
@@ -140,6 +143,7 @@ impl SourceText {
         SourceText {
             path: path.to_string(),
             text,
+            line_starts: Arc::default(),
         }
     }
 
@@ -150,11 +154,19 @@ impl SourceText {
 
     /// The place of a byte offset; columns count characters, not bytes.
     pub(crate) fn place(&self, offset: usize) -> Place {
-        let offset = offset.min(self.text.len());
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        let column = before[line_start..].chars().count() + 1;
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let starts = self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(self.text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect()
+        });
+        // The last line start at or before the offset.
+        let line = starts.partition_point(|&start| start <= offset);
+        let line_start = starts[line - 1];
+        let column = self.text[line_start..offset].chars().count() + 1;
         Place::File {
             path: self.path.clone(),
             line,
@@ -315,6 +327,11 @@ mod tests {
         assert_eq!(src.place(6).to_string(), "env.toml:2:1");
         // `=` after a two-byte character is the fourth character of line 2.
         assert_eq!(src.place(10).to_string(), "env.toml:2:4");
+        // The newline itself ends its line; past the end is the end.
+        assert_eq!(src.place(5).to_string(), "env.toml:1:6");
+        assert_eq!(src.place(99).to_string(), "env.toml:3:1");
+        // A clone shares the line index and places alike.
+        assert_eq!(src.clone().place(6).to_string(), "env.toml:2:1");
     }
 
     #[test]

@@ -20,7 +20,11 @@ impl Plan {
     /// The part of the plan that `host` needs: its steps in plan order, their rendered
     /// attributes, the resource values they require and the project files the plan read.
     pub fn host_job(&self, host: &str) -> Result<HostJob, ConfigError> {
-        let steps = self.host_order(host);
+        self.host_job_of(host, self.host_order(host))
+    }
+
+    /// The job of `host`, whose steps in plan order are `steps`.
+    fn host_job_of(&self, host: &str, steps: Vec<usize>) -> Result<HostJob, ConfigError> {
         let Some(h) = self.hosts.get(host) else {
             return Err(ConfigError::new(format!("unknown host `{host}`")));
         };
@@ -94,11 +98,17 @@ impl Plan {
     pub fn export(&self, jobs: usize) -> Result<RemotePlan, ConfigError> {
         let mut host_jobs = BTreeMap::new();
         let mut hosts = Vec::new();
+        // Every host's steps in plan order, in one pass over the order.
+        let mut orders: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for &i in &self.order {
+            orders.entry(self.steps[i].host.as_str()).or_default().push(i);
+        }
         for (name, host) in &self.hosts {
             if host.components.is_empty() {
                 continue;
             }
-            host_jobs.insert(name.clone(), self.host_job(name)?);
+            let steps = orders.remove(name.as_str()).unwrap_or_default();
+            host_jobs.insert(name.clone(), self.host_job_of(name, steps)?);
             hosts.push(RemoteHost {
                 name: name.clone(),
                 address: host.address.clone(),
