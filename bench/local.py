@@ -11,6 +11,7 @@ Usage: bench/local.py [--runs N] [--binary PATH]   (builds the release binary by
 """
 
 import argparse
+import ctypes
 import os
 import shutil
 import statistics
@@ -64,6 +65,33 @@ def timed(cmd, cwd):
     return time.perf_counter() - start
 
 
+def write_floor(work, files, content):
+    """The floor of a first converge: the same files written as temporary files, one sync
+    of the file system, then renamed into place and their directories synced."""
+    start = time.perf_counter()
+    tmps = []
+    for path in files:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, content)
+        os.close(fd)
+        tmps.append((tmp, path))
+    fd = os.open(work, os.O_RDONLY)
+    if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+        raise OSError(ctypes.get_errno(), "syncfs failed")
+    os.close(fd)
+    dirs = set()
+    for tmp, path in tmps:
+        os.rename(tmp, path)
+        dirs.add(os.path.dirname(path))
+    for d in sorted(dirs):
+        fd = os.open(d, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    return time.perf_counter() - start
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=15)
@@ -81,7 +109,7 @@ def main():
         env_path = os.path.join(work, "environments/bench.toml")
         cmd = [binary, "bench"]
 
-        firsts, noops, changes, cats = [], [], [], []
+        firsts, noops, changes, cats, floors = [], [], [], [], []
         for _ in range(args.runs):
             shutil.rmtree(os.path.join(work, "work"), ignore_errors=True)
             with open(env_path, "w") as f:
@@ -92,6 +120,15 @@ def main():
                 os.path.join(work, f"work/site/d{i % DIRS:02}/f{i:03}.conf") for i in range(FILES)
             ]
             cats.append(timed(["cat", *files], work))
+            floor_dir = os.path.join(work, "floor")
+            shutil.rmtree(floor_dir, ignore_errors=True)
+            with open(files[0], "rb") as f:
+                content = f.read()
+            floors.append(write_floor(
+                floor_dir,
+                [os.path.join(floor_dir, os.path.relpath(p, os.path.join(work, "work"))) for p in files],
+                content,
+            ))
             with open(env_path, "w") as f:
                 f.write(environment(changed=range(0, FILES, FILES // 10)))
             changes.append(timed(cmd, work))
@@ -103,6 +140,8 @@ def main():
         size = sum(os.path.getsize(p) for p in files) / len(files)
         print(f"workload: {DIRS} directories, {FILES} files (~{size:.0f} bytes each), {LINKS} symlinks; {args.runs} runs")
         print(f"first converge         median {ms(firsts):8.1f} ms")
+        print(f"write floor (1 sync)   median {ms(floors):8.1f} ms")
+        print(f"first / write floor    {ms(firsts) / ms(floors):8.1f} x")
         print(f"no-op converge         median {ms(noops):8.1f} ms")
         print(f"10 files changed       median {ms(changes):8.1f} ms")
         print(f"cat of the 500 files   median {ms(cats):8.1f} ms")

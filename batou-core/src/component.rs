@@ -51,6 +51,17 @@ pub trait Component: Send + 'static {
         Ok(())
     }
 
+    /// Whether `verify` or `update` may read what components converged before it wrote.
+    ///
+    /// Files written by components that use [`Deploy::stage_write`](crate::Deploy::stage_write)
+    /// become durable and visible in batches; before a component that answers `true` (the
+    /// default) is verified, the engine makes every staged file durable and renames it into
+    /// place. The library's `File`, `Symlink` and `Directory` (without `source`) read only
+    /// their own path and answer `false`, so that a run of them shares one sync.
+    fn reads_written_files(&self) -> bool {
+        true
+    }
+
     /// This component as a supervised service, for the `service` verbs; `None` for
     /// everything that is not one.
     fn service(&self) -> Option<&dyn crate::ServiceControl> {

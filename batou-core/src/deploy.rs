@@ -1,6 +1,6 @@
 //! The deploy context: what `verify` and `update` may use while converging on the host.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use std::collections::BTreeSet;
 
@@ -20,6 +20,8 @@ pub struct Deploy<'a> {
     pub(crate) changed_roots: &'a BTreeSet<String>,
     pub(crate) diff: Option<String>,
     pub(crate) sink: &'a mut dyn EventSink,
+    /// The batch of written files, when the engine runs one.
+    pub(crate) pending: Option<&'a mut crate::PendingWrites>,
 }
 
 impl Deploy<'_> {
@@ -74,6 +76,31 @@ impl Deploy<'_> {
     /// The component path, e.g. `app > File('app.toml')`.
     pub fn component_path(&self) -> &str {
         self.path
+    }
+
+    /// Replaces `path` with `temp`, a temporary file in the same directory that is fully
+    /// written (content, mode, ownership) but not synced.
+    ///
+    /// In a converge, the engine batches these: the data becomes durable with one sync for
+    /// many files, then `temp` is renamed over `path` and the directory synced, before any
+    /// component that may read it runs ([`Component::reads_written_files`](crate::Component::reads_written_files))
+    /// and before the step or the run reports done. Until then [`Deploy::staged`] names
+    /// `temp`, so the verify after `update` checks the bytes that will be renamed. Outside a
+    /// batch, `temp` is synced and renamed at once.
+    pub fn stage_write(&mut self, temp: PathBuf, path: PathBuf) -> anyhow::Result<()> {
+        match self.pending.as_deref_mut() {
+            Some(pending) => {
+                pending.stage(temp, path);
+                Ok(())
+            }
+            None => crate::pending::replace_now(&temp, &path),
+        }
+    }
+
+    /// The temporary file that holds what [`Deploy::stage_write`] staged for `path`, while
+    /// it is not yet renamed into place.
+    pub fn staged(&self, path: &Path) -> Option<&Path> {
+        self.pending.as_deref().and_then(|p| p.temp_of(path))
     }
 
     /// Shows a diff for this component's change, after its `changed` line.

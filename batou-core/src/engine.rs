@@ -14,6 +14,10 @@ use crate::{Deploy, Event, EventSink, Plan, Verdict};
 pub struct ConvergeOptions {
     /// Verify only: report what would change, write nothing.
     pub dry_run: bool,
+    /// Keep the files a step staged pending after it ends, so that the steps after it
+    /// share their sync; the caller must [`Plan::flush_writes`] before it reports the step
+    /// or the host done to anyone. Otherwise each step flushes before it ends.
+    pub keep_writes_pending: bool,
 }
 
 /// What happened to one root component.
@@ -82,7 +86,8 @@ pub fn converge_step(
     let started = Instant::now();
     let changed_roots = plan.changed_roots_of(step);
     let index = step;
-    let (step, host_data) = plan.step_with_host(step);
+    let (step, host_data, pending) = plan.step_with_host(step);
+    let staged_before = pending.len();
     let host = step.host.clone();
     let root = step.root.clone();
     sink.event(Event::StepStarted {
@@ -98,9 +103,23 @@ pub fn converge_step(
         sink: &mut *sink,
         changed: &mut changed,
         changed_roots: &changed_roots,
+        pending,
     };
     // A root's first child is its Workdir, which the root did not add itself.
-    let result = run.converge(&mut step.tree, 1);
+    let mut result = run.converge(&mut step.tree, 1);
+    if result.is_err() {
+        // What the failed step staged is dropped; what the steps before it staged lands.
+        run.pending.discard_from(staged_before);
+    }
+    if !options.keep_writes_pending || result.is_err() {
+        let flushed = run.pending.flush();
+        if let (Err(error), Ok(_)) = (flushed, &result) {
+            result = Err(Failure {
+                path: step.root.clone(),
+                error: error.context("cannot make the written files durable"),
+            });
+        }
+    }
     if matches!(result, Ok(true)) {
         plan.record_changed(index);
     }
@@ -204,6 +223,7 @@ struct Run<'a> {
     sink: &'a mut dyn EventSink,
     changed: &'a mut Vec<String>,
     changed_roots: &'a std::collections::BTreeSet<String>,
+    pending: &'a mut crate::PendingWrites,
 }
 
 impl Run<'_> {
@@ -221,6 +241,12 @@ impl Run<'_> {
             path: node.path.clone(),
             error,
         };
+        if node.component.reads_written_files() && !self.pending.is_empty() {
+            self.pending
+                .flush()
+                .map_err(|e| e.context("cannot make the files written before it durable"))
+                .map_err(fail)?;
+        }
         let (verdict, diff) = self
             .verify(node, sub_changed, added_changed)
             .map_err(fail)?;
@@ -254,6 +280,7 @@ impl Run<'_> {
             changed_roots: self.changed_roots,
             diff: None,
             sink: &mut *self.sink,
+            pending: Some(&mut *self.pending),
         };
         node.component.update(&mut cx).map_err(|error| Failure {
             path: node.path.clone(),
@@ -289,6 +316,7 @@ impl Run<'_> {
             changed_roots: self.changed_roots,
             diff: None,
             sink: &mut *self.sink,
+            pending: Some(&mut *self.pending),
         };
         let verdict = node.component.verify(&mut cx)?;
         Ok((verdict, cx.diff))

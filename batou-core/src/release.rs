@@ -70,7 +70,7 @@ pub fn list_releases(
     step: usize,
     sink: &mut dyn EventSink,
 ) -> anyhow::Result<Vec<ReleaseEntry>> {
-    let (step, host) = plan.step_with_host(step);
+    let (step, host, _) = plan.step_with_host(step);
     let Some((path, release)) = find(&step.tree) else {
         anyhow::bail!("root component `{}` has no release", step.root);
     };
@@ -85,6 +85,7 @@ pub fn list_releases(
         changed_roots: &changed_roots,
         diff: None,
         sink,
+        pending: None,
     };
     release.releases(&mut cx)
 }
@@ -100,7 +101,7 @@ pub fn roll_back(
     let root = plan.steps()[step].root.clone();
     let host_name = plan.steps()[step].host.clone();
     let switched = {
-        let (s, host) = plan.step_with_host(step);
+        let (s, host, _) = plan.step_with_host(step);
         match find(&s.tree) {
             None => Err(anyhow::anyhow!("root component `{root}` has no release")),
             Some((path, release)) => {
@@ -115,6 +116,7 @@ pub fn roll_back(
                     changed_roots: &changed_roots,
                     diff: None,
                     sink: &mut *sink,
+                    pending: None,
                 };
                 release.roll_back(&mut cx, to)
             }

@@ -126,7 +126,7 @@ pub fn control_services(
     sink: &mut dyn EventSink,
 ) -> Vec<ServiceOutcome> {
     let changed_roots = Default::default();
-    let (step, host) = plan.step_with_host(step);
+    let (step, host, _) = plan.step_with_host(step);
     let mut services = Vec::new();
     collect(&step.tree, &mut services);
     services
@@ -142,6 +142,7 @@ pub fn control_services(
                 changed_roots: &changed_roots,
                 diff: None,
                 sink: &mut *sink,
+                pending: None,
             };
             let result = match verb {
                 ServiceVerb::Status => service

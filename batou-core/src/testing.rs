@@ -111,7 +111,13 @@ impl TestProject {
 
     /// Predicts what converging environment `name` would change; panics unless it succeeds.
     pub fn dry_run(&self, name: &str) -> Run {
-        let run = self.run(name, ConvergeOptions { dry_run: true });
+        let run = self.run(
+            name,
+            ConvergeOptions {
+                dry_run: true,
+                ..Default::default()
+            },
+        );
         run.assert_succeeded();
         run
     }

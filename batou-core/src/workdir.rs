@@ -19,6 +19,10 @@ impl Component for Workdir {
         "Workdir".into()
     }
 
+    fn reads_written_files(&self) -> bool {
+        false
+    }
+
     fn verify(&self, _cx: &mut Deploy) -> anyhow::Result<Verdict> {
         self.1.check(&self.0)?;
         match std::fs::metadata(&self.0) {

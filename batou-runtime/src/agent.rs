@@ -324,7 +324,10 @@ fn session(
 
     let mut outcomes: Vec<(String, RootOutcome)> = Vec::new();
     let mut changed_components: Vec<String> = Vec::new();
-    let options = ConvergeOptions { dry_run };
+    let options = ConvergeOptions {
+        dry_run,
+        ..Default::default()
+    };
     for line in lines {
         let line = line?;
         match serde_json::from_str::<ToAgent>(&line) {

@@ -288,7 +288,12 @@ fn converge_here(
         environment: plan.environment.clone(),
         dry_run,
     });
-    let options = ConvergeOptions { dry_run };
+    // Files written by consecutive steps share one sync (see `flush_if_due`).
+    let options = ConvergeOptions {
+        dry_run,
+        keep_writes_pending: true,
+    };
+    let last_step = order.iter().rev().copied().find(|&i| steps[i].host == host);
     // Every report goes through here: a signal that came in the meantime is told first, so
     // that no further step starts.
     let report = |scheduler: &mut Scheduler, report: Report| {
@@ -305,7 +310,11 @@ fn converge_here(
         for action in actions {
             match action {
                 Action::Start { step, .. } => {
-                    let done = batou_core::converge_step(plan, step, options, sink);
+                    let mut done = batou_core::converge_step(plan, step, options, sink);
+                    let stopping = done.failure.is_some()
+                        || interrupt.load(Ordering::SeqCst)
+                        || Some(step) == last_step;
+                    flush_if_due(plan, step, stopping, &mut done, sink);
                     if let (Some((component, _)), false) = (&done.failure, dry_run) {
                         batou_core::roll_back_after_failure(plan, step, component, sink);
                     }
@@ -323,11 +332,56 @@ fn converge_here(
         }
         actions = next;
     }
+    // Steps that were never started leave nothing pending; this is the last chance anyway.
+    let late = plan.flush_writes().err();
+    if let Some(error) = &late {
+        sink.event(Event::Failed {
+            host: host.to_string(),
+            component: plan.environment.clone(),
+            error: error.chain().map(|c| c.to_string()).collect(),
+        });
+    }
     let (outcome, events) = scheduler.finish(now());
     for event in events {
         sink.event(event);
     }
-    outcome.exit
+    match late {
+        Some(_) => outcome.exit.worst(Exit::DeployFailed),
+        None => outcome.exit,
+    }
+}
+
+/// How many written files at most wait for one sync.
+const FLUSH_EVERY: usize = 1000;
+
+/// Makes the files written so far durable and visible when the run is about to report
+/// something that depends on them (the host's last step, a failure, an interrupt) or when
+/// enough have gathered; a failed flush fails the step that triggered it.
+fn flush_if_due(
+    plan: &mut Plan,
+    step: usize,
+    stopping: bool,
+    done: &mut batou_core::StepReport,
+    sink: &mut dyn EventSink,
+) {
+    if plan.pending_writes() == 0 || !(stopping || plan.pending_writes() >= FLUSH_EVERY) {
+        return;
+    }
+    if let Err(error) = plan.flush_writes() {
+        let error = error.context("cannot make the written files durable");
+        let chain: Vec<String> = error.chain().map(|c| c.to_string()).collect();
+        let (host, root) = {
+            let s = &plan.steps()[step];
+            (s.host.clone(), s.root.clone())
+        };
+        sink.event(Event::Failed {
+            host,
+            component: root.clone(),
+            error: chain.clone(),
+        });
+        done.outcome = batou_core::RootOutcome::Failed;
+        done.failure = Some((root, chain));
+    }
 }
 
 /// Runs a `service` verb on this host's root components: the ones named, or every one with a

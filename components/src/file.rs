@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use batou_core::{
@@ -12,7 +12,7 @@ use batou_core::{
 use serde::{Deserialize, Deserializer};
 
 use crate::data::DataFormat;
-use crate::fs::{gid, uid, write_atomic};
+use crate::fs::{gid, uid, write_temp};
 use crate::mode::Mode;
 
 /// Mode of new files when none is given.
@@ -378,7 +378,12 @@ impl Component for File {
 
     fn verify(&self, cx: &mut Deploy) -> anyhow::Result<Verdict> {
         self.allowed.check(&self.resolved)?;
-        let meta = match std::fs::symlink_metadata(&self.resolved) {
+        // A file written earlier in this run whose batch is not yet flushed is seen through
+        // its temporary file: the bytes and attributes that will be renamed into place.
+        let seen = cx
+            .staged(&self.resolved)
+            .map_or_else(|| self.resolved.clone(), Path::to_path_buf);
+        let meta = match std::fs::symlink_metadata(&seen) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !self.is_secret()
@@ -400,7 +405,7 @@ impl Component for File {
         if meta.file_type().is_symlink() {
             reasons.push("is a symlink".to_string());
         } else {
-            let current = std::fs::read(&self.resolved)
+            let current = std::fs::read(&seen)
                 .with_context(|| format!("cannot read `{}`", self.resolved.display()))?;
             if self.is_secret() {
                 if current != self.bytes {
@@ -427,7 +432,11 @@ impl Component for File {
         })
     }
 
-    fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
+    fn reads_written_files(&self) -> bool {
+        false
+    }
+
+    fn update(&mut self, cx: &mut Deploy) -> anyhow::Result<()> {
         self.allowed.check(&self.resolved)?;
         if self.create_parents
             && let Some(parent) = self.resolved.parent()
@@ -461,7 +470,8 @@ impl Component for File {
         // file would otherwise carry the ids of this process.
         let owner = owner.or(existing.as_ref().map(MetadataExt::uid));
         let group = group.or(existing.as_ref().map(MetadataExt::gid));
-        write_atomic(&self.resolved, &self.bytes, mode, owner, group)
+        let temp = write_temp(&self.resolved, &self.bytes, mode, owner, group, false)?;
+        cx.stage_write(temp, self.resolved.clone())
     }
 }
 

@@ -22,6 +22,32 @@ pub fn write_atomic(
     group: Option<u32>,
 ) -> anyhow::Result<()> {
     let dir = parent(path)?;
+    let tmp = write_temp(path, data, mode, owner, group, true)?;
+    let result = std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename into `{}`", path.display()));
+    match result {
+        Ok(()) => sync_dir(dir),
+        Err(_) => {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    result
+}
+
+/// Writes `data` with exactly `mode` and the given ownership into a new temporary sibling of
+/// `path`, synced when `sync` says so, and returns the temporary file's path: what
+/// [`write_atomic`] renames, or what a component hands to
+/// [`Deploy::stage_write`](batou_core::Deploy::stage_write) to share one sync with others.
+/// On any error the temporary file is removed.
+pub(crate) fn write_temp(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    owner: Option<u32>,
+    group: Option<u32>,
+    sync: bool,
+) -> anyhow::Result<PathBuf> {
+    parent(path)?;
     let tmp = temp_path(path);
     let result = (|| {
         let mut file = std::fs::OpenOptions::new()
@@ -40,17 +66,19 @@ pub fn write_atomic(
         })?;
         file.set_permissions(std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("cannot set mode of `{}`", tmp.display()))?;
-        file.sync_all()
-            .with_context(|| format!("cannot sync `{}`", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot rename into `{}`", path.display()))?;
-        sync_dir(dir);
+        if sync {
+            file.sync_all()
+                .with_context(|| format!("cannot sync `{}`", tmp.display()))?;
+        }
         Ok(())
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    result
 }
 
 /// Gives a freshly created temporary file or link (with metadata `created`, to be renamed to

@@ -620,7 +620,13 @@ mod tests {
         repo.commit("app.py", "print('two')\n");
         let expected = "has local changes to tracked files, which checking out branch `main` would discard; set `force = true` to discard them";
         for dry_run in [true, false] {
-            let run = project.run("dev", ConvergeOptions { dry_run });
+            let run = project.run(
+                "dev",
+                ConvergeOptions {
+                    dry_run,
+                    ..Default::default()
+                },
+            );
             let failure = run.failure().unwrap();
             assert!(failure.contains(expected), "{failure}");
         }
@@ -651,7 +657,13 @@ mod tests {
     #[test]
     fn a_missing_branch_fails_and_bad_attributes_are_configuration_errors() {
         let repo = Repo::new();
-        let run = code(&repo, "branch = \"nope\"\n").run("dev", ConvergeOptions { dry_run: true });
+        let run = code(&repo, "branch = \"nope\"\n").run(
+            "dev",
+            ConvergeOptions {
+                dry_run: true,
+                ..Default::default()
+            },
+        );
         let failure = run.failure().unwrap();
         assert!(
             failure.contains("branch `nope` does not exist in repository"),

@@ -437,7 +437,13 @@ mod tests {
         let wheels = wheels();
         let project = app(wheels.path(), "/nonexistent/python3");
         let failure = project
-            .run("dev", ConvergeOptions { dry_run: true })
+            .run(
+                "dev",
+                ConvergeOptions {
+                    dry_run: true,
+                    ..Default::default()
+                },
+            )
             .failure()
             .unwrap();
         assert!(

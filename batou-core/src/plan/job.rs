@@ -101,7 +101,10 @@ impl Plan {
         // Every host's steps in plan order, in one pass over the order.
         let mut orders: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for &i in &self.order {
-            orders.entry(self.steps[i].host.as_str()).or_default().push(i);
+            orders
+                .entry(self.steps[i].host.as_str())
+                .or_default()
+                .push(i);
         }
         for (name, host) in &self.hosts {
             if host.components.is_empty() {
@@ -223,6 +226,7 @@ impl Plan {
             changed: Default::default(),
             syntax: job.templates.clone(),
             fact_reads: facts.reads.hosts(),
+            writes: Default::default(),
             facts: facts.facts,
         };
         for (i, expected) in job_steps.iter().enumerate() {

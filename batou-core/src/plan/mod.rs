@@ -58,6 +58,8 @@ pub struct Plan {
     facts: BTreeMap<String, crate::Facts>,
     /// The hosts whose facts a configure read.
     fact_reads: std::collections::BTreeSet<String>,
+    /// Files written by the steps converged so far that are not yet durable and visible.
+    writes: crate::PendingWrites,
 }
 
 impl Plan {
@@ -205,6 +207,7 @@ impl Plan {
             syntax,
             facts: facts.facts.clone(),
             fact_reads: facts.reads.hosts(),
+            writes: Default::default(),
         })
     }
 
@@ -302,10 +305,25 @@ impl Plan {
     }
 
     /// A step to converge, with its host.
-    pub(crate) fn step_with_host(&mut self, step: usize) -> (&mut Step, &Host) {
+    pub(crate) fn step_with_host(
+        &mut self,
+        step: usize,
+    ) -> (&mut Step, &Host, &mut crate::PendingWrites) {
         let step = &mut self.steps[step];
         let host = &self.hosts[&step.host];
-        (step, host)
+        (step, host, &mut self.writes)
+    }
+
+    /// Makes the files that steps converged with
+    /// [`keep_writes_pending`](crate::ConvergeOptions::keep_writes_pending) staged durable
+    /// and visible; returns how many there were.
+    pub fn flush_writes(&mut self) -> anyhow::Result<usize> {
+        self.writes.flush()
+    }
+
+    /// How many written files wait for [`Plan::flush_writes`].
+    pub fn pending_writes(&self) -> usize {
+        self.writes.len()
     }
 }
 

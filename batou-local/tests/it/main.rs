@@ -10,6 +10,7 @@ mod components;
 mod confinement;
 mod demo;
 mod dry_run;
+mod durability;
 mod example;
 mod facts;
 mod failure;

@@ -1007,7 +1007,13 @@ health = {{ http = "http://127.0.0.1:{port}/", within = "10s", stable = "500ms" 
             units.display()
         );
         let project = project(&text);
-        let dry = project.run("dev", batou_core::ConvergeOptions { dry_run: true });
+        let dry = project.run(
+            "dev",
+            batou_core::ConvergeOptions {
+                dry_run: true,
+                ..Default::default()
+            },
+        );
         let reasons = dry.reasons();
         assert_eq!(
             reasons[1..3],
