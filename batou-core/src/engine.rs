@@ -70,6 +70,9 @@ pub struct StepReport {
     pub changed: Vec<String>,
     /// The failing component path and cause chain.
     pub failure: Option<(String, Vec<String>)>,
+    /// What the step's components created (missing before their `update`, there after it),
+    /// in the order they created it; also after a failure. Empty in a dry run.
+    pub created: Vec<crate::Owned>,
 }
 
 /// Converges one step of a plan (a root component and its sub-components).
@@ -90,6 +93,7 @@ pub fn converge_step(
         component: step.root.clone(),
     });
     let mut changed = Vec::new();
+    let mut created = Vec::new();
     let mut run = Run {
         host: &host,
         host_data,
@@ -97,6 +101,7 @@ pub fn converge_step(
         options,
         sink: &mut *sink,
         changed: &mut changed,
+        created: &mut created,
         changed_roots: &changed_roots,
     };
     // A root's first child is its Workdir, which the root did not add itself.
@@ -113,6 +118,7 @@ pub fn converge_step(
             },
             changed,
             failure: None,
+            created,
         },
         Err(failure) => {
             let chain: Vec<String> = failure.error.chain().map(|c| c.to_string()).collect();
@@ -125,6 +131,7 @@ pub fn converge_step(
                 outcome: RootOutcome::Failed,
                 changed,
                 failure: Some((failure.path, chain)),
+                created,
             }
         }
     };
@@ -203,6 +210,7 @@ struct Run<'a> {
     options: ConvergeOptions,
     sink: &'a mut dyn EventSink,
     changed: &'a mut Vec<String>,
+    created: &'a mut Vec<crate::Owned>,
     changed_roots: &'a std::collections::BTreeSet<String>,
 }
 
@@ -255,7 +263,18 @@ impl Run<'_> {
             diff: None,
             sink: &mut *self.sink,
         };
-        node.component.update(&mut cx).map_err(|error| Failure {
+        // What is missing now and there after the update was created by it, even when the
+        // update then fails half way.
+        let missing: Vec<crate::Owned> = node
+            .component
+            .owned()
+            .into_iter()
+            .filter(|o| !o.exists())
+            .collect();
+        let updated = node.component.update(&mut cx);
+        self.created
+            .extend(missing.into_iter().filter(crate::Owned::exists));
+        updated.map_err(|error| Failure {
             path: node.path.clone(),
             error,
         })?;
