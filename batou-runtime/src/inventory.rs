@@ -23,6 +23,8 @@ pub struct HostInventory {
     host: String,
     record: Inventory,
     dry_run: bool,
+    /// Whether the record on disk is `record` (a deploy that changes nothing writes nothing).
+    on_disk: bool,
 }
 
 /// What one orphan's prune did, for the journal.
@@ -69,6 +71,7 @@ impl HostInventory {
     ) -> anyhow::Result<Self> {
         let record = Inventory::open(base_dir, environment, host)?;
         Ok(HostInventory {
+            on_disk: Inventory::path(base_dir).exists(),
             base_dir: base_dir.to_path_buf(),
             host: host.to_string(),
             record,
@@ -190,7 +193,11 @@ impl HostInventory {
     /// Records that `root` converged (or failed) having created `created`, and writes the
     /// record, so that the base directory is this environment's from the first step on.
     pub fn record_step(&mut self, root: &str, created: &[Owned]) -> anyhow::Result<()> {
+        let before = self.record.clone();
         self.record.record(root, created);
+        if self.on_disk && before == self.record {
+            return Ok(());
+        }
         self.save()
     }
 
@@ -208,7 +215,7 @@ impl HostInventory {
         })
     }
 
-    fn save(&self) -> anyhow::Result<()> {
+    fn save(&mut self) -> anyhow::Result<()> {
         if self.dry_run {
             return Ok(());
         }
@@ -217,7 +224,9 @@ impl HostInventory {
                 "cannot write the ownership record `{}`",
                 Inventory::path(&self.base_dir).display()
             )
-        })
+        })?;
+        self.on_disk = true;
+        Ok(())
     }
 }
 

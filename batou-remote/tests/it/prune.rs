@@ -97,6 +97,15 @@ fn another_environment_is_refused_on_the_host_before_anything_changes() {
             "a refused deploy writes nothing into the other environment's journal"
         );
     }
+    let human = cluster.run(p.root(), &["staging"]);
+    assert_eq!(human.code, 1, "{}", human.stderr);
+    assert!(
+        human.stderr.contains(
+            "error: the agent refused: base directory `"
+        ) && human.stderr.contains("belongs to environment `prod`"),
+        "{}",
+        human.stderr
+    );
     let again = cluster.run(p.root(), &["prod", "--json"]);
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(again.count("changed"), 0, "{}", again.stdout);
