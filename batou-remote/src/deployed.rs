@@ -155,7 +155,8 @@ pub fn update(
     let dir = path.parent().expect("the record has a directory");
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
     let text = serde_json::to_string_pretty(&record).expect("the record serializes") + "\n";
-    let tmp = dir.join(".deployed-hosts.json.tmp");
+    // Runs from one checkout may end at the same time: each writes its own temporary file.
+    let tmp = dir.join(format!(".deployed-hosts.json.{}.tmp", std::process::id()));
     let write = || -> std::io::Result<()> {
         use std::io::Write;
         let mut file = std::fs::File::create(&tmp)?;

@@ -452,8 +452,11 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     runtime.shutdown_timeout(Duration::from_secs(1));
     options.ssh.masters.terminate_all();
     drop(control_dir);
-    if !settings.dry_run {
-        deployed::update(&settings.project, &plan, &removed_names, &report)?;
+    // The deploy is done: a record that cannot be written is worth a warning, not a failure.
+    if !settings.dry_run
+        && let Err(e) = deployed::update(&settings.project, &plan, &removed_names, &report)
+    {
+        warn(format!("{e:#}"));
     }
     Ok(report.exit)
 }

@@ -100,9 +100,10 @@ fn another_environment_is_refused_on_the_host_before_anything_changes() {
     let human = cluster.run(p.root(), &["staging"]);
     assert_eq!(human.code, 1, "{}", human.stderr);
     assert!(
-        human.stderr.contains(
-            "error: the agent refused: base directory `"
-        ) && human.stderr.contains("belongs to environment `prod`"),
+        human
+            .stderr
+            .contains("error: the agent refused: base directory `")
+            && human.stderr.contains("belongs to environment `prod`"),
         "{}",
         human.stderr
     );
