@@ -269,3 +269,42 @@ fn a_pruned_service_is_stopped_and_taken_from_runsvdir() {
     assert!(Path::new(&p.path("work/other/other.txt")).exists());
     runsvdir.stop();
 }
+
+#[test]
+fn a_pruned_release_root_takes_its_releases_and_leaves_the_shared_store() {
+    let p = Project::new();
+    p.file("site/index.html", "one\n");
+    let env = |roots: &str| {
+        format!(
+            "[hosts.localhost]\ncomponents = [{roots}]\n\n[components.app]\ntype = \"release\"\nfiles = [\"site/\"]\n\n[components.other]\ntype = \"file\"\npath = \"other.txt\"\ncontent = \"x\\n\"\n"
+        )
+    };
+    p.env("dev", &env("\"app\", \"other\""));
+    p.converge_twice(&["dev"]);
+    assert!(p.path("releases/app/current").exists());
+    let store = snapshot(&p.path("releases/.store"));
+    assert!(!store.is_empty());
+
+    p.env("dev", &env("\"other\""));
+    let out = p.converge(&["dev", "--prune", "--json"]);
+    let pruned: Vec<String> = out
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "pruned" && e["action"] == "removed")
+        .map(|e| e["item"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        pruned
+            .iter()
+            .any(|i| i.starts_with("tree `") && i.ends_with("releases/app`")),
+        "{pruned:#?}"
+    );
+    assert!(!p.path("releases/app").exists());
+    assert_eq!(
+        snapshot(&p.path("releases/.store")),
+        store,
+        "the store stays"
+    );
+    assert!(!p.path("work/app").exists());
+    p.assert_idempotent(&["dev", "--prune"]);
+}
