@@ -279,3 +279,67 @@ fn orphans_and_a_removed_host_are_reported_then_pruned() {
     assert_eq!(last.code, 0, "{}", last.stderr);
     assert_eq!(last.count("changed"), 0, "{}", last.stdout);
 }
+
+#[test]
+fn a_removed_hosts_service_is_stopped_and_taken_from_its_runsvdir() {
+    use batou_test_support::{Runsvdir, procs};
+    let cluster = Cluster::start(&["web1", "web2"]);
+    let runsvdir = Runsvdir::start();
+    let sd = runsvdir.service_dir();
+    let env = |hosts: &[&str]| {
+        let mut text = format!(
+            "[environment]\nbase_dir = \"srv\"\nallow_paths = [\"{}\"]\n\n",
+            sd.display()
+        );
+        for host in hosts {
+            let roots = if *host == "web2" {
+                "\"web\""
+            } else {
+                "\"keep\""
+            };
+            text.push_str(&format!(
+                "[hosts.{host}]\ncomponents = [{roots}]\ndata = {{ service_dir = \"{}\" }}\n\n",
+                sd.display()
+            ));
+        }
+        text.push_str(
+            "[components.web]\ntype = \"service\"\nargv = [\"sleep\", \"1000.5\"]\n\n[components.keep]\ntype = \"file\"\npath = \"keep.txt\"\ncontent = \"keep\\n\"\n",
+        );
+        text
+    };
+    let p = Project::new();
+    p.env("prod", &env(&["web1", "web2"]));
+    let out = cluster.run(p.root(), &["prod", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(procs::sleeping("1000.5"));
+    let definition = cluster.host("web2").home.join("srv/work/web/.service/web");
+    assert_eq!(std::fs::read_link(sd.join("web")).unwrap(), definition);
+
+    p.env("prod", &env(&["web1"]));
+    let out = cluster.run(p.root(), &["prod", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.count("host_orphaned"), 1, "{}", out.stdout);
+    assert!(procs::sleeping("1000.5"), "not pruned without `--prune`");
+    let out = cluster.run(p.root(), &["prod", "--prune", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.events().iter().any(|e| e["event"] == "pruned"
+            && e["host"] == "web2"
+            && e["action"] == "removed"
+            && e["item"]
+                .as_str()
+                .unwrap()
+                .starts_with("runit service `web`")),
+        "{}",
+        out.stdout
+    );
+    assert!(!procs::sleeping("1000.5"), "the service ended");
+    assert!(!sd.join("web").exists() && !definition.exists());
+    procs::wait_until("runsv exits", std::time::Duration::from_secs(10), || {
+        runsvdir.tree().iter().all(|pid| !procs::alive(*pid))
+    });
+    let again = cluster.run(p.root(), &["prod", "--prune", "--json"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(again.count("pruned"), 0, "{}", again.stdout);
+    assert_eq!(again.count("changed"), 0, "{}", again.stdout);
+}
