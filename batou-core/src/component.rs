@@ -73,6 +73,18 @@ pub trait Component: Send + 'static {
     fn release(&self) -> Option<&dyn crate::ReleaseControl> {
         None
     }
+
+    /// What this component manages on the host (files, directories, links, services), for
+    /// the ownership record. Pure, like `label`: it names paths, it does not look at them.
+    ///
+    /// The engine looks before and after `update`: an item that was missing before and is
+    /// there after is recorded as created by this component's root, and only such items are
+    /// ever removed by `--prune` once the root is gone from its environment. Items that
+    /// existed before (a file that was only rewritten) are never recorded. The default, no
+    /// items, suits components that only group others or change nothing a prune could undo.
+    fn owned(&self) -> Vec<crate::Owned> {
+        Vec::new()
+    }
 }
 
 /// `a::b::Name<c::D>` → `Name<D>`: every path segment of a type name without its modules.

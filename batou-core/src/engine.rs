@@ -74,6 +74,9 @@ pub struct StepReport {
     pub changed: Vec<String>,
     /// The failing component path and cause chain.
     pub failure: Option<(String, Vec<String>)>,
+    /// What the step's components created (missing before their `update`, there after it),
+    /// in the order they created it; also after a failure. Empty in a dry run.
+    pub created: Vec<crate::Owned>,
 }
 
 /// Converges one step of a plan (a root component and its sub-components).
@@ -95,6 +98,7 @@ pub fn converge_step(
         component: step.root.clone(),
     });
     let mut changed = Vec::new();
+    let mut created = Vec::new();
     let mut run = Run {
         host: &host,
         host_data,
@@ -102,6 +106,7 @@ pub fn converge_step(
         options,
         sink: &mut *sink,
         changed: &mut changed,
+        created: &mut created,
         changed_roots: &changed_roots,
         pending,
     };
@@ -132,6 +137,7 @@ pub fn converge_step(
             },
             changed,
             failure: None,
+            created,
         },
         Err(failure) => {
             let chain: Vec<String> = failure.error.chain().map(|c| c.to_string()).collect();
@@ -144,6 +150,7 @@ pub fn converge_step(
                 outcome: RootOutcome::Failed,
                 changed,
                 failure: Some((failure.path, chain)),
+                created,
             }
         }
     };
@@ -222,6 +229,7 @@ struct Run<'a> {
     options: ConvergeOptions,
     sink: &'a mut dyn EventSink,
     changed: &'a mut Vec<String>,
+    created: &'a mut Vec<crate::Owned>,
     changed_roots: &'a std::collections::BTreeSet<String>,
     pending: &'a mut crate::PendingWrites,
 }
@@ -282,7 +290,23 @@ impl Run<'_> {
             sink: &mut *self.sink,
             pending: Some(&mut *self.pending),
         };
-        node.component.update(&mut cx).map_err(|error| Failure {
+        // What is missing now and there after the update was created by it, even when the
+        // update then fails half way.
+        let missing: Vec<crate::Owned> = node
+            .component
+            .owned()
+            .into_iter()
+            .filter(|o| !o.exists())
+            .collect();
+        let updated = node.component.update(&mut cx);
+        // A file in the batch of pending writes is there once the batch is flushed.
+        let pending = &*self.pending;
+        self.created.extend(
+            missing
+                .into_iter()
+                .filter(|o| o.exists() || pending.temp_of(o.marker()).is_some()),
+        );
+        updated.map_err(|error| Failure {
             path: node.path.clone(),
             error,
         })?;

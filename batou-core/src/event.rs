@@ -161,6 +161,47 @@ pub enum Event {
         /// How long converging this host took.
         seconds: f64,
     },
+    /// A root component that the host's ownership record lists but the environment no
+    /// longer assigns to the host. Reported on every deploy; nothing about it changes unless
+    /// the run prunes.
+    Orphaned {
+        /// The host the event is about.
+        host: String,
+        /// The orphaned root component.
+        component: String,
+        /// What it created and the record still lists, counted by kind (`file`,
+        /// `directory`, `symlink`, `tree`, `service`).
+        created: std::collections::BTreeMap<String, usize>,
+        /// Whether this run prunes it (`--prune`; with `--dry-run`: shows what it would
+        /// remove).
+        prune: bool,
+        /// Whether the run only reports what it would change.
+        dry_run: bool,
+    },
+    /// What a prune did (in a dry run: would do) with one item an orphan created.
+    Pruned {
+        /// The host the event is about.
+        host: String,
+        /// The orphaned root component.
+        component: String,
+        /// The item, for people: `file `/srv/app/work/app/app.toml``.
+        item: String,
+        /// `removed`, `kept` or `failed`.
+        action: crate::inventory::PruneAction,
+        /// Why it was kept, or why removing it failed.
+        reason: Option<String>,
+        /// Whether the run only reports what it would change.
+        dry_run: bool,
+    },
+    /// A host that an earlier deploy of this environment reached (the project's
+    /// `.batou/deployed-hosts.json`) and that the environment no longer lists. Without
+    /// `--prune` it is not contacted and nothing on it changes.
+    HostOrphaned {
+        /// The host the event is about.
+        host: String,
+        /// Whether this run prunes it: connects and removes what the environment created there.
+        prune: bool,
+    },
 }
 
 /// One host's line in the summary of a remote run.

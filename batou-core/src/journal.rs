@@ -91,6 +91,20 @@ pub enum JournalEntry {
         /// The cause chain, outermost first.
         error: Vec<String>,
     },
+    /// `--prune` removed what an orphaned root component created.
+    Pruned {
+        /// The root component.
+        component: String,
+        /// The items removed, for people.
+        #[serde(default)]
+        removed: Vec<String>,
+        /// The items left in place, with the reason.
+        #[serde(default)]
+        kept: Vec<String>,
+        /// The items whose removal failed, with the error.
+        #[serde(default)]
+        failed: Vec<String>,
+    },
 }
 
 /// What made a release current.

@@ -25,7 +25,8 @@ use crate::{Event, RootOutcome, ServiceOutcome, ServiceVerb};
 /// 6: jobs carry release bundles; sessions for the `releases` and `rollback` verbs.
 /// 7: a job carries the template syntax and the host's facts; a remote plan names the hosts
 /// whose facts were read and the secrets generated.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// 8: `orphans` and `orphans_finished` (the ownership record, `--prune`), the `owner` refusal.
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Everything one host needs to configure and converge its part of a plan, and nothing more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +204,14 @@ pub enum ToAgent {
     },
     /// End the session: write the journal record and release the lock.
     Finish,
+    /// Report the root components the host's ownership record lists and the job does not
+    /// (`orphaned` events), and with `prune` remove what they created (`pruned` events; in a
+    /// dry run only say what would be removed). A deploy session sends it once, after
+    /// `ready` and before the first step.
+    Orphans {
+        /// Whether to prune them.
+        prune: bool,
+    },
 }
 
 /// What an agent session is for.
@@ -251,6 +260,8 @@ pub enum Refusal {
     Protocol,
     /// Something else went wrong before the session could start.
     Failed,
+    /// Another environment owns the host's base directory (its ownership record says so).
+    Owner,
 }
 
 /// Messages from the agent to the controller.
@@ -301,6 +312,13 @@ pub enum FromAgent {
     },
     /// The agent wrote its journal record and ends the session.
     Finished,
+    /// The orphans were reported (and pruned, when asked).
+    OrphansFinished {
+        /// The orphaned root components, in the order they were handled.
+        orphans: Vec<String>,
+        /// What could not be removed, for the host's failure; empty when all went well.
+        failed: Vec<String>,
+    },
 }
 
 #[cfg(test)]

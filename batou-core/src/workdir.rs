@@ -32,6 +32,12 @@ impl Component for Workdir {
         }
     }
 
+    fn owned(&self) -> Vec<crate::Owned> {
+        vec![crate::Owned::Directory {
+            path: self.0.clone(),
+        }]
+    }
+
     fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
         self.1.check(&self.0)?;
         std::fs::create_dir_all(&self.0)

@@ -452,6 +452,27 @@ impl AgentSession {
         }
     }
 
+    /// Reports the host's orphaned root components and, with `prune`, removes what they
+    /// created, passing the `orphaned` and `pruned` events to `on_event`; returns what could
+    /// not be removed (empty when all went well).
+    pub async fn orphans(
+        &mut self,
+        prune: bool,
+        mut on_event: impl FnMut(Event),
+    ) -> Result<Vec<String>, SessionError> {
+        self.send(&ToAgent::Orphans { prune }).await?;
+        loop {
+            match self.read().await? {
+                FromAgent::Event { event } => on_event(event),
+                FromAgent::OrphansFinished { failed, .. } => return Ok(failed),
+                FromAgent::Refused {
+                    reason, message, ..
+                } => return Err(SessionError::Refused { reason, message }),
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
     /// Ends the session: the agent writes its journal record and exits.
     pub async fn finish(mut self) -> Result<(), SessionError> {
         self.send(&ToAgent::Finish).await?;

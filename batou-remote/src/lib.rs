@@ -6,6 +6,7 @@
 //! run the plan with [`schedule::deploy`], render events, pick the exit code.
 
 pub mod agent;
+pub mod deployed;
 mod facts;
 pub mod release_verbs;
 pub mod schedule;
@@ -98,6 +99,10 @@ struct Args {
     /// After a failure, go on with everything that does not depend on it.
     #[arg(long)]
     keep_going: bool,
+    /// Remove what root components (and hosts) that the environment no longer lists created
+    /// on their hosts (with `--dry-run`: show what would be removed).
+    #[arg(long)]
+    prune: bool,
     /// Deploy only these hosts, or run a verb only on them (comma-separated).
     #[arg(long, value_delimiter = ',')]
     hosts: Option<Vec<String>>,
@@ -148,6 +153,8 @@ pub struct Settings {
     pub dry_run: bool,
     /// `--keep-going`: after a failure, go on with whatever does not depend on it.
     pub keep_going: bool,
+    /// `--prune`: remove what orphaned root components and removed hosts created.
+    pub prune: bool,
     /// `--jobs`, which overrides the environment's `jobs`.
     pub jobs: Option<usize>,
     /// `--hosts`: deploy only these hosts.
@@ -186,6 +193,7 @@ impl Settings {
                 masters: ssh::Masters::default(),
             },
             hosts: self.hosts.clone(),
+            prune: self.prune,
             interrupt: schedule::Interrupt::default(),
         }
     }
@@ -247,6 +255,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         for (given, flag) in [
             (args.dry_run, "--dry-run"),
             (args.keep_going, "--keep-going"),
+            (args.prune, "--prune"),
         ] {
             if given {
                 use clap::CommandFactory;
@@ -288,6 +297,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         output: args.output.resolve(),
         dry_run: args.dry_run,
         keep_going: args.keep_going,
+        prune: args.prune,
         jobs: args.jobs,
         hosts: args.hosts.map(|h| h.into_iter().collect()),
         identity: args.identity,
@@ -314,7 +324,7 @@ fn whole_seconds(d: Duration) -> Duration {
 /// Once the plan is built, this takes SIGINT and SIGTERM over for the rest of the process
 /// (see `watch_signals`): the first stops the run in order, the second at once.
 pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
-    let (plan, agent_path) = plan(settings)?;
+    let (mut plan, agent_path) = plan(settings)?;
     for line in batou_runtime::generated_lines(&plan.environment, &plan.generated, settings.dry_run)
     {
         eprintln!("{line}");
@@ -414,6 +424,23 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
         options.ssh.masters.terminate_all();
         return Err(err);
     }
+    // Hosts the environment no longer lists: reported, and with `--prune` (and no `--hosts`,
+    // which names hosts of the environment) deployed with no root components, so that their
+    // agents prune everything they recorded.
+    let removed = deployed::removed_hosts(&settings.project, &plan)?;
+    let prune_removed = settings.prune && settings.hosts.is_none();
+    for (host, _) in &removed {
+        sink.event(batou_core::Event::HostOrphaned {
+            host: host.clone(),
+            prune: prune_removed,
+        });
+    }
+    let removed_names: Vec<String> = if prune_removed {
+        deployed::add_to_plan(&mut plan, &removed);
+        removed.iter().map(|(name, _)| name.clone()).collect()
+    } else {
+        Vec::new()
+    };
     let report = runtime.block_on(schedule::deploy(
         &plan,
         agent,
@@ -425,6 +452,12 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     runtime.shutdown_timeout(Duration::from_secs(1));
     options.ssh.masters.terminate_all();
     drop(control_dir);
+    // The deploy is done: a record that cannot be written is worth a warning, not a failure.
+    if !settings.dry_run
+        && let Err(e) = deployed::update(&settings.project, &plan, &removed_names, &report)
+    {
+        warn(format!("{e:#}"));
+    }
     Ok(report.exit)
 }
 

@@ -38,6 +38,8 @@ pub struct DeployOptions {
     pub ssh: SshOptions,
     /// Limit the run to these hosts.
     pub hosts: Option<BTreeSet<String>>,
+    /// `--prune`: remove what orphaned root components created (in a dry run: say what).
+    pub prune: bool,
     /// Raised when the run must stop starting steps.
     pub interrupt: Interrupt,
 }
@@ -539,6 +541,29 @@ async fn host_task(
             return;
         }
     };
+    // Orphans are reported (and pruned) while the host is prepared, before its first step, so
+    // that what a removed root left (a port, a path) is gone before its successor starts.
+    let events = up.clone();
+    let orphans = agent_session
+        .orphans(options.prune, move |e| {
+            let _ = events.send(Up::Event(e));
+        })
+        .await;
+    let failed = match orphans {
+        Ok(failed) if failed.is_empty() => None,
+        Ok(failed) => {
+            let mut error = vec!["the prune failed".to_string()];
+            error.extend(failed);
+            Some(HostFailure::new(HostStatus::Failed, error))
+        }
+        Err(err) => Some(session_failure(&err)),
+    };
+    if let Some(failure) = failed {
+        let _ = agent_session.finish().await;
+        ssh::close(session, &options.ssh.masters).await;
+        let _ = up.send(Up::Report(name, Report::SetupFailed(failure)));
+        return;
+    }
     drop(permit);
     let _ = up.send(Up::Report(name.clone(), Report::Ready));
     while let Some(cmd) = down.recv().await {

@@ -263,6 +263,27 @@ fn session(
             }
         }
     };
+    // A deploy checks that the base directory is this environment's before anything
+    // changes on the host, in a dry run too (which only reads).
+    let mut inventory = if deploy {
+        match crate::inventory::HostInventory::open(
+            &base_dir,
+            &job.environment,
+            &job.host.name,
+            dry_run,
+        ) {
+            Ok(inventory) => Some(inventory),
+            Err(e) => {
+                match crate::inventory::owner_refusal(&e) {
+                    Some(message) => refuse(out, Refusal::Owner, message, None),
+                    None => refuse(out, Refusal::Failed, chain(&e), None),
+                }
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
     let journal = purpose.locks(dry_run).then(|| Journal {
         path: state.join("journal.jsonl"),
         environment: job.environment.clone(),
@@ -351,6 +372,9 @@ fn session(
                     batou_core::roll_back_after_failure(&mut plan, step, component, &mut sink);
                 }
                 link.end_step();
+                if let (Some(inventory), false) = (inventory.as_mut(), dry_run) {
+                    inventory.record_step(&root, &report.created, true)?;
+                }
                 if let Some(j) = &journal {
                     j.append(JournalEntry::Step {
                         component: root.clone(),
@@ -432,14 +456,52 @@ fn session(
                 link.end_step();
                 out.send(&FromAgent::ReleasesFinished { reports });
             }
+            Ok(ToAgent::Orphans { prune }) if deploy => {
+                let Some(inventory) = inventory.as_mut() else {
+                    bail!("a deploy session has an ownership record");
+                };
+                if !link.begin_step() {
+                    break;
+                }
+                let mut sink = out.clone();
+                let report = inventory.orphans(&plan, prune, &mut sink);
+                link.end_step();
+                let report = match report {
+                    Ok(report) => report,
+                    Err(e) => {
+                        out.send(&FromAgent::OrphansFinished {
+                            orphans: Vec::new(),
+                            failed: chain(&e),
+                        });
+                        continue;
+                    }
+                };
+                if let Some(j) = &journal {
+                    for pruned in &report.pruned {
+                        j.append(JournalEntry::Pruned {
+                            component: pruned.root.clone(),
+                            removed: pruned.removed.clone(),
+                            kept: pruned.kept.clone(),
+                            failed: pruned.failed.clone(),
+                        })?;
+                    }
+                }
+                out.send(&FromAgent::OrphansFinished {
+                    failed: report.failures(),
+                    orphans: report.orphans,
+                });
+            }
             Ok(ToAgent::Finish) => {
+                if let Some(inventory) = &inventory {
+                    inventory.finish(plan.steps().len())?;
+                }
                 if let Some(j) = journal.as_ref().filter(|_| deploy) {
                     j.finished(&outcomes, plan.steps().len(), &changed_components)?;
                 }
                 out.send(&FromAgent::Finished);
                 return Ok(());
             }
-            Ok(ToAgent::Start { .. } | ToAgent::Step { .. }) | Err(_) => {
+            Ok(ToAgent::Start { .. } | ToAgent::Step { .. } | ToAgent::Orphans { .. }) | Err(_) => {
                 refuse(
                     out,
                     Refusal::Protocol,

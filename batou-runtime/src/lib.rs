@@ -32,6 +32,7 @@ mod exit;
 pub mod facts;
 pub mod handover;
 pub mod init;
+pub mod inventory;
 mod local;
 pub mod output_args;
 mod planning;

@@ -78,6 +78,10 @@ struct Args {
     /// Report what would change without changing anything.
     #[arg(long)]
     dry_run: bool,
+    /// Remove what root components that the environment no longer assigns to this host
+    /// created there (with `--dry-run`: show what would be removed).
+    #[arg(long)]
+    prune: bool,
     /// Print one JSON event per line on stdout instead of human output on stderr.
     #[arg(long)]
     json: bool,
@@ -110,6 +114,8 @@ pub struct Settings {
     pub host: Option<String>,
     /// Whether the run only reports what it would change.
     pub dry_run: bool,
+    /// `--prune`: remove what orphaned root components created.
+    pub prune: bool,
     /// Whether events go to stdout as JSON lines instead of the human renderer.
     pub json: bool,
     /// How human output looks: colour, verbosity, diffs.
@@ -223,10 +229,39 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
     // From here on a signal no longer kills the process: the first one stops after the
     // running root component, the second one at once.
     let interrupt = watch_signals()?;
+    // Before anything changes: the base directory must be this environment's.
+    let mut inventory = crate::inventory::HostInventory::open(
+        &base_dir,
+        &environment.name,
+        &host,
+        settings.dry_run,
+    )
+    .map_err(|e| match crate::inventory::owner_refusal(&e) {
+        Some(_) => {
+            let owned = e
+                .downcast_ref::<batou_core::OwnedByOther>()
+                .expect("an ownership refusal");
+            anyhow::Error::new(crate::ExitError {
+                exit: Exit::DeployFailed,
+                error: ConfigError::new(owned.to_string()).hint(owned.hint()),
+            })
+        }
+        None => e,
+    })?;
     if !settings.dry_run {
         crate::releases::store_locally(&plan, &host, &base_dir, sink.as_mut())?;
     }
-    let exit = converge_here(&mut plan, &host, settings.dry_run, interrupt, sink.as_mut());
+    let exit = converge_here(
+        &mut plan,
+        &host,
+        Here {
+            dry_run: settings.dry_run,
+            prune: settings.prune,
+            interrupt,
+            inventory: &mut inventory,
+        },
+        sink.as_mut(),
+    );
     drop(sink);
     Ok(exit)
 }
@@ -260,15 +295,25 @@ fn build_plan(
     )?)
 }
 
+/// How [`converge_here`] runs.
+struct Here<'a> {
+    dry_run: bool,
+    prune: bool,
+    interrupt: &'a AtomicBool,
+    inventory: &'a mut crate::inventory::HostInventory,
+}
+
 /// Converges this host's steps in process, driven by the same [`Scheduler`] as a remote run,
 /// so that events, the summary and the exit code are the same as for one remote host.
-fn converge_here(
-    plan: &mut Plan,
-    host: &str,
-    dry_run: bool,
-    interrupt: &AtomicBool,
-    sink: &mut dyn EventSink,
-) -> Exit {
+/// Orphaned root components are reported (and with `--prune` removed) first, as an agent
+/// does when its host is prepared.
+fn converge_here(plan: &mut Plan, host: &str, here: Here, sink: &mut dyn EventSink) -> Exit {
+    let Here {
+        dry_run,
+        prune,
+        interrupt,
+        inventory,
+    } = here;
     let started = Instant::now();
     let now = || started.elapsed().as_secs_f64();
     let steps = plan.plan_steps();
@@ -304,7 +349,23 @@ fn converge_here(
         actions.extend(scheduler.report(host, report, now()));
         actions
     };
-    let mut actions = report(&mut scheduler, Report::Ready);
+    let failures = match inventory.orphans(plan, prune, sink) {
+        Ok(orphans) => orphans.failures(),
+        Err(e) => vec![format!("{e:#}")],
+    };
+    let mut actions = if failures.is_empty() {
+        report(&mut scheduler, Report::Ready)
+    } else {
+        let mut error = vec!["the prune failed".to_string()];
+        error.extend(failures);
+        report(
+            &mut scheduler,
+            Report::SetupFailed(crate::scheduler::HostFailure::new(
+                batou_core::HostStatus::Failed,
+                error,
+            )),
+        )
+    };
     while !actions.is_empty() {
         let mut next = Vec::new();
         for action in actions {
@@ -317,6 +378,18 @@ fn converge_here(
                     flush_if_due(plan, step, stopping, &mut done, sink);
                     if let (Some((component, _)), false) = (&done.failure, dry_run) {
                         batou_core::roll_back_after_failure(plan, step, component, sink);
+                    }
+                    if !dry_run {
+                        let root = plan.steps()[step].root.clone();
+                        // Kept back while the files it lists wait for their sync.
+                        let save = plan.pending_writes() == 0;
+                        if let Err(e) = inventory.record_step(&root, &done.created, save) {
+                            sink.event(Event::Log {
+                                host: host.to_string(),
+                                component: root,
+                                message: format!("{e:#}"),
+                            });
+                        }
                     }
                     next.extend(report(
                         &mut scheduler,
@@ -339,6 +412,16 @@ fn converge_here(
             host: host.to_string(),
             component: plan.environment.clone(),
             error: error.chain().map(|c| c.to_string()).collect(),
+        });
+    }
+    if late.is_none()
+        && !dry_run
+        && let Err(e) = inventory.save_changes()
+    {
+        sink.event(Event::Log {
+            host: host.to_string(),
+            component: plan.environment.clone(),
+            message: format!("{e:#}"),
         });
     }
     let (outcome, events) = scheduler.finish(now());
@@ -549,6 +632,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
             .expect("clap requires the environment of a converge"),
         host: args.host,
         dry_run: args.dry_run,
+        prune: args.prune,
         json: args.json,
         output: args.output.resolve(),
         project,

@@ -291,6 +291,17 @@ impl Component for Directory {
         })
     }
 
+    /// The directory (with a `source`, its first sub-component creates it; the synced
+    /// entries are sub-components of their own).
+    fn owned(&self) -> Vec<batou_core::Owned> {
+        if self.source.is_some() {
+            return Vec::new();
+        }
+        vec![batou_core::Owned::Directory {
+            path: self.resolved.clone(),
+        }]
+    }
+
     fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
         self.allowed.check(&self.resolved)?;
         if self.source.is_none() {

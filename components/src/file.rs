@@ -436,6 +436,27 @@ impl Component for File {
         false
     }
 
+    /// The file, and with `create_parents` the directories above it, which the engine
+    /// records only when they were missing.
+    fn owned(&self) -> Vec<batou_core::Owned> {
+        let mut owned = Vec::new();
+        if self.create_parents {
+            owned.extend(
+                self.resolved
+                    .ancestors()
+                    .skip(1)
+                    .map(|p| batou_core::Owned::Directory {
+                        path: p.to_path_buf(),
+                    }),
+            );
+            owned.reverse();
+        }
+        owned.push(batou_core::Owned::File {
+            path: self.resolved.clone(),
+        });
+        owned
+    }
+
     fn update(&mut self, cx: &mut Deploy) -> anyhow::Result<()> {
         self.allowed.check(&self.resolved)?;
         if self.create_parents

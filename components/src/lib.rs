@@ -22,6 +22,7 @@ mod mode;
 mod nginx;
 mod presence;
 pub mod process;
+pub mod prune;
 mod purge;
 pub mod release;
 mod service;

@@ -87,6 +87,12 @@ impl Component for Symlink {
         }
     }
 
+    fn owned(&self) -> Vec<batou_core::Owned> {
+        vec![batou_core::Owned::Symlink {
+            path: self.resolved.clone(),
+        }]
+    }
+
     fn update(&mut self, _cx: &mut Deploy) -> anyhow::Result<()> {
         self.allowed.check(&self.resolved)?;
         let dir = parent(&self.resolved)?;

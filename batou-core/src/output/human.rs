@@ -96,7 +96,12 @@ fn shown(event: &Event, verbosity: Verbosity) -> bool {
         | Event::Log { .. }
         | Event::AgentUploaded { .. }
         | Event::Skipped { .. }
-        | Event::HostFinished { .. } => verbosity > Verbosity::Quiet,
+        | Event::HostFinished { .. }
+        | Event::Orphaned { .. }
+        | Event::HostOrphaned { .. } => verbosity > Verbosity::Quiet,
+        Event::Pruned { action, .. } => {
+            verbosity > Verbosity::Quiet || *action == crate::inventory::PruneAction::Failed
+        }
     }
 }
 
@@ -345,6 +350,56 @@ impl HumanOutput<Vec<u8>> {
                     &host,
                     &format!("root components: {} in {seconds:.2} s", parts.join(", ")),
                 );
+            }
+            Event::Orphaned {
+                host,
+                component,
+                created,
+                prune,
+                dry_run,
+            } => {
+                let what = crate::inventory::describe_counts(&created);
+                let then = match (prune, dry_run) {
+                    (true, true) => "a prune would remove what it created",
+                    (true, false) => "pruning what it created",
+                    (false, _) => "nothing about it changes; `--prune` removes what it created",
+                };
+                let text = format!(
+                    "{} `{component}` on {host}, {what} (not in the environment any more): {then}",
+                    self.paint(WOULD_CHANGE, "orphaned:")
+                );
+                self.lines(&host, &text);
+            }
+            Event::Pruned {
+                host,
+                component,
+                item,
+                action,
+                reason,
+                dry_run,
+            } => {
+                use crate::inventory::PruneAction;
+                let verb = match (action, dry_run) {
+                    (PruneAction::Removed, true) => self.paint(WOULD_CHANGE, "would remove"),
+                    (PruneAction::Removed, false) => self.paint(CHANGED, "removed"),
+                    (PruneAction::Kept, true) => self.paint(DIM, "would keep"),
+                    (PruneAction::Kept, false) => self.paint(DIM, "kept"),
+                    (PruneAction::Failed, _) => self.paint(FAILED, "cannot remove"),
+                };
+                let why = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+                self.lines(&host, &format!("{verb} {component}: {item}{why}"));
+            }
+            Event::HostOrphaned { host, prune } => {
+                let then = if prune {
+                    "pruning what the environment created there"
+                } else {
+                    "it is not contacted and nothing on it changes; `--prune` removes what the environment created there"
+                };
+                let text = format!(
+                    "{} host `{host}` is not in the environment any more: {then}",
+                    self.paint(WOULD_CHANGE, "orphaned:")
+                );
+                self.lines(&host, &text);
             }
         }
         let _ = self.out.flush();

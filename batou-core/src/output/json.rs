@@ -209,6 +209,28 @@ const SCHEMA: &[(&str, &[(&str, &str)])] = &[
             ("seconds", "number"),
         ],
     ),
+    (
+        "orphaned",
+        &[
+            ("host", "string"),
+            ("component", "string"),
+            ("created", "object"),
+            ("prune", "boolean"),
+            ("dry_run", "boolean"),
+        ],
+    ),
+    (
+        "pruned",
+        &[
+            ("host", "string"),
+            ("component", "string"),
+            ("item", "string"),
+            ("action", "string"),
+            ("reason", "string?"),
+            ("dry_run", "boolean"),
+        ],
+    ),
+    ("host_orphaned", &[("host", "string"), ("prune", "boolean")]),
     ("warning", &[("message", "string")]),
     (
         "error",
@@ -337,6 +359,25 @@ mod tests {
                 not_attempted: vec![],
                 seconds: 2.0,
             },
+            Event::Orphaned {
+                host: host(),
+                component: "app".into(),
+                created: [("file".to_string(), 12)].into_iter().collect(),
+                prune: false,
+                dry_run: false,
+            },
+            Event::Pruned {
+                host: host(),
+                component: "app".into(),
+                item: "file `/srv/app/a`".into(),
+                action: crate::inventory::PruneAction::Removed,
+                reason: None,
+                dry_run: false,
+            },
+            Event::HostOrphaned {
+                host: host(),
+                prune: true,
+            },
         ];
         for e in &all {
             match e {
@@ -354,7 +395,10 @@ mod tests {
                 | Event::HostFailed { .. }
                 | Event::RunFinished { .. }
                 | Event::Service { .. }
-                | Event::HostFinished { .. } => {}
+                | Event::HostFinished { .. }
+                | Event::Orphaned { .. }
+                | Event::Pruned { .. }
+                | Event::HostOrphaned { .. } => {}
             }
         }
         all

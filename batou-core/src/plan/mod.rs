@@ -257,6 +257,26 @@ impl Plan {
         out
     }
 
+    /// What every component of a step's tree manages ([`Component::owned`](crate::Component::owned)),
+    /// in converge order: nothing is looked at on the host.
+    pub fn owned(&self, step: usize) -> Vec<crate::Owned> {
+        fn walk(node: &Node, out: &mut Vec<crate::Owned>) {
+            for child in &node.children {
+                walk(child, out);
+            }
+            out.extend(node.component.owned());
+        }
+        let mut out = Vec::new();
+        walk(&self.steps[step].tree, &mut out);
+        out
+    }
+
+    /// The environment's `allow_paths`: absolute paths outside `base_dir` that components
+    /// may change.
+    pub fn allow_paths(&self) -> &[String] {
+        &self.allow_paths
+    }
+
     /// The names of the root components of `step`'s host that changed so far in this run.
     pub(crate) fn changed_roots_of(&self, step: usize) -> std::collections::BTreeSet<String> {
         let host = &self.steps[step].host;

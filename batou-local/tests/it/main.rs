@@ -19,6 +19,7 @@ mod harness;
 mod interrupts;
 mod library;
 mod output;
+mod prune;
 mod releases;
 mod secrets;
 mod service_verbs;

@@ -482,12 +482,13 @@ fn no_verb_takes_an_environment_name() {
         p.env(
             name,
             &format!(
-                "[hosts.localhost]\ncomponents = [\"motd\"]\n\n[components.motd]\ntype = \"file\"\npath = \"{name}.txt\"\ncontent = \"hi\"\n"
+                "[environment]\nbase_dir = \"{name}\"\n\n[hosts.localhost]\ncomponents = [\"motd\"]\n\n[components.motd]\ntype = \"file\"\npath = \"{name}.txt\"\ncontent = \"hi\"\n"
             ),
         );
+        // Each environment has a base directory of its own: one belongs to one environment.
         let out = p.run(&[name, "--json"]);
         assert_eq!(out.code, 0, "{}", out.stderr);
-        assert!(p.path(&format!("work/motd/{name}.txt")).exists());
+        assert!(p.path(&format!("{name}/work/motd/{name}.txt")).exists());
         p.assert_idempotent(&[name]);
     }
 }

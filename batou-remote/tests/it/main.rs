@@ -18,6 +18,7 @@ mod interrupts;
 mod library;
 mod output;
 mod process_faults;
+mod prune;
 mod releases;
 mod secrets;
 mod service_verbs;

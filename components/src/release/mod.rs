@@ -218,6 +218,19 @@ impl Component for Release {
     fn release(&self) -> Option<&dyn ReleaseControl> {
         Some(self)
     }
+
+    /// The root's releases directory (unpacked releases, `current`, the history), which is
+    /// the tool's as a whole. The store of bundles is shared by digest and stays.
+    fn owned(&self) -> Vec<batou_core::Owned> {
+        self.configured
+            .as_ref()
+            .map(|c| {
+                vec![batou_core::Owned::Tree {
+                    path: c.layout.dir.clone(),
+                }]
+            })
+            .unwrap_or_default()
+    }
 }
 
 impl ReleaseControl for Release {

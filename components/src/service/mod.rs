@@ -12,9 +12,10 @@ mod runit;
 mod systemd;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use batou_core::{
     Component, ConfigError, Configure, Deploy, RootWatch, Secret, ServiceControl, ServiceStatus,
     SubComponent, Verdict,
@@ -722,7 +723,10 @@ impl Component for Service {
                             .mode(0o644),
                     ),
                 );
-                Supervisor::Systemd(Systemd { unit })
+                Supervisor::Systemd(Systemd {
+                    unit,
+                    unit_file: unit_path,
+                })
             }
         };
         self.configured = Some(Configured {
@@ -786,6 +790,78 @@ impl Component for Service {
     fn service(&self) -> Option<&dyn ServiceControl> {
         Some(self)
     }
+
+    /// The service as installed: runit's link into the service directory, systemd's
+    /// `.wants` link, either of which appears when the tool enables the service. Its
+    /// definition files are its sub-components' own.
+    fn owned(&self) -> Vec<batou_core::Owned> {
+        let Some(c) = &self.configured else {
+            return Vec::new();
+        };
+        vec![match &c.supervisor {
+            Supervisor::Runit(r) => batou_core::Owned::RunitService {
+                name: c.name.clone(),
+                link: r.link.clone(),
+                definition: r.definition.clone(),
+            },
+            Supervisor::Systemd(s) => batou_core::Owned::SystemdService {
+                unit: s.unit.clone(),
+                enabled_link: s
+                    .unit_file
+                    .with_file_name(format!("{}.wants", systemd::WANTED_BY))
+                    .join(&s.unit),
+                unit_file: s.unit_file.clone(),
+            },
+        }]
+    }
+}
+
+/// Stops a runit service a prune removes and takes it from the supervisor: `sv down`, the
+/// link out of the service directory, then waits (up to `wait`) for runsvdir to end its
+/// runsv, and removes the definition directory with what runsv and svlogd kept in it.
+pub(crate) fn remove_runit(link: &Path, definition: &Path, wait: Duration) -> anyhow::Result<()> {
+    let service_dir = link
+        .parent()
+        .context("a service link has a directory")?
+        .to_path_buf();
+    let r = Runit {
+        definition: definition.to_path_buf(),
+        allowed: batou_core::AllowedPaths::new([service_dir.clone()]),
+        service_dir,
+        link: link.to_path_buf(),
+    };
+    r.disable()?;
+    let ok = definition.join("supervise/ok");
+    let deadline = std::time::Instant::now() + wait;
+    while runit::answers(&ok) {
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "runsv still supervises `{}` {} s after its link was removed: is runsvdir running on `{}`?",
+                definition.display(),
+                wait.as_secs(),
+                r.service_dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    crate::prune::remove_tree(definition)
+}
+
+/// Takes a systemd unit a prune removes from systemd: `disable --now`, the unit file, a
+/// `daemon-reload`.
+pub(crate) fn remove_systemd(unit: &str, unit_file: &Path) -> anyhow::Result<()> {
+    let s = Systemd {
+        unit: unit.to_string(),
+        unit_file: unit_file.to_path_buf(),
+    };
+    s.disable(false)?;
+    match std::fs::remove_file(unit_file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove `{}`", unit_file.display()));
+        }
+        _ => {}
+    }
+    s.reload()
 }
 
 impl ServiceControl for Service {

@@ -348,7 +348,7 @@ impl SuperviseStatus {
 
 /// Whether a runsv reads `supervise/ok`: opening a FIFO for writing without blocking
 /// fails when nothing has it open for reading (the way `sv` tells).
-fn answers(ok: &Path) -> bool {
+pub(crate) fn answers(ok: &Path) -> bool {
     std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NONBLOCK)

@@ -6,7 +6,7 @@
 //! `systemd-analyze verify`; the `systemctl` calls are not exercised against a real systemd.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -17,11 +17,16 @@ use crate::cmd::cmd;
 /// The timeout of every `systemctl` call (`enable --now` and `restart` wait for the start job).
 const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// The target units are enabled for: `enable` links them into `<unit_dir>/<target>.wants/`.
+pub(crate) const WANTED_BY: &str = "multi-user.target";
+
 /// What a systemd service is, once configured.
 #[derive(Debug, Clone)]
 pub(crate) struct Systemd {
     /// `<name>.service`.
     pub(crate) unit: String,
+    /// `<unit_dir>/<unit>`.
+    pub(crate) unit_file: PathBuf,
 }
 
 /// What the unit file is made of.
@@ -62,7 +67,9 @@ pub(crate) fn render_unit(u: &Unit) -> String {
     if let Some(user) = u.user {
         out.push_str(&format!("User={}\n", specifiers(user)));
     }
-    out.push_str("Restart=always\nRestartSec=1\n\n[Install]\nWantedBy=multi-user.target\n");
+    out.push_str(&format!(
+        "Restart=always\nRestartSec=1\n\n[Install]\nWantedBy={WANTED_BY}\n"
+    ));
     out
 }
 
@@ -158,6 +165,11 @@ impl Systemd {
             self.systemctl(&["daemon-reload"])?;
         }
         self.systemctl(&["disable", "--now", &self.unit]).map(drop)
+    }
+
+    /// `daemon-reload`, after a unit file was removed.
+    pub(crate) fn reload(&self) -> anyhow::Result<()> {
+        self.systemctl(&["daemon-reload"]).map(drop)
     }
 
     /// The journal's last `lines` lines of the unit.
