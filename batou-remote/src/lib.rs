@@ -7,6 +7,7 @@
 
 pub mod agent;
 mod facts;
+pub mod fleet;
 pub mod release_verbs;
 pub mod schedule;
 pub mod ship;
@@ -356,31 +357,25 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     let agent = Arc::new(AgentBinary::new(&agent_path)?);
     let controller = controller();
     let mut sink: Box<dyn EventSink + Send> = settings.output.sink(settings.json);
-    if let (Some(command), Some(targets)) = (&settings.service, &targets) {
-        let report = runtime.block_on(verbs::control(
-            &plan,
+    let fleet = fleet::Fleet {
+        plan: &plan,
+        agent: Arc::clone(&agent),
+        controller: controller.clone(),
+        options: &options,
+    };
+    let verb = if let (Some(command), Some(targets)) = (&settings.service, &targets) {
+        Some(runtime.block_on(verbs::control(&fleet, targets, command, sink.as_mut())))
+    } else if let (Some(command), Some(targets)) = (&settings.release, &release_targets) {
+        Some(runtime.block_on(release_verbs::control(
+            &fleet,
             targets,
             command,
-            agent,
-            controller,
-            &options,
             sink.as_mut(),
-        ));
-        runtime.shutdown_timeout(Duration::from_secs(1));
-        options.ssh.masters.terminate_all();
-        drop(control_dir);
-        return Ok(report.exit);
-    }
-    if let (Some(command), Some(targets)) = (&settings.release, &release_targets) {
-        let report = runtime.block_on(release_verbs::control(
-            &plan,
-            targets,
-            command,
-            agent,
-            controller,
-            &options,
-            sink.as_mut(),
-        ));
+        )))
+    } else {
+        None
+    };
+    if let Some(report) = verb {
         runtime.shutdown_timeout(Duration::from_secs(1));
         options.ssh.masters.terminate_all();
         drop(control_dir);
