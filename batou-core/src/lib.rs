@@ -39,6 +39,7 @@ mod error;
 mod event;
 pub mod facts;
 pub mod journal;
+pub mod operations;
 pub mod output;
 mod paths;
 mod plan;

@@ -25,7 +25,9 @@ use crate::{Event, RootOutcome, ServiceOutcome, ServiceVerb};
 /// 6: jobs carry release bundles; sessions for the `releases` and `rollback` verbs.
 /// 7: a job carries the template syntax and the host's facts; a remote plan names the hosts
 /// whose facts were read and the secrets generated.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// 8: sessions for `status`, `history`, `exec` and `lock`; the controller names the
+/// project's commit.
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Everything one host needs to configure and converge its part of a plan, and nothing more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -161,6 +163,10 @@ pub struct Controller {
     pub pid: u32,
     /// RFC 3339, UTC.
     pub started: String,
+    /// The deployment repository's commit, when it is a git repository (`-dirty` when it has
+    /// changes not committed); journaled with each deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 /// Messages from the controller to the agent.
@@ -203,6 +209,26 @@ pub enum ToAgent {
     },
     /// End the session: write the journal record and release the lock.
     Finish,
+    /// Report the host's state (a `status` session).
+    Status,
+    /// Send the last `limit` deploys of the host's journal (a `history` session).
+    History {
+        /// How many deploys, newest last.
+        limit: usize,
+    },
+    /// Run a program (an `exec` session): no shell, output streamed as `output` events.
+    Exec {
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// How long it may run before its process group is ended.
+        timeout_seconds: f64,
+    },
+    /// Run the session's `lock` verb; `acquire` takes the reason.
+    Lock {
+        /// Why the host is frozen (`acquire` only).
+        #[serde(default)]
+        reason: Option<String>,
+    },
 }
 
 /// What an agent session is for.
@@ -226,6 +252,20 @@ pub enum Purpose {
         /// Whether to roll back.
         rollback: bool,
     },
+    /// Report the host's state: freeze, lock holder, last deploy, services, releases, drift.
+    Status,
+    /// Read the host's deploy journal.
+    History,
+    /// Run a program; `lock`: take the host's lock (and respect its freeze) while it runs.
+    Exec {
+        /// Whether the session takes the lock.
+        lock: bool,
+    },
+    /// Freeze or thaw the host, or show its freeze.
+    Lock {
+        /// The verb.
+        verb: crate::operations::LockVerb,
+    },
 }
 
 impl Purpose {
@@ -235,7 +275,16 @@ impl Purpose {
             Purpose::Deploy => !dry_run,
             Purpose::Service { verb } => verb != ServiceVerb::Status,
             Purpose::Releases { rollback } => rollback,
+            Purpose::Status | Purpose::History => false,
+            Purpose::Exec { lock } => lock,
+            Purpose::Lock { verb } => verb != crate::operations::LockVerb::Status,
         }
+    }
+
+    /// Whether a deploy freeze refuses the session: every session that takes the lock,
+    /// except those of the `lock` verbs themselves.
+    pub fn respects_freeze(self, dry_run: bool) -> bool {
+        self.locks(dry_run) && !matches!(self, Purpose::Lock { .. })
     }
 }
 
@@ -301,6 +350,26 @@ pub enum FromAgent {
     },
     /// The agent wrote its journal record and ends the session.
     Finished,
+    /// The host's state, for `status`.
+    StatusFinished {
+        /// What the agent found.
+        state: Box<crate::operations::HostState>,
+    },
+    /// The host's last deploys, oldest first, for `history`.
+    HistoryFinished {
+        /// One per deploy.
+        deploys: Vec<crate::operations::HostDeploy>,
+    },
+    /// The program of `exec` ended (its output came as `output` events).
+    ExecFinished {
+        /// How it ended.
+        result: crate::operations::ExecResult,
+    },
+    /// The `lock` verb ran.
+    LockFinished {
+        /// What it did and found.
+        report: crate::operations::LockReport,
+    },
 }
 
 #[cfg(test)]

@@ -552,6 +552,7 @@ mod tests {
             host: "ops".into(),
             pid: 42,
             started: "2026-12-03T09:00:00Z".into(),
+            commit: None,
         };
         let err = SessionError::LockHeld {
             message: vec![

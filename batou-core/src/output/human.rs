@@ -96,7 +96,13 @@ fn shown(event: &Event, verbosity: Verbosity) -> bool {
         | Event::Log { .. }
         | Event::AgentUploaded { .. }
         | Event::Skipped { .. }
-        | Event::HostFinished { .. } => verbosity > Verbosity::Quiet,
+        | Event::HostFinished { .. }
+        | Event::ExecFinished { .. } => verbosity > Verbosity::Quiet,
+        // What the operator's verbs were asked for.
+        Event::Output { .. }
+        | Event::HostState { .. }
+        | Event::Deploy { .. }
+        | Event::Lock { .. } => true,
     }
 }
 
@@ -345,6 +351,42 @@ impl HumanOutput<Vec<u8>> {
                     &host,
                     &format!("root components: {} in {seconds:.2} s", parts.join(", ")),
                 );
+            }
+            Event::Output { host, line, .. } => self.lines(&host, &line),
+            Event::ExecFinished { host, result } => {
+                let style = if result.succeeded() {
+                    UNCHANGED
+                } else {
+                    FAILED
+                };
+                let text = self.paint(style, &super::operations::exec_text(&result));
+                self.lines(&host, &text);
+            }
+            Event::HostState { host, state } => {
+                self.lines(&host, &super::operations::state_text(&state));
+            }
+            Event::Deploy {
+                started,
+                user,
+                controller_host,
+                commit,
+                result,
+                hosts,
+                changed,
+            } => {
+                let line = super::operations::history_text(
+                    &started,
+                    &user,
+                    &controller_host,
+                    commit.as_deref(),
+                    &result,
+                    &hosts,
+                    &changed,
+                );
+                let _ = writeln!(self.out, "{line}");
+            }
+            Event::Lock { host, verb, report } => {
+                self.lines(&host, &super::operations::lock_text(verb, &report));
             }
         }
         let _ = self.out.flush();
