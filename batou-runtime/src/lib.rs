@@ -33,6 +33,7 @@ pub mod facts;
 pub mod handover;
 pub mod init;
 mod local;
+pub mod operations;
 pub mod output_args;
 mod planning;
 mod releases;
