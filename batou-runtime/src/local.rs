@@ -100,7 +100,7 @@ struct Args {
     #[arg(long, value_name = "ID")]
     to: Option<String>,
     #[command(flatten)]
-    operation: crate::verb::OperationArgs,
+    lock: crate::verb::LockArgs,
 }
 
 /// What a run was asked to do, resolved from the command line.
@@ -487,7 +487,12 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         Some(Verb::Releases(r)) => (None, Some(r), None),
         Some(Verb::Operation(o)) => (None, None, Some(o)),
     };
-    let operation = match operation.map(|o| o.with(&args.operation)).transpose() {
+    // `history` and `exec` and their options are `batou-remote`'s.
+    let operation_args = crate::verb::OperationArgs {
+        lock: args.lock.clone(),
+        ..Default::default()
+    };
+    let operation = match operation.map(|o| o.with(&operation_args)).transpose() {
         Ok(Some(crate::verb::Operation::History { .. })) => {
             usage("`history` is a verb of `batou-remote`: a local converge keeps no journal")
         }
@@ -499,7 +504,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
     };
     // The verbs' options without their verb.
     if operation.is_none()
-        && let Err(message) = crate::verb::Operation::Status.with(&args.operation)
+        && let Err(message) = crate::verb::Operation::Status.with(&operation_args)
     {
         usage(&message);
     }

@@ -75,13 +75,20 @@ pub struct OperationArgs {
     /// With `history`: how many deploys to show, the newest last (default: 20).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
-    /// With `exec`: how long the program may run on each host (`30s`, `5m`, or seconds;
-    /// default: 5 minutes); then its process group is ended.
+    /// With `exec`: how long the program may run on each host (a duration like `5m` or
+    /// `1h`, or seconds; default: 5 minutes); then its process group is ended.
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
     /// With `exec`: do not take the host's lock, and run even on a frozen host.
     #[arg(long)]
     pub no_lock: bool,
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+/// The option of `lock acquire`, the one operator's option `batou-local` takes too.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LockArgs {
     /// With `lock acquire`: why the hosts are frozen, shown to anyone who tries to deploy.
     #[arg(long, short = 'm', value_name = "REASON")]
     pub message: Option<String>,
@@ -101,7 +108,7 @@ impl Operation {
             (args.limit.is_some(), "--limit", "history"),
             (args.timeout.is_some(), "--timeout", "exec"),
             (args.no_lock, "--no-lock", "exec"),
-            (args.message.is_some(), "--message", "lock"),
+            (args.lock.message.is_some(), "--message", "lock"),
         ];
         for (given, flag, verb) in given {
             if given && verb != name {
@@ -122,7 +129,7 @@ impl Operation {
             },
             Operation::Lock { verb, .. } => {
                 use batou_core::operations::LockVerb;
-                let reason = args.message.clone();
+                let reason = args.lock.message.clone();
                 match (verb, &reason) {
                     (LockVerb::Acquire, None) => {
                         return Err("`lock acquire` needs a reason: `-m \"why\"`".into());
@@ -415,7 +422,7 @@ pub fn release_summary(reports: &[ReleaseReport]) -> (HostStatus, String) {
 }
 
 /// The help of the `VERB` words, for a command's `--help`.
-pub const VERB_HELP: &str = "A verb instead of a deploy, after the environment: `service status|start|stop|restart [COMPONENT]...` controls the services of the named root components (default: every one with a service); `releases [COMPONENT]...` lists the releases; `rollback [COMPONENT]...` switches back to the previous release (or `--to <ID>`); `status` shows each host; `history` its deploys (`--limit N`); `exec -- ARGV...` runs a program (`--timeout D`, `--no-lock`); `lock acquire -m REASON|release|status` freezes deploys (see docs/operations.md)";
+pub const VERB_HELP: &str = "A verb instead of a deploy, after the environment: `service status|start|stop|restart [COMPONENT]...` controls the services of the named root components (default: every one with a service); `releases [COMPONENT]...` lists the releases; `rollback [COMPONENT]...` switches back to the previous release (or `--to <ID>`); `status` shows each host; `history` its deploys and `exec -- ARGV...` runs a program (`batou-remote` only); `lock acquire -m REASON|release|status` freezes deploys (see docs/operations.md)";
 
 /// A host's line in the summary after a `service` verb: failed when any service failed,
 /// changed when the verb changed any, unchanged otherwise (`status` changes nothing); the
@@ -540,7 +547,9 @@ mod tests {
             limit,
             timeout: timeout.map(str::to_string),
             no_lock,
-            message: message.map(str::to_string),
+            lock: LockArgs {
+                message: message.map(str::to_string),
+            },
         };
         assert_eq!(
             Operation::History { limit: 0 }.with(&args(Some(3), None, false, None)),
