@@ -212,7 +212,7 @@ pub enum Event {
         verb: crate::operations::LockVerb,
         /// What it did and found.
         #[serde(flatten)]
-        report: crate::operations::LockReport,
+        report: Box<crate::operations::LockReport>,
     },
 }
 

@@ -107,7 +107,7 @@ pub async fn run(
                             emit.event(Event::Lock {
                                 host,
                                 verb,
-                                report: report.clone(),
+                                report: Box::new(report.clone()),
                             });
                         }
                         Answer::Lock(report)

@@ -359,7 +359,7 @@ pub(crate) fn run_here(
             sink.event(Event::Lock {
                 host: host.to_string(),
                 verb: *verb,
-                report,
+                report: Box::new(report),
             });
             (status, detail, exit)
         }

@@ -82,6 +82,7 @@ pub struct OperationArgs {
     /// With `exec`: do not take the host's lock, and run even on a frozen host.
     #[arg(long)]
     pub no_lock: bool,
+    /// `-m`, the option of `lock acquire`.
     #[command(flatten)]
     pub lock: LockArgs,
 }

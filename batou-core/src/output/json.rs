@@ -450,11 +450,11 @@ mod tests {
             Event::Lock {
                 host: host(),
                 verb: crate::operations::LockVerb::Acquire,
-                report: crate::operations::LockReport {
+                report: Box::new(crate::operations::LockReport {
                     outcome: crate::operations::LockOutcome::Acquired,
                     freeze: Some(freeze()),
                     holder: None,
-                },
+                }),
             },
         ];
         for e in &all {
