@@ -407,6 +407,26 @@ mod tests {
             .locks(false)
         );
         assert!(Purpose::Deploy.locks(false) && !Purpose::Deploy.locks(true));
+        // A freeze refuses what takes the lock, except the `lock` verbs that manage it.
+        use crate::operations::LockVerb;
+        assert!(Purpose::Deploy.respects_freeze(false) && !Purpose::Deploy.respects_freeze(true));
+        assert!(Purpose::Exec { lock: true }.respects_freeze(false));
+        assert!(!Purpose::Exec { lock: false }.respects_freeze(false));
+        assert!(!Purpose::Status.locks(false) && !Purpose::History.locks(false));
+        let acquire = Purpose::Lock {
+            verb: LockVerb::Acquire,
+        };
+        assert!(acquire.locks(false) && !acquire.respects_freeze(false));
+        assert!(
+            !Purpose::Lock {
+                verb: LockVerb::Status
+            }
+            .locks(false)
+        );
+        assert_eq!(
+            serde_json::to_string(&acquire).unwrap(),
+            r#"{"kind":"lock","verb":"acquire"}"#
+        );
         let msg = ToAgent::Service {
             roots: vec!["web".into()],
         };
