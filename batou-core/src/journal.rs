@@ -94,6 +94,17 @@ pub enum JournalEntry {
         #[serde(default)]
         previous: Option<String>,
     },
+    /// `exec` ran a program with the host's lock held (not with `--no-lock`).
+    Exec {
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// Its exit code, when it exited.
+        #[serde(default)]
+        exit_code: Option<i32>,
+        /// Whether it ran past its timeout.
+        #[serde(default)]
+        timed_out: bool,
+    },
     /// The deploy ended early: the agent's configure differed from the controller's, or the
     /// controller disconnected.
     Aborted {

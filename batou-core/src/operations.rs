@@ -263,7 +263,8 @@ pub fn deploys(environment: &str, records: &[JournalRecord]) -> Vec<HostDeploy> 
             }
             JournalEntry::Step { .. }
             | JournalEntry::Service { .. }
-            | JournalEntry::Release { .. } => {}
+            | JournalEntry::Release { .. }
+            | JournalEntry::Exec { .. } => {}
         }
     }
     deploys

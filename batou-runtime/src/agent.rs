@@ -502,6 +502,13 @@ fn session(
                     &mut sink,
                 );
                 link.end_step();
+                if let Some(j) = &journal {
+                    j.append(JournalEntry::Exec {
+                        argv,
+                        exit_code: result.exit_code,
+                        timed_out: result.timed_out,
+                    })?;
+                }
                 out.send(&FromAgent::ExecFinished { result });
             }
             Ok(ToAgent::Lock { reason }) if matches!(purpose, Purpose::Lock { .. }) => {

@@ -32,7 +32,7 @@ content = "hello from {{ host.name }}\n"
 
 [components.slow]
 type = "command"
-argv = ["sh", "-c", "sleep 8.123 && touch slept"]
+argv = ["sh", "-c", "sleep SLEEP && touch slept"]
 creates = "slept"
 "#;
 
@@ -40,17 +40,24 @@ creates = "slept"
 struct Fleet {
     cluster: Cluster,
     project: Project,
+    /// How long `slow` sleeps: each test its own, so that tests running at the same time
+    /// wait for their own deploy's `sleep`.
+    sleep: &'static str,
 }
 
 impl Fleet {
-    fn start() -> Fleet {
+    fn start(sleep: &'static str) -> Fleet {
         let cluster = Cluster::start(&["web1", "web2", "db1"]);
         let project = Project::new();
-        project.env("prod", ENV);
+        project.env("prod", &ENV.replace("SLEEP", sleep));
         git(project.root(), &["init", "-q"]);
         git(project.root(), &["add", "."]);
         git(project.root(), &["commit", "-q", "-m", "first"]);
-        Fleet { cluster, project }
+        Fleet {
+            cluster,
+            project,
+            sleep,
+        }
     }
 
     /// `batou-remote -C <project> ARGS...`; a `--json` run's stream is checked against the
@@ -85,7 +92,7 @@ impl Fleet {
         procs::wait_until(
             "the deploy to reach `slow`",
             Duration::from_secs(60),
-            || procs::sleeping("8.123"),
+            || procs::sleeping(self.sleep),
         );
         child
     }
@@ -118,7 +125,7 @@ fn by_host(out: &Outcome, event: &str) -> BTreeMap<String, serde_json::Value> {
 
 #[test]
 fn status_shows_each_host_with_its_freeze_holder_last_deploy_and_drift() {
-    let mut f = Fleet::start();
+    let mut f = Fleet::start("8.131");
     let out = f.run(&["prod", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     // web1 drifts; db1 is frozen; web2 is being deployed.
@@ -198,7 +205,7 @@ fn status_shows_each_host_with_its_freeze_holder_last_deploy_and_drift() {
 
 #[test]
 fn a_freeze_refuses_deploys_until_released() {
-    let f = Fleet::start();
+    let f = Fleet::start("8.132");
     let out = f.run(&["prod", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
 
@@ -305,7 +312,7 @@ fn a_freeze_refuses_deploys_until_released() {
 
 #[test]
 fn history_merges_the_hosts_journals_in_time_order() {
-    let mut f = Fleet::start();
+    let mut f = Fleet::start("8.133");
     let first = f.head();
     let out = f.run(&["prod", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -396,7 +403,7 @@ fn hostname() -> String {
 
 #[test]
 fn exec_runs_a_program_on_every_host_live_with_a_timeout() {
-    let mut f = Fleet::start();
+    let mut f = Fleet::start("8.134");
     let out = f.run(&["prod", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     std::fs::write(f.cluster.host("web2").home.join("fail"), "").unwrap();
@@ -427,6 +434,11 @@ fn exec_runs_a_program_on_every_host_live_with_a_timeout() {
             ("stderr", "oops")
         ]
     );
+    // A program run with the host's lock is journaled (`history` leaves it out).
+    let last = f.cluster.host("web2").journal("srv").pop().unwrap();
+    assert_eq!(last["record"], "exec");
+    assert_eq!(last["argv"][2], script);
+    assert_eq!(last["exit_code"], 1);
     // Live: the first line came while the program still slept.
     let at = |l: &serde_json::Value| humantime::parse_rfc3339(l["ts"].as_str().unwrap()).unwrap();
     let gap = at(&lines[1]).duration_since(at(&lines[0])).unwrap();
@@ -485,8 +497,10 @@ fn exec_runs_a_program_on_every_host_live_with_a_timeout() {
     let mut deploy = f.hold_lock("web1");
     let out = f.run(&["prod", "exec", "--hosts", "web1", "--", "true"]);
     assert_eq!(out.code, 5, "{}", out.stderr);
+    let journal = f.cluster.host("web1").journal("srv").len();
     let out = f.run(&["prod", "exec", "--no-lock", "--hosts", "web1", "--", "true"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(f.cluster.host("web1").journal("srv").len(), journal);
     assert!(wait_for(&mut deploy).success());
 
     // An unreachable host.
