@@ -103,3 +103,71 @@ fn a_local_freeze_refuses_converges_until_released() {
     p.converge(&["dev"]);
     p.assert_idempotent(&["dev"]);
 }
+
+/// `status` with a release and the service that runs it (a real runsvdir and HTTP server):
+/// the service's status and the current release, next to the drift.
+#[test]
+fn status_shows_services_and_the_current_release() {
+    let runsvdir = batou_test_support::Runsvdir::start();
+    let port = batou_test_support::free_port();
+    let sd = runsvdir.service_dir().to_string_lossy().into_owned();
+    let p = Project::new();
+    p.file("site/index.html", "one").file("site/ok.txt", "ok\n");
+    p.env(
+        "dev",
+        &format!(
+            r#"[environment]
+allow_paths = ["{sd}"]
+
+[hosts.localhost]
+data = {{ service_dir = "{sd}" }}
+components = ["app", "web"]
+
+[components.app]
+type = "release"
+files = ["site/"]
+
+[components.web]
+type = "service"
+argv = ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+cwd = "{{{{ release.current }}}}/site"
+restart_on = ["app"]
+health = {{ http = "http://127.0.0.1:{port}/ok.txt", within = "10s", stable = "300ms" }}
+"#
+        ),
+    );
+    p.converge(&["dev"]);
+    let out = run(&p, &["dev", "status", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let state = out
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "host_state")
+        .expect("a host_state event");
+    let services = state["services"].as_array().unwrap();
+    assert_eq!(services.len(), 1, "{state}");
+    assert_eq!(services[0]["root"], "web");
+    assert_eq!(services[0]["status"]["running"], true);
+    let releases = state["releases"].as_array().unwrap();
+    assert_eq!(releases.len(), 1, "{state}");
+    assert_eq!(releases[0]["root"], "app");
+    assert_eq!(releases[0]["releases"], 1);
+    assert!(releases[0]["current"].is_string(), "{state}");
+    assert_eq!(state["drift"]["roots"], serde_json::json!([]), "{state}");
+    let out = run(&p, &["dev", "status"]);
+    assert!(
+        out.stderr.contains("localhost: release app: current "),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("localhost: service web > Service('web'): running (runit, pid ")
+            || out
+                .stderr
+                .contains("localhost: service web: running (runit, pid "),
+        "{}",
+        out.stderr
+    );
+    p.assert_idempotent(&["dev"]);
+}
