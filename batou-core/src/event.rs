@@ -202,6 +202,59 @@ pub enum Event {
         /// Whether this run prunes it: connects and removes what the environment created there.
         prune: bool,
     },
+    /// A line a program of `exec` printed, as it came.
+    Output {
+        /// The host the program runs on.
+        host: String,
+        /// `stdout` or `stderr`.
+        stream: String,
+        /// The line, without its newline.
+        line: String,
+    },
+    /// The program of `exec` ended on a host.
+    ExecFinished {
+        /// The host the program ran on.
+        host: String,
+        /// How it ended.
+        #[serde(flatten)]
+        result: crate::operations::ExecResult,
+    },
+    /// A host's state, for `status`.
+    HostState {
+        /// The host the report is about.
+        host: String,
+        /// What its agent found.
+        #[serde(flatten)]
+        state: Box<crate::operations::HostState>,
+    },
+    /// One deploy of the environment across its hosts, for `history` (oldest first).
+    Deploy {
+        /// When the first host started.
+        started: String,
+        /// Who deployed.
+        user: String,
+        /// From which machine.
+        controller_host: String,
+        /// The deployment repository's commit, when it is a git repository.
+        commit: Option<String>,
+        /// The run's result: `success`, `failed`, `aborted`, `unfinished`, `incomplete`,
+        /// `not_attempted`.
+        result: String,
+        /// Each host's part: host, result, changed root components, times.
+        hosts: Vec<crate::operations::HostDeploy>,
+        /// The changed root components as `host: root`.
+        changed: Vec<String>,
+    },
+    /// A `lock` verb ran on a host.
+    Lock {
+        /// The host the event is about.
+        host: String,
+        /// `acquire`, `release` or `status`.
+        verb: crate::operations::LockVerb,
+        /// What it did and found.
+        #[serde(flatten)]
+        report: Box<crate::operations::LockReport>,
+    },
 }
 
 /// One host's line in the summary of a remote run.

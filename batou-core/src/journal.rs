@@ -1,7 +1,7 @@
 //! The host's deploy journal: one typed record per line of `<base_dir>/.batou/journal.jsonl`.
 //!
 //! The agent appends records ([`JournalRecord`]); the controller reads them back (the
-//! `--hosts` check, and later status and history) with the same types, so that neither side
+//! `--hosts` check, `status` and `history`, see `operations.rs`) with the same types, so that neither side
 //! compares strings of the other's making.
 
 use serde::{Deserialize, Serialize};
@@ -33,7 +33,16 @@ pub struct JournalRecord {
 #[serde(tag = "record", rename_all = "snake_case")]
 pub enum JournalEntry {
     /// A deploy took the host's lock.
-    Started,
+    Started {
+        /// The deployment repository's commit (`-dirty` when it has changes not committed),
+        /// when it is a git repository.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
+        /// When the controller started: the hosts of one run share it, so that history can
+        /// tell runs of one process apart.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run: Option<String>,
+    },
     /// A root component converged (or failed).
     Step {
         /// The root component's name.
@@ -84,6 +93,17 @@ pub enum JournalEntry {
         /// The id that was current before, if any.
         #[serde(default)]
         previous: Option<String>,
+    },
+    /// `exec` ran a program with the host's lock held (not with `--no-lock`).
+    Exec {
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// Its exit code, when it exited.
+        #[serde(default)]
+        exit_code: Option<i32>,
+        /// Whether it ran past its timeout.
+        #[serde(default)]
+        timed_out: bool,
     },
     /// The deploy ended early: the agent's configure differed from the controller's, or the
     /// controller disconnected.

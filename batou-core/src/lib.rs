@@ -40,6 +40,7 @@ mod event;
 pub mod facts;
 pub mod inventory;
 pub mod journal;
+pub mod operations;
 pub mod output;
 mod paths;
 mod pending;

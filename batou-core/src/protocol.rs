@@ -26,7 +26,9 @@ use crate::{Event, RootOutcome, ServiceOutcome, ServiceVerb};
 /// 7: a job carries the template syntax and the host's facts; a remote plan names the hosts
 /// whose facts were read and the secrets generated.
 /// 8: `orphans` and `orphans_finished` (the ownership record, `--prune`), the `owner` refusal.
-pub const PROTOCOL_VERSION: u32 = 8;
+/// 9: sessions for `status`, `history`, `exec` and `lock`; the controller names the
+/// project's commit.
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Everything one host needs to configure and converge its part of a plan, and nothing more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,6 +164,10 @@ pub struct Controller {
     pub pid: u32,
     /// RFC 3339, UTC.
     pub started: String,
+    /// The deployment repository's commit, when it is a git repository (`-dirty` when it has
+    /// changes not committed); journaled with each deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 /// Messages from the controller to the agent.
@@ -212,6 +218,26 @@ pub enum ToAgent {
         /// Whether to prune them.
         prune: bool,
     },
+    /// Report the host's state (a `status` session).
+    Status,
+    /// Send the last `limit` deploys of the host's journal (a `history` session).
+    History {
+        /// How many deploys, newest last.
+        limit: usize,
+    },
+    /// Run a program (an `exec` session): no shell, output streamed as `output` events.
+    Exec {
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// How long it may run before its process group is ended.
+        timeout_seconds: f64,
+    },
+    /// Run the session's `lock` verb; `acquire` takes the reason.
+    Lock {
+        /// Why the host is frozen (`acquire` only).
+        #[serde(default)]
+        reason: Option<String>,
+    },
 }
 
 /// What an agent session is for.
@@ -235,6 +261,20 @@ pub enum Purpose {
         /// Whether to roll back.
         rollback: bool,
     },
+    /// Report the host's state: freeze, lock holder, last deploy, services, releases, drift.
+    Status,
+    /// Read the host's deploy journal.
+    History,
+    /// Run a program; `lock`: take the host's lock (and respect its freeze) while it runs.
+    Exec {
+        /// Whether the session takes the lock.
+        lock: bool,
+    },
+    /// Freeze or thaw the host, or show its freeze.
+    Lock {
+        /// The verb.
+        verb: crate::operations::LockVerb,
+    },
 }
 
 impl Purpose {
@@ -244,7 +284,16 @@ impl Purpose {
             Purpose::Deploy => !dry_run,
             Purpose::Service { verb } => verb != ServiceVerb::Status,
             Purpose::Releases { rollback } => rollback,
+            Purpose::Status | Purpose::History => false,
+            Purpose::Exec { lock } => lock,
+            Purpose::Lock { verb } => verb != crate::operations::LockVerb::Status,
         }
+    }
+
+    /// Whether a deploy freeze refuses the session: every session that takes the lock,
+    /// except those of the `lock` verbs themselves.
+    pub fn respects_freeze(self, dry_run: bool) -> bool {
+        self.locks(dry_run) && !matches!(self, Purpose::Lock { .. })
     }
 }
 
@@ -319,6 +368,26 @@ pub enum FromAgent {
         /// What could not be removed, for the host's failure; empty when all went well.
         failed: Vec<String>,
     },
+    /// The host's state, for `status`.
+    StatusFinished {
+        /// What the agent found.
+        state: Box<crate::operations::HostState>,
+    },
+    /// The host's last deploys, oldest first, for `history`.
+    HistoryFinished {
+        /// One per deploy.
+        deploys: Vec<crate::operations::HostDeploy>,
+    },
+    /// The program of `exec` ended (its output came as `output` events).
+    ExecFinished {
+        /// How it ended.
+        result: crate::operations::ExecResult,
+    },
+    /// The `lock` verb ran.
+    LockFinished {
+        /// What it did and found.
+        report: crate::operations::LockReport,
+    },
 }
 
 #[cfg(test)]
@@ -356,6 +425,26 @@ mod tests {
             .locks(false)
         );
         assert!(Purpose::Deploy.locks(false) && !Purpose::Deploy.locks(true));
+        // A freeze refuses what takes the lock, except the `lock` verbs that manage it.
+        use crate::operations::LockVerb;
+        assert!(Purpose::Deploy.respects_freeze(false) && !Purpose::Deploy.respects_freeze(true));
+        assert!(Purpose::Exec { lock: true }.respects_freeze(false));
+        assert!(!Purpose::Exec { lock: false }.respects_freeze(false));
+        assert!(!Purpose::Status.locks(false) && !Purpose::History.locks(false));
+        let acquire = Purpose::Lock {
+            verb: LockVerb::Acquire,
+        };
+        assert!(acquire.locks(false) && !acquire.respects_freeze(false));
+        assert!(
+            !Purpose::Lock {
+                verb: LockVerb::Status
+            }
+            .locks(false)
+        );
+        assert_eq!(
+            serde_json::to_string(&acquire).unwrap(),
+            r#"{"kind":"lock","verb":"acquire"}"#
+        );
         let msg = ToAgent::Service {
             roots: vec!["web".into()],
         };

@@ -473,6 +473,26 @@ impl AgentSession {
         }
     }
 
+    /// Sends `msg` (a `status`, `history`, `exec` or `lock` request), passing the events
+    /// that come to `on_event` as they arrive, and returns the agent's answer: the first
+    /// other message.
+    pub async fn request(
+        &mut self,
+        msg: &ToAgent,
+        mut on_event: impl FnMut(Event),
+    ) -> Result<FromAgent, SessionError> {
+        self.send(msg).await?;
+        loop {
+            match self.read().await? {
+                FromAgent::Event { event } => on_event(event),
+                FromAgent::Refused {
+                    reason, message, ..
+                } => return Err(SessionError::Refused { reason, message }),
+                other => return Ok(other),
+            }
+        }
+    }
+
     /// Ends the session: the agent writes its journal record and exits.
     pub async fn finish(mut self) -> Result<(), SessionError> {
         self.send(&ToAgent::Finish).await?;
@@ -517,7 +537,7 @@ impl AgentSession {
     }
 }
 
-fn unexpected(message: FromAgent) -> SessionError {
+pub(crate) fn unexpected(message: FromAgent) -> SessionError {
     SessionError::Unexpected {
         message: Box::new(message),
     }
@@ -573,6 +593,7 @@ mod tests {
             host: "ops".into(),
             pid: 42,
             started: "2026-12-03T09:00:00Z".into(),
+            commit: None,
         };
         let err = SessionError::LockHeld {
             message: vec![

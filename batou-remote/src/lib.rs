@@ -8,6 +8,8 @@
 pub mod agent;
 pub mod deployed;
 mod facts;
+pub mod fleet;
+pub mod operations;
 pub mod release_verbs;
 pub mod schedule;
 pub mod ship;
@@ -134,6 +136,8 @@ struct Args {
     /// `~/.ssh/id_rsa`). See also `batou-remote secrets --help`.
     #[arg(long, value_name = "FILE")]
     identity: Option<PathBuf>,
+    #[command(flatten)]
+    operation: batou_runtime::verb::OperationArgs,
 }
 
 /// What a run was asked to do: the command line (and, without `-C`, the current directory),
@@ -169,6 +173,8 @@ pub struct Settings {
     pub service: Option<ServiceCommand>,
     /// A `releases` or `rollback` verb to run instead of a deploy.
     pub release: Option<ReleaseCommand>,
+    /// `status`, `history`, `exec` or `lock` instead of a deploy.
+    pub operation: Option<batou_runtime::verb::Operation>,
 }
 
 impl Settings {
@@ -233,10 +239,28 @@ pub fn main() -> ExitCode {
 }
 
 fn settings(args: Args) -> anyhow::Result<Settings> {
-    let (service, release) = match batou_runtime::verb::parse_verb("batou-remote", &args.verb)? {
-        None => (None, None),
-        Some(Verb::Service(s)) => (Some(s), None),
-        Some(Verb::Releases(r)) => (None, Some(r)),
+    let (service, release, operation) =
+        match batou_runtime::verb::parse_verb("batou-remote", &args.verb)? {
+            None => (None, None, None),
+            Some(Verb::Service(s)) => (Some(s), None, None),
+            Some(Verb::Releases(r)) => (None, Some(r), None),
+            Some(Verb::Operation(o)) => (None, None, Some(o)),
+        };
+    // The verbs' options belong to their verb (and are refused without it).
+    let usage = |message: String| -> anyhow::Error {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .into()
+    };
+    let operation = match operation {
+        Some(o) => Some(o.with(&args.operation).map_err(usage)?),
+        None => {
+            batou_runtime::verb::Operation::Status
+                .with(&args.operation)
+                .map_err(usage)?;
+            None
+        }
     };
     if args.to.is_some() && !release.as_ref().is_some_and(|r| r.rollback) {
         use clap::CommandFactory;
@@ -251,7 +275,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         to: args.to.clone(),
         ..r
     });
-    if service.is_some() || release.is_some() {
+    if service.is_some() || release.is_some() || operation.is_some() {
         for (given, flag) in [
             (args.dry_run, "--dry-run"),
             (args.keep_going, "--keep-going"),
@@ -266,8 +290,10 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
                             "`{flag}` does not apply to the `{}` verbs",
                             if service.is_some() {
                                 "service"
-                            } else {
+                            } else if release.is_some() {
                                 "releases` and `rollback"
+                            } else {
+                                "status`, `history`, `exec` and `lock"
                             }
                         ),
                     )
@@ -311,6 +337,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         },
         service,
         release,
+        operation,
     })
 }
 
@@ -364,33 +391,30 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
         options.ssh.control_dir.clone(),
     ));
     let agent = Arc::new(AgentBinary::new(&agent_path)?);
-    let controller = controller();
+    let controller = controller(&settings.project);
     let mut sink: Box<dyn EventSink + Send> = settings.output.sink(settings.json);
-    if let (Some(command), Some(targets)) = (&settings.service, &targets) {
-        let report = runtime.block_on(verbs::control(
-            &plan,
+    let fleet = fleet::Fleet {
+        plan: &plan,
+        agent: Arc::clone(&agent),
+        controller: controller.clone(),
+        options: &options,
+    };
+    let verb = if let (Some(command), Some(targets)) = (&settings.service, &targets) {
+        Some(runtime.block_on(verbs::control(&fleet, targets, command, sink.as_mut())))
+    } else if let Some(operation) = &settings.operation {
+        let targets = operations::targets(&plan, settings.hosts.as_ref());
+        Some(runtime.block_on(operations::run(&fleet, &targets, operation, sink.as_mut())))
+    } else if let (Some(command), Some(targets)) = (&settings.release, &release_targets) {
+        Some(runtime.block_on(release_verbs::control(
+            &fleet,
             targets,
             command,
-            agent,
-            controller,
-            &options,
             sink.as_mut(),
-        ));
-        runtime.shutdown_timeout(Duration::from_secs(1));
-        options.ssh.masters.terminate_all();
-        drop(control_dir);
-        return Ok(report.exit);
-    }
-    if let (Some(command), Some(targets)) = (&settings.release, &release_targets) {
-        let report = runtime.block_on(release_verbs::control(
-            &plan,
-            targets,
-            command,
-            agent,
-            controller,
-            &options,
-            sink.as_mut(),
-        ));
+        )))
+    } else {
+        None
+    };
+    if let Some(report) = verb {
         runtime.shutdown_timeout(Duration::from_secs(1));
         options.ssh.masters.terminate_all();
         drop(control_dir);
@@ -569,7 +593,12 @@ fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
     // Before building the project's binary: a bad name must end the run untouched.
     batou_core::check_name(&settings.environment)?;
     // The release verbs act on what the hosts have: nothing is built.
-    let skip_builds = settings.release.is_some() || settings.service.is_some();
+    let skip_builds = settings.release.is_some()
+        || settings.service.is_some()
+        || settings
+            .operation
+            .as_ref()
+            .is_some_and(operations::skips_builds);
     if skip_builds {
         batou_core::bundle::skip_builds();
     }
@@ -717,7 +746,7 @@ fn check_hosts(plan: &RemotePlan, settings: &Settings) -> Result<(), ConfigError
 }
 
 /// Who is deploying, for host locks and journals.
-fn controller() -> Controller {
+fn controller(project: &Path) -> Controller {
     let user = std::env::var("USER")
         .ok()
         .or_else(|| {
@@ -736,6 +765,7 @@ fn controller() -> Controller {
         host,
         pid: std::process::id(),
         started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        commit: batou_runtime::operations::project_commit(project),
     }
 }
 

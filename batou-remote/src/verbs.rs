@@ -2,24 +2,21 @@
 //! status|start|stop|restart [COMPONENT]...`.
 //!
 //! [`targets`] decides, from the plan alone and before any connection, which hosts run the
-//! verb on which root components. [`control`] then opens one agent session per host (the same
-//! connect, ship and start as a deploy, `schedule::open_session`), up to `jobs` hosts at
-//! once, sends the verb, streams the services' events and ends with one summary line per host.
+//! verb on which root components. [`control`] then runs it through `fleet::each_host` (one
+//! agent session per host, up to `jobs` at once), streams the services' events and ends
+//! with one summary line per host.
 //! There is no ordering between hosts: a verb acts on what the last deploy left running.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use batou_core::protocol::{Controller, Purpose, RemotePlan};
-use batou_core::{ConfigError, Event, EventSink, HostStatus, HostSummary, ServiceOutcome};
-use batou_runtime::Exit;
-use batou_runtime::scheduler::{HostFailure, exit_of};
+use batou_core::protocol::{Purpose, RemotePlan};
+use batou_core::{ConfigError, EventSink};
 use batou_runtime::verb::{ServiceCommand, service_summary};
-use tokio::sync::{Semaphore, mpsc};
 
-use crate::agent::AgentBinary;
-use crate::schedule::{self, DeployOptions, RunReport, session_failure};
+use crate::fleet::{self, Fleet, Line};
+use crate::schedule::RunReport;
 
 /// For each host the verb runs on (sorted by name), the root components whose services it
 /// acts on, in the host's plan order.
@@ -88,159 +85,43 @@ pub fn targets(
     Ok(targets)
 }
 
-/// What a host's task sends the loop.
-enum Up {
-    Event(Event),
-    Done(String, Result<Vec<ServiceOutcome>, HostFailure>),
-}
-
 /// Runs `command` on the services of `targets` (see [`targets`]), in parallel up to
-/// `options.jobs` hosts, reporting events to `sink` as they happen and a summary at the end.
+/// `jobs` hosts, reporting events to `sink` as they happen and a summary at the end.
 ///
 /// A host whose verb failed on some service ends `failed` (exit 1); a host that could not be
 /// reached or whose agent could not be started ends as a deploy would (unreachable,
 /// refused keys, lock held, timeout). After an interrupt no further host is contacted.
 pub async fn control(
-    plan: &RemotePlan,
+    fleet: &Fleet<'_>,
     targets: &BTreeMap<String, Vec<String>>,
     command: &ServiceCommand,
-    agent: Arc<AgentBinary>,
-    controller: Controller,
-    options: &DeployOptions,
     sink: &mut dyn EventSink,
 ) -> RunReport {
     let started = Instant::now();
     let purpose = Purpose::Service { verb: command.verb };
-    let (up_tx, mut up) = mpsc::unbounded_channel::<Up>();
-    let jobs = Arc::new(Semaphore::new(options.jobs.max(1)));
-    for (name, roots) in targets {
-        let host = plan
-            .hosts
-            .iter()
-            .find(|h| &h.name == name)
-            .expect("targets are hosts of the plan")
-            .clone();
-        let job = plan.host_jobs[name].clone();
-        let (agent, controller, options) =
-            (Arc::clone(&agent), controller.clone(), options.clone());
-        let (jobs, up, roots, name) = (
-            Arc::clone(&jobs),
-            up_tx.clone(),
-            roots.clone(),
-            name.clone(),
-        );
-        tokio::spawn(async move {
-            let _permit = jobs.acquire_owned().await.expect("never closed");
-            if options.interrupt.is_raised() {
-                let failure = HostFailure::new(
-                    HostStatus::Interrupted,
-                    vec!["interrupted before the host was contacted".into()],
-                );
-                let _ = up.send(Up::Done(name, Err(failure)));
-                return;
+    let roots = Arc::new(targets.clone());
+    let hosts: Vec<String> = targets.keys().cloned().collect();
+    let answers = fleet::each_host(
+        fleet,
+        &hosts,
+        purpose,
+        move |host, mut session, emit| {
+            let roots = Arc::clone(&roots);
+            async move {
+                let outcomes = session
+                    .service(&roots[&host], move |e| emit.event(e))
+                    .await?;
+                Ok((session, outcomes))
             }
-            let events = up.clone();
-            let opened = schedule::open_session(
-                &host,
-                &job,
-                &agent,
-                &controller,
-                &options,
-                purpose,
-                move |e| {
-                    let _ = events.send(Up::Event(e));
-                },
-            )
-            .await;
-            let (session, mut agent_session) = match opened {
-                Ok(opened) => opened,
-                Err(failure) => {
-                    let _ = up.send(Up::Done(name, Err(failure)));
-                    return;
-                }
-            };
-            let events = up.clone();
-            let result = agent_session
-                .service(&roots, move |e| {
-                    let _ = events.send(Up::Event(e));
-                })
-                .await;
-            let result = match result {
-                Ok(outcomes) => {
-                    if let Err(err) = agent_session.finish().await {
-                        let _ = up.send(Up::Event(Event::Log {
-                            host: name.clone(),
-                            component: String::new(),
-                            message: format!("ending the agent session failed: {err}"),
-                        }));
-                    }
-                    Ok(outcomes)
-                }
-                Err(err) => {
-                    drop(agent_session);
-                    Err(session_failure(&err))
-                }
-            };
-            crate::ssh::close(session, &options.ssh.masters).await;
-            let _ = up.send(Up::Done(name, result));
-        });
-    }
-    drop(up_tx);
-
-    let mut summaries: BTreeMap<String, (HostSummary, Exit)> = BTreeMap::new();
-    while let Some(msg) = up.recv().await {
-        match msg {
-            Up::Event(event) => sink.event(event),
-            Up::Done(host, Ok(outcomes)) => {
-                let (status, detail) = service_summary(command.verb, &outcomes);
-                let exit = exit_of(status).unwrap_or(Exit::DeployFailed);
-                summaries.insert(
-                    host.clone(),
-                    (
-                        HostSummary {
-                            host,
-                            status,
-                            detail,
-                        },
-                        exit,
-                    ),
-                );
-            }
-            Up::Done(host, Err(failure)) => {
-                sink.event(Event::HostFailed {
-                    host: host.clone(),
-                    status: failure.status,
-                    error: failure.error.clone(),
-                });
-                let exit = failure.exit();
-                summaries.insert(
-                    host.clone(),
-                    (
-                        HostSummary {
-                            host,
-                            status: failure.status,
-                            detail: failure.error.join(": "),
-                        },
-                        exit,
-                    ),
-                );
-            }
-        }
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let exit = summaries
-        .values()
-        .fold(Exit::Success, |worst, (_, exit)| worst.worst(*exit));
-    let hosts: Vec<HostSummary> = summaries.into_values().map(|(s, _)| s).collect();
-    sink.event(Event::RunFinished {
-        hosts: hosts.clone(),
-        seconds,
+        },
+        sink,
+    )
+    .await;
+    let lines = fleet::lines(&answers, |host, outcomes| {
+        let (status, detail) = service_summary(command.verb, outcomes);
+        Line::answered(host, status, detail)
     });
-    RunReport {
-        hosts,
-        exit,
-        seconds,
-    }
+    fleet::finish(lines, started, sink)
 }
 
 #[cfg(test)]

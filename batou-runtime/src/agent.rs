@@ -8,7 +8,10 @@
 //! `finished` (or `aborted`) records to `<base_dir>/.batou/journal.jsonl`. Dry runs neither
 //! lock nor write anything. A session for a `service` verb runs the verb on the services of
 //! the root components the controller names; `start`, `stop` and `restart` take the lock
-//! and append one `service` record, `status` does neither.
+//! and append one `service` record, `status` does neither. A frozen host
+//! (`<base_dir>/.batou/freeze`, see `operations.rs`) refuses every session that takes the
+//! lock, other than the `lock` verbs'; `status`, `history`, `exec` and `lock` sessions are
+//! answered by `operations.rs`.
 
 use std::fs::File;
 use std::io::{BufRead, Read, Seek, Write};
@@ -263,6 +266,21 @@ fn session(
             }
         }
     };
+    // A frozen host refuses every session that would change it, until `lock release`.
+    if purpose.respects_freeze(dry_run) {
+        match crate::operations::read_freeze(&state) {
+            Ok(None) => {}
+            Ok(Some(freeze)) => {
+                let message = crate::operations::frozen_message(&freeze);
+                refuse(out, Refusal::LockHeld, vec![message], None);
+                return Ok(());
+            }
+            Err(e) => {
+                refuse(out, Refusal::Failed, chain(&e), None);
+                return Err(e);
+            }
+        }
+    }
     // A deploy checks that the base directory is this environment's before anything
     // changes on the host, in a dry run too (which only reads).
     let mut inventory = if deploy {
@@ -291,7 +309,10 @@ fn session(
         controller: controller.clone(),
     });
     if let Some(j) = journal.as_ref().filter(|_| deploy) {
-        j.append(JournalEntry::Started)?;
+        j.append(JournalEntry::Started {
+            commit: controller.commit.clone(),
+            run: Some(controller.started.clone()),
+        })?;
     }
 
     // The controller planned with this host's facts: they must be this host's.
@@ -314,7 +335,20 @@ fn session(
             return Ok(());
         }
     }
-    let mut plan = match Plan::from_job(&job, registry, &base_dir) {
+    // `history`, `exec` and `lock` configure nothing of the job: they work whatever its
+    // components would do.
+    let configured = if matches!(
+        purpose,
+        Purpose::History | Purpose::Exec { .. } | Purpose::Lock { .. }
+    ) {
+        std::borrow::Cow::Owned(batou_core::protocol::HostJob {
+            steps: Vec::new(),
+            ..(*job).clone()
+        })
+    } else {
+        std::borrow::Cow::Borrowed(&*job)
+    };
+    let mut plan = match Plan::from_job(&configured, registry, &base_dir) {
         Ok(plan) => plan,
         Err(e) => {
             let e = anyhow::Error::new(e);
@@ -491,6 +525,66 @@ fn session(
                     orphans: report.orphans,
                 });
             }
+            Ok(ToAgent::Status) if purpose == Purpose::Status => {
+                let host_state = crate::operations::host_state(&mut plan, &job.host.name, &state);
+                match host_state {
+                    Ok(host_state) => out.send(&FromAgent::StatusFinished {
+                        state: Box::new(host_state),
+                    }),
+                    Err(e) => {
+                        refuse(out, Refusal::Failed, chain(&e), None);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(ToAgent::History { limit }) if purpose == Purpose::History => {
+                match crate::operations::history(&state, &job.environment, limit) {
+                    Ok(deploys) => out.send(&FromAgent::HistoryFinished { deploys }),
+                    Err(e) => {
+                        refuse(out, Refusal::Failed, chain(&e), None);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(ToAgent::Exec {
+                argv,
+                timeout_seconds,
+            }) if matches!(purpose, Purpose::Exec { .. }) => {
+                if !link.begin_step() {
+                    break;
+                }
+                let timeout =
+                    Duration::try_from_secs_f64(timeout_seconds).unwrap_or(Duration::from_secs(1));
+                let mut sink = out.clone();
+                let result = crate::operations::exec(
+                    &argv,
+                    timeout,
+                    &crate::operations::exec_dir(&base_dir),
+                    &job.host.name,
+                    &mut sink,
+                );
+                link.end_step();
+                if let Some(j) = &journal {
+                    j.append(JournalEntry::Exec {
+                        argv,
+                        exit_code: result.exit_code,
+                        timed_out: result.timed_out,
+                    })?;
+                }
+                out.send(&FromAgent::ExecFinished { result });
+            }
+            Ok(ToAgent::Lock { reason }) if matches!(purpose, Purpose::Lock { .. }) => {
+                let Purpose::Lock { verb } = purpose else {
+                    unreachable!("matched above")
+                };
+                match crate::operations::lock_verb(&state, verb, reason.as_deref(), &controller) {
+                    Ok(report) => out.send(&FromAgent::LockFinished { report }),
+                    Err(e) => {
+                        refuse(out, Refusal::Failed, chain(&e), None);
+                        return Err(e);
+                    }
+                }
+            }
             Ok(ToAgent::Finish) => {
                 if let Some(inventory) = &inventory {
                     inventory.finish(plan.steps().len())?;
@@ -501,7 +595,16 @@ fn session(
                 out.send(&FromAgent::Finished);
                 return Ok(());
             }
-            Ok(ToAgent::Start { .. } | ToAgent::Step { .. } | ToAgent::Orphans { .. }) | Err(_) => {
+            Ok(
+                ToAgent::Start { .. }
+                | ToAgent::Step { .. }
+                | ToAgent::Orphans { .. }
+                | ToAgent::Status
+                | ToAgent::History { .. }
+                | ToAgent::Exec { .. }
+                | ToAgent::Lock { .. },
+            )
+            | Err(_) => {
                 refuse(
                     out,
                     Refusal::Protocol,
@@ -590,7 +693,7 @@ fn lock(state: &Path, controller: &Controller) -> Result<Flock<File>, LockError>
 /// Creates `state` with mode 0700 and its missing parents (the base directory and above) with
 /// mode 0755, whatever the umask, like a `directory` component would; existing directories
 /// keep their modes.
-fn create_state_dir(state: &Path) -> anyhow::Result<()> {
+pub(crate) fn create_state_dir(state: &Path) -> anyhow::Result<()> {
     let mut missing = Vec::new();
     let mut dir = state;
     while !dir.is_dir() {

@@ -34,6 +34,7 @@ pub mod handover;
 pub mod init;
 pub mod inventory;
 mod local;
+pub mod operations;
 pub mod output_args;
 mod planning;
 mod releases;

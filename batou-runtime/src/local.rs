@@ -103,6 +103,8 @@ struct Args {
     /// current one).
     #[arg(long, value_name = "ID")]
     to: Option<String>,
+    #[command(flatten)]
+    lock: crate::verb::LockArgs,
 }
 
 /// What a run was asked to do, resolved from the command line.
@@ -130,6 +132,8 @@ pub struct Settings {
     pub service: Option<ServiceCommand>,
     /// A `releases` or `rollback` verb to run instead of a converge.
     pub release: Option<ReleaseCommand>,
+    /// `status` or `lock` on this machine's `base_dir` instead of a converge.
+    pub operation: Option<crate::verb::Operation>,
 }
 
 pub(crate) fn run_main(register: impl Fn(&mut Registry), stock: bool) -> ExitCode {
@@ -212,12 +216,32 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
         Some(dir) => std::path::absolute(dir)?,
         None => environment.local_base_dir(&settings.project, crate::planning::home().as_deref()),
     };
-    if settings.release.is_some() || settings.service.is_some() {
+    if settings.release.is_some()
+        || settings.service.is_some()
+        || matches!(
+            settings.operation,
+            Some(crate::verb::Operation::Lock { .. })
+        )
+    {
         // The verbs act on what the host has: nothing is built.
         batou_core::bundle::skip_builds();
     }
+    // A frozen base directory refuses what would change it (a dry run, `status` and the
+    // `lock` verbs only read it, or lift the freeze).
+    let changes = match (&settings.operation, &settings.service, &settings.release) {
+        (Some(_), _, _) => false,
+        (None, Some(service), _) => service.verb != batou_core::ServiceVerb::Status,
+        (None, None, Some(release)) => release.rollback,
+        (None, None, None) => !settings.dry_run,
+    };
+    if changes {
+        crate::operations::refuse_if_frozen(&base_dir)?;
+    }
     let mut plan = build_plan(&environment, registry, &project, &base_dir, &host)?;
     let mut sink: Box<dyn EventSink> = settings.output.sink(settings.json);
+    if let Some(operation) = &settings.operation {
+        return crate::operations::run_here(&mut plan, &host, &base_dir, operation, sink.as_mut());
+    }
     if let Some(command) = &settings.release {
         return releases_here(&mut plan, &host, command, sink.as_mut());
     }
@@ -594,11 +618,33 @@ fn say(text: &str) {
 }
 
 fn settings(args: Args) -> anyhow::Result<Settings> {
-    let (service, release) = match verb_of(&args.verb, args.dry_run) {
-        None => (None, None),
-        Some(Verb::Service(s)) => (Some(s), None),
-        Some(Verb::Releases(r)) => (None, Some(r)),
+    let (service, release, operation) = match verb_of(&args.verb, args.dry_run) {
+        None => (None, None, None),
+        Some(Verb::Service(s)) => (Some(s), None, None),
+        Some(Verb::Releases(r)) => (None, Some(r), None),
+        Some(Verb::Operation(o)) => (None, None, Some(o)),
     };
+    // `history` and `exec` and their options are `batou-remote`'s.
+    let operation_args = crate::verb::OperationArgs {
+        lock: args.lock.clone(),
+        ..Default::default()
+    };
+    let operation = match operation.map(|o| o.with(&operation_args)).transpose() {
+        Ok(Some(crate::verb::Operation::History { .. })) => {
+            usage("`history` is a verb of `batou-remote`: a local converge keeps no journal")
+        }
+        Ok(Some(crate::verb::Operation::Exec { .. })) => {
+            usage("`exec` is a verb of `batou-remote`: on this machine, run the program yourself")
+        }
+        Ok(operation) => operation,
+        Err(message) => usage(&message),
+    };
+    // The verbs' options without their verb.
+    if operation.is_none()
+        && let Err(message) = crate::verb::Operation::Status.with(&operation_args)
+    {
+        usage(&message);
+    }
     if args.to.is_some() && !release.as_ref().is_some_and(|r| r.rollback) {
         use clap::CommandFactory;
         Cli::command()
@@ -640,7 +686,16 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         identity: args.identity,
         service,
         release,
+        operation,
     })
+}
+
+/// Ends the process with a usage error (exit 2) saying `message`.
+fn usage(message: &str) -> ! {
+    use clap::CommandFactory;
+    Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, message)
+        .exit()
 }
 
 /// The verb after the environment; a wrong one is a usage error (exit 2), like any other
@@ -652,6 +707,7 @@ fn verb_of(words: &[String], dry_run: bool) -> Option<Verb> {
         let which = match verb {
             Verb::Service(_) => "`service`",
             Verb::Releases(_) => "`releases` and `rollback`",
+            Verb::Operation(_) => "`status`, `history`, `exec` and `lock`",
         };
         Cli::command()
             .error(

@@ -1,7 +1,8 @@
 //! Verbs on an environment other than a deploy: `<ENVIRONMENT> service
 //! status|start|stop|restart [COMPONENT...]`, `<ENVIRONMENT> releases [COMPONENT...]` and
-//! `<ENVIRONMENT> rollback [COMPONENT...]` (with `--to <ID>`), shared by `batou-local` and
-//! `batou-remote`.
+//! `<ENVIRONMENT> rollback [COMPONENT...]` (with `--to <ID>`), and the operator's verbs
+//! `status`, `history`, `exec -- ARGV...` and `lock acquire|release|status` (with
+//! [`OperationArgs`]), shared by `batou-local` and `batou-remote`.
 //!
 //! The environment comes first and the verb after it, so that no verb takes away an
 //! environment's name: `batou-remote service` deploys the environment `service`, and
@@ -28,6 +29,142 @@ pub enum Verb {
     Service(ServiceCommand),
     /// `releases [COMPONENT]...` or `rollback [COMPONENT]...`.
     Releases(ReleaseCommand),
+    /// `status`, `history`, `exec -- ARGV...` or `lock acquire|release|status`, with the
+    /// options of [`OperationArgs`] still to be added ([`Operation::with`]).
+    Operation(Operation),
+}
+
+/// An operator's verb: what the hosts are like, what happened, run a program, freeze.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// `status`: reachability, freeze, lock holder, last deploy, services, releases, drift.
+    Status,
+    /// `history [--limit N]`: the deploys of the environment, merged from the hosts.
+    History {
+        /// How many deploys, newest last.
+        limit: usize,
+    },
+    /// `exec [--timeout D] [--no-lock] -- ARGV...`.
+    Exec {
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// How long the program may run on each host.
+        timeout: std::time::Duration,
+        /// Whether to take the host's lock (and respect its freeze): not with `--no-lock`.
+        lock: bool,
+    },
+    /// `lock acquire -m REASON`, `lock release`, `lock status`.
+    Lock {
+        /// Which.
+        verb: batou_core::operations::LockVerb,
+        /// `-m`: why (`acquire` only).
+        reason: Option<String>,
+    },
+}
+
+/// How many deploys `history` shows without `--limit`.
+pub const HISTORY_LIMIT: usize = 20;
+
+/// How long `exec` lets a program run without `--timeout`.
+pub const EXEC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The options of the operator's verbs, which both commands take on their command line
+/// (they come before `--` and may stand anywhere after the environment).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OperationArgs {
+    /// With `history`: how many deploys to show, the newest last (default: 20).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// With `exec`: how long the program may run on each host (a duration like `5m` or
+    /// `1h`, or seconds; default: 5 minutes); then its process group is ended.
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// With `exec`: do not take the host's lock, and run even on a frozen host.
+    #[arg(long)]
+    pub no_lock: bool,
+    /// `-m`, the option of `lock acquire`.
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+/// The option of `lock acquire`, the one operator's option `batou-local` takes too.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LockArgs {
+    /// With `lock acquire`: why the hosts are frozen, shown to anyone who tries to deploy.
+    #[arg(long, short = 'm', value_name = "REASON")]
+    pub message: Option<String>,
+}
+
+impl Operation {
+    /// The verb with the options given on the command line; an option that does not belong
+    /// to it (or a missing reason) is a usage error's message.
+    pub fn with(self, args: &OperationArgs) -> Result<Operation, String> {
+        let name = match &self {
+            Operation::Status => "status",
+            Operation::History { .. } => "history",
+            Operation::Exec { .. } => "exec",
+            Operation::Lock { .. } => "lock",
+        };
+        let given = [
+            (args.limit.is_some(), "--limit", "history"),
+            (args.timeout.is_some(), "--timeout", "exec"),
+            (args.no_lock, "--no-lock", "exec"),
+            (args.lock.message.is_some(), "--message", "lock"),
+        ];
+        for (given, flag, verb) in given {
+            if given && verb != name {
+                return Err(format!("`{flag}` applies to the `{verb}` verb only"));
+            }
+        }
+        Ok(match self {
+            Operation::History { .. } => Operation::History {
+                limit: args.limit.unwrap_or(HISTORY_LIMIT).max(1),
+            },
+            Operation::Exec { argv, .. } => Operation::Exec {
+                argv,
+                timeout: match &args.timeout {
+                    Some(text) => parse_duration(text)?,
+                    None => EXEC_TIMEOUT,
+                },
+                lock: !args.no_lock,
+            },
+            Operation::Lock { verb, .. } => {
+                use batou_core::operations::LockVerb;
+                let reason = args.lock.message.clone();
+                match (verb, &reason) {
+                    (LockVerb::Acquire, None) => {
+                        return Err("`lock acquire` needs a reason: `-m \"why\"`".into());
+                    }
+                    (LockVerb::Acquire, Some(r)) if r.trim().is_empty() => {
+                        return Err("`lock acquire` needs a reason that is not empty".into());
+                    }
+                    (LockVerb::Release | LockVerb::Status, Some(_)) => {
+                        return Err("`--message` applies to `lock acquire` only".into());
+                    }
+                    _ => {}
+                }
+                Operation::Lock { verb, reason }
+            }
+            Operation::Status => Operation::Status,
+        })
+    }
+}
+
+/// `30s`, `5m`, `1h 30m` or a number of seconds; positive.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let parsed = match text.trim().parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => {
+            Ok(std::time::Duration::from_secs_f64(seconds))
+        }
+        Ok(_) => Err(()),
+        Err(_) => humantime::parse_duration(text.trim()).map_err(|_| ()),
+    };
+    match parsed {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!(
+            "`--timeout {text}` is no duration: give seconds or a duration like `30s` or `5m`"
+        )),
+    }
 }
 
 /// A `releases` or `rollback` verb and the release roots it names (none: every one).
@@ -57,6 +194,38 @@ enum VerbLine {
     /// Switch back to the release before the current one (or `--to <ID>`) in one step:
     /// no build, no upload; restart the services that watch it and check their health.
     Rollback(Releases),
+    /// Show each host: reachable, frozen, locked, last deploy, services, releases, drift.
+    Status,
+    /// Show the environment's deploys, merged from the hosts' journals (`--limit N`).
+    History,
+    /// Run a program on every host (`--timeout D`, `--no-lock`): `exec -- ARGV...`.
+    Exec(ExecLine),
+    /// Freeze deploys (`lock acquire -m REASON`), lift the freeze, or show it.
+    #[command(subcommand)]
+    Lock(LockLine),
+}
+
+#[derive(Debug, clap::Args)]
+struct ExecLine {
+    /// The program and its arguments (no shell).
+    #[arg(
+        value_name = "ARGV",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    argv: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+#[command(subcommand_value_name = "VERB", subcommand_help_heading = "Verbs")]
+enum LockLine {
+    /// Freeze deploys on the hosts, with a reason (`-m`).
+    Acquire,
+    /// Lift the freeze.
+    Release,
+    /// Show the freeze and who deploys right now.
+    Status,
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,8 +274,27 @@ pub fn parse_verb(program: &str, words: &[String]) -> Result<Option<Verb>, clap:
         });
     let matches = command.try_get_matches_from(words)?;
     let line = <VerbLine as clap::FromArgMatches>::from_arg_matches(&matches)?;
+    use batou_core::operations::LockVerb;
+    let operation = |o| Ok(Some(Verb::Operation(o)));
     let service = match line {
         VerbLine::Service(service) => service,
+        VerbLine::Status => return operation(Operation::Status),
+        VerbLine::History => return operation(Operation::History { limit: 0 }),
+        VerbLine::Exec(e) => {
+            return operation(Operation::Exec {
+                argv: e.argv,
+                timeout: EXEC_TIMEOUT,
+                lock: true,
+            });
+        }
+        VerbLine::Lock(l) => {
+            let verb = match l {
+                LockLine::Acquire => LockVerb::Acquire,
+                LockLine::Release => LockVerb::Release,
+                LockLine::Status => LockVerb::Status,
+            };
+            return operation(Operation::Lock { verb, reason: None });
+        }
         VerbLine::Releases(r) => {
             return Ok(Some(Verb::Releases(ReleaseCommand {
                 rollback: false,
@@ -235,7 +423,7 @@ pub fn release_summary(reports: &[ReleaseReport]) -> (HostStatus, String) {
 }
 
 /// The help of the `VERB` words, for a command's `--help`.
-pub const VERB_HELP: &str = "A verb instead of a deploy, after the environment: `service status|start|stop|restart [COMPONENT]...` controls the services of the named root components (default: every one with a service); `releases [COMPONENT]...` lists the releases; `rollback [COMPONENT]...` switches back to the previous release (or `--to <ID>`)";
+pub const VERB_HELP: &str = "A verb instead of a deploy, after the environment: `service status|start|stop|restart [COMPONENT]...` controls the services of the named root components (default: every one with a service); `releases [COMPONENT]...` lists the releases; `rollback [COMPONENT]...` switches back to the previous release (or `--to <ID>`); `status` shows each host; `history` its deploys and `exec -- ARGV...` runs a program (`batou-remote` only); `lock acquire -m REASON|release|status` freezes deploys (see docs/operations.md)";
 
 /// A host's line in the summary after a `service` verb: failed when any service failed,
 /// changed when the verb changed any, unchanged otherwise (`status` changes nothing); the
@@ -318,6 +506,22 @@ mod tests {
                 to: None,
             }))
         );
+        assert_eq!(
+            parse_verb("batou-remote", &words("exec ls -la /srv")).unwrap(),
+            Some(Verb::Operation(Operation::Exec {
+                argv: words("ls -la /srv"),
+                timeout: EXEC_TIMEOUT,
+                lock: true,
+            }))
+        );
+        assert_eq!(
+            parse_verb("batou-remote", &words("lock release")).unwrap(),
+            Some(Verb::Operation(Operation::Lock {
+                verb: batou_core::operations::LockVerb::Release,
+                reason: None,
+            }))
+        );
+        assert!(parse_verb("batou-remote", &words("exec")).is_err());
         let err = parse_verb("batou-local", &words("service reload")).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::InvalidSubcommand);
         let err = parse_verb("batou-local", &words("servce status")).unwrap_err();
@@ -334,6 +538,74 @@ mod tests {
         assert_eq!(
             err.kind(),
             clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+    }
+
+    #[test]
+    fn the_operations_take_their_own_options_only() {
+        use batou_core::operations::LockVerb;
+        let args = |limit, timeout: Option<&str>, no_lock, message: Option<&str>| OperationArgs {
+            limit,
+            timeout: timeout.map(str::to_string),
+            no_lock,
+            lock: LockArgs {
+                message: message.map(str::to_string),
+            },
+        };
+        assert_eq!(
+            Operation::History { limit: 0 }.with(&args(Some(3), None, false, None)),
+            Ok(Operation::History { limit: 3 })
+        );
+        assert_eq!(
+            Operation::History { limit: 0 }.with(&OperationArgs::default()),
+            Ok(Operation::History {
+                limit: HISTORY_LIMIT
+            })
+        );
+        let exec = || Operation::Exec {
+            argv: vec!["uptime".into()],
+            timeout: EXEC_TIMEOUT,
+            lock: true,
+        };
+        assert_eq!(
+            exec().with(&args(None, Some("90s"), true, None)),
+            Ok(Operation::Exec {
+                argv: vec!["uptime".into()],
+                timeout: std::time::Duration::from_secs(90),
+                lock: false,
+            })
+        );
+        assert_eq!(
+            exec().with(&args(None, Some("2.5"), false, None)).unwrap(),
+            Operation::Exec {
+                argv: vec!["uptime".into()],
+                timeout: std::time::Duration::from_millis(2500),
+                lock: true,
+            }
+        );
+        assert!(exec().with(&args(None, Some("soon"), false, None)).is_err());
+        assert!(exec().with(&args(None, Some("0"), false, None)).is_err());
+        assert_eq!(
+            Operation::Status.with(&args(Some(1), None, false, None)),
+            Err("`--limit` applies to the `history` verb only".into())
+        );
+        let lock = |verb| Operation::Lock { verb, reason: None };
+        assert!(
+            lock(LockVerb::Acquire)
+                .with(&OperationArgs::default())
+                .is_err()
+        );
+        assert_eq!(
+            lock(LockVerb::Acquire).with(&args(None, None, false, Some("migration"))),
+            Ok(Operation::Lock {
+                verb: LockVerb::Acquire,
+                reason: Some("migration".into())
+            })
+        );
+        assert!(
+            lock(LockVerb::Release)
+                .with(&args(None, None, false, Some("x")))
+                .is_err()
         );
     }
 

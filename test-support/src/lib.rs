@@ -27,6 +27,7 @@ mod cluster;
 mod cron;
 mod filters;
 mod http;
+mod json_events;
 mod library;
 mod nginx;
 mod ports;
@@ -42,6 +43,7 @@ pub use filters::snapshot_filters;
 pub use http::{HttpServer, Request as HttpRequest};
 /// Snapshot testing, re-exported for [`assert_output_snapshot!`].
 pub use insta;
+pub use json_events::assert_documented_events;
 pub use library::{GIT_INSTALL, GitRepo, git, sha256_hex, tar_gz};
 pub use nginx::{NGINX, NGINX_INSTALL, Nginx};
 pub use ports::{free_port, free_port_on};

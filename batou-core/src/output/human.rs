@@ -102,6 +102,12 @@ fn shown(event: &Event, verbosity: Verbosity) -> bool {
         Event::Pruned { action, .. } => {
             verbosity > Verbosity::Quiet || *action == crate::inventory::PruneAction::Failed
         }
+        | Event::ExecFinished { .. } => verbosity > Verbosity::Quiet,
+        // What the operator's verbs were asked for.
+        Event::Output { .. }
+        | Event::HostState { .. }
+        | Event::Deploy { .. }
+        | Event::Lock { .. } => true,
     }
 }
 
@@ -400,6 +406,42 @@ impl HumanOutput<Vec<u8>> {
                     self.paint(WOULD_CHANGE, "orphaned:")
                 );
                 self.lines(&host, &text);
+            }
+            Event::Output { host, line, .. } => self.lines(&host, &line),
+            Event::ExecFinished { host, result } => {
+                let style = if result.succeeded() {
+                    UNCHANGED
+                } else {
+                    FAILED
+                };
+                let text = self.paint(style, &super::operations::exec_text(&result));
+                self.lines(&host, &text);
+            }
+            Event::HostState { host, state } => {
+                self.lines(&host, &super::operations::state_text(&state));
+            }
+            Event::Deploy {
+                started,
+                user,
+                controller_host,
+                commit,
+                result,
+                hosts,
+                changed,
+            } => {
+                let line = super::operations::history_text(
+                    &started,
+                    &user,
+                    &controller_host,
+                    commit.as_deref(),
+                    &result,
+                    &hosts,
+                    &changed,
+                );
+                let _ = writeln!(self.out, "{line}");
+            }
+            Event::Lock { host, verb, report } => {
+                self.lines(&host, &super::operations::lock_text(verb, &report));
             }
         }
         let _ = self.out.flush();

@@ -231,6 +231,55 @@ const SCHEMA: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     ("host_orphaned", &[("host", "string"), ("prune", "boolean")]),
+    (
+        "output",
+        &[("host", "string"), ("stream", "string"), ("line", "string")],
+    ),
+    (
+        "exec_finished",
+        &[
+            ("host", "string"),
+            ("exit_code", "integer?"),
+            ("signal", "integer?"),
+            ("timed_out", "boolean"),
+            ("error", "string[]?"),
+            ("seconds", "number"),
+        ],
+    ),
+    (
+        "host_state",
+        &[
+            ("host", "string"),
+            ("freeze", "object?"),
+            ("holder", "object?"),
+            ("last_deploy", "object?"),
+            ("services", "object[]"),
+            ("releases", "object[]"),
+            ("drift", "object"),
+        ],
+    ),
+    (
+        "deploy",
+        &[
+            ("started", "string"),
+            ("user", "string"),
+            ("controller_host", "string"),
+            ("commit", "string?"),
+            ("result", "string"),
+            ("hosts", "object[]"),
+            ("changed", "string[]"),
+        ],
+    ),
+    (
+        "lock",
+        &[
+            ("host", "string"),
+            ("verb", "string"),
+            ("outcome", "string"),
+            ("freeze", "object?"),
+            ("holder", "object?"),
+        ],
+    ),
     ("warning", &[("message", "string")]),
     (
         "error",
@@ -254,6 +303,27 @@ mod tests {
     /// without a sample here (and so without a row in the schema and the doc).
     fn samples() -> Vec<Event> {
         let host = || "web1".to_string();
+        let freeze = || crate::operations::Freeze {
+            user: "alice".into(),
+            controller_host: "laptop".into(),
+            reason: "migration".into(),
+            since: "2026-12-03T10:00:00Z".into(),
+        };
+        let deploy = || crate::operations::HostDeploy {
+            host: host(),
+            environment: "prod".into(),
+            started: "2026-12-03T10:00:00Z".into(),
+            finished: None,
+            user: "alice".into(),
+            controller_host: "laptop".into(),
+            pid: 7,
+            run: String::new(),
+            commit: Some("abc".into()),
+            result: None,
+            error: None,
+            changed: vec![],
+            components_changed: 0,
+        };
         let component = || "app > File('a')".to_string();
         let service = |result| Event::Service {
             host: host(),
@@ -378,6 +448,55 @@ mod tests {
                 host: host(),
                 prune: true,
             },
+            Event::Output {
+                host: host(),
+                stream: "stdout".into(),
+                line: "up 3 days".into(),
+            },
+            Event::ExecFinished {
+                host: host(),
+                result: crate::operations::ExecResult {
+                    exit_code: Some(0),
+                    signal: None,
+                    timed_out: false,
+                    error: None,
+                    seconds: 0.1,
+                },
+            },
+            Event::HostState {
+                host: host(),
+                state: Box::new(crate::operations::HostState {
+                    freeze: Some(freeze()),
+                    holder: None,
+                    last_deploy: Some(deploy()),
+                    services: vec![],
+                    releases: vec![],
+                    drift: crate::operations::Drift {
+                        roots: vec!["app".into()],
+                        of: 2,
+                        components: 1,
+                        failed: vec![],
+                    },
+                }),
+            },
+            Event::Deploy {
+                started: "2026-12-03T10:00:00Z".into(),
+                user: "alice".into(),
+                controller_host: "laptop".into(),
+                commit: None,
+                result: "success".into(),
+                hosts: vec![deploy()],
+                changed: vec!["web1: app".into()],
+            },
+            Event::Lock {
+                host: host(),
+                verb: crate::operations::LockVerb::Acquire,
+                report: Box::new(crate::operations::LockReport {
+                    outcome: crate::operations::LockOutcome::Acquired,
+                    freeze: Some(freeze()),
+                    holder: None,
+                }),
+            },
         ];
         for e in &all {
             match e {
@@ -399,6 +518,11 @@ mod tests {
                 | Event::Orphaned { .. }
                 | Event::Pruned { .. }
                 | Event::HostOrphaned { .. } => {}
+                | Event::Output { .. }
+                | Event::ExecFinished { .. }
+                | Event::HostState { .. }
+                | Event::Deploy { .. }
+                | Event::Lock { .. } => {}
             }
         }
         all

@@ -9,6 +9,7 @@
 
 mod human;
 mod json;
+mod operations;
 mod progress;
 
 pub use human::HumanOutput;
