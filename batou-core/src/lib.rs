@@ -38,6 +38,7 @@ mod environment;
 mod error;
 mod event;
 pub mod facts;
+mod groups;
 pub mod journal;
 pub mod output;
 mod paths;
@@ -66,6 +67,7 @@ pub use environment::{
 pub use error::{ConfigError, Place};
 pub use event::{Event, EventSink, HostStatus, HostSummary};
 pub use facts::{FactReads, Facts, FactsInput};
+pub use groups::select_hosts;
 pub use paths::{AllowedPaths, refuse_nul};
 pub use plan::{Plan, Step};
 pub use project::{Project, ProjectEntry, ProjectEntryKind, ProjectFiles};

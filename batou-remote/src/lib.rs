@@ -98,8 +98,15 @@ struct Args {
     /// After a failure, go on with everything that does not depend on it.
     #[arg(long)]
     keep_going: bool,
-    /// Deploy only these hosts, or run a verb only on them (comma-separated).
-    #[arg(long, value_delimiter = ',')]
+    /// Deploy only these hosts, or run a verb only on them: host and group names,
+    /// comma-separated; `!NAME` leaves a host or group out (`--hosts web,!web2`; `--hosts
+    /// '!db1'` alone means every host but `db1`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "HOSTS",
+        allow_hyphen_values = true
+    )]
     hosts: Option<Vec<String>>,
     /// With the `rollback` verb: the release to switch to (default: the one before the
     /// current one).
@@ -150,8 +157,11 @@ pub struct Settings {
     pub keep_going: bool,
     /// `--jobs`, which overrides the environment's `jobs`.
     pub jobs: Option<usize>,
-    /// `--hosts`: deploy only these hosts.
+    /// The hosts to deploy (or run a verb on) when not all of them: `--hosts` resolved
+    /// against the plan, which `run` does before anything uses it (`None` until then).
     pub hosts: Option<BTreeSet<String>>,
+    /// `--hosts` as given: host and group names and `!` exclusions, in order.
+    pub select: Option<Vec<String>>,
     /// `--identity`, which overrides `$BATOU_IDENTITY` and the default identity files.
     pub identity: Option<PathBuf>,
     /// Longest silence accepted from an agent (it sends heartbeats while working).
@@ -289,7 +299,8 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         dry_run: args.dry_run,
         keep_going: args.keep_going,
         jobs: args.jobs,
-        hosts: args.hosts.map(|h| h.into_iter().collect()),
+        hosts: None,
+        select: args.hosts,
         identity: args.identity,
         agent_timeout: seconds(args.agent_timeout, "agent-timeout")?,
         ssh: SshSettings {
@@ -319,7 +330,11 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     {
         eprintln!("{line}");
     }
-    check_hosts(&plan, settings)?;
+    // From here on `--hosts` holds host names only: groups and exclusions are resolved.
+    let settings = &Settings {
+        hosts: check_hosts(&plan, settings)?,
+        ..settings.clone()
+    };
     // Which hosts and services a verb acts on is checked before any connection, too.
     let targets = match &settings.service {
         Some(command) => Some(verbs::targets(&plan, settings.hosts.as_ref(), command)?),
@@ -653,8 +668,9 @@ fn next_plan(
     }
 }
 
-/// The plan must have hosts, and `--hosts` must name hosts of the plan.
-fn check_hosts(plan: &RemotePlan, settings: &Settings) -> Result<(), ConfigError> {
+/// The plan must have hosts, and `--hosts` must select hosts of the plan: the hosts it
+/// names, with its groups and exclusions resolved (`None`: every host).
+fn check_hosts(plan: &RemotePlan, settings: &Settings) -> anyhow::Result<Option<BTreeSet<String>>> {
     if plan.hosts.is_empty() {
         // The same error as `batou-local`'s.
         return Err(
@@ -663,24 +679,27 @@ fn check_hosts(plan: &RemotePlan, settings: &Settings) -> Result<(), ConfigError
                     "environments/{}.toml",
                     plan.environment
                 )))
-                .hint("add a `[hosts.<name>]` table with `components = [...]`"),
+                .hint("add a `[hosts.<name>]` table with `components = [...]`")
+                .into(),
         );
     }
-    let Some(hosts) = &settings.hosts else {
-        return Ok(());
+    let Some(words) = &settings.select else {
+        return Ok(None);
     };
+    // The groups are the environment file's; a project's binary plans without them, so they
+    // are read here (the file only: no component type is needed to read groups).
+    let environment = batou_core::Environment::load(
+        &settings.project,
+        &settings.environment,
+        &batou_core::Registry::any_type(),
+    )?;
     let known: Vec<&str> = plan.hosts.iter().map(|h| h.name.as_str()).collect();
-    for host in hosts {
-        if !known.contains(&host.as_str()) {
-            return Err(ConfigError::new(format!(
-                "unknown host `{host}` in `--hosts` for environment `{}`",
-                plan.environment
-            ))
-            .suggest(host, known.iter().copied())
-            .hint(format!("hosts with components: {}", known.join(", "))));
-        }
-    }
-    Ok(())
+    Ok(Some(batou_core::select_hosts(
+        &plan.environment,
+        &known,
+        &environment.groups,
+        words,
+    )?))
 }
 
 /// Who is deploying, for host locks and journals.
@@ -748,10 +767,8 @@ mod tests {
         assert_eq!(s.environment, "prod");
         assert_eq!(s.project, PathBuf::from("/srv/deployment"));
         assert!(s.dry_run && !s.keep_going && !s.json);
-        assert_eq!(
-            s.hosts,
-            Some(BTreeSet::from(["web1".to_string(), "web2".to_string()]))
-        );
+        assert_eq!(s.select, Some(vec!["web2".to_string(), "web1".to_string()]));
+        assert_eq!(s.hosts, None, "resolved against the plan, later");
         assert_eq!(s.agent_timeout, Duration::from_millis(1500));
         assert_eq!(s.ssh.connect_timeout, Duration::from_secs(1));
         assert_eq!(s.ssh.keepalive, Duration::from_secs(5));
