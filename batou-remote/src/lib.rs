@@ -87,6 +87,10 @@ struct Args {
     /// Report what would change without changing anything on any host.
     #[arg(long)]
     dry_run: bool,
+    /// With `--dry-run`: exit 2 when some root component would change, 0 when none would
+    /// (a wrong command line then exits 64, not 2).
+    #[arg(long, requires = "dry_run")]
+    detailed_exitcode: bool,
     /// Print one JSON event per line on stdout instead of human output on stderr.
     #[arg(long)]
     json: bool,
@@ -153,6 +157,8 @@ pub struct Settings {
     pub output: Output,
     /// `--dry-run`: report what would change, change nothing.
     pub dry_run: bool,
+    /// `--detailed-exitcode`: a dry run that predicts changes exits 2.
+    pub detailed_exitcode: bool,
     /// `--keep-going`: after a failure, go on with whatever does not depend on it.
     pub keep_going: bool,
     /// `--jobs`, which overrides the environment's `jobs`.
@@ -204,7 +210,7 @@ impl Settings {
 /// Entry point of the stock binary, which is also the agent (and the planner) for
 /// deployment repositories without component types of their own.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| batou_runtime::exit_usage(e));
     let args = match cli.command {
         Some(Command::Role(role)) => return role.serve(|_| {}),
         Some(Command::Secrets { args }) => return batou_runtime::secrets_main(args),
@@ -220,7 +226,7 @@ pub fn main() -> ExitCode {
         Ok(settings) => Ok(settings),
         // A wrong verb is a usage error, worded and with the exit code of clap's own.
         Err(err) => match err.downcast::<clap::Error>() {
-            Ok(usage) => usage.exit(),
+            Ok(usage) => batou_runtime::exit_usage(usage),
             Err(err) => Err(err),
         },
     };
@@ -297,6 +303,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         json: args.json,
         output: args.output.resolve(),
         dry_run: args.dry_run,
+        detailed_exitcode: args.detailed_exitcode,
         keep_going: args.keep_going,
         jobs: args.jobs,
         hosts: None,
@@ -440,7 +447,11 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     runtime.shutdown_timeout(Duration::from_secs(1));
     options.ssh.masters.terminate_all();
     drop(control_dir);
-    Ok(report.exit)
+    Ok(if settings.detailed_exitcode {
+        report.exit.detailed(&report.hosts)
+    } else {
+        report.exit
+    })
 }
 
 /// The signals that stop a run: SIGINT (Ctrl-C) and SIGTERM.
@@ -483,7 +494,7 @@ async fn watch_signals(
     eprintln!("{second} again: stopping at once; the hosts' state is unknown");
     masters.terminate_all();
     let _ = std::fs::remove_dir_all(&control_dir);
-    std::process::exit(i32::from(Exit::Interrupted as u8));
+    std::process::exit(i32::from(Exit::Interrupted.code()));
 }
 
 /// How long a project's binary may take to print its plan (configure only: it was built

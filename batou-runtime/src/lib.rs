@@ -46,7 +46,7 @@ use std::process::ExitCode;
 
 use batou_core::Registry;
 
-pub use exit::{Exit, ExitError};
+pub use exit::{DETAILED_USAGE, Exit, ExitError, exit_usage};
 pub use local::{Settings, find_project, run};
 pub use planning::{
     Loaded, Planned, generated_lines, identity_source, load_environment, remote_plan,

@@ -15,6 +15,17 @@ use clap::{Parser, Subcommand};
 use crate::output_args::{Output, OutputArgs};
 use crate::scheduler::{Action, Report, Scheduler, SchedulerOptions};
 use crate::verb::{ReleaseCommand, ServiceCommand, Verb};
+
+/// `clap::Error::exit` with the exit status of [`crate::exit_usage`].
+trait ExitUsage {
+    fn exit_usage(self) -> !;
+}
+
+impl ExitUsage for clap::Error {
+    fn exit_usage(self) -> ! {
+        crate::exit_usage(self)
+    }
+}
 use crate::{
     Exit, Role, handover, identity_source, load_environment, print_error, registry, secrets_main,
 };
@@ -78,6 +89,10 @@ struct Args {
     /// Report what would change without changing anything.
     #[arg(long)]
     dry_run: bool,
+    /// With `--dry-run`: exit 2 when some root component would change, 0 when none would
+    /// (a wrong command line then exits 64, not 2).
+    #[arg(long, requires = "dry_run")]
+    detailed_exitcode: bool,
     /// Print one JSON event per line on stdout instead of human output on stderr.
     #[arg(long)]
     json: bool,
@@ -110,6 +125,8 @@ pub struct Settings {
     pub host: Option<String>,
     /// Whether the run only reports what it would change.
     pub dry_run: bool,
+    /// `--detailed-exitcode`: a dry run that predicts changes exits 2.
+    pub detailed_exitcode: bool,
     /// Whether events go to stdout as JSON lines instead of the human renderer.
     pub json: bool,
     /// How human output looks: colour, verbosity, diffs.
@@ -127,7 +144,7 @@ pub struct Settings {
 }
 
 pub(crate) fn run_main(register: impl Fn(&mut Registry), stock: bool) -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| crate::exit_usage(e));
     match cli.command {
         Some(Command::Role(role)) => role.serve(register),
         Some(Command::Secrets { args }) => secrets_main(args),
@@ -226,9 +243,13 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
     if !settings.dry_run {
         crate::releases::store_locally(&plan, &host, &base_dir, sink.as_mut())?;
     }
-    let exit = converge_here(&mut plan, &host, settings.dry_run, interrupt, sink.as_mut());
+    let outcome = converge_here(&mut plan, &host, settings.dry_run, interrupt, sink.as_mut());
     drop(sink);
-    Ok(exit)
+    Ok(if settings.detailed_exitcode {
+        outcome.exit.detailed(&outcome.hosts)
+    } else {
+        outcome.exit
+    })
 }
 
 /// Builds the plan; when a configure read this host's platform facts, gathers this
@@ -268,7 +289,7 @@ fn converge_here(
     dry_run: bool,
     interrupt: &AtomicBool,
     sink: &mut dyn EventSink,
-) -> Exit {
+) -> crate::scheduler::Outcome {
     let started = Instant::now();
     let now = || started.elapsed().as_secs_f64();
     let steps = plan.plan_steps();
@@ -327,7 +348,7 @@ fn converge_here(
     for event in events {
         sink.event(event);
     }
-    outcome.exit
+    outcome
 }
 
 /// Runs a `service` verb on this host's root components: the ones named, or every one with a
@@ -445,7 +466,7 @@ fn watch_signals() -> anyhow::Result<&'static AtomicBool> {
             ));
             let Ok(second) = set.wait() else { return };
             say(&format!("{} again: stopping at once\n", second.as_str()));
-            std::process::exit(i32::from(Exit::Interrupted as u8));
+            std::process::exit(i32::from(Exit::Interrupted.code()));
         })
         .context("cannot start the signal thread")?;
     Ok(&INTERRUPT)
@@ -469,7 +490,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
                 clap::error::ErrorKind::ArgumentConflict,
                 "`--to` applies to the `rollback` verb only",
             )
-            .exit();
+            .exit_usage();
     }
     let release = release.map(|r| ReleaseCommand {
         to: args.to.clone(),
@@ -495,6 +516,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
             .expect("clap requires the environment of a converge"),
         host: args.host,
         dry_run: args.dry_run,
+        detailed_exitcode: args.detailed_exitcode,
         json: args.json,
         output: args.output.resolve(),
         project,
@@ -509,7 +531,8 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
 /// wrong word on the command line.
 fn verb_of(words: &[String], dry_run: bool) -> Option<Verb> {
     use clap::CommandFactory;
-    let command = crate::verb::parse_verb("batou-local", words).unwrap_or_else(|e| e.exit());
+    let command =
+        crate::verb::parse_verb("batou-local", words).unwrap_or_else(|e| crate::exit_usage(e));
     if let (Some(verb), true) = (&command, dry_run) {
         let which = match verb {
             Verb::Service(_) => "`service`",
@@ -520,7 +543,7 @@ fn verb_of(words: &[String], dry_run: bool) -> Option<Verb> {
                 clap::error::ErrorKind::ArgumentConflict,
                 format!("`--dry-run` does not apply to the {which} verbs"),
             )
-            .exit();
+            .exit_usage();
     }
     command
 }
