@@ -16,6 +16,7 @@ mod generated_secrets;
 mod harness;
 mod interrupts;
 mod library;
+mod offline;
 mod output;
 mod process_faults;
 mod releases;
