@@ -116,6 +116,13 @@ struct Args {
     /// current one).
     #[arg(long, value_name = "ID")]
     to: Option<String>,
+    /// With the `graph` verb: text for people, or Graphviz DOT.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    format: Option<batou_runtime::graph::Format>,
+    /// With the `check` and `graph` verbs: hosts' platform facts, a JSON object of host
+    /// name to facts, for environments whose configure reads them.
+    #[arg(long, value_name = "FILE")]
+    facts: Option<PathBuf>,
     /// Accept and record the keys of hosts not yet in known_hosts (changed keys are refused).
     #[arg(long)]
     accept_new_host_keys: bool,
@@ -178,6 +185,17 @@ pub struct Settings {
     pub service: Option<ServiceCommand>,
     /// A `releases` or `rollback` verb to run instead of a deploy.
     pub release: Option<ReleaseCommand>,
+    /// The `check` or `graph` verb instead of a deploy: nothing is contacted.
+    pub offline: Option<OfflineVerb>,
+}
+
+/// An offline verb with its options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineVerb {
+    /// `graph` (with its format) rather than `check`.
+    pub graph: Option<batou_runtime::graph::Format>,
+    /// `--facts FILE`.
+    pub facts: Option<PathBuf>,
 }
 
 impl Settings {
@@ -241,8 +259,49 @@ pub fn main() -> ExitCode {
 }
 
 fn settings(args: Args) -> anyhow::Result<Settings> {
-    let (service, release) = match batou_runtime::verb::parse_verb("batou-remote", &args.verb)? {
-        None => (None, None),
+    let verb = batou_runtime::verb::parse_verb("batou-remote", &args.verb)?;
+    let offline = match &verb {
+        Some(Verb::Check) => Some(OfflineVerb {
+            graph: None,
+            facts: args.facts.clone(),
+        }),
+        Some(Verb::Graph) => Some(OfflineVerb {
+            graph: Some(args.format.unwrap_or_default()),
+            facts: args.facts.clone(),
+        }),
+        _ => None,
+    };
+    let conflict = |message: String| -> anyhow::Error {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .into()
+    };
+    if args.format.is_some() && !offline.as_ref().is_some_and(|o| o.graph.is_some()) {
+        return Err(conflict(
+            "`--format` applies to the `graph` verb only".into(),
+        ));
+    }
+    if args.facts.is_some() && offline.is_none() {
+        return Err(conflict(
+            "`--facts` applies to the `check` and `graph` verbs only".into(),
+        ));
+    }
+    if offline.is_some() {
+        for (given, flag) in [
+            (args.dry_run, "--dry-run"),
+            (args.keep_going, "--keep-going"),
+            (args.hosts.is_some(), "--hosts"),
+        ] {
+            if given {
+                return Err(conflict(format!(
+                    "`{flag}` does not apply to `check` and `graph`, which contact no host and take every one"
+                )));
+            }
+        }
+    }
+    let (service, release) = match verb {
+        None | Some(Verb::Check) | Some(Verb::Graph) => (None, None),
         Some(Verb::Service(s)) => (Some(s), None),
         Some(Verb::Releases(r)) => (None, Some(r)),
     };
@@ -319,6 +378,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         },
         service,
         release,
+        offline,
     })
 }
 
@@ -332,6 +392,9 @@ fn whole_seconds(d: Duration) -> Duration {
 /// Once the plan is built, this takes SIGINT and SIGTERM over for the rest of the process
 /// (see `watch_signals`): the first stops the run in order, the second at once.
 pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
+    if let Some(verb) = &settings.offline {
+        return offline(settings, verb);
+    }
     let (plan, agent_path) = plan(settings)?;
     for line in batou_runtime::generated_lines(&plan.environment, &plan.generated, settings.dry_run)
     {
@@ -452,6 +515,64 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     } else {
         report.exit
     })
+}
+
+/// `check` or `graph`: in process with the library's component types, or, when the
+/// deployment repository has its own, by the project's binary (its own `check` or `graph`,
+/// whose output and exit status pass through). No host is contacted either way.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the project's binary runs in the foreground with this terminal, like a hand-over"
+)]
+fn offline(settings: &Settings, verb: &OfflineVerb) -> anyhow::Result<Exit> {
+    batou_core::check_name(&settings.environment)?;
+    if let Some(binary) = batou_runtime::handover::build_if_package(&settings.project)? {
+        let mut command = std::process::Command::new(&binary);
+        command
+            .arg(&settings.environment)
+            .arg(if verb.graph.is_some() {
+                "graph"
+            } else {
+                "check"
+            })
+            .arg("--project")
+            .arg(&settings.project);
+        if let Some(format) = verb.graph {
+            use clap::ValueEnum;
+            let name = format
+                .to_possible_value()
+                .expect("formats have names")
+                .get_name()
+                .to_string();
+            command.arg("--format").arg(name);
+        }
+        if let Some(facts) = &verb.facts {
+            command.arg("--facts").arg(std::path::absolute(facts)?);
+        }
+        if settings.json {
+            command.arg("--json");
+        }
+        let status = command
+            .status()
+            .with_context(|| format!("cannot run the project's binary `{}`", binary.display()))?;
+        return Ok(match status.code() {
+            Some(0) => Exit::Success,
+            Some(3) => Exit::InvalidConfiguration,
+            Some(2) => Exit::Usage,
+            _ => Exit::DeployFailed,
+        });
+    }
+    let registry = batou_runtime::registry(|_| {});
+    let offline = batou_runtime::offline::Offline {
+        project: settings.project.clone(),
+        environment: settings.environment.clone(),
+        facts: verb.facts.clone(),
+        json: settings.json,
+    };
+    match verb.graph {
+        Some(format) => batou_runtime::offline::graph(&offline, &registry, format),
+        None => batou_runtime::offline::check(&offline, &registry),
+    }
 }
 
 /// The signals that stop a run: SIGINT (Ctrl-C) and SIGTERM.

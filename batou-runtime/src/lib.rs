@@ -11,6 +11,8 @@
 //! - the scheduler of runs across hosts ([`scheduler`]), exit codes ([`Exit`]), the error
 //!   printer ([`print_error`]) and the `secrets` commands ([`secrets`]);
 //! - the `service` verbs' command line and summary ([`verb`]), which both commands share;
+//! - the offline verbs `check` and `graph` ([`offline`], [`graph`]): the whole environment
+//!   configured with no host contacted and no identity;
 //! - shell completions and man pages from the clap definitions ([`completions`]), and
 //!   `init`, which creates a deployment repository ([`init`]).
 //!
@@ -30,9 +32,11 @@ pub mod agent;
 pub mod completions;
 mod exit;
 pub mod facts;
+pub mod graph;
 pub mod handover;
 pub mod init;
 mod local;
+pub mod offline;
 pub mod output_args;
 mod planning;
 mod releases;

@@ -114,6 +114,13 @@ struct Args {
     /// current one).
     #[arg(long, value_name = "ID")]
     to: Option<String>,
+    /// With the `graph` verb: text for people, or Graphviz DOT.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    format: Option<crate::graph::Format>,
+    /// With the `check` and `graph` verbs: hosts' platform facts, a JSON object of host
+    /// name to facts, for environments whose configure reads them.
+    #[arg(long, value_name = "FILE")]
+    facts: Option<PathBuf>,
 }
 
 /// What a run was asked to do, resolved from the command line.
@@ -141,6 +148,12 @@ pub struct Settings {
     pub service: Option<ServiceCommand>,
     /// A `releases` or `rollback` verb to run instead of a converge.
     pub release: Option<ReleaseCommand>,
+    /// The `check` verb (offline validation) instead of a converge.
+    pub check: bool,
+    /// The `graph` verb and its format instead of a converge.
+    pub graph: Option<crate::graph::Format>,
+    /// `--facts FILE` for `check` and `graph`.
+    pub facts: Option<PathBuf>,
 }
 
 pub(crate) fn run_main(register: impl Fn(&mut Registry), stock: bool) -> ExitCode {
@@ -206,6 +219,18 @@ fn run_local(args: Args, register: impl FnOnce(&mut Registry), stock: bool) -> E
 /// Once the plan is built, this takes SIGINT and SIGTERM over for the rest of the process
 /// (see `watch_signals`): the first stops the converge after the running root component.
 pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
+    if settings.check || settings.graph.is_some() {
+        let offline = crate::offline::Offline {
+            project: settings.project.clone(),
+            environment: settings.environment.clone(),
+            facts: settings.facts.clone(),
+            json: settings.json,
+        };
+        return match settings.graph {
+            Some(format) => crate::offline::graph(&offline, registry, format),
+            None => crate::offline::check(&offline, registry),
+        };
+    }
     let loaded = load_environment(
         &settings.project,
         &settings.environment,
@@ -478,8 +503,33 @@ fn say(text: &str) {
 }
 
 fn settings(args: Args) -> anyhow::Result<Settings> {
-    let (service, release) = match verb_of(&args.verb, args.dry_run) {
-        None => (None, None),
+    let verb = verb_of(&args.verb, args.dry_run);
+    let (check, graph) = (
+        verb == Some(Verb::Check),
+        (verb == Some(Verb::Graph)).then(|| args.format.unwrap_or_default()),
+    );
+    for (given, flag, applies) in [
+        (args.format.is_some(), "--format", graph.is_some()),
+        (args.facts.is_some(), "--facts", check || graph.is_some()),
+        (args.host.is_some(), "--host", !(check || graph.is_some())),
+    ] {
+        if given && !applies {
+            use clap::CommandFactory;
+            let to = match flag {
+                "--format" => "applies to the `graph` verb only",
+                "--facts" => "applies to the `check` and `graph` verbs only",
+                _ => "does not apply to `check` and `graph`, which take every host",
+            };
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!("`{flag}` {to}"),
+                )
+                .exit_usage();
+        }
+    }
+    let (service, release) = match verb {
+        None | Some(Verb::Check) | Some(Verb::Graph) => (None, None),
         Some(Verb::Service(s)) => (Some(s), None),
         Some(Verb::Releases(r)) => (None, Some(r)),
     };
@@ -524,6 +574,9 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         identity: args.identity,
         service,
         release,
+        check,
+        graph,
+        facts: args.facts,
     })
 }
 
@@ -537,6 +590,7 @@ fn verb_of(words: &[String], dry_run: bool) -> Option<Verb> {
         let which = match verb {
             Verb::Service(_) => "`service`",
             Verb::Releases(_) => "`releases` and `rollback`",
+            Verb::Check | Verb::Graph => "`check` and `graph`",
         };
         Cli::command()
             .error(

@@ -1,6 +1,7 @@
 //! Verbs on an environment other than a deploy: `<ENVIRONMENT> service
 //! status|start|stop|restart [COMPONENT...]`, `<ENVIRONMENT> releases [COMPONENT...]` and
-//! `<ENVIRONMENT> rollback [COMPONENT...]` (with `--to <ID>`), shared by `batou-local` and
+//! `<ENVIRONMENT> rollback [COMPONENT...]` (with `--to <ID>`), and the offline `<ENVIRONMENT>
+//! check` and `<ENVIRONMENT> graph` (`crate::offline`), shared by `batou-local` and
 //! `batou-remote`.
 //!
 //! The environment comes first and the verb after it, so that no verb takes away an
@@ -28,6 +29,10 @@ pub enum Verb {
     Service(ServiceCommand),
     /// `releases [COMPONENT]...` or `rollback [COMPONENT]...`.
     Releases(ReleaseCommand),
+    /// `check`: validate the environment offline (see `crate::offline`).
+    Check,
+    /// `graph`: print the plan (`--format text|dot`).
+    Graph,
 }
 
 /// A `releases` or `rollback` verb and the release roots it names (none: every one).
@@ -57,6 +62,12 @@ enum VerbLine {
     /// Switch back to the release before the current one (or `--to <ID>`) in one step:
     /// no build, no upload; restart the services that watch it and check their health.
     Rollback(Releases),
+    /// Validate the environment offline, for CI: configure every host, resolve resources,
+    /// render templates, check the secrets' names; no host is contacted, no identity needed.
+    Check,
+    /// Print the plan: hosts, root components, resources provided and required, the order
+    /// (`--format dot` for Graphviz).
+    Graph,
 }
 
 #[derive(Debug, clap::Args)]
@@ -107,6 +118,8 @@ pub fn parse_verb(program: &str, words: &[String]) -> Result<Option<Verb>, clap:
     let line = <VerbLine as clap::FromArgMatches>::from_arg_matches(&matches)?;
     let service = match line {
         VerbLine::Service(service) => service,
+        VerbLine::Check => return Ok(Some(Verb::Check)),
+        VerbLine::Graph => return Ok(Some(Verb::Graph)),
         VerbLine::Releases(r) => {
             return Ok(Some(Verb::Releases(ReleaseCommand {
                 rollback: false,
@@ -235,7 +248,7 @@ pub fn release_summary(reports: &[ReleaseReport]) -> (HostStatus, String) {
 }
 
 /// The help of the `VERB` words, for a command's `--help`.
-pub const VERB_HELP: &str = "A verb instead of a deploy, after the environment: `service status|start|stop|restart [COMPONENT]...` controls the services of the named root components (default: every one with a service); `releases [COMPONENT]...` lists the releases; `rollback [COMPONENT]...` switches back to the previous release (or `--to <ID>`)";
+pub const VERB_HELP: &str = "A verb instead of a deploy, after the environment: `service status|start|stop|restart [COMPONENT]...` controls the services of the named root components (default: every one with a service); `releases [COMPONENT]...` lists the releases; `rollback [COMPONENT]...` switches back to the previous release (or `--to <ID>`); `check` validates the environment offline (no host contacted, no identity needed); `graph` prints the plan (`--format text|dot`)";
 
 /// A host's line in the summary after a `service` verb: failed when any service failed,
 /// changed when the verb changed any, unchanged otherwise (`status` changes nothing); the
@@ -317,6 +330,14 @@ mod tests {
                 roots: Vec::new(),
                 to: None,
             }))
+        );
+        assert_eq!(
+            parse_verb("batou-local", &words("check")).unwrap(),
+            Some(Verb::Check)
+        );
+        assert_eq!(
+            parse_verb("batou-local", &words("graph")).unwrap(),
+            Some(Verb::Graph)
         );
         let err = parse_verb("batou-local", &words("service reload")).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::InvalidSubcommand);

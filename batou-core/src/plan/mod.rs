@@ -378,6 +378,28 @@ impl Plan {
         self.bundles.of_step(step)
     }
 
+    /// The resource keys `step` provides, sorted.
+    pub fn provided_keys(&self, step: usize) -> Vec<String> {
+        self.resources
+            .provided_by(step)
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The resource keys `step` requires, sorted.
+    pub fn required_keys(&self, step: usize) -> Vec<String> {
+        self.resources.consumed_keys(step)
+    }
+
+    /// The hosts of the plan with their root components in the environment's order, by name
+    /// (also hosts without any).
+    pub fn hosts(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.hosts
+            .iter()
+            .map(|(name, host)| (name.as_str(), host.components.as_slice()))
+    }
+
     /// The steps `step` watches for changes.
     pub fn watched_by(&self, step: usize) -> Vec<usize> {
         self.resources.watched_by(step)
