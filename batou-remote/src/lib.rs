@@ -51,7 +51,8 @@ use crate::ssh::{SshOptions, SshSettings};
     version,
     about,
     subcommand_negates_reqs = true,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = EXAMPLES
 )]
 struct Cli {
     #[command(flatten)]
@@ -75,6 +76,22 @@ enum Command {
     #[command(flatten)]
     Role(batou_runtime::Role),
 }
+
+/// Every verb and command with an example, after the options in `--help` and `help`.
+const EXAMPLES: &str = "\
+Examples:
+  batou-remote prod                                    deploy every host of `prod`
+  batou-remote prod --hosts 'web,!web2'                group `web` without host `web2`
+  batou-remote prod --hosts '!db1'                     every host but `db1`
+  batou-remote prod --dry-run --detailed-exitcode      exit 2 when something would change
+  batou-remote prod check                              validate offline: no host, no identity
+  batou-remote prod graph --format dot | dot -Tsvg     the plan as a picture
+  batou-remote prod service restart app --hosts web    restart `app`'s services on `web`
+  batou-remote prod releases                           each host's releases
+  batou-remote prod rollback app                       switch `app` back one release
+  batou-remote deploy secrets                          an environment named like a command
+  batou-remote secrets edit prod                       edit the environment's secrets
+  batou-remote completions bash                        shell completions (also `man DIR`)";
 
 /// The options of a deploy.
 #[derive(Debug, clap::Args)]

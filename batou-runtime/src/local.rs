@@ -48,7 +48,8 @@ use crate::{
     name = "batou-local",
     version,
     subcommand_negates_reqs = true,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = EXAMPLES
 )]
 struct Cli {
     #[command(flatten)]
@@ -74,6 +75,23 @@ enum Command {
     #[command(flatten)]
     Role(Role),
 }
+
+/// Every verb and command with an example, after the options in `--help` and `help`.
+const EXAMPLES: &str = "\
+Examples:
+  batou-local dev                                  converge environment `dev` on this machine
+  batou-local dev --dry-run                        show what would change, change nothing
+  batou-local dev --dry-run --detailed-exitcode    ... and exit 2 when something would change
+  batou-local dev check                            validate offline: every host, every error
+  batou-local dev graph --format dot | dot -Tsvg   the plan as a picture
+  batou-local dev service status                   the services of the root components
+  batou-local dev service restart web              restart the services of root `web`
+  batou-local dev releases                         the releases and which is current
+  batou-local dev rollback app --to <ID>           switch `app` back to an earlier release
+  batou-local deploy secrets                       an environment named like a command
+  batou-local secrets edit dev                     edit the environment's secrets
+  batou-local init my-deployment                   a new deployment repository
+  batou-local completions bash                     shell completions (also `man DIR`)";
 
 /// The options of a converge.
 #[derive(Debug, clap::Args)]
