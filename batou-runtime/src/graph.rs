@@ -48,11 +48,11 @@ pub fn text(plan: &Plan) -> String {
         }
         for (earlier, keys) in &step.after_keys {
             let why = if keys.is_empty() {
-                "watches it for changes".to_string()
+                "which it watches for changes".to_string()
             } else {
-                format!("for {}", ticked(keys))
+                format!("which provides {}", ticked(keys))
             };
-            let _ = writeln!(out, "       after {} {why}", steps[*earlier].label());
+            let _ = writeln!(out, "       after {}, {why}", steps[*earlier].label());
         }
     }
     out

@@ -17,6 +17,7 @@ mod generated_secrets;
 mod harness;
 mod interrupts;
 mod library;
+mod offline;
 mod output;
 mod releases;
 mod secrets;
