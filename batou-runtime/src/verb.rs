@@ -248,7 +248,7 @@ pub fn release_summary(reports: &[ReleaseReport]) -> (HostStatus, String) {
 }
 
 /// The help of the `VERB` words, for a command's `--help`.
-pub const VERB_HELP: &str = "A verb instead of a deploy, after the environment: `service status|start|stop|restart [COMPONENT]...` controls the services of the named root components (default: every one with a service); `releases [COMPONENT]...` lists the releases; `rollback [COMPONENT]...` switches back to the previous release (or `--to <ID>`); `check` validates the environment offline (no host contacted, no identity needed); `graph` prints the plan (`--format text|dot`)";
+pub const VERB_HELP: &str = "A verb instead of a deploy, after the environment: `service status|start|stop|restart [COMPONENT]...` controls the services of the named root components (default: every one with a service); `releases [COMPONENT]...` lists the releases; `rollback [COMPONENT]...` switches back to the previous release (or `--to <ID>`); `check` validates the environment offline (no host contacted, no identity needed); `graph` prints the hosts, steps, resources and their order as text or Graphviz DOT (`--format text|dot`)";
 
 /// A host's line in the summary after a `service` verb: failed when any service failed,
 /// changed when the verb changed any, unchanged otherwise (`status` changes nothing); the
