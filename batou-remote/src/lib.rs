@@ -294,7 +294,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
             .error(clap::error::ErrorKind::ArgumentConflict, message)
             .into()
     };
-    if args.format.is_some() && !offline.as_ref().is_some_and(|o| o.graph.is_some()) {
+    if args.format.is_some() && offline.as_ref().is_none_or(|o| o.graph.is_none()) {
         return Err(conflict(
             "`--format` applies to the `graph` verb only".into(),
         ));
