@@ -336,3 +336,54 @@ fn help_is_help_and_shows_every_verb() {
         );
     }
 }
+
+#[test]
+fn check_takes_facts_from_a_file_or_warns_that_they_were_unknown() {
+    let p = Project::new();
+    p.env(
+        "prod",
+        "[hosts.web1]\naddress = \"192.0.2.1\"\ncomponents = [\"motd\"]\n\n[components.motd]\ntype = \"file\"\npath = \"motd\"\ncontent = \"{% if host.facts.os != 'linux' %}{{ fail }}{% endif %}ok\\n\"\n",
+    );
+    let out = p.run(&["prod", "check"]);
+    assert_eq!(out.code, 3, "unknown facts are empty: {}", out.stderr);
+    assert!(
+        out.stderr.contains("warning: configure reads the platform facts of `web1`, which were unknown (empty) here: pass `--facts FILE` to check with them"),
+        "{}",
+        out.stderr
+    );
+    p.file(
+        "facts.json",
+        r#"{"web1": {"os": "linux", "architecture": "x86_64", "distribution": "debian", "version": "13"}}"#,
+    );
+    let facts = p.path("facts.json");
+    let out = p.run(&["prod", "check", "--facts", facts.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stderr.contains("warning:"), "{}", out.stderr);
+    p.file("facts.json", "[1]");
+    let out = p.run(&["prod", "check", "--facts", facts.to_str().unwrap()]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("is not a JSON object of hosts' facts"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_project_with_its_own_types_is_checked_by_its_binary() {
+    let shop = workspace_root().join("examples/shop");
+    let empty = tempfile::tempdir().unwrap();
+    for binary in ["batou-local", "batou-remote"] {
+        let (code, _, err) = run_in(
+            &workspace_binary(binary),
+            &shop,
+            empty.path(),
+            &["production", "check"],
+        );
+        assert_eq!(code, 0, "{binary}: {err}");
+        assert!(
+            err.contains("check: environment `production` is valid (3 hosts, 6 root components)"),
+            "{err}"
+        );
+    }
+}
