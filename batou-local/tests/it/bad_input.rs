@@ -445,6 +445,15 @@ fn cases() -> Vec<Case> {
             .args(&["--hosts", "!localhost"])
             .only(Binary::Remote)
             .expect("`--hosts !localhost` selects no host of environment `dev`"),
+        case("unknown group in --hosts of a verb", format!("{}[groups]\nlocal = [\"localhost\"]\n", motd("content = \"x\"\n")))
+            .args(&["service", "status", "--hosts", "!locl"])
+            .only(Binary::Remote)
+            .expect("unknown host or group `locl` in `--hosts` for environment `dev` (did you mean `local`?)"),
+        case("check with --hosts", motd("content = \"x\"\n"))
+            .args(&["check", "--hosts", "localhost"])
+            .only(Binary::Remote)
+            .code(2)
+            .expect("`--hosts` does not apply to `check` and `graph`, which contact no host and take every one"),
         case("--detailed-exitcode without --dry-run", motd("content = \"x\"\n"))
             .args(&["--detailed-exitcode"])
             .code(64)
