@@ -127,6 +127,9 @@ pub struct Environment {
     pub settings: Settings,
     /// Hosts sorted by name.
     pub hosts: Vec<Host>,
+    /// The `[groups]` table: group name to its member hosts, as listed (checked: members
+    /// are hosts, no group is named like a host).
+    pub groups: BTreeMap<String, Vec<String>>,
     pub(crate) source: SourceText,
     pub(crate) components: BTreeMap<String, ComponentDef>,
     /// Where each host's component references are, for placing errors.
@@ -170,6 +173,8 @@ struct FileShape {
     environment: Option<Settings>,
     #[serde(default)]
     hosts: BTreeMap<Spanned<String>, HostShape>,
+    #[serde(default)]
+    groups: crate::groups::GroupsShape,
     /// Taken out before deserializing (it keeps its spans); named here so that an unknown
     /// table's error lists it among the valid ones.
     #[serde(default)]
@@ -393,6 +398,9 @@ impl Environment {
             });
         }
 
+        let host_names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+        let groups = crate::groups::check_groups(shape.groups, &host_names, &source)?;
+
         let tables: Vec<(String, Spanned<DeValue<'_>>)> =
             component_tables(&source)?.into_iter().collect();
         let generated = crate::secrets::generate::declarations(&source, &tables)?;
@@ -402,6 +410,7 @@ impl Environment {
             name: name.to_string(),
             settings,
             hosts,
+            groups,
             source,
             components,
             reference_spans,
@@ -954,8 +963,40 @@ mod tests {
         let err = parse("[hostz.a]\n").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown field `hostz`, expected one of `environment`, `hosts`, `components` in environments/dev.toml:1:2 (did you mean `hosts`?)"
+            "unknown field `hostz`, expected one of `environment`, `hosts`, `groups`, `components` in environments/dev.toml:1:2 (did you mean `hosts`?)"
         );
+    }
+
+    #[test]
+    fn groups_name_hosts_and_are_placed_when_wrong() {
+        let hosts = "[hosts.web1]\n[hosts.web2]\n[hosts.db1]\n";
+        let env = parse(&format!("{hosts}[groups]\nweb = [\"web1\", \"web2\"]\n")).unwrap();
+        assert_eq!(env.groups["web"], ["web1", "web2"]);
+        for (groups, want) in [
+            (
+                "web = [\"web1\", \"wbe2\"]",
+                "unknown host `wbe2` in group `web` in environments/dev.toml:5:16 (did you mean `web2`?)",
+            ),
+            (
+                "web1 = [\"web2\"]",
+                "group `web1` has the name of host `web1` in environments/dev.toml:5:1",
+            ),
+            (
+                "web = [\"web1\", \"web1\"]",
+                "host `web1` is listed twice in group `web` in environments/dev.toml:5:16",
+            ),
+            (
+                "\"!web\" = [\"web1\"]",
+                "group name `!web` starts with `!`, which `--hosts` reads as an exclusion in environments/dev.toml:5:1",
+            ),
+            (
+                "web = [\"web1\"]\nall = [\"web\"]",
+                "unknown host `web` in group `all` in environments/dev.toml:6:8",
+            ),
+        ] {
+            let err = parse(&format!("{hosts}[groups]\n{groups}\n")).unwrap_err();
+            assert_eq!(err.to_string(), want);
+        }
     }
 
     #[test]

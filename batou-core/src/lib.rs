@@ -38,6 +38,7 @@ mod environment;
 mod error;
 mod event;
 pub mod facts;
+mod groups;
 pub mod inventory;
 pub mod journal;
 pub mod operations;
@@ -69,6 +70,7 @@ pub use environment::{
 pub use error::{ConfigError, Place};
 pub use event::{Event, EventSink, HostStatus, HostSummary};
 pub use facts::{FactReads, Facts, FactsInput};
+pub use groups::select_hosts;
 pub use inventory::{Inventory, Owned, OwnedByOther};
 pub use paths::{AllowedPaths, refuse_nul};
 pub use pending::PendingWrites;

@@ -175,6 +175,14 @@ impl Resources {
         edges.into_iter().collect()
     }
 
+    /// The keys a step required, sorted.
+    pub(crate) fn consumed_keys(&self, step: usize) -> Vec<String> {
+        self.consumed
+            .get(&step)
+            .map(|k| k.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The keys a step provides, sorted.
     pub(crate) fn provided_by(&self, step: usize) -> BTreeSet<&str> {
         self.provided

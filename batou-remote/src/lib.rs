@@ -54,7 +54,8 @@ use crate::ssh::{SshOptions, SshSettings};
     version,
     about,
     subcommand_negates_reqs = true,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = EXAMPLES
 )]
 struct Cli {
     #[command(flatten)]
@@ -79,6 +80,27 @@ enum Command {
     Role(batou_runtime::Role),
 }
 
+/// Every verb and command with an example, after the options in `--help` and `help`.
+const EXAMPLES: &str = "\
+Examples:
+  batou-remote prod                                    deploy every host of `prod`
+  batou-remote prod --hosts 'web,!web2'                group `web` without host `web2`
+  batou-remote prod --hosts '!db1'                     every host but `db1`
+  batou-remote prod --dry-run --detailed-exitcode      exit 2 when something would change
+  batou-remote prod check                              validate offline: no host, no identity
+  batou-remote prod graph --format dot | dot -Tsvg     the plan as a picture
+  batou-remote prod service restart app --hosts web    restart `app`'s services on `web`
+  batou-remote prod releases                           each host's releases
+  batou-remote prod rollback app                       switch `app` back one release
+  batou-remote prod status                             each host: lock, last deploy, drift
+  batou-remote prod history --limit 5                  the last deploys, from the journals
+  batou-remote prod exec --timeout 30s -- uptime       run a program on every host
+  batou-remote prod lock acquire -m \"release freeze\"  freeze deploys (`lock release`)
+  batou-remote prod --prune                            remove what the environment dropped
+  batou-remote deploy secrets                          an environment named like a command
+  batou-remote secrets edit prod                       edit the environment's secrets
+  batou-remote completions bash                        shell completions (also `man DIR`)";
+
 /// The options of a deploy.
 #[derive(Debug, clap::Args)]
 struct Args {
@@ -90,6 +112,10 @@ struct Args {
     /// Report what would change without changing anything on any host.
     #[arg(long)]
     dry_run: bool,
+    /// With `--dry-run`: exit 2 when some root component would change, 0 when none would
+    /// (a wrong command line then exits 64, not 2).
+    #[arg(long, requires = "dry_run")]
+    detailed_exitcode: bool,
     /// Print one JSON event per line on stdout instead of human output on stderr.
     #[arg(long)]
     json: bool,
@@ -105,13 +131,27 @@ struct Args {
     /// on their hosts (with `--dry-run`: show what would be removed).
     #[arg(long)]
     prune: bool,
-    /// Deploy only these hosts, or run a verb only on them (comma-separated).
-    #[arg(long, value_delimiter = ',')]
+    /// Deploy only these hosts, or run a verb only on them: host and group names,
+    /// comma-separated; `!NAME` leaves a host or group out (`--hosts web,!web2`; `--hosts
+    /// '!db1'` alone means every host but `db1`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "HOSTS",
+        allow_hyphen_values = true
+    )]
     hosts: Option<Vec<String>>,
     /// With the `rollback` verb: the release to switch to (default: the one before the
     /// current one).
     #[arg(long, value_name = "ID")]
     to: Option<String>,
+    /// With the `graph` verb: text for people, or Graphviz DOT.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    format: Option<batou_runtime::graph::Format>,
+    /// With the `check` and `graph` verbs: hosts' platform facts, a JSON object of host
+    /// name to facts, for environments whose configure reads them.
+    #[arg(long, value_name = "FILE")]
+    facts: Option<PathBuf>,
     /// Accept and record the keys of hosts not yet in known_hosts (changed keys are refused).
     #[arg(long)]
     accept_new_host_keys: bool,
@@ -155,14 +195,19 @@ pub struct Settings {
     pub output: Output,
     /// `--dry-run`: report what would change, change nothing.
     pub dry_run: bool,
+    /// `--detailed-exitcode`: a dry run that predicts changes exits 2.
+    pub detailed_exitcode: bool,
     /// `--keep-going`: after a failure, go on with whatever does not depend on it.
     pub keep_going: bool,
     /// `--prune`: remove what orphaned root components and removed hosts created.
     pub prune: bool,
     /// `--jobs`, which overrides the environment's `jobs`.
     pub jobs: Option<usize>,
-    /// `--hosts`: deploy only these hosts.
+    /// The hosts to deploy (or run a verb on) when not all of them: `--hosts` resolved
+    /// against the plan, which `run` does before anything uses it (`None` until then).
     pub hosts: Option<BTreeSet<String>>,
+    /// `--hosts` as given: host and group names and `!` exclusions, in order.
+    pub select: Option<Vec<String>>,
     /// `--identity`, which overrides `$BATOU_IDENTITY` and the default identity files.
     pub identity: Option<PathBuf>,
     /// Longest silence accepted from an agent (it sends heartbeats while working).
@@ -175,6 +220,17 @@ pub struct Settings {
     pub release: Option<ReleaseCommand>,
     /// `status`, `history`, `exec` or `lock` instead of a deploy.
     pub operation: Option<batou_runtime::verb::Operation>,
+    /// The `check` or `graph` verb instead of a deploy: nothing is contacted.
+    pub offline: Option<OfflineVerb>,
+}
+
+/// An offline verb with its options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineVerb {
+    /// `graph` (with its format) rather than `check`.
+    pub graph: Option<batou_runtime::graph::Format>,
+    /// `--facts FILE`.
+    pub facts: Option<PathBuf>,
 }
 
 impl Settings {
@@ -208,7 +264,7 @@ impl Settings {
 /// Entry point of the stock binary, which is also the agent (and the planner) for
 /// deployment repositories without component types of their own.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| batou_runtime::exit_usage(e));
     let args = match cli.command {
         Some(Command::Role(role)) => return role.serve(|_| {}),
         Some(Command::Secrets { args }) => return batou_runtime::secrets_main(args),
@@ -224,7 +280,7 @@ pub fn main() -> ExitCode {
         Ok(settings) => Ok(settings),
         // A wrong verb is a usage error, worded and with the exit code of clap's own.
         Err(err) => match err.downcast::<clap::Error>() {
-            Ok(usage) => usage.exit(),
+            Ok(usage) => batou_runtime::exit_usage(usage),
             Err(err) => Err(err),
         },
     };
@@ -239,26 +295,60 @@ pub fn main() -> ExitCode {
 }
 
 fn settings(args: Args) -> anyhow::Result<Settings> {
-    let (service, release, operation) =
-        match batou_runtime::verb::parse_verb("batou-remote", &args.verb)? {
-            None => (None, None, None),
-            Some(Verb::Service(s)) => (Some(s), None, None),
-            Some(Verb::Releases(r)) => (None, Some(r), None),
-            Some(Verb::Operation(o)) => (None, None, Some(o)),
-        };
-    // The verbs' options belong to their verb (and are refused without it).
-    let usage = |message: String| -> anyhow::Error {
+    let verb = batou_runtime::verb::parse_verb("batou-remote", &args.verb)?;
+    let offline = match &verb {
+        Some(Verb::Check) => Some(OfflineVerb {
+            graph: None,
+            facts: args.facts.clone(),
+        }),
+        Some(Verb::Graph) => Some(OfflineVerb {
+            graph: Some(args.format.unwrap_or_default()),
+            facts: args.facts.clone(),
+        }),
+        _ => None,
+    };
+    let conflict = |message: String| -> anyhow::Error {
         use clap::CommandFactory;
         Cli::command()
             .error(clap::error::ErrorKind::ArgumentConflict, message)
             .into()
     };
+    if args.format.is_some() && offline.as_ref().is_none_or(|o| o.graph.is_none()) {
+        return Err(conflict(
+            "`--format` applies to the `graph` verb only".into(),
+        ));
+    }
+    if args.facts.is_some() && offline.is_none() {
+        return Err(conflict(
+            "`--facts` applies to the `check` and `graph` verbs only".into(),
+        ));
+    }
+    if offline.is_some() {
+        for (given, flag) in [
+            (args.dry_run, "--dry-run"),
+            (args.keep_going, "--keep-going"),
+            (args.hosts.is_some(), "--hosts"),
+        ] {
+            if given {
+                return Err(conflict(format!(
+                    "`{flag}` does not apply to `check` and `graph`, which contact no host and take every one"
+                )));
+            }
+        }
+    }
+    let (service, release, operation) = match verb {
+        None | Some(Verb::Check) | Some(Verb::Graph) => (None, None, None),
+        Some(Verb::Service(s)) => (Some(s), None, None),
+        Some(Verb::Releases(r)) => (None, Some(r), None),
+        Some(Verb::Operation(o)) => (None, None, Some(o)),
+    };
+    // The verbs' options belong to their verb (and are refused without it).
     let operation = match operation {
-        Some(o) => Some(o.with(&args.operation).map_err(usage)?),
+        Some(o) => Some(o.with(&args.operation).map_err(conflict)?),
         None => {
             batou_runtime::verb::Operation::Status
                 .with(&args.operation)
-                .map_err(usage)?;
+                .map_err(conflict)?;
             None
         }
     };
@@ -322,10 +412,12 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         json: args.json,
         output: args.output.resolve(),
         dry_run: args.dry_run,
+        detailed_exitcode: args.detailed_exitcode,
         keep_going: args.keep_going,
         prune: args.prune,
         jobs: args.jobs,
-        hosts: args.hosts.map(|h| h.into_iter().collect()),
+        hosts: None,
+        select: args.hosts,
         identity: args.identity,
         agent_timeout: seconds(args.agent_timeout, "agent-timeout")?,
         ssh: SshSettings {
@@ -338,6 +430,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         service,
         release,
         operation,
+        offline,
     })
 }
 
@@ -351,12 +444,19 @@ fn whole_seconds(d: Duration) -> Duration {
 /// Once the plan is built, this takes SIGINT and SIGTERM over for the rest of the process
 /// (see `watch_signals`): the first stops the run in order, the second at once.
 pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
+    if let Some(verb) = &settings.offline {
+        return offline(settings, verb);
+    }
     let (mut plan, agent_path) = plan(settings)?;
     for line in batou_runtime::generated_lines(&plan.environment, &plan.generated, settings.dry_run)
     {
         eprintln!("{line}");
     }
-    check_hosts(&plan, settings)?;
+    // From here on `--hosts` holds host names only: groups and exclusions are resolved.
+    let settings = &Settings {
+        hosts: check_hosts(&plan, settings)?,
+        ..settings.clone()
+    };
     // Which hosts and services a verb acts on is checked before any connection, too.
     let targets = match &settings.service {
         Some(command) => Some(verbs::targets(&plan, settings.hosts.as_ref(), command)?),
@@ -482,7 +582,69 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     {
         warn(format!("{e:#}"));
     }
-    Ok(report.exit)
+    Ok(if settings.detailed_exitcode {
+        report.exit.detailed(&report.hosts)
+    } else {
+        report.exit
+    })
+}
+
+/// `check` or `graph`: in process with the library's component types, or, when the
+/// deployment repository has its own, by the project's binary (its own `check` or `graph`,
+/// whose output and exit status pass through). No host is contacted either way.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the project's binary runs in the foreground with this terminal, like a hand-over"
+)]
+fn offline(settings: &Settings, verb: &OfflineVerb) -> anyhow::Result<Exit> {
+    batou_core::check_name(&settings.environment)?;
+    if let Some(binary) = batou_runtime::handover::build_if_package(&settings.project)? {
+        let mut command = std::process::Command::new(&binary);
+        command
+            .arg(&settings.environment)
+            .arg(if verb.graph.is_some() {
+                "graph"
+            } else {
+                "check"
+            })
+            .arg("--project")
+            .arg(&settings.project);
+        if let Some(format) = verb.graph {
+            use clap::ValueEnum;
+            let name = format
+                .to_possible_value()
+                .expect("formats have names")
+                .get_name()
+                .to_string();
+            command.arg("--format").arg(name);
+        }
+        if let Some(facts) = &verb.facts {
+            command.arg("--facts").arg(std::path::absolute(facts)?);
+        }
+        if settings.json {
+            command.arg("--json");
+        }
+        let status = command
+            .status()
+            .with_context(|| format!("cannot run the project's binary `{}`", binary.display()))?;
+        return Ok(match status.code() {
+            Some(0) => Exit::Success,
+            Some(3) => Exit::InvalidConfiguration,
+            Some(2) => Exit::Usage,
+            _ => Exit::DeployFailed,
+        });
+    }
+    let registry = batou_runtime::registry(|_| {});
+    let offline = batou_runtime::offline::Offline {
+        project: settings.project.clone(),
+        environment: settings.environment.clone(),
+        facts: verb.facts.clone(),
+        json: settings.json,
+    };
+    match verb.graph {
+        Some(format) => batou_runtime::offline::graph(&offline, &registry, format),
+        None => batou_runtime::offline::check(&offline, &registry),
+    }
 }
 
 /// The signals that stop a run: SIGINT (Ctrl-C) and SIGTERM.
@@ -525,7 +687,7 @@ async fn watch_signals(
     eprintln!("{second} again: stopping at once; the hosts' state is unknown");
     masters.terminate_all();
     let _ = std::fs::remove_dir_all(&control_dir);
-    std::process::exit(i32::from(Exit::Interrupted as u8));
+    std::process::exit(i32::from(Exit::Interrupted.code()));
 }
 
 /// How long a project's binary may take to print its plan (configure only: it was built
@@ -715,8 +877,9 @@ fn next_plan(
     }
 }
 
-/// The plan must have hosts, and `--hosts` must name hosts of the plan.
-fn check_hosts(plan: &RemotePlan, settings: &Settings) -> Result<(), ConfigError> {
+/// The plan must have hosts, and `--hosts` must select hosts of the plan: the hosts it
+/// names, with its groups and exclusions resolved (`None`: every host).
+fn check_hosts(plan: &RemotePlan, settings: &Settings) -> anyhow::Result<Option<BTreeSet<String>>> {
     if plan.hosts.is_empty() {
         // The same error as `batou-local`'s.
         return Err(
@@ -725,24 +888,27 @@ fn check_hosts(plan: &RemotePlan, settings: &Settings) -> Result<(), ConfigError
                     "environments/{}.toml",
                     plan.environment
                 )))
-                .hint("add a `[hosts.<name>]` table with `components = [...]`"),
+                .hint("add a `[hosts.<name>]` table with `components = [...]`")
+                .into(),
         );
     }
-    let Some(hosts) = &settings.hosts else {
-        return Ok(());
+    let Some(words) = &settings.select else {
+        return Ok(None);
     };
+    // The groups are the environment file's; a project's binary plans without them, so they
+    // are read here (the file only: no component type is needed to read groups).
+    let environment = batou_core::Environment::load(
+        &settings.project,
+        &settings.environment,
+        &batou_core::Registry::any_type(),
+    )?;
     let known: Vec<&str> = plan.hosts.iter().map(|h| h.name.as_str()).collect();
-    for host in hosts {
-        if !known.contains(&host.as_str()) {
-            return Err(ConfigError::new(format!(
-                "unknown host `{host}` in `--hosts` for environment `{}`",
-                plan.environment
-            ))
-            .suggest(host, known.iter().copied())
-            .hint(format!("hosts with components: {}", known.join(", "))));
-        }
-    }
-    Ok(())
+    Ok(Some(batou_core::select_hosts(
+        &plan.environment,
+        &known,
+        &environment.groups,
+        words,
+    )?))
 }
 
 /// Who is deploying, for host locks and journals.
@@ -811,10 +977,8 @@ mod tests {
         assert_eq!(s.environment, "prod");
         assert_eq!(s.project, PathBuf::from("/srv/deployment"));
         assert!(s.dry_run && !s.keep_going && !s.json);
-        assert_eq!(
-            s.hosts,
-            Some(BTreeSet::from(["web1".to_string(), "web2".to_string()]))
-        );
+        assert_eq!(s.select, Some(vec!["web2".to_string(), "web1".to_string()]));
+        assert_eq!(s.hosts, None, "resolved against the plan, later");
         assert_eq!(s.agent_timeout, Duration::from_millis(1500));
         assert_eq!(s.ssh.connect_timeout, Duration::from_secs(1));
         assert_eq!(s.ssh.keepalive, Duration::from_secs(5));

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use batou_core::ConfigError;
 
-/// How a run ended.
+/// How a run ended. The process's exit status is [`Exit::code`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// Everything converged (or, in a dry run, was predicted).
@@ -25,6 +25,32 @@ pub enum Exit {
     Unreachable = 7,
     /// The run was interrupted (SIGINT or SIGTERM) and stopped before it was done.
     Interrupted = 130,
+    /// `--dry-run --detailed-exitcode`: the prediction completed and some host would change
+    /// (exit status 2, terraform's convention, which `Usage` has too, so that its code is
+    /// given by [`Exit::code`]; a wrong command line then exits 64 instead).
+    ChangesPending,
+}
+
+/// The exit status of a wrong command line when `--detailed-exitcode` is given: `EX_USAGE`
+/// of sysexits.h, so that 2 means pending changes and nothing else.
+pub const DETAILED_USAGE: u8 = 64;
+
+/// Ends the process for a wrong command line: clap's own message and status (2), or, when
+/// the command line asks for `--detailed-exitcode`, [`DETAILED_USAGE`] (help and version
+/// requests exit 0 as always).
+pub fn exit_usage(err: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    let asked = std::env::args_os().any(|a| a == "--detailed-exitcode");
+    if !asked
+        || matches!(
+            err.kind(),
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+        )
+    {
+        err.exit()
+    }
+    let _ = err.print();
+    std::process::exit(i32::from(DETAILED_USAGE))
 }
 
 /// An error found before any host was deployed that ends the run with `exit` rather than
@@ -57,6 +83,28 @@ impl Exit {
         }
     }
 
+    /// The process's exit status.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::ChangesPending => 2,
+            other => other as u8,
+        }
+    }
+
+    /// With `--dry-run --detailed-exitcode`: a completed prediction (`exit` is success) in
+    /// which some host would change ends with [`Exit::ChangesPending`]; anything else ends
+    /// as it is.
+    pub fn detailed(self, hosts: &[batou_core::HostSummary]) -> Exit {
+        let pending = hosts
+            .iter()
+            .any(|h| h.status == batou_core::HostStatus::Changed);
+        if self == Exit::Success && pending {
+            Exit::ChangesPending
+        } else {
+            self
+        }
+    }
+
     /// A stable name for JSON output.
     pub fn name(self) -> &'static str {
         match self {
@@ -69,6 +117,7 @@ impl Exit {
             Exit::Timeout => "timeout",
             Exit::Unreachable => "unreachable",
             Exit::Interrupted => "interrupted",
+            Exit::ChangesPending => "changes_pending",
         }
     }
 
@@ -86,6 +135,7 @@ impl Exit {
                 Exit::LockHeld => 3,
                 Exit::Unreachable => 2,
                 Exit::Usage => 1,
+                Exit::ChangesPending => 0,
                 Exit::Success => 0,
             }
         }
@@ -99,6 +149,6 @@ impl Exit {
 
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> ExitCode {
-        ExitCode::from(exit as u8)
+        ExitCode::from(exit.code())
     }
 }

@@ -11,6 +11,8 @@
 //! - the scheduler of runs across hosts ([`scheduler`]), exit codes ([`Exit`]), the error
 //!   printer ([`print_error`]) and the `secrets` commands ([`secrets`]);
 //! - the `service` verbs' command line and summary ([`verb`]), which both commands share;
+//! - the offline verbs `check` and `graph` ([`offline`], [`graph`]): the whole environment
+//!   configured with no host contacted and no identity;
 //! - shell completions and man pages from the clap definitions ([`completions`]), and
 //!   `init`, which creates a deployment repository ([`init`]).
 //!
@@ -30,10 +32,12 @@ pub mod agent;
 pub mod completions;
 mod exit;
 pub mod facts;
+pub mod graph;
 pub mod handover;
 pub mod init;
 pub mod inventory;
 mod local;
+pub mod offline;
 pub mod operations;
 pub mod output_args;
 mod planning;
@@ -48,7 +52,7 @@ use std::process::ExitCode;
 
 use batou_core::Registry;
 
-pub use exit::{Exit, ExitError};
+pub use exit::{DETAILED_USAGE, Exit, ExitError, exit_usage};
 pub use local::{Settings, find_project, run};
 pub use planning::{
     Loaded, Planned, generated_lines, identity_source, load_environment, remote_plan,

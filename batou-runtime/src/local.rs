@@ -15,6 +15,17 @@ use clap::{Parser, Subcommand};
 use crate::output_args::{Output, OutputArgs};
 use crate::scheduler::{Action, Report, Scheduler, SchedulerOptions};
 use crate::verb::{ReleaseCommand, ServiceCommand, Verb};
+
+/// `clap::Error::exit` with the exit status of [`crate::exit_usage`].
+trait ExitUsage {
+    fn exit_usage(self) -> !;
+}
+
+impl ExitUsage for clap::Error {
+    fn exit_usage(self) -> ! {
+        crate::exit_usage(self)
+    }
+}
 use crate::{
     Exit, Role, handover, identity_source, load_environment, print_error, registry, secrets_main,
 };
@@ -37,7 +48,8 @@ use crate::{
     name = "batou-local",
     version,
     subcommand_negates_reqs = true,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = EXAMPLES
 )]
 struct Cli {
     #[command(flatten)]
@@ -64,6 +76,26 @@ enum Command {
     Role(Role),
 }
 
+/// Every verb and command with an example, after the options in `--help` and `help`.
+const EXAMPLES: &str = "\
+Examples:
+  batou-local dev                                  converge environment `dev` on this machine
+  batou-local dev --dry-run                        show what would change, change nothing
+  batou-local dev --dry-run --detailed-exitcode    ... and exit 2 when something would change
+  batou-local dev check                            validate offline: every host, every error
+  batou-local dev graph --format dot | dot -Tsvg   the plan as a picture
+  batou-local dev service status                   the services of the root components
+  batou-local dev service restart web              restart the services of root `web`
+  batou-local dev releases                         the releases and which is current
+  batou-local dev rollback app --to <ID>           switch `app` back to an earlier release
+  batou-local dev status                           this machine: freeze, last deploy, drift
+  batou-local dev lock acquire -m \"db migration\"   freeze converges of this base_dir
+  batou-local dev --prune                          remove what dropped root components made
+  batou-local deploy secrets                       an environment named like a command
+  batou-local secrets edit dev                     edit the environment's secrets
+  batou-local init my-deployment                   a new deployment repository
+  batou-local completions bash                     shell completions (also `man DIR`)";
+
 /// The options of a converge.
 #[derive(Debug, clap::Args)]
 struct Args {
@@ -82,6 +114,10 @@ struct Args {
     /// created there (with `--dry-run`: show what would be removed).
     #[arg(long)]
     prune: bool,
+    /// With `--dry-run`: exit 2 when some root component would change, 0 when none would
+    /// (a wrong command line then exits 64, not 2).
+    #[arg(long, requires = "dry_run")]
+    detailed_exitcode: bool,
     /// Print one JSON event per line on stdout instead of human output on stderr.
     #[arg(long)]
     json: bool,
@@ -105,6 +141,13 @@ struct Args {
     to: Option<String>,
     #[command(flatten)]
     lock: crate::verb::LockArgs,
+    /// With the `graph` verb: text for people, or Graphviz DOT.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    format: Option<crate::graph::Format>,
+    /// With the `check` and `graph` verbs: hosts' platform facts, a JSON object of host
+    /// name to facts, for environments whose configure reads them.
+    #[arg(long, value_name = "FILE")]
+    facts: Option<PathBuf>,
 }
 
 /// What a run was asked to do, resolved from the command line.
@@ -118,6 +161,8 @@ pub struct Settings {
     pub dry_run: bool,
     /// `--prune`: remove what orphaned root components created.
     pub prune: bool,
+    /// `--detailed-exitcode`: a dry run that predicts changes exits 2.
+    pub detailed_exitcode: bool,
     /// Whether events go to stdout as JSON lines instead of the human renderer.
     pub json: bool,
     /// How human output looks: colour, verbosity, diffs.
@@ -134,10 +179,16 @@ pub struct Settings {
     pub release: Option<ReleaseCommand>,
     /// `status` or `lock` on this machine's `base_dir` instead of a converge.
     pub operation: Option<crate::verb::Operation>,
+    /// The `check` verb (offline validation) instead of a converge.
+    pub check: bool,
+    /// The `graph` verb and its format instead of a converge.
+    pub graph: Option<crate::graph::Format>,
+    /// `--facts FILE` for `check` and `graph`.
+    pub facts: Option<PathBuf>,
 }
 
 pub(crate) fn run_main(register: impl Fn(&mut Registry), stock: bool) -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| crate::exit_usage(e));
     match cli.command {
         Some(Command::Role(role)) => role.serve(register),
         Some(Command::Secrets { args }) => secrets_main(args),
@@ -199,6 +250,18 @@ fn run_local(args: Args, register: impl FnOnce(&mut Registry), stock: bool) -> E
 /// Once the plan is built, this takes SIGINT and SIGTERM over for the rest of the process
 /// (see `watch_signals`): the first stops the converge after the running root component.
 pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
+    if settings.check || settings.graph.is_some() {
+        let offline = crate::offline::Offline {
+            project: settings.project.clone(),
+            environment: settings.environment.clone(),
+            facts: settings.facts.clone(),
+            json: settings.json,
+        };
+        return match settings.graph {
+            Some(format) => crate::offline::graph(&offline, registry, format),
+            None => crate::offline::check(&offline, registry),
+        };
+    }
     let loaded = load_environment(
         &settings.project,
         &settings.environment,
@@ -275,7 +338,7 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
     if !settings.dry_run {
         crate::releases::store_locally(&plan, &host, &base_dir, sink.as_mut())?;
     }
-    let exit = converge_here(
+    let outcome = converge_here(
         &mut plan,
         &host,
         Here {
@@ -287,7 +350,11 @@ pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<Exit> {
         sink.as_mut(),
     );
     drop(sink);
-    Ok(exit)
+    Ok(if settings.detailed_exitcode {
+        outcome.exit.detailed(&outcome.hosts)
+    } else {
+        outcome.exit
+    })
 }
 
 /// Builds the plan; when a configure read this host's platform facts, gathers this
@@ -331,7 +398,12 @@ struct Here<'a> {
 /// so that events, the summary and the exit code are the same as for one remote host.
 /// Orphaned root components are reported (and with `--prune` removed) first, as an agent
 /// does when its host is prepared.
-fn converge_here(plan: &mut Plan, host: &str, here: Here, sink: &mut dyn EventSink) -> Exit {
+fn converge_here(
+    plan: &mut Plan,
+    host: &str,
+    here: Here,
+    sink: &mut dyn EventSink,
+) -> crate::scheduler::Outcome {
     let Here {
         dry_run,
         prune,
@@ -452,10 +524,11 @@ fn converge_here(plan: &mut Plan, host: &str, here: Here, sink: &mut dyn EventSi
     for event in events {
         sink.event(event);
     }
-    match late {
-        Some(_) => outcome.exit.worst(Exit::DeployFailed),
-        None => outcome.exit,
+    let mut outcome = outcome;
+    if late.is_some() {
+        outcome.exit = outcome.exit.worst(Exit::DeployFailed);
     }
+    outcome
 }
 
 /// How many written files at most wait for one sync.
@@ -606,7 +679,7 @@ fn watch_signals() -> anyhow::Result<&'static AtomicBool> {
             ));
             let Ok(second) = set.wait() else { return };
             say(&format!("{} again: stopping at once\n", second.as_str()));
-            std::process::exit(i32::from(Exit::Interrupted as u8));
+            std::process::exit(i32::from(Exit::Interrupted.code()));
         })
         .context("cannot start the signal thread")?;
     Ok(&INTERRUPT)
@@ -618,8 +691,33 @@ fn say(text: &str) {
 }
 
 fn settings(args: Args) -> anyhow::Result<Settings> {
-    let (service, release, operation) = match verb_of(&args.verb, args.dry_run) {
-        None => (None, None, None),
+    let verb = verb_of(&args.verb, args.dry_run);
+    let (check, graph) = (
+        verb == Some(Verb::Check),
+        (verb == Some(Verb::Graph)).then(|| args.format.unwrap_or_default()),
+    );
+    for (given, flag, applies) in [
+        (args.format.is_some(), "--format", graph.is_some()),
+        (args.facts.is_some(), "--facts", check || graph.is_some()),
+        (args.host.is_some(), "--host", !(check || graph.is_some())),
+    ] {
+        if given && !applies {
+            use clap::CommandFactory;
+            let to = match flag {
+                "--format" => "applies to the `graph` verb only",
+                "--facts" => "applies to the `check` and `graph` verbs only",
+                _ => "does not apply to `check` and `graph`, which take every host",
+            };
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!("`{flag}` {to}"),
+                )
+                .exit_usage();
+        }
+    }
+    let (service, release, operation) = match verb {
+        None | Some(Verb::Check) | Some(Verb::Graph) => (None, None, None),
         Some(Verb::Service(s)) => (Some(s), None, None),
         Some(Verb::Releases(r)) => (None, Some(r), None),
         Some(Verb::Operation(o)) => (None, None, Some(o)),
@@ -652,7 +750,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
                 clap::error::ErrorKind::ArgumentConflict,
                 "`--to` applies to the `rollback` verb only",
             )
-            .exit();
+            .exit_usage();
     }
     let release = release.map(|r| ReleaseCommand {
         to: args.to.clone(),
@@ -679,6 +777,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         host: args.host,
         dry_run: args.dry_run,
         prune: args.prune,
+        detailed_exitcode: args.detailed_exitcode,
         json: args.json,
         output: args.output.resolve(),
         project,
@@ -687,6 +786,9 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         service,
         release,
         operation,
+        check,
+        graph,
+        facts: args.facts,
     })
 }
 
@@ -702,19 +804,21 @@ fn usage(message: &str) -> ! {
 /// wrong word on the command line.
 fn verb_of(words: &[String], dry_run: bool) -> Option<Verb> {
     use clap::CommandFactory;
-    let command = crate::verb::parse_verb("batou-local", words).unwrap_or_else(|e| e.exit());
+    let command =
+        crate::verb::parse_verb("batou-local", words).unwrap_or_else(|e| crate::exit_usage(e));
     if let (Some(verb), true) = (&command, dry_run) {
         let which = match verb {
             Verb::Service(_) => "`service`",
             Verb::Releases(_) => "`releases` and `rollback`",
             Verb::Operation(_) => "`status`, `history`, `exec` and `lock`",
+            Verb::Check | Verb::Graph => "`check` and `graph`",
         };
         Cli::command()
             .error(
                 clap::error::ErrorKind::ArgumentConflict,
                 format!("`--dry-run` does not apply to the {which} verbs"),
             )
-            .exit();
+            .exit_usage();
     }
     command
 }

@@ -186,8 +186,15 @@ pub fn host_state(plan: &mut Plan, host: &str, state: &Path) -> anyhow::Result<H
     };
     for &step in &order {
         let root = plan.steps()[step].root.clone();
-        let report =
-            batou_core::converge_step(plan, step, ConvergeOptions { dry_run: true, ..Default::default() }, &mut Discard);
+        let report = batou_core::converge_step(
+            plan,
+            step,
+            ConvergeOptions {
+                dry_run: true,
+                ..Default::default()
+            },
+            &mut Discard,
+        );
         match report.outcome {
             RootOutcome::Changed => {
                 drift.components += report.changed.len();

@@ -183,13 +183,7 @@ pub fn load_environment(
         let recipients = crate::secrets::read_recipients(project, name).with_context(|| {
             format!("cannot store the generated secrets of environment `{name}`")
         })?;
-        let data = batou_core::secrets::encrypt(&text, &recipients)?;
-        let path = project.join(&relative);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create `{}`", dir.display()))?;
-        }
-        batou_components::write_atomic(&path, &data, 0o644, None, None)
+        crate::secrets::store_secrets(project, name, &text, &recipients)
             .with_context(|| format!("cannot store the generated secrets in `{relative}`"))?;
     }
     let mut environment = Environment::load(project, name, registry)?;

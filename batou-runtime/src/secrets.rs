@@ -65,6 +65,9 @@ enum Command {
         #[arg(required = true, value_name = "KEY")]
         keys: Vec<String>,
     },
+    /// Write `secrets/<ENV>.names` again from the decrypted secrets: the names `check` reads
+    /// without an identity (every command that writes the secrets writes it too).
+    Index { environment: String },
     /// Remove a recipient, by key or by its comment, and re-encrypt.
     RemoveRecipient {
         environment: String,
@@ -156,10 +159,42 @@ impl Repo {
         Ok(names)
     }
 
+    /// Encrypts `text` into `path`; when that is the secrets file, its names index too.
     fn encrypt_to(&self, path: &Path, text: &str, recipients: &[Recipient]) -> anyhow::Result<()> {
+        if path == self.secrets() {
+            return store_secrets(&self.root, &self.environment, text, recipients);
+        }
         let data = secrets::encrypt(text, recipients)?;
         write_atomic(path, &data, 0o644)
     }
+}
+
+/// Encrypts `text` to `recipients` as `secrets/<env>.age` and writes its names index
+/// `secrets/<env>.names` beside it (both atomically, the secrets first), so that `check`
+/// never sees an index older than the secrets without saying so.
+pub(crate) fn store_secrets(
+    root: &Path,
+    environment: &str,
+    text: &str,
+    recipients: &[Recipient],
+) -> anyhow::Result<()> {
+    let data = secrets::encrypt(text, recipients)?;
+    let relative = secrets_path(environment);
+    let path = root.join(&relative);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create `{}`", dir.display()))?;
+    }
+    write_atomic(&path, &data, 0o644).with_context(|| format!("cannot write `{relative}`"))?;
+    write_index(root, environment, text, &data)
+}
+
+/// Writes `secrets/<env>.names` for the cleartext `text` whose encrypted form is `data`.
+fn write_index(root: &Path, environment: &str, text: &str, data: &[u8]) -> anyhow::Result<()> {
+    let index = secrets::index_text(environment, text, data)?;
+    let relative = secrets::index_path(environment);
+    write_atomic(&root.join(&relative), index.as_bytes(), 0o644)
+        .with_context(|| format!("cannot write `{relative}`"))
 }
 
 /// The recipients of `environment`'s secrets, from `secrets/<env>.recipients`: an error with
@@ -218,6 +253,7 @@ fn run(args: Args) -> anyhow::Result<Exit> {
             values,
         } => show(&repo(environment)?, *values),
         Command::AddRecipient { environment, keys } => add_recipients(&repo(environment)?, keys),
+        Command::Index { environment } => index(&repo(environment)?),
         Command::RemoveRecipient {
             environment,
             recipient,
@@ -340,6 +376,21 @@ fn show(repo: &Repo, values: bool) -> anyhow::Result<Exit> {
     for name in parsed.names() {
         println!("{name}");
     }
+    Ok(Exit::Success)
+}
+
+fn index(repo: &Repo) -> anyhow::Result<Exit> {
+    let data = std::fs::read(repo.secrets())
+        .with_context(|| format!("cannot read `{}`", secrets_path(&repo.environment)))?;
+    let text = repo.decrypt(&repo.secrets())?;
+    // Checked like an edit, so that an index never describes secrets that do not validate.
+    let names = repo.validate(&text)?;
+    write_index(&repo.root, &repo.environment, &text, &data)?;
+    eprintln!(
+        "wrote `{}`: {} secret name(s)",
+        secrets::index_path(&repo.environment),
+        names.len()
+    );
     Ok(Exit::Success)
 }
 

@@ -1,8 +1,9 @@
 //! Verbs on an environment other than a deploy: `<ENVIRONMENT> service
 //! status|start|stop|restart [COMPONENT...]`, `<ENVIRONMENT> releases [COMPONENT...]` and
-//! `<ENVIRONMENT> rollback [COMPONENT...]` (with `--to <ID>`), and the operator's verbs
+//! `<ENVIRONMENT> rollback [COMPONENT...]` (with `--to <ID>`), the operator's verbs
 //! `status`, `history`, `exec -- ARGV...` and `lock acquire|release|status` (with
-//! [`OperationArgs`]), shared by `batou-local` and `batou-remote`.
+//! [`OperationArgs`]), and the offline `<ENVIRONMENT> check` and `<ENVIRONMENT> graph`
+//! (`crate::offline`), shared by `batou-local` and `batou-remote`.
 //!
 //! The environment comes first and the verb after it, so that no verb takes away an
 //! environment's name: `batou-remote service` deploys the environment `service`, and
@@ -29,6 +30,10 @@ pub enum Verb {
     Service(ServiceCommand),
     /// `releases [COMPONENT]...` or `rollback [COMPONENT]...`.
     Releases(ReleaseCommand),
+    /// `check`: validate the environment offline (see `crate::offline`).
+    Check,
+    /// `graph`: print the plan (`--format text|dot`).
+    Graph,
     /// `status`, `history`, `exec -- ARGV...` or `lock acquire|release|status`, with the
     /// options of [`OperationArgs`] still to be added ([`Operation::with`]).
     Operation(Operation),
@@ -194,6 +199,12 @@ enum VerbLine {
     /// Switch back to the release before the current one (or `--to <ID>`) in one step:
     /// no build, no upload; restart the services that watch it and check their health.
     Rollback(Releases),
+    /// Validate the environment offline, for CI: configure every host, resolve resources,
+    /// render templates, check the secrets' names; no host is contacted, no identity needed.
+    Check,
+    /// Print the plan: hosts, root components, resources provided and required, the order
+    /// (`--format dot` for Graphviz).
+    Graph,
     /// Show each host: reachable, frozen, locked, last deploy, services, releases, drift.
     Status,
     /// Show the environment's deploys, merged from the hosts' journals (`--limit N`).
@@ -295,6 +306,8 @@ pub fn parse_verb(program: &str, words: &[String]) -> Result<Option<Verb>, clap:
             };
             return operation(Operation::Lock { verb, reason: None });
         }
+        VerbLine::Check => return Ok(Some(Verb::Check)),
+        VerbLine::Graph => return Ok(Some(Verb::Graph)),
         VerbLine::Releases(r) => {
             return Ok(Some(Verb::Releases(ReleaseCommand {
                 rollback: false,
@@ -423,7 +436,7 @@ pub fn release_summary(reports: &[ReleaseReport]) -> (HostStatus, String) {
 }
 
 /// The help of the `VERB` words, for a command's `--help`.
-pub const VERB_HELP: &str = "A verb instead of a deploy, after the environment: `service status|start|stop|restart [COMPONENT]...` controls the services of the named root components (default: every one with a service); `releases [COMPONENT]...` lists the releases; `rollback [COMPONENT]...` switches back to the previous release (or `--to <ID>`); `status` shows each host; `history` its deploys and `exec -- ARGV...` runs a program (`batou-remote` only); `lock acquire -m REASON|release|status` freezes deploys (see docs/operations.md)";
+pub const VERB_HELP: &str = "A verb instead of a deploy, after the environment: `service status|start|stop|restart [COMPONENT]...` controls the services of the named root components (default: every one with a service); `releases [COMPONENT]...` lists the releases; `rollback [COMPONENT]...` switches back to the previous release (or `--to <ID>`); `status` shows each host; `history` its deploys and `exec -- ARGV...` runs a program (`batou-remote` only); `lock acquire -m REASON|release|status` freezes deploys (see docs/operations.md); `check` validates the environment offline (no host contacted, no identity needed); `graph` prints the hosts, steps, resources and their order as text or Graphviz DOT (`--format text|dot`)";
 
 /// A host's line in the summary after a `service` verb: failed when any service failed,
 /// changed when the verb changed any, unchanged otherwise (`status` changes nothing); the
@@ -522,6 +535,14 @@ mod tests {
             }))
         );
         assert!(parse_verb("batou-remote", &words("exec")).is_err());
+        assert_eq!(
+            parse_verb("batou-local", &words("check")).unwrap(),
+            Some(Verb::Check)
+        );
+        assert_eq!(
+            parse_verb("batou-local", &words("graph")).unwrap(),
+            Some(Verb::Graph)
+        );
         let err = parse_verb("batou-local", &words("service reload")).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::InvalidSubcommand);
         let err = parse_verb("batou-local", &words("servce status")).unwrap_err();

@@ -102,7 +102,7 @@ fn shown(event: &Event, verbosity: Verbosity) -> bool {
         Event::Pruned { action, .. } => {
             verbosity > Verbosity::Quiet || *action == crate::inventory::PruneAction::Failed
         }
-        | Event::ExecFinished { .. } => verbosity > Verbosity::Quiet,
+        Event::ExecFinished { .. } => verbosity > Verbosity::Quiet,
         // What the operator's verbs were asked for.
         Event::Output { .. }
         | Event::HostState { .. }

@@ -518,7 +518,7 @@ mod tests {
                 | Event::Orphaned { .. }
                 | Event::Pruned { .. }
                 | Event::HostOrphaned { .. } => {}
-                | Event::Output { .. }
+                Event::Output { .. }
                 | Event::ExecFinished { .. }
                 | Event::HostState { .. }
                 | Event::Deploy { .. }

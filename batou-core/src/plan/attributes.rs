@@ -154,6 +154,7 @@ pub(super) fn check_unassigned(
     attributes: &BTreeMap<String, MergedAttributes<'_>>,
     registry: &Registry,
     templates: &Templates,
+    errors: &super::Errors,
 ) -> Result<(), ConfigError> {
     let assigned: std::collections::BTreeSet<&String> = environment
         .hosts
@@ -177,15 +178,19 @@ pub(super) fn check_unassigned(
             e.message = format!("{} (`{name}` is not assigned to any host)", e.message);
             e
         };
-        check_decimal_modes(value, &places, &mut Vec::new(), name).map_err(unassigned)?;
-        check_templates(value, &places, &mut Vec::new(), templates, name).map_err(unassigned)?;
+        let checked = check_decimal_modes(value, &places, &mut Vec::new(), name)
+            .and_then(|()| check_templates(value, &places, &mut Vec::new(), templates, name));
+        if let Err(e) = checked {
+            errors.report(unassigned(e))?;
+            continue;
+        }
         if let Err(err) = registry.create(&def.type_name, value.clone()) {
             let mut e = places.toml_error(value, &err);
             e.message = format!("component `{name}`: {}", e.message);
             if matches!(e.place.as_deref(), None | Some(Place::Path(_))) {
                 e = e.at(place);
             }
-            return Err(unassigned(e));
+            errors.report(unassigned(e))?;
         }
     }
     Ok(())

@@ -194,6 +194,7 @@ impl Plan {
                 bundles: &bundles,
                 syntax: &job.templates,
                 facts: &facts,
+                errors: &super::Errors::first(),
             },
             Resources::fixed(job.resources.clone()),
         )?;

@@ -34,6 +34,50 @@ use crate::template::Templates;
 pub(crate) use step::Node;
 pub use step::Step;
 
+/// The message of the error a build ends with once it kept its errors (never shown: the
+/// kept errors are).
+const KEPT: &str = "the plan has configuration errors";
+
+/// Where a plan's configuration errors go: the first ends the build ([`Plan::build`]), or
+/// each is kept and the build goes on without what failed ([`Plan::check`]).
+pub(crate) struct Errors(Option<std::cell::RefCell<Vec<ConfigError>>>);
+
+impl Errors {
+    /// The first error ends the build.
+    pub(crate) fn first() -> Errors {
+        Errors(None)
+    }
+
+    fn keep() -> Errors {
+        Errors(Some(std::cell::RefCell::new(Vec::new())))
+    }
+
+    /// `Err(err)` when the first error ends the build; otherwise keeps it, and the caller
+    /// goes on without what failed.
+    pub(crate) fn report(&self, err: ConfigError) -> Result<(), ConfigError> {
+        match &self.0 {
+            None => Err(err),
+            Some(kept) => {
+                kept.borrow_mut().push(err);
+                Ok(())
+            }
+        }
+    }
+
+    /// The error that ends a build whose errors were kept.
+    pub(crate) fn kept() -> ConfigError {
+        ConfigError::new(KEPT)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|k| k.borrow().is_empty())
+    }
+
+    fn take(self) -> Vec<ConfigError> {
+        self.0.map(|k| k.into_inner()).unwrap_or_default()
+    }
+}
+
 /// The ordered steps of an environment.
 pub struct Plan {
     /// The environment the plan is for.
@@ -94,6 +138,49 @@ impl Plan {
         base_dir: &Path,
         facts: &crate::FactsInput,
     ) -> Result<Plan, ConfigError> {
+        Self::build_reporting(
+            environment,
+            registry,
+            project,
+            base_dir,
+            facts,
+            &Errors::first(),
+        )
+    }
+
+    /// Every configuration error of `environment`'s plan, not just the first: what
+    /// [`Plan::build_with_facts`] would refuse, as far as configuring can go. A root
+    /// component whose attributes, creation or configure fail is left out and the others are
+    /// configured; a step that requires what a failed one would have provided is reported as
+    /// unsatisfied, with a hint saying so. Ordering (cycles) is checked only when every step
+    /// configured. Empty when the plan builds.
+    pub fn check(
+        environment: &Environment,
+        registry: &Registry,
+        project: &Project,
+        base_dir: &Path,
+        facts: &crate::FactsInput,
+    ) -> Vec<ConfigError> {
+        let errors = Errors::keep();
+        let result =
+            Self::build_reporting(environment, registry, project, base_dir, facts, &errors);
+        let mut kept = errors.take();
+        if let Err(err) = result
+            && err.message != KEPT
+        {
+            kept.push(err);
+        }
+        kept
+    }
+
+    fn build_reporting(
+        environment: &Environment,
+        registry: &Registry,
+        project: &Project,
+        base_dir: &Path,
+        facts: &crate::FactsInput,
+        errors: &Errors,
+    ) -> Result<Plan, ConfigError> {
         let syntax = environment.settings.templates.syntax();
         let templates = Templates::with_syntax(project.clone(), &syntax);
         let secret_files = Arc::new(SecretFiles::new(
@@ -135,7 +222,7 @@ impl Plan {
                 });
             }
         }
-        check_unassigned(environment, &attributes, registry, &templates)?;
+        check_unassigned(environment, &attributes, registry, &templates, errors)?;
         let bundles = Arc::new(crate::bundle::Bundles::default());
         let allow_paths: Vec<String> = environment
             .settings
@@ -155,9 +242,14 @@ impl Plan {
                 bundles: &bundles,
                 syntax: &syntax,
                 facts,
+                errors,
             },
             Resources::default(),
         )?;
+        if !errors.is_empty() {
+            // Every step configured, but an unassigned component's table was wrong.
+            return Err(Errors::kept());
+        }
         let labels: Vec<String> = slots
             .iter()
             .map(|s| format!("{}: {}", s.host.name, s.root))
@@ -309,6 +401,28 @@ impl Plan {
         self.bundles.of_step(step)
     }
 
+    /// The resource keys `step` provides, sorted.
+    pub fn provided_keys(&self, step: usize) -> Vec<String> {
+        self.resources
+            .provided_by(step)
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The resource keys `step` requires, sorted.
+    pub fn required_keys(&self, step: usize) -> Vec<String> {
+        self.resources.consumed_keys(step)
+    }
+
+    /// The hosts of the plan with their root components in the environment's order, by name
+    /// (also hosts without any).
+    pub fn hosts(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.hosts
+            .iter()
+            .map(|(name, host)| (name.as_str(), host.components.as_slice()))
+    }
+
     /// The steps `step` watches for changes.
     pub fn watched_by(&self, step: usize) -> Vec<usize> {
         self.resources.watched_by(step)
@@ -426,6 +540,77 @@ mod tests {
             .iter()
             .map(|i| plan.steps()[*i].label())
             .collect()
+    }
+
+    fn check(toml: &str) -> Vec<String> {
+        let registry = registry();
+        let env = Environment::parse(
+            "test",
+            "environments/test.toml",
+            toml.to_string(),
+            &registry,
+        )
+        .unwrap();
+        Plan::check(
+            &env,
+            &registry,
+            &Project::new("/nonexistent"),
+            Path::new("/srv/test"),
+            &crate::FactsInput::default(),
+        )
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
+    }
+
+    #[test]
+    fn a_check_reports_every_failed_step_and_goes_on_with_the_others() {
+        let errors = check(
+            r#"
+[hosts.web1]
+components = ["app", "cache"]
+[hosts.db1]
+components = ["db"]
+[components.app]
+type = "node"
+steps = ["require:database"]
+[components.cache]
+type = "node"
+secret_file = "cache.key"
+[components.db]
+type = "node"
+stepz = ["provide:database"]
+[components.spare]
+type = "node"
+steps = 3
+"#,
+        );
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        assert!(
+            errors[0].contains("(`spare` is not assigned to any host)"),
+            "{errors:#?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("unknown field `stepz`")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("cannot configure `cache` in host `web1`")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors
+                .last()
+                .unwrap()
+                .starts_with("unsatisfied resource requirements: `web1: app` requires `database`"),
+            "the requirer of what the failed step provides: {errors:#?}"
+        );
+        // Without errors there is nothing to report, and a build agrees.
+        let good = "[hosts.a]\ncomponents = [\"x\"]\n[components.x]\ntype = \"node\"\n";
+        assert!(check(good).is_empty());
+        assert!(plan(good).is_ok());
     }
 
     #[test]

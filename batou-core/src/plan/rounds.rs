@@ -38,6 +38,9 @@ pub(super) struct Context<'a> {
     pub(super) bundles: &'a crate::bundle::Bundles,
     pub(super) syntax: &'a crate::TemplateSyntax,
     pub(super) facts: &'a crate::FactsInput,
+    /// Where errors go: the first ends configuring, or each is kept and the steps that
+    /// failed are left out while the others go on.
+    pub(super) errors: &'a super::Errors,
 }
 
 pub(super) struct Built<'a> {
@@ -120,7 +123,8 @@ pub(super) fn configure_slots<'a>(
         .collect();
     // Release roots are configured first, so that every root of their host sees their
     // paths in templates (`release`, `releases.<root>`) when its attributes are rendered.
-    let releases = release_variables(slots, cx, &scopes, &mut resources.clone())?;
+    let mut failed: BTreeSet<usize> = BTreeSet::new();
+    let releases = release_variables(slots, cx, &scopes, &mut resources.clone(), &mut failed)?;
     for scope in &mut scopes {
         if let Some(vars) = releases.get(scope.host.name.as_str()) {
             let release = (vars.len() == 1).then(|| vars.values().next().cloned());
@@ -133,27 +137,54 @@ pub(super) fn configure_slots<'a>(
     }
 
     // Attributes are rendered once per step, before any configure runs.
-    let attributes = slots
-        .iter()
-        .zip(&scopes)
-        .map(|(slot, scope)| slot.attributes.render(scope))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut attributes = Vec::with_capacity(slots.len());
+    for (step, (slot, scope)) in slots.iter().zip(&scopes).enumerate() {
+        if failed.contains(&step) {
+            attributes.push(None);
+            continue;
+        }
+        match slot.attributes.render(scope) {
+            Ok(a) => attributes.push(Some(a)),
+            Err(err) => {
+                cx.errors.report(err)?;
+                failed.insert(step);
+                attributes.push(None);
+            }
+        }
+    }
 
     let mut trees: Vec<Option<Node>> = (0..slots.len()).map(|_| None).collect();
-    let mut pending: BTreeSet<usize> = (0..slots.len()).collect();
+    let mut pending: BTreeSet<usize> = (0..slots.len()).filter(|s| !failed.contains(s)).collect();
     for _ in 0..MAX_ROUNDS {
         let before = (resources.clone(), pending.clone());
         for step in pending.clone() {
             resources.reset(step);
-            let component =
-                attributes[step].create(cx.registry, &slots[step].type_name, &scopes[step])?;
+            let created = attributes[step]
+                .as_ref()
+                .expect("pending steps rendered their attributes")
+                .create(cx.registry, &slots[step].type_name, &scopes[step]);
+            let component = match created {
+                Ok(c) => c,
+                Err(err) => {
+                    cx.errors.report(err)?;
+                    failed.insert(step);
+                    pending.remove(&step);
+                    continue;
+                }
+            };
             match configure_root(&scopes[step], &mut resources, component) {
                 Ok(tree) => {
                     trees[step] = Some(tree);
                     pending.remove(&step);
                 }
                 Err((_, err)) if err.chain().any(|c| c.is::<Unsatisfied>()) => {}
-                Err((path, err)) => return Err(configure_error(&scopes[step], path, err)),
+                Err((path, err)) => {
+                    cx.errors
+                        .report(configure_error(&scopes[step], path, err))?;
+                    resources.reset(step);
+                    failed.insert(step);
+                    pending.remove(&step);
+                }
             }
         }
         for (step, tree) in trees.iter_mut().enumerate() {
@@ -162,24 +193,41 @@ pub(super) fn configure_slots<'a>(
                 pending.insert(step);
             }
         }
+        if pending.is_empty() && !failed.is_empty() {
+            // Only when errors are kept: the caller has them.
+            return Err(super::Errors::kept());
+        }
         if pending.is_empty() {
             return Ok(Built {
                 trees: trees
                     .into_iter()
                     .map(|t| t.expect("every step is configured once the plan settled"))
                     .collect(),
-                attributes,
+                attributes: attributes
+                    .into_iter()
+                    .map(|a| a.expect("every step rendered its attributes"))
+                    .collect(),
                 resources,
             });
         }
         if (resources.clone(), pending.clone()) == before {
-            return Err(unsatisfied_error(&scopes, &resources, &pending));
+            let mut err = unsatisfied_error(&scopes, &resources, &pending);
+            if !failed.is_empty() {
+                err = err.hint(
+                    "a root component that failed to configure (see above) may be the provider",
+                );
+            }
+            cx.errors.report(err)?;
+            return Err(super::Errors::kept());
         }
     }
-    Err(ConfigError::new(format!(
-        "resources did not settle after {MAX_ROUNDS} rounds of configuration"
-    ))
-    .hint("a component provides values that depend on what it requires in a loop"))
+    cx.errors.report(
+        ConfigError::new(format!(
+            "resources did not settle after {MAX_ROUNDS} rounds of configuration"
+        ))
+        .hint("a component provides values that depend on what it requires in a loop"),
+    )?;
+    Err(super::Errors::kept())
 }
 
 /// What templates see of each release root, by host and root: `id`, `digest`, `path` (this
@@ -193,6 +241,7 @@ fn release_variables(
     cx: &Context,
     scopes: &[Scope],
     resources: &mut Resources,
+    failed: &mut BTreeSet<usize>,
 ) -> Result<ReleaseVariables, ConfigError> {
     let mut out: ReleaseVariables = BTreeMap::new();
     for (step, slot) in slots.iter().enumerate() {
@@ -200,14 +249,28 @@ fn release_variables(
             continue;
         }
         let scope = &scopes[step];
-        let attributes = slot.attributes.render(scope)?;
-        let component = attributes.create(cx.registry, &slot.type_name, scope)?;
+        let component = match slot
+            .attributes
+            .render(scope)
+            .and_then(|a| a.create(cx.registry, &slot.type_name, scope))
+        {
+            Ok(c) => c,
+            Err(err) => {
+                cx.errors.report(err)?;
+                failed.insert(step);
+                continue;
+            }
+        };
         match configure_root(scope, resources, component) {
             Ok(_) => {}
             // Configured again once what it requires is there.
             Err((_, err)) if err.chain().any(|c| c.is::<Unsatisfied>()) => continue,
             // A failed build is not run twice.
-            Err((path, err)) => return Err(configure_error(scope, path, err)),
+            Err((path, err)) => {
+                cx.errors.report(configure_error(scope, path, err))?;
+                failed.insert(step);
+                continue;
+            }
         }
         let Some(bundle) = cx.bundles.of_step(step) else {
             continue;

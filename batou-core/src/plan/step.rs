@@ -31,6 +31,11 @@ pub struct Step {
 }
 
 impl Step {
+    /// The root component's type name.
+    pub fn type_name(&self) -> &str {
+        &self.type_name
+    }
+
     /// `host: root`, as used in plan reports.
     pub fn label(&self) -> String {
         format!("{}: {}", self.host, self.root)

@@ -25,11 +25,13 @@
 //! The parts: [`Secret`] (`secret.rs`), the cleartext format ([`Secrets`], `file.rs`), the
 //! merge into an environment's attributes, which marks every merged value as secret
 //! (`merge.rs`), named secret files as a plan uses them (`secret_files.rs`), and age
-//! identities and recipients (`keys.rs`). Reading `BATOU_IDENTITY`, `HOME` and
+//! identities and recipients (`keys.rs`), and the names index `secrets/<env>.names` that
+//! lets an offline check configure without decrypting (`index.rs`). Reading `BATOU_IDENTITY`, `HOME` and
 //! `XDG_CONFIG_HOME` is left to the binaries: [`IdentitySource`] takes their values.
 
 mod file;
 pub(crate) mod generate;
+mod index;
 mod keys;
 mod merge;
 mod secret;
@@ -41,6 +43,7 @@ use crate::error::ConfigError;
 
 pub use file::Secrets;
 pub use generate::{Declaration, Kind as GenerateKind, append as append_generated};
+pub use index::{IndexState, index_path, index_state, index_text};
 pub use keys::{
     IDENTITY_ENV, Identities, IdentitySource, Recipient, UserDirs, decrypt, encrypt,
     generate_identity, parse_recipients,

@@ -184,7 +184,7 @@ fn cases() -> Vec<Case> {
         case("unknown value of a setting", "[environment]\nconnect = \"sssh\"\n[hosts.localhost]\n")
             .expect("unknown value `sssh`, expected `ssh` or `local` in environments/dev.toml:2:11 (did you mean `ssh`?)"),
         case("unknown top-level table", "[hostz.localhost]\n")
-            .expect("unknown field `hostz`, expected one of `environment`, `hosts`, `components` in environments/dev.toml:1:2 (did you mean `hosts`?)"),
+            .expect("unknown field `hostz`, expected one of `environment`, `hosts`, `groups`, `components` in environments/dev.toml:1:2 (did you mean `hosts`?)"),
         case("duplicate key", motd("content = \"a\"\ncontent = \"b\"\n"))
             .expect("error: duplicate key `content` in environments/dev.toml:8:1"),
         case("duplicate table", "[hosts.localhost]\n[hosts.localhost]\n")
@@ -419,6 +419,46 @@ fn cases() -> Vec<Case> {
             .args(&["--hosts", "localhots"])
             .only(Binary::Remote)
             .expect("unknown host `localhots` in `--hosts` for environment `dev` (did you mean `localhost`?)"),
+        // Host groups and `--hosts` selections.
+        case("unknown host in a group", format!("{}\n[groups]\nweb = [\"web1\", \"wbe2\"]\n", web1("address = \"192.0.2.1\"").replace("[hosts.web1]", "[hosts.web2]\n[hosts.web1]")))
+            .expect("unknown host `wbe2` in group `web` in environments/dev.toml:")
+            .expect("(did you mean `web2`?)")
+            .expect("hint: hosts: web1, web2"),
+        case("group named like a host", "[hosts.web1]\n[groups]\nweb1 = [\"web1\"]\n")
+            .expect("group `web1` has the name of host `web1` in environments/dev.toml:3:1")
+            .expect("hint: `--hosts` could not tell them apart: rename the group"),
+        case("nested group", "[hosts.web1]\n[groups]\nweb = [\"web1\"]\nall = [\"web\"]\n")
+            .expect("unknown host `web` in group `all` in environments/dev.toml:4:8")
+            .expect("hint: `web` is a group: groups do not nest, list its hosts instead"),
+        case("group that is not a list", "[hosts.web1]\n[groups]\nweb = \"web1\"\n")
+            .expect("in environments/dev.toml:3:7"),
+        case("unknown group in --hosts", format!("{}[groups]\nlocal = [\"localhost\"]\n", motd("content = \"x\"\n")))
+            .args(&["--hosts", "locl"])
+            .only(Binary::Remote)
+            .expect("unknown host or group `locl` in `--hosts` for environment `dev` (did you mean `local`?)")
+            .expect("hint: hosts with components: localhost; groups: local"),
+        case("unknown exclusion in --hosts", motd("content = \"x\"\n"))
+            .args(&["--hosts", "!localhots"])
+            .only(Binary::Remote)
+            .expect("unknown host `localhots` in `--hosts` for environment `dev` (did you mean `localhost`?)"),
+        case("--hosts that selects nothing", motd("content = \"x\"\n"))
+            .args(&["--hosts", "!localhost"])
+            .only(Binary::Remote)
+            .expect("`--hosts !localhost` selects no host of environment `dev`"),
+        case("unknown group in --hosts of a verb", format!("{}[groups]\nlocal = [\"localhost\"]\n", motd("content = \"x\"\n")))
+            .args(&["service", "status", "--hosts", "!locl"])
+            .only(Binary::Remote)
+            .expect("unknown host or group `locl` in `--hosts` for environment `dev` (did you mean `local`?)"),
+        case("check with --hosts", motd("content = \"x\"\n"))
+            .args(&["check", "--hosts", "localhost"])
+            .only(Binary::Remote)
+            .code(2)
+            .expect("`--hosts` does not apply to `check` and `graph`, which contact no host and take every one"),
+        case("--detailed-exitcode without --dry-run", motd("content = \"x\"\n"))
+            .args(&["--detailed-exitcode"])
+            .code(64)
+            .expect("the following required arguments were not provided:")
+            .expect("--dry-run"),
         // Commands: values no program can receive.
         case("NUL byte in argv", job("argv = [\"echo\", \"a\\u0000b\"]\ncreates = \"x\""))
             .expect("error: cannot configure `job` in host `localhost`, component `job`")

@@ -18,6 +18,7 @@ mod generated_secrets;
 mod harness;
 mod interrupts;
 mod library;
+mod offline;
 mod operations;
 mod output;
 mod prune;

@@ -16,6 +16,7 @@ mod generated_secrets;
 mod harness;
 mod interrupts;
 mod library;
+mod offline;
 mod operations;
 mod output;
 mod process_faults;
