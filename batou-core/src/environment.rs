@@ -127,6 +127,8 @@ pub struct Environment {
     pub settings: Settings,
     /// Hosts sorted by name.
     pub hosts: Vec<Host>,
+    /// The `[rollout]` table: rolling deploys in batches (see `rollout.rs`).
+    pub rollout: Option<crate::rollout::RolloutSpec>,
     pub(crate) source: SourceText,
     pub(crate) components: BTreeMap<String, ComponentDef>,
     /// Where each host's component references are, for placing errors.
@@ -175,6 +177,8 @@ struct FileShape {
     #[serde(default)]
     #[expect(dead_code, reason = "only its name is used, in error messages")]
     components: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    rollout: Option<crate::rollout::RolloutShape>,
 }
 
 #[derive(Deserialize)]
@@ -342,6 +346,7 @@ impl Environment {
 
         let components = parse_components(&source, components_value, registry)?;
 
+        let rollout_shape = shape.rollout;
         let mut hosts = Vec::new();
         let mut reference_spans = BTreeMap::new();
         for (host_key, shape) in shape.hosts {
@@ -393,6 +398,10 @@ impl Environment {
             });
         }
 
+        let rollout = rollout_shape
+            .map(|r| crate::rollout::check(r, &hosts, &source))
+            .transpose()?;
+
         let tables: Vec<(String, Spanned<DeValue<'_>>)> =
             component_tables(&source)?.into_iter().collect();
         let generated = crate::secrets::generate::declarations(&source, &tables)?;
@@ -402,6 +411,7 @@ impl Environment {
             name: name.to_string(),
             settings,
             hosts,
+            rollout,
             source,
             components,
             reference_spans,
@@ -954,7 +964,7 @@ mod tests {
         let err = parse("[hostz.a]\n").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown field `hostz`, expected one of `environment`, `hosts`, `components` in environments/dev.toml:1:2 (did you mean `hosts`?)"
+            "unknown field `hostz`, expected one of `environment`, `hosts`, `components`, `rollout` in environments/dev.toml:1:2 (did you mean `hosts`?)"
         );
     }
 

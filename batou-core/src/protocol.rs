@@ -25,7 +25,8 @@ use crate::{Event, RootOutcome, ServiceOutcome, ServiceVerb};
 /// 6: jobs carry release bundles; sessions for the `releases` and `rollback` verbs.
 /// 7: a job carries the template syntax and the host's facts; a remote plan names the hosts
 /// whose facts were read and the secrets generated.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// 8: rollouts: a plan's `rollout`, a balancer job's rolled hosts, a step's batch and hook.
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Everything one host needs to configure and converge its part of a plan, and nothing more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +65,10 @@ pub struct HostJob {
     /// them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts: Option<crate::Facts>,
+    /// On a balancer's host: the balancer root and the rolled hosts, for its templates'
+    /// `rollout.*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::JobRollout>,
 }
 
 /// What a controller needs to deploy an environment over SSH: the plan's graph, how to reach
@@ -93,6 +98,9 @@ pub struct RemotePlan {
     /// controller gathers them and plans again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fact_hosts: Vec<String>,
+    /// The environment's `[rollout]`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutSpec>,
 }
 
 /// How to reach a host; unset fields come from the user's SSH configuration.
@@ -185,6 +193,9 @@ pub enum ToAgent {
     Step {
         /// The root component's name.
         root: String,
+        /// The step's batch in a rollout, and for a balancer's step the drain or undrain.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollout: Option<crate::rollout::StepRollout>,
     },
     /// Run the session's `service` verb on the services of these root components, in this
     /// order (a session for a verb only).

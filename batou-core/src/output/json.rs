@@ -209,6 +209,38 @@ const SCHEMA: &[(&str, &[(&str, &str)])] = &[
             ("seconds", "number"),
         ],
     ),
+    (
+        "rollout_batch",
+        &[
+            ("batch", "integer"),
+            ("batches", "integer"),
+            ("hosts", "string[]"),
+            ("failed", "integer"),
+            ("max_failed", "integer"),
+        ],
+    ),
+    (
+        "rollout_hook",
+        &[
+            ("host", "string"),
+            ("component", "string"),
+            ("batch", "integer"),
+            ("hook", "string"),
+            ("targets", "string[]"),
+            ("in_rotation", "string[]"),
+        ],
+    ),
+    (
+        "rollout_stopped",
+        &[
+            ("batch", "integer"),
+            ("batches", "integer"),
+            ("failed", "string[]"),
+            ("max_failed", "integer"),
+            ("not_attempted", "string[]"),
+            ("reason", "string"),
+        ],
+    ),
     ("warning", &[("message", "string")]),
     (
         "error",
@@ -337,6 +369,29 @@ mod tests {
                 not_attempted: vec![],
                 seconds: 2.0,
             },
+            Event::RolloutBatch {
+                batch: 1,
+                batches: 3,
+                hosts: vec![host()],
+                failed: 0,
+                max_failed: 1,
+            },
+            Event::RolloutHook {
+                host: "lb".into(),
+                component: "upstreams".into(),
+                batch: 1,
+                hook: crate::rollout::Hook::Drain,
+                targets: vec![host()],
+                in_rotation: vec!["web2".into()],
+            },
+            Event::RolloutStopped {
+                batch: 1,
+                batches: 3,
+                failed: vec![host()],
+                max_failed: 0,
+                not_attempted: vec!["web3".into()],
+                reason: "1 rolled host failed, `max_failed` allows 0".into(),
+            },
         ];
         for e in &all {
             match e {
@@ -354,7 +409,10 @@ mod tests {
                 | Event::HostFailed { .. }
                 | Event::RunFinished { .. }
                 | Event::Service { .. }
-                | Event::HostFinished { .. } => {}
+                | Event::HostFinished { .. }
+                | Event::RolloutBatch { .. }
+                | Event::RolloutHook { .. }
+                | Event::RolloutStopped { .. } => {}
             }
         }
         all

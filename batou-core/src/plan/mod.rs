@@ -58,6 +58,10 @@ pub struct Plan {
     facts: BTreeMap<String, crate::Facts>,
     /// The hosts whose facts a configure read.
     fact_reads: std::collections::BTreeSet<String>,
+    /// The environment's `[rollout]`.
+    rollout: Option<crate::rollout::RolloutSpec>,
+    /// What the balancer's host job carries of the rollout (with a balancer only).
+    job_rollout: Option<crate::rollout::JobRollout>,
 }
 
 impl Plan {
@@ -141,9 +145,16 @@ impl Plan {
             .iter()
             .map(|p| p.get_ref().clone())
             .collect();
+        let rollout = environment.rollout.as_ref().and_then(|spec| {
+            Some(crate::rollout::JobRollout {
+                balancer: spec.balancer.clone()?,
+                hosts: spec.rotation_hosts(&environment.hosts),
+            })
+        });
         let built = configure_slots(
             &slots,
             &Context {
+                rollout: rollout.as_ref().map(|r| (r, None)),
                 environment: &environment.name,
                 base_dir,
                 allow_paths: &allow_paths,
@@ -205,6 +216,8 @@ impl Plan {
             syntax,
             facts: facts.facts.clone(),
             fact_reads: facts.reads.hosts(),
+            rollout: environment.rollout.clone(),
+            job_rollout: rollout,
         })
     }
 

@@ -38,6 +38,9 @@ pub(super) struct Context<'a> {
     pub(super) bundles: &'a crate::bundle::Bundles,
     pub(super) syntax: &'a crate::TemplateSyntax,
     pub(super) facts: &'a crate::FactsInput,
+    /// The rollout's balancer root and rolled hosts, for its templates' `rollout.*`, and
+    /// the hosts in rotation (`None`: all of them).
+    pub(super) rollout: Option<(&'a crate::rollout::JobRollout, Option<&'a [String]>)>,
 }
 
 pub(super) struct Built<'a> {
@@ -97,6 +100,17 @@ pub(super) fn configure_slots<'a>(
                 },
                 component => minijinja::context! { name => &slot.root },
                 workdir => workdir.to_string_lossy(),
+            };
+            // Only the balancer's step sees the rolled hosts: no other host's job carries
+            // them, so no other template could render the same on its agent.
+            let context = match cx.rollout {
+                Some((rollout, in_rotation)) if rollout.balancer == slot.root => {
+                    minijinja::context! {
+                        rollout => crate::rollout::template_value(&rollout.hosts, in_rotation),
+                        ..context
+                    }
+                }
+                _ => context,
             };
             Scope {
                 step,
