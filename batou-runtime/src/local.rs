@@ -304,7 +304,8 @@ fn converge_here(
         let mut next = Vec::new();
         for action in actions {
             match action {
-                Action::Start { step, .. } => {
+                // One machine has no rollout: the scheduler never asks for one here.
+                Action::Start { step, .. } | Action::StartRollout { step, .. } => {
                     let done = batou_core::converge_step(plan, step, options, sink);
                     if let (Some((component, _)), false) = (&done.failure, dry_run) {
                         batou_core::roll_back_after_failure(plan, step, component, sink);
