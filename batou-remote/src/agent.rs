@@ -387,10 +387,22 @@ impl AgentSession {
     pub async fn step(
         &mut self,
         root: &str,
+        on_event: impl FnMut(Event),
+    ) -> Result<RootOutcome, SessionError> {
+        self.step_in_rollout(root, None, on_event).await
+    }
+
+    /// Runs one root component as part of a rollout: a rolled host's step in its batch, or
+    /// the balancer's drain or undrain (see `batou_core::rollout::StepRollout`).
+    pub async fn step_in_rollout(
+        &mut self,
+        root: &str,
+        rollout: Option<batou_core::rollout::StepRollout>,
         mut on_event: impl FnMut(Event),
     ) -> Result<RootOutcome, SessionError> {
         self.send(&ToAgent::Step {
             root: root.to_string(),
+            rollout,
         })
         .await?;
         loop {

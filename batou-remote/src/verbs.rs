@@ -293,6 +293,7 @@ mod tests {
                     secrets: Vec::new(),
                     templates: Default::default(),
                     facts: None,
+                    rollout: None,
                 },
             );
         }
@@ -314,6 +315,7 @@ mod tests {
             secrets: Vec::new(),
             generated: Vec::new(),
             fact_hosts: Vec::new(),
+            rollout: None,
         }
     }
 
