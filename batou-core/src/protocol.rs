@@ -214,6 +214,13 @@ pub enum ToAgent {
     },
     /// End the session: write the journal record and release the lock.
     Finish,
+    /// Predict these root components, in order, as a dry run would, on a configure of its
+    /// own, reporting no events and writing nothing: which of them would change. A rollout
+    /// drains only hosts that would change.
+    Predict {
+        /// The root components' names.
+        roots: Vec<String>,
+    },
 }
 
 /// What an agent session is for.
@@ -312,6 +319,12 @@ pub enum FromAgent {
     },
     /// The agent wrote its journal record and ends the session.
     Finished,
+    /// The answer to `predict`: the root components that would change (or whose prediction
+    /// failed).
+    Predicted {
+        /// The root components' names.
+        changed: Vec<String>,
+    },
 }
 
 #[cfg(test)]

@@ -417,6 +417,22 @@ impl AgentSession {
         }
     }
 
+    /// Asks whether `roots` would change, as a dry run of them that reports nothing: the
+    /// roots that would (or whose prediction failed).
+    pub async fn predict(&mut self, roots: &[String]) -> Result<Vec<String>, SessionError> {
+        self.send(&ToAgent::Predict {
+            roots: roots.to_vec(),
+        })
+        .await?;
+        match self.read().await? {
+            FromAgent::Predicted { changed } => Ok(changed),
+            FromAgent::Refused {
+                reason, message, ..
+            } => Err(SessionError::Refused { reason, message }),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Runs the session's `service` verb on the services of `roots`, passing their events
     /// to `on_event` as they arrive.
     pub async fn service(

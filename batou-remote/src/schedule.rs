@@ -124,6 +124,7 @@ enum Up {
 
 enum Down {
     Step(usize, String, Option<batou_core::rollout::StepRollout>),
+    Predict(Vec<String>),
     Finish,
 }
 
@@ -427,6 +428,9 @@ fn perform(
             Action::Finish { host } => {
                 let _ = downs[&host].send(Down::Finish);
             }
+            Action::Predict { host, roots } => {
+                let _ = downs[&host].send(Down::Predict(roots));
+            }
             Action::Emit(event) => sink.event(event),
         }
     }
@@ -588,6 +592,19 @@ async fn host_task(
                     }
                 }
             }
+            Down::Predict(roots) => match agent_session.predict(&roots).await {
+                Ok(changed) => {
+                    let would_change = !changed.is_empty();
+                    let _ = up.send(Up::Report(name.clone(), Report::Predicted { would_change }));
+                }
+                Err(err) => {
+                    let failure = session_failure(&err);
+                    let _ = up.send(Up::Report(name.clone(), Report::SetupFailed(failure)));
+                    drop(agent_session);
+                    ssh::close(session, &options.ssh.masters).await;
+                    return;
+                }
+            },
             Down::Finish => {
                 if let Err(err) = agent_session.finish().await {
                     let _ = up.send(Up::Event(Event::Log {

@@ -460,6 +460,14 @@ fn session(
                 link.end_step();
                 out.send(&FromAgent::ReleasesFinished { reports });
             }
+            Ok(ToAgent::Predict { roots }) if deploy => {
+                if !link.begin_step() {
+                    break;
+                }
+                let changed = crate::rollout::predict(&job, registry, &base_dir, &roots);
+                link.end_step();
+                out.send(&FromAgent::Predicted { changed });
+            }
             Ok(ToAgent::Finish) => {
                 if let Some(j) = journal.as_ref().filter(|_| deploy) {
                     j.finished(&outcomes, plan.steps().len(), &changed_components)?;
@@ -467,7 +475,7 @@ fn session(
                 out.send(&FromAgent::Finished);
                 return Ok(());
             }
-            Ok(ToAgent::Start { .. } | ToAgent::Step { .. }) | Err(_) => {
+            Ok(ToAgent::Start { .. } | ToAgent::Step { .. } | ToAgent::Predict { .. }) | Err(_) => {
                 refuse(
                     out,
                     Refusal::Protocol,

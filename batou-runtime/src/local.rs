@@ -319,6 +319,10 @@ fn converge_here(
                     ));
                 }
                 Action::Finish { .. } => next.extend(report(&mut scheduler, Report::Closed)),
+                Action::Predict { .. } => next.extend(report(
+                    &mut scheduler,
+                    Report::Predicted { would_change: true },
+                )),
                 Action::Emit(event) => sink.event(event),
             }
         }

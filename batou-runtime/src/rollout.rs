@@ -167,6 +167,34 @@ pub(crate) fn converge_hook(
     }
 }
 
+/// Predicts `roots` of `job` in order, as a dry run would, on a configure of its own (so
+/// that the session's plan records no change): the roots that would change, or whose
+/// prediction failed. Runs on a rolled host's agent before its batch is drained.
+pub(crate) fn predict(
+    job: &HostJob,
+    registry: &Registry,
+    base_dir: &Path,
+    roots: &[String],
+) -> Vec<String> {
+    let Ok(mut plan) = Plan::from_job(job, registry, base_dir) else {
+        // The real converge reports why; draining first is the safe side.
+        return roots.to_vec();
+    };
+    let options = ConvergeOptions { dry_run: true };
+    let mut changed = Vec::new();
+    for root in roots {
+        let Some(step) = plan.steps().iter().position(|s| &s.root == root) else {
+            changed.push(root.clone());
+            continue;
+        };
+        let report = batou_core::converge_step(&mut plan, step, options, &mut |_: Event| {});
+        if report.outcome != RootOutcome::Unchanged {
+            changed.push(root.clone());
+        }
+    }
+    changed
+}
+
 /// What the scheduler knows that the rollout needs, at the moment it asks.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct World {
@@ -185,6 +213,11 @@ pub(crate) struct World {
 pub(crate) enum Move {
     /// Emit an event.
     Emit(Event),
+    /// Predict whether `host`'s steps would change (its batch is about to be drained).
+    Predict {
+        /// The rolled host.
+        host: String,
+    },
     /// Converge the balancer's step `step` again for a drain or undrain.
     Hook {
         /// The balancer's step.
@@ -207,6 +240,8 @@ pub(crate) enum Move {
 enum Phase {
     /// Batch `n` has not started.
     Before(usize),
+    /// Batch `n`'s hosts predict whether they would change.
+    Predicting(usize),
     Draining(usize),
     /// Batch `n`'s hosts converge.
     Open(usize),
@@ -224,6 +259,11 @@ pub(crate) struct Rollout {
     drained: BTreeSet<String>,
     hooks: BTreeSet<usize>,
     hook_failed: bool,
+    /// Hosts of the current batch still predicting, and those that would change.
+    predicting: BTreeSet<String>,
+    changing: BTreeSet<String>,
+    /// The rolled hosts in rotation as the balancer last converged.
+    in_rotation: Vec<String>,
 }
 
 impl Rollout {
@@ -235,13 +275,16 @@ impl Rollout {
             .flat_map(|(i, b)| b.iter().map(move |h| (h.clone(), i)))
             .collect();
         Rollout {
-            plan,
             batch_of,
             phase: Phase::Before(0),
             failed: BTreeSet::new(),
             drained: BTreeSet::new(),
             hooks: BTreeSet::new(),
             hook_failed: false,
+            predicting: BTreeSet::new(),
+            changing: BTreeSet::new(),
+            in_rotation: plan.rotation.clone(),
+            plan,
         }
     }
 
@@ -288,6 +331,20 @@ impl Rollout {
     pub(crate) fn host_failed(&mut self, host: &str) {
         if self.rolls(host) {
             self.failed.insert(host.to_string());
+        }
+    }
+
+    /// Whether `host` is predicting.
+    pub(crate) fn is_predicting(&self, host: &str) -> bool {
+        self.predicting.contains(host)
+    }
+
+    /// `host` predicted its steps: whether any would change (a failed prediction counts
+    /// as a change).
+    pub(crate) fn predicted(&mut self, host: &str, would_change: bool) {
+        self.predicting.remove(host);
+        if would_change {
+            self.changing.insert(host.to_string());
         }
     }
 
@@ -346,10 +403,23 @@ impl Rollout {
                     if self.plan.balancer.is_empty() {
                         self.phase = Phase::Open(b);
                     } else {
-                        self.drained.extend(hosts.iter().cloned());
-                        self.hook(b, Hook::Drain, hosts, steps, &mut moves);
-                        self.phase = Phase::Draining(b);
+                        // Only hosts that would change leave the rotation.
+                        self.changing.clear();
+                        for host in hosts.iter().filter(|h| !world.finished.contains(*h)) {
+                            self.predicting.insert(host.clone());
+                            moves.push(Move::Predict { host: host.clone() });
+                        }
+                        self.phase = Phase::Predicting(b);
                     }
+                }
+            }
+            Phase::Predicting(b) if self.predicting.is_empty() => {
+                let targets: Vec<String> = self.changing.iter().cloned().collect();
+                self.drained.extend(targets.iter().cloned());
+                if self.hook(b, Hook::Drain, targets, steps, &mut moves) {
+                    self.phase = Phase::Draining(b);
+                } else {
+                    self.phase = Phase::Open(b);
                 }
             }
             Phase::Draining(b) if self.hooks.is_empty() => {
@@ -374,18 +444,18 @@ impl Rollout {
                     } else {
                         let back: Vec<String> = self.plan.batches[b]
                             .iter()
-                            .filter(|h| !self.failed.contains(*h))
+                            .filter(|h| self.drained.contains(*h) && !self.failed.contains(*h))
                             .cloned()
                             .collect();
                         for h in &back {
                             self.drained.remove(h);
                         }
-                        if back.is_empty() {
-                            // Every host of the batch failed: they all stay drained.
-                            self.phase = Phase::Before(b + 1);
-                        } else {
-                            self.hook(b, Hook::Undrain, back, steps, &mut moves);
+                        // Failed hosts stay drained (or leave the rotation now); nothing
+                        // else to do when the rotation is as the balancer has it.
+                        if self.hook(b, Hook::Undrain, back, steps, &mut moves) {
                             self.phase = Phase::Undraining(b);
+                        } else {
+                            self.phase = Phase::Before(b + 1);
                         }
                     }
                 }
@@ -402,7 +472,7 @@ impl Rollout {
                     self.phase = Phase::Before(b + 1);
                 }
             }
-            Phase::Draining(_) | Phase::Undraining(_) => {}
+            Phase::Predicting(_) | Phase::Draining(_) | Phase::Undraining(_) => {}
         }
         moves
     }
@@ -456,7 +526,8 @@ impl Rollout {
         self.phase = Phase::Over;
     }
 
-    /// Converges every balancer step again with the drained hosts out of rotation.
+    /// Converges every balancer step again with the drained and the failed hosts out of
+    /// rotation; `false` (and nothing to do) when the rotation would not change.
     fn hook(
         &mut self,
         b: usize,
@@ -464,14 +535,18 @@ impl Rollout {
         targets: Vec<String>,
         steps: &[PlanStep],
         moves: &mut Vec<Move>,
-    ) {
+    ) -> bool {
         let in_rotation: Vec<String> = self
             .plan
             .rotation
             .iter()
-            .filter(|h| !self.drained.contains(*h))
+            .filter(|h| !self.drained.contains(*h) && !self.failed.contains(*h))
             .cloned()
             .collect();
+        if in_rotation == self.in_rotation {
+            return false;
+        }
+        self.in_rotation = in_rotation.clone();
         for &step in &self.plan.balancer {
             moves.push(Move::Emit(Event::RolloutHook {
                 host: steps[step].host.clone(),
@@ -492,6 +567,7 @@ impl Rollout {
             });
             self.hooks.insert(step);
         }
+        true
     }
 }
 

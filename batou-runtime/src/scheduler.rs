@@ -109,6 +109,11 @@ pub enum Report {
     },
     /// The host's task ended: its session is closed.
     Closed,
+    /// A rolled host predicted its steps before its batch is drained.
+    Predicted {
+        /// Whether any of them would change.
+        would_change: bool,
+    },
 }
 
 /// What the scheduler asks the async loop to do, in order.
@@ -137,6 +142,14 @@ pub enum Action {
         step: usize,
         /// The batch, and for the balancer the hook and the hosts in rotation.
         rollout: StepRollout,
+    },
+    /// Ask `host`'s agent whether these root components would change (a dry run of them
+    /// that reports nothing), before its batch of a rollout is drained.
+    Predict {
+        /// The rolled host.
+        host: String,
+        /// Its root components still to run, in plan order.
+        roots: Vec<String>,
     },
 }
 
@@ -299,8 +312,18 @@ impl<'p> Scheduler<'p> {
         let Some(h) = self.hosts.get_mut(host) else {
             return actions;
         };
+        if matches!(report, Report::Predicted { .. } | Report::SetupFailed(_))
+            && self.rollout.as_ref().is_some_and(|r| r.is_predicting(host))
+        {
+            h.busy = false;
+            self.running -= 1;
+            if let (Some(r), Report::Predicted { would_change }) = (&mut self.rollout, &report) {
+                r.predicted(host, *would_change);
+            }
+        }
         match report {
             Report::Ready => h.ready = true,
+            Report::Predicted { .. } => {}
             Report::Cancelled => {
                 for step in h.queue.drain(..) {
                     self.state[step] = StepState::Interrupted;
@@ -322,6 +345,8 @@ impl<'p> Scheduler<'p> {
                 h.closed = true;
                 if let Some(r) = &mut self.rollout {
                     r.host_failed(host);
+                    // A session lost while predicting: the host fails like any other.
+                    r.predicted(host, false);
                 }
             }
             Report::StepDone { step, outcome }
@@ -632,6 +657,17 @@ impl<'p> Scheduler<'p> {
                         step,
                         rollout,
                     });
+                }
+                Move::Predict { host } => {
+                    let h = self.hosts.get_mut(&host).expect("a rolled host of the run");
+                    h.busy = true;
+                    self.running += 1;
+                    let roots = h
+                        .queue
+                        .iter()
+                        .map(|i| self.steps[*i].root.clone())
+                        .collect();
+                    actions.push(Action::Predict { host, roots });
                 }
                 Move::NotStarted { hosts, reason } => {
                     for name in hosts {
@@ -1013,6 +1049,9 @@ mod tests {
                         hosts.join(",")
                     ),
                     Action::Emit(Event::RolloutHook { .. }) => "hook".to_string(),
+                    Action::Predict { host, roots } => {
+                        format!("predict {host} {}", roots.join(","))
+                    }
                     Action::Emit(Event::RolloutStopped {
                         batch,
                         not_attempted,
@@ -1039,6 +1078,10 @@ mod tests {
 
         fn ready(&mut self, host: &str) -> &mut Self {
             self.report(host, Report::Ready)
+        }
+
+        fn predicted(&mut self, host: &str, would_change: bool) -> &mut Self {
+            self.report(host, Report::Predicted { would_change })
         }
 
         fn done(&mut self, host: &str, root: &str, outcome: RootOutcome) -> &mut Self {
@@ -1562,21 +1605,16 @@ mod tests {
         s.done("db", "db", Unchanged);
         assert_eq!(s.take(), ["done db at 6", "finish db"]);
         s.done("lb", "upstreams", Unchanged);
-        assert_eq!(
-            s.take(),
-            [
-                "batch 1: app1 (failed 0/0)",
-                "hook",
-                "drain lb upstreams -> app2,app3"
-            ]
-        );
+        assert_eq!(s.take(), ["batch 1: app1 (failed 0/0)", "predict app1 app"]);
+        s.predicted("app1", true);
+        assert_eq!(s.take(), ["hook", "drain lb upstreams -> app2,app3"]);
         s.done("lb", "upstreams", Changed);
         assert_eq!(s.take(), ["start app1 app (batch 1/2)"]);
         s.done("app1", "app", Changed);
         assert_eq!(
             s.take(),
             [
-                "done app1 at 9",
+                "done app1 at 10",
                 "finish app1",
                 "hook",
                 "undrain lb upstreams -> app1,app2,app3"
@@ -1587,36 +1625,39 @@ mod tests {
             s.take(),
             [
                 "batch 2: app2,app3 (failed 0/0)",
-                "hook",
-                "drain lb upstreams -> app1"
+                "predict app2 app",
+                "predict app3 app"
             ]
         );
+        // A host that would change nothing stays in rotation while it converges.
+        s.predicted("app2", true).predicted("app3", false);
+        assert_eq!(s.take(), ["hook", "drain lb upstreams -> app1,app3"]);
         s.done("lb", "upstreams", Changed);
         assert_eq!(
             s.take(),
             ["start app2 app (batch 2/2)", "start app3 app (batch 2/2)"]
         );
-        s.done("app3", "app", Changed);
-        assert_eq!(s.take(), ["done app3 at 12", "finish app3"]);
+        s.done("app3", "app", Unchanged);
+        assert_eq!(s.take(), ["done app3 at 15", "finish app3"]);
         s.done("app2", "app", Changed);
         assert_eq!(
             s.take(),
             [
-                "done app2 at 13",
+                "done app2 at 16",
                 "finish app2",
                 "hook",
                 "undrain lb upstreams -> app1,app2,app3"
             ]
         );
         s.done("lb", "upstreams", Changed);
-        assert_eq!(s.take(), ["done lb at 14", "finish lb"]);
+        assert_eq!(s.take(), ["done lb at 17", "finish lb"]);
         let (hosts, exit) = s.summary();
         assert_eq!(
             hosts,
             statuses(&[
                 ("app1", "changed"),
                 ("app2", "changed"),
-                ("app3", "changed"),
+                ("app3", "unchanged"),
                 ("db", "unchanged"),
                 ("lb", "unchanged")
             ])
@@ -1625,32 +1666,66 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_over_the_budget_starts_no_new_batch() {
+    fn a_rollout_that_would_change_nothing_never_drains() {
         let plan = balanced();
-        let rollout = rolling(&plan, BALANCED, &["1"], "0", Some("upstreams"));
+        let rollout = rolling(&plan, BALANCED, &["2"], "0", Some("upstreams"));
         let mut s = rolled(&plan, rollout);
         for h in BALANCED {
             s.ready(h);
         }
         s.done("db", "db", Unchanged)
             .done("lb", "upstreams", Unchanged);
-        s.done("lb", "upstreams", Changed);
         s.take();
+        s.predicted("app1", false).predicted("app2", false);
+        assert_eq!(
+            s.take(),
+            ["start app1 app (batch 1/2)", "start app2 app (batch 1/2)"]
+        );
+        s.done("app1", "app", Unchanged)
+            .done("app2", "app", Unchanged);
+        s.predicted("app3", false).done("app3", "app", Unchanged);
+        let log = s.take();
+        assert!(!log.iter().any(|l| l == "hook"), "{log:?}");
+        let (hosts, exit) = s.summary();
+        assert!(hosts.iter().all(|(_, st)| st == "unchanged"), "{hosts:?}");
+        assert_eq!(exit, Exit::Success);
+    }
+
+    /// A rollout of one host per batch up to app1's step: db and the balancer done, app1
+    /// predicted to change and drained.
+    fn at_app1<'p>(plan: &'p [PlanStep], max_failed: &str) -> Script<'p> {
+        let rollout = rolling(plan, BALANCED, &["1"], max_failed, Some("upstreams"));
+        let mut s = rolled(plan, rollout);
+        for h in BALANCED {
+            s.ready(h);
+        }
+        s.done("db", "db", Unchanged)
+            .done("lb", "upstreams", Unchanged);
+        s.predicted("app1", true).done("lb", "upstreams", Changed);
+        let log = s.take();
+        assert_eq!(log.last().unwrap(), "start app1 app (batch 1/3)");
+        s
+    }
+
+    #[test]
+    fn a_failure_over_the_budget_starts_no_new_batch() {
+        let plan = balanced();
+        let mut s = at_app1(&plan, "0");
         s.done("app1", "app", Failed);
         // The failed host stays drained: nothing to put back, no undrain.
         assert_eq!(
             s.take(),
             [
-                "done app1 at 9",
+                "done app1 at 10",
                 "finish app1",
                 "stopped after 1: 1 rolled host failed (app1), `max_failed` allows 0; not attempted: app2,app3",
                 "skipped app2 app",
                 "skipped app3 app",
-                "done app2 at 9",
+                "done app2 at 10",
                 "finish app2",
-                "done app3 at 9",
+                "done app3 at 10",
                 "finish app3",
-                "done lb at 9",
+                "done lb at 10",
                 "finish lb"
             ]
         );
@@ -1682,40 +1757,33 @@ mod tests {
     #[test]
     fn a_failure_within_the_budget_rolls_on_with_the_host_drained() {
         let plan = balanced();
-        let rollout = rolling(&plan, BALANCED, &["1"], "1", Some("upstreams"));
-        let mut s = rolled(&plan, rollout);
-        for h in BALANCED {
-            s.ready(h);
-        }
-        s.done("db", "db", Unchanged)
-            .done("lb", "upstreams", Unchanged);
-        s.done("lb", "upstreams", Changed);
-        s.take();
+        let mut s = at_app1(&plan, "1");
         s.done("app1", "app", Failed);
         assert_eq!(
             s.take(),
             [
-                "done app1 at 9",
+                "done app1 at 10",
                 "finish app1",
                 "batch 2: app2 (failed 1/1)",
-                "hook",
-                "drain lb upstreams -> app3"
+                "predict app2 app"
             ]
         );
+        s.predicted("app2", true);
+        assert_eq!(s.take(), ["hook", "drain lb upstreams -> app3"]);
         s.done("lb", "upstreams", Changed);
         s.done("app2", "app", Changed);
         assert_eq!(
             s.take(),
             [
                 "start app2 app (batch 2/3)",
-                "done app2 at 11",
+                "done app2 at 13",
                 "finish app2",
                 "hook",
                 "undrain lb upstreams -> app2,app3"
             ]
         );
         s.done("lb", "upstreams", Changed);
-        s.take();
+        s.predicted("app3", true);
         s.done("lb", "upstreams", Changed);
         s.done("app3", "app", Changed);
         s.done("lb", "upstreams", Changed);
@@ -1772,6 +1840,7 @@ mod tests {
         }
         s.done("db", "db", Unchanged)
             .done("lb", "upstreams", Unchanged);
+        s.predicted("app1", true);
         s.take();
         s.done("lb", "upstreams", Failed);
         let log = s.take();
@@ -1797,15 +1866,7 @@ mod tests {
     #[test]
     fn an_interrupt_starts_no_new_batch_but_undrains_the_current_one() {
         let plan = balanced();
-        let rollout = rolling(&plan, BALANCED, &["1"], "0", Some("upstreams"));
-        let mut s = rolled(&plan, rollout);
-        for h in BALANCED {
-            s.ready(h);
-        }
-        s.done("db", "db", Unchanged)
-            .done("lb", "upstreams", Unchanged);
-        s.done("lb", "upstreams", Changed);
-        s.take();
+        let mut s = at_app1(&plan, "0");
         s.sched.interrupt(s.clock);
         s.done("app1", "app", Changed);
         let log = s.take();
