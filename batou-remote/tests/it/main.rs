@@ -19,6 +19,7 @@ mod library;
 mod output;
 mod process_faults;
 mod releases;
+mod rollout;
 mod secrets;
 mod service_verbs;
 mod services;
