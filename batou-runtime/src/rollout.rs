@@ -1,7 +1,7 @@
 //! The rules of a rolling deploy, for the scheduler: which batch a rolled host belongs to,
 //! when the next batch may start, when the balancer drains and undrains, and when the
 //! failure budget stops the rollout. Pure and synchronous like the scheduler, which asks
-//! [`Rollout::advance`] what to do whenever something changed and carries it out.
+//! `Rollout::advance` what to do whenever something changed and carries it out.
 //!
 //! A batch goes through: drain (the balancer's root component converges with the batch's
 //! hosts out of rotation), converge (every step of the batch's hosts, dependencies and
