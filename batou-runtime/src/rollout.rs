@@ -413,6 +413,14 @@ impl Rollout {
                     }
                 }
             }
+            Phase::Predicting(b) if self.predicting.is_empty() && world.stopped => {
+                self.give_up(
+                    (b + 1, b),
+                    None,
+                    "not started: the deploy stopped",
+                    &mut moves,
+                );
+            }
             Phase::Predicting(b) if self.predicting.is_empty() => {
                 let targets: Vec<String> = self.changing.iter().cloned().collect();
                 self.drained.extend(targets.iter().cloned());
