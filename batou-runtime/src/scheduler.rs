@@ -361,7 +361,7 @@ impl<'p> Scheduler<'p> {
                         )],
                     )
                 });
-                self.hook_done(host, step, failure, &mut actions);
+                self.hook_done(host, step, failure);
             }
             Report::Broken { step, failure }
                 if self.rollout.as_ref().is_some_and(|r| r.is_hook(step)) =>
@@ -371,7 +371,7 @@ impl<'p> Scheduler<'p> {
                     status: failure.status,
                     error: failure.error.clone(),
                 }));
-                self.hook_done(host, step, Some(failure), &mut actions);
+                self.hook_done(host, step, Some(failure));
             }
             Report::StepDone { step, outcome } => {
                 if self.state[step] != StepState::Running {
@@ -698,14 +698,7 @@ impl<'p> Scheduler<'p> {
     }
 
     /// A balancer's drain or undrain ended; a failure fails the balancer's host.
-    fn hook_done(
-        &mut self,
-        host: &str,
-        step: usize,
-        failure: Option<HostFailure>,
-        actions: &mut Vec<Action>,
-    ) {
-        let _ = actions;
+    fn hook_done(&mut self, host: &str, step: usize, failure: Option<HostFailure>) {
         let h = self.hosts.get_mut(host).expect("known host");
         h.busy = false;
         self.running -= 1;
