@@ -130,6 +130,8 @@ pub struct Environment {
     /// The `[groups]` table: group name to its member hosts, as listed (checked: members
     /// are hosts, no group is named like a host).
     pub groups: BTreeMap<String, Vec<String>>,
+    /// The `[rollout]` table: rolling deploys in batches (see `rollout.rs`).
+    pub rollout: Option<crate::rollout::RolloutSpec>,
     pub(crate) source: SourceText,
     pub(crate) components: BTreeMap<String, ComponentDef>,
     /// Where each host's component references are, for placing errors.
@@ -180,6 +182,8 @@ struct FileShape {
     #[serde(default)]
     #[expect(dead_code, reason = "only its name is used, in error messages")]
     components: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    rollout: Option<crate::rollout::RolloutShape>,
 }
 
 #[derive(Deserialize)]
@@ -347,6 +351,7 @@ impl Environment {
 
         let components = parse_components(&source, components_value, registry)?;
 
+        let rollout_shape = shape.rollout;
         let mut hosts = Vec::new();
         let mut reference_spans = BTreeMap::new();
         for (host_key, shape) in shape.hosts {
@@ -401,6 +406,10 @@ impl Environment {
         let host_names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
         let groups = crate::groups::check_groups(shape.groups, &host_names, &source)?;
 
+        let rollout = rollout_shape
+            .map(|r| crate::rollout::check(r, &hosts, &source))
+            .transpose()?;
+
         let tables: Vec<(String, Spanned<DeValue<'_>>)> =
             component_tables(&source)?.into_iter().collect();
         let generated = crate::secrets::generate::declarations(&source, &tables)?;
@@ -411,6 +420,7 @@ impl Environment {
             settings,
             hosts,
             groups,
+            rollout,
             source,
             components,
             reference_spans,
@@ -963,7 +973,7 @@ mod tests {
         let err = parse("[hostz.a]\n").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown field `hostz`, expected one of `environment`, `hosts`, `groups`, `components` in environments/dev.toml:1:2 (did you mean `hosts`?)"
+            "unknown field `hostz`, expected one of `environment`, `hosts`, `groups`, `components`, `rollout` in environments/dev.toml:1:2 (did you mean `hosts`?)"
         );
     }
 

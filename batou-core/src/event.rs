@@ -255,6 +255,50 @@ pub enum Event {
         #[serde(flatten)]
         report: Box<crate::operations::LockReport>,
     },
+    /// A batch of a rollout starts: its hosts, and the failure budget before it.
+    RolloutBatch {
+        /// The batch, counted from 1.
+        batch: usize,
+        /// How many batches the rollout has.
+        batches: usize,
+        /// The batch's hosts, sorted by name.
+        hosts: Vec<String>,
+        /// Rolled hosts that failed so far.
+        failed: usize,
+        /// How many rolled hosts may fail (`max_failed`, resolved to a count).
+        max_failed: usize,
+    },
+    /// The balancer's root component converges again to drain a batch's hosts before they
+    /// converge, or to undrain the healthy ones after.
+    RolloutHook {
+        /// The balancer's host.
+        host: String,
+        /// The balancer's root component.
+        component: String,
+        /// The batch, counted from 1.
+        batch: usize,
+        /// `drain` or `undrain`.
+        hook: crate::rollout::Hook,
+        /// The hosts drained, or put back into rotation.
+        targets: Vec<String>,
+        /// The rolled hosts in rotation once the hook converged.
+        in_rotation: Vec<String>,
+    },
+    /// A rollout stopped before its last batch: too many hosts failed, or the balancer did.
+    RolloutStopped {
+        /// The last batch that started.
+        batch: usize,
+        /// How many batches the rollout has.
+        batches: usize,
+        /// The rolled hosts that failed.
+        failed: Vec<String>,
+        /// How many rolled hosts may fail.
+        max_failed: usize,
+        /// The rolled hosts of later batches, never started.
+        not_attempted: Vec<String>,
+        /// Why the rollout stopped, for people.
+        reason: String,
+    },
 }
 
 /// One host's line in the summary of a remote run.

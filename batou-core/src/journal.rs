@@ -125,6 +125,22 @@ pub enum JournalEntry {
         #[serde(default)]
         failed: Vec<String>,
     },
+    /// A step of a rollout begins: a rolled host's root component in its batch, or the
+    /// balancer's drain or undrain with the hosts in rotation after it.
+    Rollout {
+        /// The root component's name.
+        component: String,
+        /// The batch, counted from 1.
+        batch: usize,
+        /// How many batches the rollout has.
+        batches: usize,
+        /// `drain` or `undrain` for the balancer; absent for a rolled host.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hook: Option<crate::rollout::Hook>,
+        /// The rolled hosts in rotation after the hook (a hook only).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        in_rotation: Vec<String>,
+    },
 }
 
 /// What made a release current.

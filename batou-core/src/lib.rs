@@ -52,6 +52,7 @@ pub mod redact;
 mod registry;
 mod release;
 mod resources;
+pub mod rollout;
 pub mod secrets;
 mod service;
 mod template;

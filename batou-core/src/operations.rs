@@ -265,7 +265,8 @@ pub fn deploys(environment: &str, records: &[JournalRecord]) -> Vec<HostDeploy> 
             | JournalEntry::Service { .. }
             | JournalEntry::Release { .. }
             | JournalEntry::Exec { .. }
-            | JournalEntry::Pruned { .. } => {}
+            | JournalEntry::Pruned { .. }
+            | JournalEntry::Rollout { .. } => {}
         }
     }
     deploys

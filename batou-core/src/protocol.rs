@@ -28,7 +28,9 @@ use crate::{Event, RootOutcome, ServiceOutcome, ServiceVerb};
 /// 8: `orphans` and `orphans_finished` (the ownership record, `--prune`), the `owner` refusal.
 /// 9: sessions for `status`, `history`, `exec` and `lock`; the controller names the
 /// project's commit.
-pub const PROTOCOL_VERSION: u32 = 9;
+/// 10: rollouts: a plan's `rollout`, a balancer job's rolled hosts, a step's batch and hook,
+/// `predict` and `predicted`.
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// Everything one host needs to configure and converge its part of a plan, and nothing more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +69,10 @@ pub struct HostJob {
     /// them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts: Option<crate::Facts>,
+    /// On a balancer's host: the balancer root and the rolled hosts, for its templates'
+    /// `rollout.*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::JobRollout>,
 }
 
 /// What a controller needs to deploy an environment over SSH: the plan's graph, how to reach
@@ -96,6 +102,9 @@ pub struct RemotePlan {
     /// controller gathers them and plans again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fact_hosts: Vec<String>,
+    /// The environment's `[rollout]`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutSpec>,
 }
 
 /// How to reach a host; unset fields come from the user's SSH configuration.
@@ -192,6 +201,9 @@ pub enum ToAgent {
     Step {
         /// The root component's name.
         root: String,
+        /// The step's batch in a rollout, and for a balancer's step the drain or undrain.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollout: Option<crate::rollout::StepRollout>,
     },
     /// Run the session's `service` verb on the services of these root components, in this
     /// order (a session for a verb only).
@@ -237,6 +249,13 @@ pub enum ToAgent {
         /// Why the host is frozen (`acquire` only).
         #[serde(default)]
         reason: Option<String>,
+    },
+    /// Predict these root components, in order, as a dry run would, on a configure of its
+    /// own, reporting no events and writing nothing: which of them would change. A rollout
+    /// drains only hosts that would change.
+    Predict {
+        /// The root components' names.
+        roots: Vec<String>,
     },
 }
 
@@ -387,6 +406,12 @@ pub enum FromAgent {
     LockFinished {
         /// What it did and found.
         report: crate::operations::LockReport,
+    },
+    /// The answer to `predict`: the root components that would change (or whose prediction
+    /// failed).
+    Predicted {
+        /// The root components' names.
+        changed: Vec<String>,
     },
 }
 

@@ -387,10 +387,22 @@ impl AgentSession {
     pub async fn step(
         &mut self,
         root: &str,
+        on_event: impl FnMut(Event),
+    ) -> Result<RootOutcome, SessionError> {
+        self.step_in_rollout(root, None, on_event).await
+    }
+
+    /// Runs one root component as part of a rollout: a rolled host's step in its batch, or
+    /// the balancer's drain or undrain (see `batou_core::rollout::StepRollout`).
+    pub async fn step_in_rollout(
+        &mut self,
+        root: &str,
+        rollout: Option<batou_core::rollout::StepRollout>,
         mut on_event: impl FnMut(Event),
     ) -> Result<RootOutcome, SessionError> {
         self.send(&ToAgent::Step {
             root: root.to_string(),
+            rollout,
         })
         .await?;
         loop {
@@ -402,6 +414,22 @@ impl AgentSession {
                 } => return Err(SessionError::Refused { reason, message }),
                 other => return Err(unexpected(other)),
             }
+        }
+    }
+
+    /// Asks whether `roots` would change, as a dry run of them that reports nothing: the
+    /// roots that would (or whose prediction failed).
+    pub async fn predict(&mut self, roots: &[String]) -> Result<Vec<String>, SessionError> {
+        self.send(&ToAgent::Predict {
+            roots: roots.to_vec(),
+        })
+        .await?;
+        match self.read().await? {
+            FromAgent::Predicted { changed } => Ok(changed),
+            FromAgent::Refused {
+                reason, message, ..
+            } => Err(SessionError::Refused { reason, message }),
+            other => Err(unexpected(other)),
         }
     }
 

@@ -102,6 +102,7 @@ pub fn add_to_plan(plan: &mut RemotePlan, removed: &[(String, DeployedHost)]) {
                 secrets: Vec::new(),
                 templates: Default::default(),
                 facts: None,
+                rollout: None,
             },
         );
     }

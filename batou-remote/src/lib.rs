@@ -27,8 +27,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use batou_core::protocol::{Controller, RemotePlan};
+use batou_core::rollout::{RolloutSpec, Size};
 use batou_core::{ConfigError, EventSink};
 use batou_runtime::output_args::{Output, OutputArgs};
+use batou_runtime::rollout::RolloutPlan;
 use batou_runtime::verb::{ReleaseCommand, ServiceCommand, Verb};
 use batou_runtime::{Exit, ExitError};
 use clap::{Parser, Subcommand};
@@ -131,6 +133,15 @@ struct Args {
     /// on their hosts (with `--dry-run`: show what would be removed).
     #[arg(long)]
     prune: bool,
+    /// Roll the environment's rolled hosts in batches of these sizes: counts or percentages,
+    /// comma-separated, the last one repeating (`--batch 1,25%,100%`). Overrides
+    /// `rollout.batch`; without `[rollout]`, rolls every host with steps.
+    #[arg(long, value_delimiter = ',', value_name = "SIZE", value_parser = parse_batch)]
+    batch: Option<Vec<Size>>,
+    /// How many rolled hosts may fail before no new batch starts: a count or a percentage.
+    /// Overrides `rollout.max_failed` (default 0).
+    #[arg(long, value_name = "SIZE", value_parser = parse_max_failed)]
+    max_failed: Option<Size>,
     /// Deploy only these hosts, or run a verb only on them: host and group names,
     /// comma-separated; `!NAME` leaves a host or group out (`--hosts web,!web2`; `--hosts
     /// '!db1'` alone means every host but `db1`).
@@ -208,6 +219,10 @@ pub struct Settings {
     pub hosts: Option<BTreeSet<String>>,
     /// `--hosts` as given: host and group names and `!` exclusions, in order.
     pub select: Option<Vec<String>>,
+    /// `--batch`, which overrides `rollout.batch`.
+    pub batch: Option<Vec<Size>>,
+    /// `--max-failed`, which overrides `rollout.max_failed`.
+    pub max_failed: Option<Size>,
     /// `--identity`, which overrides `$BATOU_IDENTITY` and the default identity files.
     pub identity: Option<PathBuf>,
     /// Longest silence accepted from an agent (it sends heartbeats while working).
@@ -257,7 +272,33 @@ impl Settings {
             hosts: self.hosts.clone(),
             prune: self.prune,
             interrupt: schedule::Interrupt::default(),
+            rollout: None,
         }
+    }
+
+    /// The environment's `[rollout]` with `--batch` and `--max-failed` over it, resolved
+    /// against `plan` for the hosts of this run; `None` when there is no rollout. Errors are
+    /// configuration errors, found before any host is contacted.
+    pub fn rollout(&self, plan: &RemotePlan) -> Result<Option<RolloutPlan>, ConfigError> {
+        let mut spec = match (&plan.rollout, &self.batch, &self.max_failed) {
+            (None, None, None) => return Ok(None),
+            (Some(spec), _, _) => spec.clone(),
+            (None, _, _) => RolloutSpec::default(),
+        };
+        if let Some(batch) = &self.batch {
+            spec.batch = batch.clone();
+        }
+        if let Some(max) = self.max_failed {
+            spec.max_failed = max;
+        }
+        let hosts: Vec<String> = plan
+            .hosts
+            .iter()
+            .filter(|h| self.hosts.as_ref().is_none_or(|s| s.contains(&h.name)))
+            .filter(|h| plan.host_jobs.contains_key(&h.name))
+            .map(|h| h.name.clone())
+            .collect();
+        RolloutPlan::resolve(&spec, &plan.steps, &hosts).map(Some)
     }
 }
 
@@ -370,6 +411,8 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
             (args.dry_run, "--dry-run"),
             (args.keep_going, "--keep-going"),
             (args.prune, "--prune"),
+            (args.batch.is_some(), "--batch"),
+            (args.max_failed.is_some(), "--max-failed"),
         ] {
             if given {
                 use clap::CommandFactory;
@@ -418,6 +461,8 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         jobs: args.jobs,
         hosts: None,
         select: args.hosts,
+        batch: args.batch,
+        max_failed: args.max_failed,
         identity: args.identity,
         agent_timeout: seconds(args.agent_timeout, "agent-timeout")?,
         ssh: SshSettings {
@@ -432,6 +477,16 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         operation,
         offline,
     })
+}
+
+/// One size of `--batch`: a count of at least 1 or a percentage.
+fn parse_batch(text: &str) -> Result<Size, String> {
+    Size::parse(text, false)
+}
+
+/// `--max-failed`: a count or a percentage, 0 allowed.
+fn parse_max_failed(text: &str) -> Result<Size, String> {
+    Size::parse(text, true)
 }
 
 /// `d` rounded up to whole seconds (at least one).
@@ -456,6 +511,11 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     let settings = &Settings {
         hosts: check_hosts(&plan, settings)?,
         ..settings.clone()
+    };
+    let rollout = if settings.service.is_none() && settings.release.is_none() {
+        settings.rollout(&plan)?
+    } else {
+        None
     };
     // Which hosts and services a verb acts on is checked before any connection, too.
     let targets = match &settings.service {
@@ -483,7 +543,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
     };
     let control_dir =
         ssh::control_dir().context("cannot create a directory for SSH control sockets")?;
-    let options = settings.deploy_options(&plan, control_dir.path());
+    let options = DeployOptions {
+        rollout,
+        ..settings.deploy_options(&plan, control_dir.path())
+    };
     runtime.spawn(watch_signals(
         signals,
         options.interrupt.clone(),
@@ -956,6 +1019,7 @@ mod tests {
             secrets: Vec::new(),
             generated: Vec::new(),
             fact_hosts: Vec::new(),
+            rollout: None,
         }
     }
 
@@ -992,6 +1056,17 @@ mod tests {
         assert_eq!(options.ssh.control_dir, PathBuf::from("/tmp/batou-x"));
         assert_eq!(options.ssh.settings.connect_timeout, Duration::from_secs(1));
         assert!(!options.interrupt.is_raised());
+    }
+
+    #[test]
+    fn batch_and_max_failed_override_the_rollout_and_need_no_table() {
+        let s = resolve(&["prod", "--batch", "1,25%", "--max-failed", "10%"]).unwrap();
+        assert_eq!(s.batch, Some(vec![Size::Count(1), Size::Percent(25)]));
+        assert_eq!(s.max_failed, Some(Size::Percent(10)));
+        assert!(resolve(&["prod", "--batch", "0"]).is_err());
+        assert!(resolve(&["prod", "--max-failed", "x"]).is_err());
+        assert!(resolve(&["prod", "service", "status", "--batch", "1"]).is_err());
+        assert_eq!(resolve(&["prod"]).unwrap().rollout(&plan(1)).unwrap(), None);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use crate::agent::{AgentBinary, AgentSession, SessionError, ensure_agent};
 use crate::ssh::{self, ConnectError, SshOptions};
 use batou_core::HostStatus;
+use batou_runtime::rollout::RolloutPlan;
 use batou_runtime::scheduler::{Action, HostFailure, Report, Scheduler, SchedulerOptions};
 
 /// How to run a remote plan.
@@ -42,6 +43,8 @@ pub struct DeployOptions {
     pub prune: bool,
     /// Raised when the run must stop starting steps.
     pub interrupt: Interrupt,
+    /// The rollout of the run's rolled hosts, resolved before any connection.
+    pub rollout: Option<RolloutPlan>,
 }
 
 /// A request to stop a run after the steps that are running; cloned handles share it.
@@ -122,7 +125,8 @@ enum Up {
 }
 
 enum Down {
-    Step(usize, String),
+    Step(usize, String, Option<batou_core::rollout::StepRollout>),
+    Predict(Vec<String>),
     Finish,
 }
 
@@ -155,6 +159,9 @@ pub async fn deploy(
             jobs: options.jobs,
         },
     );
+    if let Some(rollout) = &options.rollout {
+        scheduler = scheduler.with_rollout(rollout.clone());
+    }
 
     let (up_tx, mut up) = mpsc::unbounded_channel::<Up>();
     let setup = Arc::new(Semaphore::new(options.jobs.max(1)));
@@ -410,10 +417,21 @@ fn perform(
     for action in actions {
         match action {
             Action::Start { host, step } => {
-                let _ = downs[&host].send(Down::Step(step, plan.steps[step].root.clone()));
+                let _ = downs[&host].send(Down::Step(step, plan.steps[step].root.clone(), None));
+            }
+            Action::StartRollout {
+                host,
+                step,
+                rollout,
+            } => {
+                let root = plan.steps[step].root.clone();
+                let _ = downs[&host].send(Down::Step(step, root, Some(rollout)));
             }
             Action::Finish { host } => {
                 let _ = downs[&host].send(Down::Finish);
+            }
+            Action::Predict { host, roots } => {
+                let _ = downs[&host].send(Down::Predict(roots));
             }
             Action::Emit(event) => sink.event(event),
         }
@@ -568,15 +586,24 @@ async fn host_task(
     let _ = up.send(Up::Report(name.clone(), Report::Ready));
     while let Some(cmd) = down.recv().await {
         match cmd {
-            Down::Step(step, root) => {
+            Down::Step(step, root, rollout) => {
                 let events = up.clone();
+                let drain = rollout
+                    .as_ref()
+                    .is_some_and(|r| r.hook == Some(batou_core::rollout::Hook::Drain));
                 match agent_session
-                    .step(&root, move |e| {
+                    .step_in_rollout(&root, rollout, move |e| {
                         let _ = events.send(Up::Event(e));
                     })
                     .await
                 {
                     Ok(outcome) => {
+                        // Requests in flight to the drained hosts end, and the balancer's
+                        // reload takes effect, before the batch converges.
+                        let wait = options.rollout.as_ref().map(|r| r.drain_wait);
+                        if let (true, RootOutcome::Changed, Some(wait)) = (drain, outcome, wait) {
+                            tokio::time::sleep(wait).await;
+                        }
                         let _ =
                             up.send(Up::Report(name.clone(), Report::StepDone { step, outcome }));
                     }
@@ -590,6 +617,19 @@ async fn host_task(
                     }
                 }
             }
+            Down::Predict(roots) => match agent_session.predict(&roots).await {
+                Ok(changed) => {
+                    let would_change = !changed.is_empty();
+                    let _ = up.send(Up::Report(name.clone(), Report::Predicted { would_change }));
+                }
+                Err(err) => {
+                    let failure = session_failure(&err);
+                    let _ = up.send(Up::Report(name.clone(), Report::SetupFailed(failure)));
+                    drop(agent_session);
+                    ssh::close(session, &options.ssh.masters).await;
+                    return;
+                }
+            },
             Down::Finish => {
                 if let Err(err) = agent_session.finish().await {
                     let _ = up.send(Up::Event(Event::Log {

@@ -174,6 +174,7 @@ mod tests {
                     secrets: Vec::new(),
                     templates: Default::default(),
                     facts: None,
+                    rollout: None,
                 },
             );
         }
@@ -195,6 +196,7 @@ mod tests {
             secrets: Vec::new(),
             generated: Vec::new(),
             fact_hosts: Vec::new(),
+            rollout: None,
         }
     }
 

@@ -386,7 +386,7 @@ fn session(
     for line in lines {
         let line = line?;
         match serde_json::from_str::<ToAgent>(&line) {
-            Ok(ToAgent::Step { root }) if deploy => {
+            Ok(ToAgent::Step { root, rollout }) if deploy => {
                 let Some(step) = plan.steps().iter().position(|s| s.root == root) else {
                     refuse(
                         out,
@@ -401,10 +401,37 @@ fn session(
                 }
                 let mut sink = out.clone();
                 let started = now();
-                let report = batou_core::converge_step(&mut plan, step, options, &mut sink);
-                if let (Some((component, _)), false) = (&report.failure, dry_run) {
-                    batou_core::roll_back_after_failure(&mut plan, step, component, &mut sink);
+                if let (Some(j), Some(r)) = (&journal, &rollout) {
+                    j.append(JournalEntry::Rollout {
+                        component: root.clone(),
+                        batch: r.batch,
+                        batches: r.batches,
+                        hook: r.hook,
+                        in_rotation: r.in_rotation.clone(),
+                    })?;
                 }
+                let hook = rollout.as_ref().is_some_and(|r| r.hook.is_some());
+                let report = match rollout.as_ref().filter(|r| r.hook.is_some()) {
+                    // A drain or undrain: the balancer's step, configured again with only
+                    // these rolled hosts in rotation.
+                    Some(r) => crate::rollout::converge_hook(
+                        &job,
+                        registry,
+                        &base_dir,
+                        (step, &r.in_rotation),
+                        options,
+                        &mut sink,
+                    ),
+                    None => {
+                        let report = batou_core::converge_step(&mut plan, step, options, &mut sink);
+                        if let (Some((component, _)), false) = (&report.failure, dry_run) {
+                            batou_core::roll_back_after_failure(
+                                &mut plan, step, component, &mut sink,
+                            );
+                        }
+                        report
+                    }
+                };
                 link.end_step();
                 if let (Some(inventory), false) = (inventory.as_mut(), dry_run) {
                     inventory.record_step(&root, &report.created, true)?;
@@ -418,7 +445,11 @@ fn session(
                     })?;
                 }
                 changed_components.extend(report.changed);
-                outcomes.push((root.clone(), report.outcome));
+                // A drain or undrain is the balancer's step again: the `finished` record
+                // counts it once, unless it failed.
+                if !hook || report.outcome == RootOutcome::Failed {
+                    outcomes.push((root.clone(), report.outcome));
+                }
                 out.send(&FromAgent::StepFinished {
                     root,
                     outcome: report.outcome,
@@ -585,6 +616,14 @@ fn session(
                     }
                 }
             }
+            Ok(ToAgent::Predict { roots }) if deploy => {
+                if !link.begin_step() {
+                    break;
+                }
+                let changed = crate::rollout::predict(&job, registry, &base_dir, &roots);
+                link.end_step();
+                out.send(&FromAgent::Predicted { changed });
+            }
             Ok(ToAgent::Finish) => {
                 if let Some(inventory) = &inventory {
                     inventory.finish(plan.steps().len())?;
@@ -598,6 +637,7 @@ fn session(
             Ok(
                 ToAgent::Start { .. }
                 | ToAgent::Step { .. }
+                | ToAgent::Predict { .. }
                 | ToAgent::Orphans { .. }
                 | ToAgent::Status
                 | ToAgent::History { .. }

@@ -44,6 +44,7 @@ mod planning;
 mod releases;
 mod report;
 mod role;
+pub mod rollout;
 pub mod scheduler;
 pub mod secrets;
 pub mod verb;

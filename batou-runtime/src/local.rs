@@ -466,7 +466,8 @@ fn converge_here(
         let mut next = Vec::new();
         for action in actions {
             match action {
-                Action::Start { step, .. } => {
+                // One machine has no rollout: the scheduler never asks for one here.
+                Action::Start { step, .. } | Action::StartRollout { step, .. } => {
                     let mut done = batou_core::converge_step(plan, step, options, sink);
                     let stopping = done.failure.is_some()
                         || interrupt.load(Ordering::SeqCst)
@@ -496,6 +497,10 @@ fn converge_here(
                     ));
                 }
                 Action::Finish { .. } => next.extend(report(&mut scheduler, Report::Closed)),
+                Action::Predict { .. } => next.extend(report(
+                    &mut scheduler,
+                    Report::Predicted { would_change: true },
+                )),
                 Action::Emit(event) => sink.event(event),
             }
         }

@@ -23,12 +23,18 @@
 //!   every host that can be prepared is predicted, also a failed step's host (its later
 //!   steps) and steps that depend on a step that failed or was not predicted. Those are
 //!   predicted as if the step they depend on would succeed, and a log line says so; the
-//!   failed host still fails the run.
+//!   failed host still fails the run;
+//! - with a rollout (`rollout.rs`), rolled hosts start their steps only while their batch
+//!   converges, the balancer's step converges again around each batch (drain, undrain),
+//!   and a rolled host's failure counts against the budget instead of stopping the run; a
+//!   dry run predicts every host as without a rollout.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::Exit;
+use crate::rollout::{Move, Rollout, RolloutPlan, World};
 use batou_core::protocol::PlanStep;
+use batou_core::rollout::StepRollout;
 use batou_core::{Event, HostStatus, HostSummary, RootOutcome};
 
 /// The exit status a host with `status` gives the run on its own; `None` for hosts left
@@ -103,6 +109,11 @@ pub enum Report {
     },
     /// The host's task ended: its session is closed.
     Closed,
+    /// A rolled host predicted its steps before its batch is drained.
+    Predicted {
+        /// Whether any of them would change.
+        would_change: bool,
+    },
 }
 
 /// What the scheduler asks the async loop to do, in order.
@@ -122,6 +133,24 @@ pub enum Action {
     },
     /// Emit an event.
     Emit(Event),
+    /// Send step `step` to `host`'s agent as part of a rollout: a rolled host's step in its
+    /// batch, or the balancer's step converged again to drain or undrain.
+    StartRollout {
+        /// The host whose agent runs the step.
+        host: String,
+        /// The step's index in the plan.
+        step: usize,
+        /// The batch, and for the balancer the hook and the hosts in rotation.
+        rollout: StepRollout,
+    },
+    /// Ask `host`'s agent whether these root components would change (a dry run of them
+    /// that reports nothing), before its batch of a rollout is drained.
+    Predict {
+        /// The rolled host.
+        host: String,
+        /// Its root components still to run, in plan order.
+        roots: Vec<String>,
+    },
 }
 
 /// How to schedule.
@@ -210,6 +239,7 @@ pub struct Scheduler<'p> {
     running: usize,
     preparing: bool,
     stop: Option<Stop>,
+    rollout: Option<Rollout>,
 }
 
 impl<'p> Scheduler<'p> {
@@ -260,7 +290,17 @@ impl<'p> Scheduler<'p> {
             running: 0,
             preparing: true,
             stop: None,
+            rollout: None,
         }
+    }
+
+    /// Deploys the rolled hosts of `plan` batch by batch. A dry run ignores it: it predicts
+    /// every host at once and drains nothing.
+    pub fn with_rollout(mut self, plan: RolloutPlan) -> Self {
+        if !self.options.dry_run {
+            self.rollout = Some(Rollout::new(plan));
+        }
+        self
     }
 
     /// Applies what `host` reported at `now` (seconds since the run started) and returns what
@@ -272,8 +312,18 @@ impl<'p> Scheduler<'p> {
         let Some(h) = self.hosts.get_mut(host) else {
             return actions;
         };
+        if matches!(report, Report::Predicted { .. } | Report::SetupFailed(_))
+            && self.rollout.as_ref().is_some_and(|r| r.is_predicting(host))
+        {
+            h.busy = false;
+            self.running -= 1;
+            if let (Some(r), Report::Predicted { would_change }) = (&mut self.rollout, &report) {
+                r.predicted(host, *would_change);
+            }
+        }
         match report {
             Report::Ready => h.ready = true,
+            Report::Predicted { .. } => {}
             Report::Cancelled => {
                 for step in h.queue.drain(..) {
                     self.state[step] = StepState::Interrupted;
@@ -293,6 +343,35 @@ impl<'p> Scheduler<'p> {
                 }
                 h.failure = Some(failure);
                 h.closed = true;
+                if let Some(r) = &mut self.rollout {
+                    r.host_failed(host);
+                    // A session lost while predicting: the host fails like any other.
+                    r.predicted(host, false);
+                }
+            }
+            Report::StepDone { step, outcome }
+                if self.rollout.as_ref().is_some_and(|r| r.is_hook(step)) =>
+            {
+                let failure = (outcome == RootOutcome::Failed).then(|| {
+                    HostFailure::new(
+                        HostStatus::Failed,
+                        vec![format!(
+                            "`{}` failed to drain or undrain the rolled hosts",
+                            self.steps[step].root
+                        )],
+                    )
+                });
+                self.hook_done(host, step, failure);
+            }
+            Report::Broken { step, failure }
+                if self.rollout.as_ref().is_some_and(|r| r.is_hook(step)) =>
+            {
+                actions.push(Action::Emit(Event::HostFailed {
+                    host: host.to_string(),
+                    status: failure.status,
+                    error: failure.error.clone(),
+                }));
+                self.hook_done(host, step, Some(failure));
             }
             Report::StepDone { step, outcome } => {
                 if self.state[step] != StepState::Running {
@@ -314,8 +393,13 @@ impl<'p> Scheduler<'p> {
                             "an earlier root component on this host failed".into(),
                         );
                     }
-                    if !keep_going {
-                        self.stop.get_or_insert(Stop::Failure);
+                    // A rolled host's failure counts against the rollout's budget instead.
+                    match self.rollout.as_mut().filter(|r| r.rolls(host)) {
+                        Some(r) => r.host_failed(host),
+                        None if !keep_going => {
+                            self.stop.get_or_insert(Stop::Failure);
+                        }
+                        None => {}
                     }
                 }
             }
@@ -335,8 +419,12 @@ impl<'p> Scheduler<'p> {
                 for later in h.queue.drain(..) {
                     self.state[later] = StepState::NotRun("the host's state is unknown".into());
                 }
-                if !keep_going {
-                    self.stop.get_or_insert(Stop::Failure);
+                match self.rollout.as_mut().filter(|r| r.rolls(host)) {
+                    Some(r) => r.host_failed(host),
+                    None if !keep_going => {
+                        self.stop.get_or_insert(Stop::Failure);
+                    }
+                    None => {}
                 }
             }
             Report::Closed => h.closed = true,
@@ -377,14 +465,24 @@ impl<'p> Scheduler<'p> {
     pub fn grace_expired(&mut self, grace: std::time::Duration, now: f64) -> Vec<Action> {
         let mut actions = Vec::new();
         for (name, h) in self.hosts.iter_mut().filter(|(_, h)| h.busy) {
-            let Some(&step) = h
+            let hook = self
+                .rollout
+                .as_ref()
+                .and_then(|r| h.steps.iter().copied().find(|i| r.is_hook(*i)));
+            let Some(step) = h
                 .steps
                 .iter()
-                .find(|i| self.state[**i] == StepState::Running)
+                .copied()
+                .find(|i| self.state[*i] == StepState::Running)
+                .or(hook)
             else {
                 continue;
             };
-            self.state[step] = StepState::Unknown;
+            if let (Some(r), Some(hook)) = (&mut self.rollout, hook) {
+                r.hook_done(hook, false);
+            } else {
+                self.state[step] = StepState::Unknown;
+            }
             self.running -= 1;
             h.busy = false;
             let failure = HostFailure {
@@ -486,22 +584,133 @@ impl<'p> Scheduler<'p> {
         if self.preparing {
             return;
         }
-        if self.stop.is_none() {
-            self.start_ready_steps(actions);
+        loop {
+            if self.stop.is_none() {
+                self.start_ready_steps(actions);
+            }
+            // The rollout first: rolled hosts it gives up on are not started for its reason.
+            if self.advance_rollout(actions) {
+                continue;
+            }
+            let names: Vec<String> = self.hosts.keys().cloned().collect();
+            for name in &names {
+                self.finish_host_if_done(name, now, actions);
+            }
+            if self.advance_rollout(actions) {
+                continue;
+            }
+            // Nothing runs and nothing can start: whatever is left waits for nothing.
+            if self.running == 0 && self.stop.is_none() {
+                let stuck = self
+                    .hosts
+                    .values()
+                    .any(|h| h.failure.is_none() && !h.queue.is_empty());
+                if stuck {
+                    self.stop = Some(Stop::Failure);
+                    continue;
+                }
+            }
+            break;
         }
-        // Nothing runs and nothing can start: whatever is left waits for nothing.
-        if self.running == 0 && self.stop.is_none() {
-            let stuck = self
+    }
+
+    /// Lets the rollout move on and carries out its moves; whether anything happened.
+    fn advance_rollout(&mut self, actions: &mut Vec<Action>) -> bool {
+        let Some(rollout) = &self.rollout else {
+            return false;
+        };
+        let balancer: Vec<&HostRun> = rollout
+            .balancer()
+            .iter()
+            .map(|b| &self.hosts[&self.steps[*b].host])
+            .collect();
+        let world = World {
+            finished: self
                 .hosts
-                .values()
-                .any(|h| h.failure.is_none() && !h.queue.is_empty());
-            if stuck {
-                self.stop = Some(Stop::Failure);
+                .iter()
+                .filter(|(_, h)| h.finished)
+                .map(|(n, _)| n.clone())
+                .collect(),
+            balancer_idle: balancer
+                .iter()
+                .all(|h| h.ready && !h.busy && h.queue.is_empty() && h.failure.is_none()),
+            balancer_failed: balancer
+                .iter()
+                .any(|h| h.failure.is_some() || h.cancelled || h.finished),
+            stopped: self.stop.is_some(),
+        };
+        let rollout = self.rollout.as_mut().expect("checked above");
+        let (moves, progressed) = rollout.advance(&world, self.steps);
+        for m in moves {
+            match m {
+                Move::Emit(event) => actions.push(Action::Emit(event)),
+                Move::Hook { step, rollout } => {
+                    let host = self.steps[step].host.clone();
+                    let h = self
+                        .hosts
+                        .get_mut(&host)
+                        .expect("a balancer host of the run");
+                    h.busy = true;
+                    self.running += 1;
+                    actions.push(Action::StartRollout {
+                        host,
+                        step,
+                        rollout,
+                    });
+                }
+                Move::Predict { host } => {
+                    let h = self.hosts.get_mut(&host).expect("a rolled host of the run");
+                    h.busy = true;
+                    self.running += 1;
+                    let roots = h
+                        .queue
+                        .iter()
+                        .map(|i| self.steps[*i].root.clone())
+                        .collect();
+                    actions.push(Action::Predict { host, roots });
+                }
+                Move::NotStarted { hosts, reason } => {
+                    for name in hosts {
+                        let Some(h) = self.hosts.get_mut(&name) else {
+                            continue;
+                        };
+                        if h.busy || h.finished || h.failure.is_some() {
+                            continue;
+                        }
+                        for step in h.queue.drain(..) {
+                            actions.push(Action::Emit(Event::Skipped {
+                                host: name.clone(),
+                                component: self.steps[step].root.clone(),
+                                reason: reason.clone(),
+                            }));
+                            self.state[step] = StepState::NotRun(reason.clone());
+                        }
+                    }
+                }
+                Move::StopRun => {
+                    if !self.keeps_going() {
+                        self.stop.get_or_insert(Stop::Failure);
+                    }
+                }
             }
         }
-        let names: Vec<String> = self.hosts.keys().cloned().collect();
-        for name in names {
-            self.finish_host_if_done(&name, now, actions);
+        progressed
+    }
+
+    /// A balancer's drain or undrain ended; a failure fails the balancer's host.
+    fn hook_done(&mut self, host: &str, step: usize, failure: Option<HostFailure>) {
+        let h = self.hosts.get_mut(host).expect("known host");
+        h.busy = false;
+        self.running -= 1;
+        let ok = failure.is_none();
+        if let Some(failure) = failure {
+            h.failure = Some(failure);
+            if !self.options.keep_going {
+                self.stop.get_or_insert(Stop::Failure);
+            }
+        }
+        if let Some(r) = &mut self.rollout {
+            r.hook_done(step, ok);
         }
     }
 
@@ -512,6 +721,9 @@ impl<'p> Scheduler<'p> {
             loop {
                 let h = &self.hosts[&name];
                 if !h.ready || h.busy || h.failure.is_some() {
+                    break;
+                }
+                if self.rollout.as_ref().is_some_and(|r| !r.may_start(&name)) {
                     break;
                 }
                 let Some(&step) = h.queue.front() else { break };
@@ -546,10 +758,17 @@ impl<'p> Scheduler<'p> {
                         h.busy = true;
                         self.running += 1;
                         self.state[step] = StepState::Running;
-                        actions.push(Action::Start {
-                            host: name.clone(),
-                            step,
-                        });
+                        match self.rollout.as_ref().and_then(|r| r.step_rollout(&name)) {
+                            Some(rollout) => actions.push(Action::StartRollout {
+                                host: name.clone(),
+                                step,
+                                rollout,
+                            }),
+                            None => actions.push(Action::Start {
+                                host: name.clone(),
+                                step,
+                            }),
+                        }
                         break;
                     }
                 }
@@ -559,8 +778,16 @@ impl<'p> Scheduler<'p> {
 
     fn finish_host_if_done(&mut self, name: &str, now: f64, actions: &mut Vec<Action>) {
         let stop = self.stop;
+        let holds = self
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.holds(name, self.steps));
         let h = self.hosts.get_mut(name).expect("known host");
         if h.finished || h.busy {
+            return;
+        }
+        // The balancer's session stays open while the rollout may still drain or undrain.
+        if holds && h.failure.is_none() && h.ready {
             return;
         }
         if h.failure.is_none() {
@@ -788,6 +1015,45 @@ mod tests {
                         format!("start {host} {}", self.steps[step].root)
                     }
                     Action::Finish { host } => format!("finish {host}"),
+                    Action::StartRollout {
+                        host,
+                        step,
+                        rollout,
+                    } => match rollout.hook {
+                        Some(hook) => format!(
+                            "{} {host} {} -> {}",
+                            hook.as_str(),
+                            self.steps[step].root,
+                            rollout.in_rotation.join(",")
+                        ),
+                        None => format!(
+                            "start {host} {} (batch {}/{})",
+                            self.steps[step].root, rollout.batch, rollout.batches
+                        ),
+                    },
+                    Action::Emit(Event::RolloutBatch {
+                        batch,
+                        hosts,
+                        failed,
+                        max_failed,
+                        ..
+                    }) => format!(
+                        "batch {batch}: {} (failed {failed}/{max_failed})",
+                        hosts.join(",")
+                    ),
+                    Action::Emit(Event::RolloutHook { .. }) => "hook".to_string(),
+                    Action::Predict { host, roots } => {
+                        format!("predict {host} {}", roots.join(","))
+                    }
+                    Action::Emit(Event::RolloutStopped {
+                        batch,
+                        not_attempted,
+                        reason,
+                        ..
+                    }) => format!(
+                        "stopped after {batch}: {reason}; not attempted: {}",
+                        not_attempted.join(",")
+                    ),
                     Action::Emit(Event::Skipped {
                         host, component, ..
                     }) => format!("skipped {host} {component}"),
@@ -805,6 +1071,10 @@ mod tests {
 
         fn ready(&mut self, host: &str) -> &mut Self {
             self.report(host, Report::Ready)
+        }
+
+        fn predicted(&mut self, host: &str, would_change: bool) -> &mut Self {
+            self.report(host, Report::Predicted { would_change })
         }
 
         fn done(&mut self, host: &str, root: &str, outcome: RootOutcome) -> &mut Self {
@@ -1266,6 +1536,355 @@ mod tests {
             statuses(&[("web1", "interrupted"), ("web2", "interrupted")])
         );
         assert_eq!(exit, Exit::Interrupted);
+    }
+
+    /// A rollout of `component` (none: every host but the balancer's) over `hosts`.
+    fn rolling(
+        plan: &[PlanStep],
+        hosts: &[&str],
+        batch: &[&str],
+        max_failed: &str,
+        balancer: Option<&str>,
+    ) -> RolloutPlan {
+        use batou_core::rollout::{RolloutSpec, Size};
+        let spec = RolloutSpec {
+            component: Some("app".into()),
+            batch: batch
+                .iter()
+                .map(|b| Size::parse(b, false).unwrap())
+                .collect(),
+            max_failed: Size::parse(max_failed, true).unwrap(),
+            balancer: balancer.map(str::to_string),
+            drain_wait_ms: 0,
+        };
+        let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        RolloutPlan::resolve(&spec, plan, &hosts).unwrap()
+    }
+
+    fn balanced() -> Vec<PlanStep> {
+        steps(&[
+            ("app1", "app", &[]),
+            ("app2", "app", &[]),
+            ("app3", "app", &[]),
+            ("db", "db", &[]),
+            ("lb", "upstreams", &[]),
+        ])
+    }
+
+    const BALANCED: &[&str] = &["app1", "app2", "app3", "db", "lb"];
+
+    fn rolled<'p>(plan: &'p [PlanStep], rollout: RolloutPlan) -> Script<'p> {
+        let mut s = Script::new(plan, BALANCED, options(false, 8));
+        s.sched = Scheduler::new(
+            plan,
+            &(0..plan.len()).collect::<Vec<_>>(),
+            &BALANCED.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+            options(false, 8),
+        )
+        .with_rollout(rollout);
+        s
+    }
+
+    #[test]
+    fn batches_roll_in_order_with_drain_and_undrain_around_each() {
+        let plan = balanced();
+        let rollout = rolling(&plan, BALANCED, &["1", "100%"], "0", Some("upstreams"));
+        let mut s = rolled(&plan, rollout);
+        for h in BALANCED {
+            s.ready(h);
+        }
+        // Hosts outside the rollout deploy as today; the balancer first converges as usual.
+        assert_eq!(s.take(), ["start db db", "start lb upstreams"]);
+        s.done("db", "db", Unchanged);
+        assert_eq!(s.take(), ["done db at 6", "finish db"]);
+        s.done("lb", "upstreams", Unchanged);
+        assert_eq!(s.take(), ["batch 1: app1 (failed 0/0)", "predict app1 app"]);
+        s.predicted("app1", true);
+        assert_eq!(s.take(), ["hook", "drain lb upstreams -> app2,app3"]);
+        s.done("lb", "upstreams", Changed);
+        assert_eq!(s.take(), ["start app1 app (batch 1/2)"]);
+        s.done("app1", "app", Changed);
+        assert_eq!(
+            s.take(),
+            [
+                "done app1 at 10",
+                "finish app1",
+                "hook",
+                "undrain lb upstreams -> app1,app2,app3"
+            ]
+        );
+        s.done("lb", "upstreams", Changed);
+        assert_eq!(
+            s.take(),
+            [
+                "batch 2: app2,app3 (failed 0/0)",
+                "predict app2 app",
+                "predict app3 app"
+            ]
+        );
+        // A host that would change nothing stays in rotation while it converges.
+        s.predicted("app2", true).predicted("app3", false);
+        assert_eq!(s.take(), ["hook", "drain lb upstreams -> app1,app3"]);
+        s.done("lb", "upstreams", Changed);
+        assert_eq!(
+            s.take(),
+            ["start app2 app (batch 2/2)", "start app3 app (batch 2/2)"]
+        );
+        s.done("app3", "app", Unchanged);
+        assert_eq!(s.take(), ["done app3 at 15", "finish app3"]);
+        s.done("app2", "app", Changed);
+        assert_eq!(
+            s.take(),
+            [
+                "done app2 at 16",
+                "finish app2",
+                "hook",
+                "undrain lb upstreams -> app1,app2,app3"
+            ]
+        );
+        s.done("lb", "upstreams", Changed);
+        assert_eq!(s.take(), ["done lb at 17", "finish lb"]);
+        let (hosts, exit) = s.summary();
+        assert_eq!(
+            hosts,
+            statuses(&[
+                ("app1", "changed"),
+                ("app2", "changed"),
+                ("app3", "unchanged"),
+                ("db", "unchanged"),
+                ("lb", "unchanged")
+            ])
+        );
+        assert_eq!(exit, Exit::Success);
+    }
+
+    #[test]
+    fn a_rollout_that_would_change_nothing_never_drains() {
+        let plan = balanced();
+        let rollout = rolling(&plan, BALANCED, &["2"], "0", Some("upstreams"));
+        let mut s = rolled(&plan, rollout);
+        for h in BALANCED {
+            s.ready(h);
+        }
+        s.done("db", "db", Unchanged)
+            .done("lb", "upstreams", Unchanged);
+        s.take();
+        s.predicted("app1", false).predicted("app2", false);
+        assert_eq!(
+            s.take(),
+            ["start app1 app (batch 1/2)", "start app2 app (batch 1/2)"]
+        );
+        s.done("app1", "app", Unchanged)
+            .done("app2", "app", Unchanged);
+        s.predicted("app3", false).done("app3", "app", Unchanged);
+        let log = s.take();
+        assert!(!log.iter().any(|l| l == "hook"), "{log:?}");
+        let (hosts, exit) = s.summary();
+        assert!(hosts.iter().all(|(_, st)| st == "unchanged"), "{hosts:?}");
+        assert_eq!(exit, Exit::Success);
+    }
+
+    /// A rollout of one host per batch up to app1's step: db and the balancer done, app1
+    /// predicted to change and drained.
+    fn at_app1<'p>(plan: &'p [PlanStep], max_failed: &str) -> Script<'p> {
+        let rollout = rolling(plan, BALANCED, &["1"], max_failed, Some("upstreams"));
+        let mut s = rolled(plan, rollout);
+        for h in BALANCED {
+            s.ready(h);
+        }
+        s.done("db", "db", Unchanged)
+            .done("lb", "upstreams", Unchanged);
+        s.predicted("app1", true).done("lb", "upstreams", Changed);
+        let log = s.take();
+        assert_eq!(log.last().unwrap(), "start app1 app (batch 1/3)");
+        s
+    }
+
+    #[test]
+    fn a_failure_over_the_budget_starts_no_new_batch() {
+        let plan = balanced();
+        let mut s = at_app1(&plan, "0");
+        s.done("app1", "app", Failed);
+        // The failed host stays drained: nothing to put back, no undrain.
+        assert_eq!(
+            s.take(),
+            [
+                "done app1 at 10",
+                "finish app1",
+                "stopped after 1: 1 rolled host failed (app1), `max_failed` allows 0; not attempted: app2,app3",
+                "skipped app2 app",
+                "skipped app3 app",
+                "done app2 at 10",
+                "finish app2",
+                "done app3 at 10",
+                "finish app3",
+                "done lb at 10",
+                "finish lb"
+            ]
+        );
+        let (outcome, _) = s.sched.finish(s.clock);
+        let hosts: Vec<_> = outcome
+            .hosts
+            .iter()
+            .map(|h| (h.host.as_str(), h.status.as_str(), h.detail.as_str()))
+            .collect();
+        assert_eq!(
+            hosts[..3],
+            [
+                ("app1", "failed", "`app` failed"),
+                (
+                    "app2",
+                    "not_attempted",
+                    "not started: the rollout stopped: 1 rolled host failed (app1), `max_failed` allows 0"
+                ),
+                (
+                    "app3",
+                    "not_attempted",
+                    "not started: the rollout stopped: 1 rolled host failed (app1), `max_failed` allows 0"
+                ),
+            ]
+        );
+        assert_eq!(outcome.exit, Exit::DeployFailed);
+    }
+
+    #[test]
+    fn a_failure_within_the_budget_rolls_on_with_the_host_drained() {
+        let plan = balanced();
+        let mut s = at_app1(&plan, "1");
+        s.done("app1", "app", Failed);
+        assert_eq!(
+            s.take(),
+            [
+                "done app1 at 10",
+                "finish app1",
+                "batch 2: app2 (failed 1/1)",
+                "predict app2 app"
+            ]
+        );
+        s.predicted("app2", true);
+        assert_eq!(s.take(), ["hook", "drain lb upstreams -> app3"]);
+        s.done("lb", "upstreams", Changed);
+        s.done("app2", "app", Changed);
+        assert_eq!(
+            s.take(),
+            [
+                "start app2 app (batch 2/3)",
+                "done app2 at 13",
+                "finish app2",
+                "hook",
+                "undrain lb upstreams -> app2,app3"
+            ]
+        );
+        s.done("lb", "upstreams", Changed);
+        s.predicted("app3", true);
+        s.done("lb", "upstreams", Changed);
+        s.done("app3", "app", Changed);
+        s.done("lb", "upstreams", Changed);
+        let (hosts, exit) = s.summary();
+        assert_eq!(hosts[0], ("app1".into(), "failed".into()));
+        assert_eq!(hosts[2], ("app3".into(), "changed".into()));
+        assert_eq!(exit, Exit::DeployFailed, "a failed host fails the run");
+    }
+
+    #[test]
+    fn dependencies_still_hold_inside_a_batch() {
+        // app1 requires db's resource; the batch opens at once but app1 waits for db.
+        let plan = steps(&[
+            ("app1", "app", &[2]),
+            ("app2", "app", &[]),
+            ("db", "db", &[]),
+        ]);
+        let hosts = ["app1", "app2", "db"];
+        let rollout = rolling(&plan, &hosts, &["1"], "0", None);
+        let mut s = Script::new(&plan, &hosts, options(false, 8));
+        s.sched = Scheduler::new(
+            &plan,
+            &[2, 0, 1],
+            &hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+            options(false, 8),
+        )
+        .with_rollout(rollout);
+        s.ready("app1").ready("app2").ready("db");
+        assert_eq!(s.take(), ["start db db", "batch 1: app1 (failed 0/0)"]);
+        s.done("db", "db", Changed);
+        assert_eq!(
+            s.take(),
+            ["start app1 app (batch 1/2)", "done db at 4", "finish db"]
+        );
+        s.done("app1", "app", Changed);
+        assert_eq!(
+            s.take(),
+            [
+                "done app1 at 5",
+                "finish app1",
+                "batch 2: app2 (failed 0/0)",
+                "start app2 app (batch 2/2)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_drain_stops_the_rollout_before_its_batch() {
+        let plan = balanced();
+        let rollout = rolling(&plan, BALANCED, &["1"], "0", Some("upstreams"));
+        let mut s = rolled(&plan, rollout);
+        for h in BALANCED {
+            s.ready(h);
+        }
+        s.done("db", "db", Unchanged)
+            .done("lb", "upstreams", Unchanged);
+        s.predicted("app1", true);
+        s.take();
+        s.done("lb", "upstreams", Failed);
+        let log = s.take();
+        assert_eq!(
+            log[0],
+            "stopped after 1: draining a batch from the balancer failed; not attempted: app1,app2,app3"
+        );
+        assert!(log.contains(&"finish lb".to_string()), "{log:?}");
+        let (hosts, exit) = s.summary();
+        assert_eq!(
+            hosts,
+            statuses(&[
+                ("app1", "not_attempted"),
+                ("app2", "not_attempted"),
+                ("app3", "not_attempted"),
+                ("db", "unchanged"),
+                ("lb", "failed")
+            ])
+        );
+        assert_eq!(exit, Exit::DeployFailed);
+    }
+
+    #[test]
+    fn an_interrupt_starts_no_new_batch_but_undrains_the_current_one() {
+        let plan = balanced();
+        let mut s = at_app1(&plan, "0");
+        s.sched.interrupt(s.clock);
+        s.done("app1", "app", Changed);
+        let log = s.take();
+        assert!(
+            log.contains(&"undrain lb upstreams -> app1,app2,app3".to_string()),
+            "{log:?}"
+        );
+        s.done("lb", "upstreams", Changed);
+        let (hosts, exit) = s.summary();
+        assert_eq!(hosts[0], ("app1".into(), "changed".into()));
+        assert_eq!(hosts[1], ("app2".into(), "interrupted".into()));
+        assert_eq!(exit, Exit::Interrupted);
+    }
+
+    #[test]
+    fn a_dry_run_predicts_every_host_without_batches() {
+        let plan = balanced();
+        let rollout = rolling(&plan, BALANCED, &["1"], "0", Some("upstreams"));
+        let hosts: Vec<String> = BALANCED.iter().map(|h| h.to_string()).collect();
+        let mut s = Script::new(&plan, BALANCED, dry_run(8));
+        s.sched = Scheduler::new(&plan, &[0, 1, 2, 3, 4], &hosts, dry_run(8)).with_rollout(rollout);
+        for h in BALANCED {
+            s.ready(h);
+        }
+        assert_eq!(s.take().len(), 5, "every host's step starts at once");
     }
 
     #[test]

@@ -87,6 +87,7 @@ fn shown(event: &Event, verbosity: Verbosity) -> bool {
         Event::Failed { .. }
         | Event::HostFailed { .. }
         | Event::Interrupted { .. }
+        | Event::RolloutStopped { .. }
         | Event::RunFinished { .. } => true,
         Event::Service { outcome, .. } => {
             verbosity > Verbosity::Quiet || matches!(outcome.result, ServiceResult::Failed { .. })
@@ -97,6 +98,8 @@ fn shown(event: &Event, verbosity: Verbosity) -> bool {
         | Event::AgentUploaded { .. }
         | Event::Skipped { .. }
         | Event::HostFinished { .. }
+        | Event::RolloutBatch { .. }
+        | Event::RolloutHook { .. }
         | Event::Orphaned { .. }
         | Event::HostOrphaned { .. } => verbosity > Verbosity::Quiet,
         Event::Pruned { action, .. } => {
@@ -245,6 +248,65 @@ impl HumanOutput<Vec<u8>> {
                     hosts.len(),
                     parts.join(", ")
                 );
+            }
+            Event::RolloutBatch {
+                batch,
+                batches,
+                hosts,
+                failed,
+                max_failed,
+            } => {
+                let left = max_failed.saturating_sub(failed);
+                let noun = if left == 1 { "failure" } else { "failures" };
+                let _ = writeln!(
+                    self.out,
+                    "rollout: batch {batch}/{batches}: {} ({failed} failed so far, {left} more {noun} allowed)",
+                    hosts.join(", ")
+                );
+            }
+            Event::RolloutHook {
+                host,
+                component,
+                batch,
+                hook,
+                targets,
+                in_rotation,
+            } => {
+                let rotation = if in_rotation.is_empty() {
+                    "none".to_string()
+                } else {
+                    in_rotation.join(", ")
+                };
+                let text = format!(
+                    "{component}: {} batch {batch}: {} (in rotation: {rotation})",
+                    hook.as_str(),
+                    targets.join(", ")
+                );
+                self.lines(&host, &text);
+            }
+            Event::RolloutStopped {
+                batch,
+                batches,
+                failed,
+                max_failed,
+                not_attempted,
+                reason,
+            } => {
+                let _ = writeln!(
+                    self.out,
+                    "{} after batch {batch}/{batches}: {reason}",
+                    self.paint(FAILED, "rollout stopped")
+                );
+                if !failed.is_empty() {
+                    let _ = writeln!(
+                        self.out,
+                        "  failed: {} (`max_failed` allows {max_failed})",
+                        failed.join(", ")
+                    );
+                }
+                if !not_attempted.is_empty() {
+                    let _ = writeln!(self.out, "  not attempted: {}", not_attempted.join(", "));
+                }
             }
             Event::AgentUploaded { host, bytes } => {
                 self.lines(

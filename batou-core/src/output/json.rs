@@ -280,6 +280,38 @@ const SCHEMA: &[(&str, &[(&str, &str)])] = &[
             ("holder", "object?"),
         ],
     ),
+    (
+        "rollout_batch",
+        &[
+            ("batch", "integer"),
+            ("batches", "integer"),
+            ("hosts", "string[]"),
+            ("failed", "integer"),
+            ("max_failed", "integer"),
+        ],
+    ),
+    (
+        "rollout_hook",
+        &[
+            ("host", "string"),
+            ("component", "string"),
+            ("batch", "integer"),
+            ("hook", "string"),
+            ("targets", "string[]"),
+            ("in_rotation", "string[]"),
+        ],
+    ),
+    (
+        "rollout_stopped",
+        &[
+            ("batch", "integer"),
+            ("batches", "integer"),
+            ("failed", "string[]"),
+            ("max_failed", "integer"),
+            ("not_attempted", "string[]"),
+            ("reason", "string"),
+        ],
+    ),
     ("warning", &[("message", "string")]),
     (
         "error",
@@ -497,6 +529,29 @@ mod tests {
                     holder: None,
                 }),
             },
+            Event::RolloutBatch {
+                batch: 1,
+                batches: 3,
+                hosts: vec![host()],
+                failed: 0,
+                max_failed: 1,
+            },
+            Event::RolloutHook {
+                host: "lb".into(),
+                component: "upstreams".into(),
+                batch: 1,
+                hook: crate::rollout::Hook::Drain,
+                targets: vec![host()],
+                in_rotation: vec!["web2".into()],
+            },
+            Event::RolloutStopped {
+                batch: 1,
+                batches: 3,
+                failed: vec![host()],
+                max_failed: 0,
+                not_attempted: vec!["web3".into()],
+                reason: "1 rolled host failed, `max_failed` allows 0".into(),
+            },
         ];
         for e in &all {
             match e {
@@ -523,6 +578,9 @@ mod tests {
                 | Event::HostState { .. }
                 | Event::Deploy { .. }
                 | Event::Lock { .. } => {}
+                Event::RolloutBatch { .. }
+                | Event::RolloutHook { .. }
+                | Event::RolloutStopped { .. } => {}
             }
         }
         all

@@ -62,6 +62,10 @@ impl Plan {
             secrets: Vec::new(),
             templates: self.syntax.clone(),
             facts: self.facts.get(host).cloned(),
+            rollout: self
+                .job_rollout
+                .clone()
+                .filter(|r| steps.iter().any(|i| self.steps[*i].root == r.balancer)),
         };
         // The agent masks every secret its job carries, wherever it came from (attributes,
         // host data, resources, files): those whose value occurs in the job.
@@ -129,6 +133,7 @@ impl Plan {
             secrets: self.secret_values.clone(),
             generated: Vec::new(),
             fact_hosts: self.fact_hosts(),
+            rollout: self.rollout.clone(),
         })
     }
 
@@ -138,6 +143,18 @@ impl Plan {
         job: &HostJob,
         registry: &Registry,
         base_dir: &Path,
+    ) -> Result<Plan, ConfigError> {
+        Self::from_job_in_rotation(job, registry, base_dir, None)
+    }
+
+    /// Like [`Plan::from_job`], with only `in_rotation` of the rolled hosts in rotation for
+    /// the balancer's templates (`None`: all of them): how a balancer host configures its
+    /// job for a rollout's drain and undrain.
+    pub fn from_job_in_rotation(
+        job: &HostJob,
+        registry: &Registry,
+        base_dir: &Path,
+        in_rotation: Option<&[String]>,
     ) -> Result<Plan, ConfigError> {
         let project = Project::shipped(job.files.clone());
         // The agent checked its own facts against these before configuring.
@@ -185,6 +202,7 @@ impl Plan {
         let built = configure_slots(
             &slots,
             &Context {
+                rollout: job.rollout.as_ref().map(|r| (r, in_rotation)),
                 environment: &job.environment,
                 base_dir,
                 allow_paths: &job.allow_paths,
@@ -229,6 +247,8 @@ impl Plan {
             fact_reads: facts.reads.hosts(),
             writes: Default::default(),
             facts: facts.facts,
+            rollout: None,
+            job_rollout: job.rollout.clone(),
         };
         for (i, expected) in job_steps.iter().enumerate() {
             let configured = plan.component_paths(i);

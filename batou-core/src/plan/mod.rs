@@ -104,6 +104,10 @@ pub struct Plan {
     fact_reads: std::collections::BTreeSet<String>,
     /// Files written by the steps converged so far that are not yet durable and visible.
     writes: crate::PendingWrites,
+    /// The environment's `[rollout]`.
+    rollout: Option<crate::rollout::RolloutSpec>,
+    /// What the balancer's host job carries of the rollout (with a balancer only).
+    job_rollout: Option<crate::rollout::JobRollout>,
 }
 
 impl Plan {
@@ -230,9 +234,16 @@ impl Plan {
             .iter()
             .map(|p| p.get_ref().clone())
             .collect();
+        let rollout = environment.rollout.as_ref().and_then(|spec| {
+            Some(crate::rollout::JobRollout {
+                balancer: spec.balancer.clone()?,
+                hosts: spec.rotation_hosts(&environment.hosts),
+            })
+        });
         let built = configure_slots(
             &slots,
             &Context {
+                rollout: rollout.as_ref().map(|r| (r, None)),
                 environment: &environment.name,
                 base_dir,
                 allow_paths: &allow_paths,
@@ -300,6 +311,8 @@ impl Plan {
             facts: facts.facts.clone(),
             fact_reads: facts.reads.hosts(),
             writes: Default::default(),
+            rollout: environment.rollout.clone(),
+            job_rollout: rollout,
         })
     }
 

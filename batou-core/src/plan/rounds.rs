@@ -41,6 +41,9 @@ pub(super) struct Context<'a> {
     /// Where errors go: the first ends configuring, or each is kept and the steps that
     /// failed are left out while the others go on.
     pub(super) errors: &'a super::Errors,
+    /// The rollout's balancer root and rolled hosts, for its templates' `rollout.*`, and
+    /// the hosts in rotation (`None`: all of them).
+    pub(super) rollout: Option<(&'a crate::rollout::JobRollout, Option<&'a [String]>)>,
 }
 
 pub(super) struct Built<'a> {
@@ -100,6 +103,17 @@ pub(super) fn configure_slots<'a>(
                 },
                 component => minijinja::context! { name => &slot.root },
                 workdir => workdir.to_string_lossy(),
+            };
+            // Only the balancer's step sees the rolled hosts: no other host's job carries
+            // them, so no other template could render the same on its agent.
+            let context = match cx.rollout {
+                Some((rollout, in_rotation)) if rollout.balancer == slot.root => {
+                    minijinja::context! {
+                        rollout => crate::rollout::template_value(&rollout.hosts, in_rotation),
+                        ..context
+                    }
+                }
+                _ => context,
             };
             Scope {
                 step,

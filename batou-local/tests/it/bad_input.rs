@@ -184,7 +184,7 @@ fn cases() -> Vec<Case> {
         case("unknown value of a setting", "[environment]\nconnect = \"sssh\"\n[hosts.localhost]\n")
             .expect("unknown value `sssh`, expected `ssh` or `local` in environments/dev.toml:2:11 (did you mean `ssh`?)"),
         case("unknown top-level table", "[hostz.localhost]\n")
-            .expect("unknown field `hostz`, expected one of `environment`, `hosts`, `groups`, `components` in environments/dev.toml:1:2 (did you mean `hosts`?)"),
+            .expect("unknown field `hostz`, expected one of `environment`, `hosts`, `groups`, `components`, `rollout` in environments/dev.toml:1:2 (did you mean `hosts`?)"),
         case("duplicate key", motd("content = \"a\"\ncontent = \"b\"\n"))
             .expect("error: duplicate key `content` in environments/dev.toml:8:1"),
         case("duplicate table", "[hosts.localhost]\n[hosts.localhost]\n")

@@ -22,6 +22,7 @@ mod output;
 mod process_faults;
 mod prune;
 mod releases;
+mod rollout;
 mod secrets;
 mod service_verbs;
 mod services;
