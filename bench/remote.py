@@ -7,7 +7,8 @@ host key checking on the client side), then for 1, 4 and 8 hosts times:
 - the first deploy (agent upload included) of a workload of 100 files rendered from one
   template with 3 variables (~1 KB each), 4 directories and 10 symlinks per host,
 - a no-op re-deploy (connections, plan check, verify of every component, nothing changed),
-- the floor: `ssh <host> true` to the same hosts in parallel, with the same ssh_config.
+- the floor: `ssh <host> true` to the same hosts in parallel, with the same ssh_config;
+- the first deploy's floor: `scp` of the compressed agent to the same hosts in parallel.
 
 Each figure is the median of several runs. Needs /usr/sbin/sshd (apt-get install -y
 openssh-server) and sends traffic to 127.0.0.0/8 only.
@@ -16,6 +17,7 @@ Usage: bench/remote.py [--runs N] [--binary PATH]   (builds the release binary b
 """
 
 import argparse
+import hashlib
 import os
 import shutil
 import statistics
@@ -26,7 +28,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from loopback_hosts import Cluster, build, exit_on_signals  # noqa: E402
+from loopback_hosts import Cluster, build, build_agent, exit_on_signals  # noqa: E402
 HOSTS = 8
 DIRS, FILES, LINKS = 4, 100, 10
 
@@ -64,6 +66,17 @@ def environment(hosts):
     return "".join(out)
 
 
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def root_cache():
+    """Where batou-remote keeps compressed agents (it writes the file on its first run)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "batou", "compressed")
+
+
 def timed(cmd, cwd=None):
     start = time.perf_counter()
     subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -90,6 +103,9 @@ def main():
     binary = args.binary
     if not binary:
         binary = os.path.join(build(ROOT, ["batou-remote"], release=True), "batou-remote")
+    agent_dir = build_agent(ROOT)
+    os.environ["BATOU_AGENT_DIR"] = agent_dir
+    compressed = os.path.join(root_cache(), f"{sha256(os.path.join(agent_dir, 'batou-agent'))}.zst")
 
     root = tempfile.mkdtemp(prefix="bb", dir="/tmp")
     cluster = None
@@ -107,7 +123,9 @@ def main():
                 f.write(environment(hosts))
             cmd = [binary, env, "-C", project, "--ssh-config", cluster.ssh_config]
             floor_cmds = [["ssh", "-F", cluster.ssh_config, h, "true"] for h in hosts]
-            firsts, noops, floors = [], [], []
+            # The first deploy's floor: the compressed agent copied to every host at once.
+            scp_cmds = [["scp", "-O", "-q", "-F", cluster.ssh_config, compressed, f"{h}:agent.zst"] for h in hosts]
+            firsts, noops, floors, scps = [], [], [], []
             for _ in range(args.runs):
                 for h in hosts:
                     home = cluster.hosts[h][2]
@@ -116,21 +134,31 @@ def main():
                 firsts.append(timed(cmd))
                 noops.append(timed(cmd))
                 floors.append(timed_parallel(floor_cmds))
+                scps.append(timed_parallel(scp_cmds))
             out = subprocess.run(cmd + ["--json"], check=True, capture_output=True, text=True)
             assert '"event":"changed"' not in out.stdout, "no-op deploy changed something"
             assert '"event":"agent_uploaded"' not in out.stdout, "no-op deploy uploaded the agent"
-            results.append((count, firsts, noops, floors))
+            results.append((count, firsts, noops, floors, scps))
 
         ms = lambda xs: statistics.median(xs) * 1000
         print(
             f"workload per host: {FILES} files (~1 KB, one template, 3 variables), {DIRS} directories, "
             f"{LINKS} symlinks; {args.runs} runs; medians"
         )
-        print(f"{'hosts':>5}  {'first deploy':>12}  {'no-op':>9}  {'ssh true':>9}  {'no-op / ssh true':>16}")
-        for count, firsts, noops, floors in results:
+        agent = os.path.getsize(os.path.join(agent_dir, "batou-agent"))
+        unpack = os.path.getsize(os.path.join(agent_dir, "batou-unpack"))
+        print(
+            f"agent: {agent / 1e6:.2f} MB static, {os.path.getsize(compressed) / 1e6:.2f} MB compressed; "
+            f"batou-unpack {unpack / 1e6:.2f} MB (sent once per host, uncompressed)"
+        )
+        print(
+            f"{'hosts':>5}  {'first deploy':>12}  {'scp agent':>9}  {'first / scp':>11}  "
+            f"{'no-op':>9}  {'ssh true':>9}  {'no-op / ssh true':>16}"
+        )
+        for count, firsts, noops, floors, scps in results:
             print(
-                f"{count:>5}  {ms(firsts):9.1f} ms  {ms(noops):6.1f} ms  {ms(floors):6.1f} ms  "
-                f"{ms(noops) / ms(floors):15.2f}x"
+                f"{count:>5}  {ms(firsts):9.1f} ms  {ms(scps):6.1f} ms  {ms(firsts) / ms(scps):10.2f}x  "
+                f"{ms(noops):6.1f} ms  {ms(floors):6.1f} ms  {ms(noops) / ms(floors):15.2f}x"
             )
     finally:
         if cluster:

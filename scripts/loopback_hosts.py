@@ -15,6 +15,15 @@ import subprocess
 import time
 
 
+def build_agent(root):
+    """Builds the static agents shipped to hosts (`scripts/build-agent`, which honours
+    `CARGO_TARGET_DIR` too) and returns their directory; `batou-remote` finds them there."""
+    out = subprocess.run(
+        [os.path.join(root, "scripts/build-agent")], check=True, capture_output=True, text=True
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
 def build(root, packages, release=False):
     """Builds `packages` of the workspace at `root`; returns the directory of the binaries.
 

@@ -50,6 +50,13 @@ pub struct Settings {
     /// The template syntax (`[environment.templates]`): line statements and comments.
     #[serde(default)]
     pub templates: TemplateSettings,
+    /// The login user of every host that sets none of its own.
+    #[serde(default)]
+    pub user: Option<Spanned<String>>,
+    /// The user the agent runs as (through `sudo -n`) on every host that sets none of its
+    /// own: `become = "root"`.
+    #[serde(default, rename = "become")]
+    pub become_user: Option<Spanned<String>>,
 }
 
 /// The `[environment.templates]` table: Jinja2's line statement and line comment prefixes,
@@ -89,6 +96,8 @@ impl Default for Settings {
             jobs: default_jobs(),
             allow_paths: Vec::new(),
             templates: TemplateSettings::default(),
+            user: None,
+            become_user: None,
         }
     }
 }
@@ -114,8 +123,12 @@ pub struct Host {
     pub address: Option<String>,
     /// The SSH port, when not the user's SSH configuration's.
     pub port: Option<u16>,
-    /// The login user, when not the user's SSH configuration's.
+    /// The login user, when not the user's SSH configuration's (the host's `user`, else the
+    /// environment's).
     pub user: Option<String>,
+    /// The user the agent runs as, through `sudo -n`, when not the login user (the host's
+    /// `become`, else the environment's).
+    pub become_user: Option<String>,
 }
 
 /// A loaded and checked environment.
@@ -196,6 +209,8 @@ struct HostShape {
     address: Option<Spanned<String>>,
     port: Option<Spanned<i64>>,
     user: Option<Spanned<String>>,
+    #[serde(rename = "become")]
+    become_user: Option<Spanned<String>>,
 }
 
 impl HostShape {
@@ -210,7 +225,11 @@ impl HostShape {
         host: &str,
         source: &SourceText,
     ) -> Result<(Option<String>, Option<u16>, Option<String>), ConfigError> {
-        for (field, value) in [("address", &self.address), ("user", &self.user)] {
+        for (field, value) in [
+            ("address", &self.address),
+            ("user", &self.user),
+            ("become", &self.become_user),
+        ] {
             if let Some(value) = value {
                 check_word(&format!("`hosts.{host}.{field}`"), value.get_ref())
                     .map_err(|e| e.at(source.place(value.span().start)))?;
@@ -323,6 +342,12 @@ impl Environment {
                 .map_err(|e| source.toml_error(&e))?;
 
         let settings = shape.environment.unwrap_or_default();
+        for (field, value) in [("user", &settings.user), ("become", &settings.become_user)] {
+            if let Some(value) = value {
+                check_word(&format!("`environment.{field}`"), value.get_ref())
+                    .map_err(|e| e.at(source.place(value.span().start)))?;
+            }
+        }
         for allowed in &settings.allow_paths {
             if !Path::new(allowed.get_ref()).is_absolute() {
                 return Err(ConfigError::new(format!(
@@ -393,6 +418,12 @@ impl Environment {
                 names.push(component.clone());
             }
             let (address, port, user) = shape.connection(&host_name, &source)?;
+            let user = user.or_else(|| settings.user.as_ref().map(|u| u.get_ref().clone()));
+            let become_user = shape
+                .become_user
+                .as_ref()
+                .or(settings.become_user.as_ref())
+                .map(|u| u.get_ref().clone());
             hosts.push(Host {
                 name: host_name,
                 components: names,
@@ -400,6 +431,7 @@ impl Environment {
                 address,
                 port,
                 user,
+                become_user,
             });
         }
 
@@ -966,6 +998,37 @@ mod tests {
             parse("[hosts.\"-oX\"]\naddress = \"10.0.0.1\"\nport = 2222\nuser = \"deploy\"\n")
                 .unwrap();
         assert_eq!(env.hosts[0].port, Some(2222));
+    }
+
+    #[test]
+    fn user_and_become_default_from_the_environment_and_are_checked() {
+        let env = parse(
+            "[environment]\nuser = \"deploy\"\nbecome = \"root\"\n[hosts.web1]\n[hosts.web2]\nuser = \"ops\"\nbecome = \"app\"\n",
+        )
+        .unwrap();
+        let web1 = &env.hosts[0];
+        assert_eq!(
+            (web1.user.as_deref(), web1.become_user.as_deref()),
+            (Some("deploy"), Some("root"))
+        );
+        let web2 = &env.hosts[1];
+        assert_eq!(
+            (web2.user.as_deref(), web2.become_user.as_deref()),
+            (Some("ops"), Some("app"))
+        );
+        let err = parse("[hosts.web1]\nbecome = \"-oX\"\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "`hosts.web1.become` `-oX` starts with `-` in environments/dev.toml:2:10"
+            ),
+            "{err}"
+        );
+        let err = parse("[environment]\nbecome = \"ro ot\"\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("`environment.become` `ro ot` contains"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -338,6 +338,9 @@ pub enum HostStatus {
     NotAttempted,
     /// The run was interrupted before all of the host's steps ran.
     Interrupted,
+    /// The login user may not run the agent as the `become` user without a password
+    /// (`sudo -n` refused); nothing was changed on the host.
+    BecomeRefused,
 }
 
 impl HostStatus {
@@ -355,6 +358,7 @@ impl HostStatus {
             HostStatus::Skipped => "skipped",
             HostStatus::NotAttempted => "not_attempted",
             HostStatus::Interrupted => "interrupted",
+            HostStatus::BecomeRefused => "become_refused",
         }
     }
 

@@ -30,7 +30,8 @@ use crate::{Event, RootOutcome, ServiceOutcome, ServiceVerb};
 /// project's commit.
 /// 10: rollouts: a plan's `rollout`, a balancer job's rolled hosts, a step's batch and hook,
 /// `predict` and `predicted`.
-pub const PROTOCOL_VERSION: u32 = 10;
+/// 11: a remote plan's hosts carry the `become` user.
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// Everything one host needs to configure and converge its part of a plan, and nothing more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,6 +119,9 @@ pub struct RemoteHost {
     pub port: Option<u16>,
     /// The login user.
     pub user: Option<String>,
+    /// The user the agent runs as, through `sudo -n`, when not the login user.
+    #[serde(default, rename = "become", skip_serializing_if = "Option::is_none")]
+    pub become_user: Option<String>,
 }
 
 /// A step of a remote plan and the steps it waits for.

@@ -386,6 +386,7 @@ mod tests {
             address: None,
             port: None,
             user: None,
+            become_user: None,
         }
     }
 

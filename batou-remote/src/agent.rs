@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use batou_core::protocol::{
-    Controller, FromAgent, HostJob, PROTOCOL_VERSION, Purpose, Refusal, ToAgent,
+    Controller, FromAgent, HostJob, PROTOCOL_VERSION, Purpose, Refusal, RemoteHost, ToAgent,
 };
 use batou_core::{Event, RootOutcome, ServiceOutcome};
 use openssh::{Child, ChildStdin, ChildStdout, Session};
@@ -22,6 +22,9 @@ use crate::ssh::{Word, shell_command};
 
 /// Where agents are cached on hosts, below `$HOME`.
 const AGENT_CACHE: &str = ".cache/batou/agents";
+
+/// Where `batou-unpack` is cached on hosts, below `$HOME`.
+const UNPACK_CACHE: &str = ".cache/batou/unpack";
 
 /// How many of the agent's last stderr lines an error shows.
 pub const STDERR_LINES: usize = 40;
@@ -73,6 +76,30 @@ pub enum SessionError {
         source: Option<std::io::Error>,
         /// The agent's last stderr lines (at most [`STDERR_LINES`], masked).
         stderr: Vec<String>,
+    },
+    /// The host runs another operating system or architecture than the agent is built for.
+    #[error("the host runs `{host}`, but the agent is built for `{agent}`: refusing to upload it")]
+    PlatformMismatch {
+        /// What `uname -sm` said on the host.
+        host: String,
+        /// The platform of the agent binary.
+        agent: String,
+    },
+    /// `sudo -n` refused to run the agent as the host's `become` user; nothing was changed.
+    #[error("{message}\n{}", .sudo.join("\n"))]
+    BecomeRefused {
+        /// What was refused, naming the login user, the `become` user and the host.
+        message: String,
+        /// sudo's own lines.
+        sudo: Vec<String>,
+        /// The login user.
+        login: String,
+    },
+    /// The first command on the host did not say what it should (`uname -sm`, `id -un`).
+    #[error("cannot ask the host for its platform: {stderr}")]
+    CannotProbe {
+        /// What the command wrote to stderr.
+        stderr: String,
     },
     /// Checking whether the host has the agent failed.
     #[error("cannot check for the agent: {source}")]
@@ -170,7 +197,8 @@ impl std::fmt::Display for StderrLines<'_> {
     }
 }
 
-/// The local agent binary and its content address.
+/// The local agent binary, its content address, the platform it is built for, and the
+/// compressed form it travels in.
 #[derive(Debug, Clone)]
 pub struct AgentBinary {
     /// Where the binary is on this machine.
@@ -179,61 +207,343 @@ pub struct AgentBinary {
     pub sha256: String,
     /// Its size in bytes.
     pub size: u64,
+    /// What `uname -sm` says on a host that can run it (`Linux x86_64`).
+    pub platform: String,
+    /// The binary compressed with zstd, as it is sent.
+    compressed: Arc<Vec<u8>>,
+    /// The program that unpacks it on hosts.
+    unpack: Arc<Unpack>,
+}
+
+/// `batou-unpack`: the small static program that decompresses, verifies and installs an
+/// agent on a host. It is sent uncompressed, once per host, and cached by its SHA-256.
+#[derive(Debug)]
+struct Unpack {
+    bytes: Vec<u8>,
+    sha256: String,
 }
 
 impl AgentBinary {
-    /// Hashes the binary at `path`.
-    pub fn new(path: &Path) -> anyhow::Result<Self> {
+    /// Hashes the binary at `path`, checks that it is a static executable, and compresses
+    /// it (once per build: the compressed form is kept in the controller's cache); `unpack`
+    /// is the `batou-unpack` program sent along to hosts that lack it.
+    pub fn new(path: &Path, unpack: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let platform = crate::agent_files::platform(path)?;
+        let sha256 = batou_runtime::agent::sha256_file(path)?;
+        let unpack_platform = crate::agent_files::platform(unpack)?;
+        if unpack_platform != platform {
+            anyhow::bail!(
+                "`{}` is built for `{unpack_platform}`, the agent `{}` for `{platform}`",
+                unpack.display(),
+                path.display()
+            );
+        }
+        let unpack_bytes =
+            std::fs::read(unpack).with_context(|| format!("cannot read `{}`", unpack.display()))?;
         Ok(AgentBinary {
-            sha256: batou_runtime::agent::sha256_file(path)?,
             size: std::fs::metadata(path)?.len(),
+            compressed: Arc::new(crate::agent_files::compressed(path, &sha256)?),
+            unpack: Arc::new(Unpack {
+                sha256: sha256_bytes(&unpack_bytes),
+                bytes: unpack_bytes,
+            }),
+            platform,
+            sha256,
             path: path.to_path_buf(),
         })
     }
 
-    pub(crate) fn remote(&self) -> Word {
+    /// The size of the compressed binary, as it is sent.
+    pub fn compressed_size(&self) -> u64 {
+        self.compressed.len() as u64
+    }
+
+    /// The size of `batou-unpack`, sent once to each host that lacks it.
+    pub fn unpack_size(&self) -> u64 {
+        self.unpack.bytes.len() as u64
+    }
+
+    fn cached(&self) -> Word {
         Word::Home(format!("{AGENT_CACHE}/{}", self.sha256))
+    }
+
+    fn cached_unpack(&self) -> Word {
+        Word::Home(format!("{UNPACK_CACHE}/{}", self.unpack.sha256))
     }
 }
 
-/// Makes sure the host has the agent; returns whether it had to be uploaded.
+fn sha256_bytes(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The agent of one session on a host: where it is and as whom it runs.
+#[derive(Debug, Clone)]
+pub struct RemoteAgent {
+    path: Word,
+    become_user: Option<String>,
+    /// In a dry run on a host whose cache lacks the agent: the temporary directory it was
+    /// unpacked into, removed when the agent ends.
+    scratch: Option<String>,
+    /// The login user, as the host said (`id -un`).
+    login: String,
+    host: String,
+}
+
+impl RemoteAgent {
+    /// The remote command that runs the agent binary with `args`, through `sudo -n` when
+    /// the host has a `become` user.
+    pub(crate) fn command(&self, args: &[&str]) -> String {
+        let mut argv = Vec::new();
+        if let Some(user) = &self.become_user {
+            argv.extend(["sudo", "-n", "-u", user.as_str(), "--"].map(|w| Word::Literal(w.into())));
+        }
+        argv.push(self.path.clone());
+        argv.extend(args.iter().map(|a| Word::Literal((*a).to_string())));
+        shell_command(&argv)
+    }
+
+    /// The command of an agent session; in a dry run with a temporary agent, the temporary
+    /// directory is removed when the agent ends.
+    fn session_command(&self) -> String {
+        let agent = self.command(&["agent"]);
+        match &self.scratch {
+            None => agent,
+            Some(dir) => format!(
+                "{agent}; s=$?; rm -rf {}; exit $s",
+                shell_command(&[Word::Literal(dir.clone())])
+            ),
+        }
+    }
+
+    /// Removes the temporary directory of a dry run's agent, when setting up the session
+    /// failed before the agent could remove it.
+    pub(crate) async fn discard(&self, session: &Session) {
+        if let Some(dir) = &self.scratch {
+            let command = shell_command(&[
+                Word::Literal("rm".into()),
+                Word::Literal("-rf".into()),
+                Word::Literal(dir.clone()),
+            ]);
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                session.raw_command(&command).status(),
+            )
+            .await;
+        }
+    }
+
+    /// The refusal that `sudo`'s lines on the agent's stderr describe, if any.
+    fn become_refused(&self, stderr: &[String]) -> Option<SessionError> {
+        let target = self.become_user.as_ref()?;
+        let lines: Vec<String> = stderr
+            .iter()
+            .filter(|l| l.starts_with("sudo:") || l.contains("sudoers"))
+            .cloned()
+            .collect();
+        if lines.is_empty() {
+            return None;
+        }
+        let text = lines.join(" ");
+        let (login, host) = (&self.login, &self.host);
+        let what = if text.contains("password is required") {
+            format!(
+                "sudo requires a password for `{login}` to run the agent as `{target}` on `{host}`"
+            )
+        } else if text.contains("unknown user") {
+            format!("sudo does not know the user `{target}` on `{host}`")
+        } else if text.contains("not allowed") || text.contains("not in the sudoers") {
+            format!(
+                "`{login}` is not allowed to run the agent as `{target}` through sudo on `{host}`"
+            )
+        } else {
+            format!("sudo refused to run the agent as `{target}` for `{login}` on `{host}`")
+        };
+        Some(SessionError::BecomeRefused {
+            message: what,
+            sudo: lines,
+            login: login.clone(),
+        })
+    }
+}
+
+/// What the host said in the first round trip: its platform, its login user, and which of
+/// the agent and `batou-unpack` its cache has.
+#[derive(Debug, PartialEq, Eq)]
+struct Probe {
+    platform: String,
+    login: String,
+    cached: Cached,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Cached {
+    Agent,
+    Unpack,
+    Nothing,
+}
+
+impl Probe {
+    fn command(agent: &AgentBinary) -> String {
+        format!(
+            "uname -sm; id -un; if test -x {}; then echo agent; elif test -x {}; then echo unpack; else echo nothing; fi",
+            shell_command(&[agent.cached()]),
+            shell_command(&[agent.cached_unpack()]),
+        )
+    }
+
+    fn parse(stdout: &str) -> Option<Probe> {
+        let mut lines = stdout.lines().map(str::trim);
+        let platform = lines
+            .next()?
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let login = lines.next()?.to_string();
+        let cached = match lines.next()? {
+            "agent" => Cached::Agent,
+            "unpack" => Cached::Unpack,
+            "nothing" => Cached::Nothing,
+            _ => return None,
+        };
+        Some(Probe {
+            platform,
+            login,
+            cached,
+        })
+    }
+}
+
+/// Makes sure the host can run the agent; returns it and the bytes uploaded (0 when the
+/// host's cache had it).
 ///
-/// The upload goes to a temporary file that the uploaded binary itself verifies (sha256),
-/// syncs and renames into place, so a partial or corrupt upload is never used.
+/// One round trip says the host's platform (`uname -sm`) and what its cache holds; a host
+/// whose platform differs from the agent's is refused before anything is sent. The agent
+/// travels compressed and `batou-unpack` (sent first when the host lacks it) decompresses it
+/// into a temporary file, checks its SHA-256, syncs and renames it into place, and prunes the
+/// cache to the current and the previous agent. A dry run never writes the cache: a missing
+/// agent goes into a temporary directory that the session removes.
 pub async fn ensure_agent(
     session: &Session,
     agent: &AgentBinary,
+    host: &RemoteHost,
+    dry_run: bool,
     deadline: Duration,
-) -> Result<bool, SessionError> {
-    let check = shell_command(&[
-        Word::Literal("test".into()),
-        Word::Literal("-x".into()),
-        agent.remote(),
-    ]);
-    let status = within(deadline, session.raw_command(&check).status())
+) -> Result<(RemoteAgent, u64), SessionError> {
+    let output = within(
+        deadline,
+        session.raw_command(Probe::command(agent)).output(),
+    )
+    .await?
+    .map_err(|source| SessionError::CannotCheck { source })?;
+    let probe = Probe::parse(&String::from_utf8_lossy(&output.stdout)).ok_or_else(|| {
+        SessionError::CannotProbe {
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        }
+    })?;
+    if probe.platform != agent.platform {
+        return Err(SessionError::PlatformMismatch {
+            host: probe.platform,
+            agent: agent.platform.clone(),
+        });
+    }
+    let mut remote = RemoteAgent {
+        path: agent.cached(),
+        become_user: host.become_user.clone(),
+        scratch: None,
+        login: probe.login,
+        host: host.name.clone(),
+    };
+    if probe.cached == Cached::Agent {
+        return Ok((remote, 0));
+    }
+    let (unpack, dir) = if dry_run {
+        let dir = scratch_dir(session, deadline).await?;
+        remote.scratch = Some(dir.clone());
+        remote.path = Word::Literal(format!("{dir}/agent"));
+        let unpack = match probe.cached {
+            Cached::Unpack => agent.cached_unpack(),
+            _ => Word::Literal(format!("{dir}/unpack")),
+        };
+        (unpack, Word::Literal(dir))
+    } else {
+        (agent.cached_unpack(), Word::Home(AGENT_CACHE.into()))
+    };
+    let mut sent = 0;
+    let result = async {
+        if probe.cached == Cached::Nothing {
+            let tmp = match &unpack {
+                Word::Home(path) => Word::Home(format!("{path}.{}.tmp", std::process::id())),
+                Word::Literal(path) => Word::Literal(format!("{path}.tmp")),
+            };
+            let parent = match &unpack {
+                Word::Home(_) => Word::Home(UNPACK_CACHE.into()),
+                Word::Literal(_) => dir.clone(),
+            };
+            let script = format!(
+                "umask 022 && mkdir -p {parent} && cat > {tmp} && chmod 755 {tmp} && {tmp} self-install {sha} {unpack} || {{ rm -f {tmp}; exit 1; }}",
+                parent = shell_command(std::slice::from_ref(&parent)),
+                tmp = shell_command(std::slice::from_ref(&tmp)),
+                sha = agent.unpack.sha256,
+                unpack = shell_command(std::slice::from_ref(&unpack)),
+            );
+            upload(session, &script, &agent.unpack.bytes, deadline).await?;
+            sent += agent.unpack_size();
+        }
+        let script = format!(
+            "umask 022 && mkdir -p {dir} && {unpack} {sha} {target}",
+            dir = shell_command(std::slice::from_ref(&dir)),
+            unpack = shell_command(std::slice::from_ref(&unpack)),
+            sha = agent.sha256,
+            target = shell_command(std::slice::from_ref(&remote.path)),
+        );
+        upload(session, &script, &agent.compressed, deadline).await?;
+        sent += agent.compressed_size();
+        Ok::<_, SessionError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => Ok((remote, sent)),
+        Err(err) => {
+            remote.discard(session).await;
+            Err(err)
+        }
+    }
+}
+
+/// A new temporary directory on the host for a dry run's agent (mode 0755, so that a
+/// `become` user can run what it holds).
+async fn scratch_dir(session: &Session, deadline: Duration) -> Result<String, SessionError> {
+    let command = "d=$(mktemp -d \"${TMPDIR:-/tmp}/batou-dry-run.XXXXXX\") && chmod 755 \"$d\" && printf '%s\\n' \"$d\"";
+    let output = within(deadline, session.raw_command(command).output())
         .await?
         .map_err(|source| SessionError::CannotCheck { source })?;
-    if status.success() {
-        return Ok(false);
+    let dir = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    if !output.status.success() || !dir.starts_with('/') {
+        return Err(SessionError::CannotInstall {
+            stderr: format!(
+                "cannot create a temporary directory for the dry run's agent: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
     }
-    let tmp = Word::Home(format!(
-        "{AGENT_CACHE}/.{}.{}.tmp",
-        agent.sha256,
-        std::process::id()
-    ));
-    let script = format!(
-        "umask 077 && mkdir -p {dir} && cat > {tmp} && chmod 700 {tmp} && {install} || {{ rm -f {tmp}; exit 1; }}",
-        dir = shell_command(&[Word::Home(AGENT_CACHE.into())]),
-        tmp = shell_command(std::slice::from_ref(&tmp)),
-        install = shell_command(&[
-            tmp.clone(),
-            Word::Literal("agent-install".into()),
-            Word::Literal(agent.sha256.clone()),
-            agent.remote(),
-        ]),
-    );
+    Ok(dir)
+}
+
+/// Runs `script` on the host with `bytes` on its stdin; its stderr is the error when it
+/// fails.
+async fn upload(
+    session: &Session,
+    script: &str,
+    bytes: &[u8],
+    deadline: Duration,
+) -> Result<(), SessionError> {
     let mut child = session
-        .raw_command(&script)
+        .raw_command(script)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -242,24 +552,30 @@ pub async fn ensure_agent(
         .map_err(|source| SessionError::CannotStartUpload { source })?;
     let upload = async {
         let mut stdin = child.stdin().take().expect("stdin is piped");
-        let mut file = tokio::fs::File::open(&agent.path).await?;
-        tokio::io::copy(&mut file, &mut stdin).await?;
-        stdin.shutdown().await?;
-        drop(stdin);
-        let mut err = String::new();
-        if let Some(mut stderr) = child.stderr().take() {
-            stderr.read_to_string(&mut err).await?;
+        let mut stderr = child.stderr().take().expect("stderr is piped");
+        let errors = tokio::spawn(async move {
+            let mut err = String::new();
+            let _ = stderr.read_to_string(&mut err).await;
+            err
+        });
+        // A program that fails early closes its stdin: its stderr says why, not the pipe.
+        let written = async {
+            stdin.write_all(bytes).await?;
+            stdin.shutdown().await
         }
+        .await;
+        drop(stdin);
+        let err = errors.await.unwrap_or_default();
         let status = child.wait().await.map_err(std::io::Error::other)?;
-        Ok::<_, std::io::Error>((status, err))
+        Ok::<_, std::io::Error>((status, err, written))
     };
-    let (status, stderr) = within(deadline, upload)
+    let (status, stderr, written) = within(deadline, upload)
         .await?
         .map_err(|source| SessionError::CannotUpload { source })?;
     if !status.success() {
         return Err(SessionError::CannotInstall { stderr });
     }
-    Ok(true)
+    written.map_err(|source| SessionError::CannotUpload { source })
 }
 
 /// A running agent session on one host.
@@ -329,14 +645,14 @@ impl AgentSession {
     /// needs it) and configured.
     pub async fn start(
         session: Arc<Session>,
-        agent: &AgentBinary,
+        agent: &RemoteAgent,
         job: &HostJob,
         dry_run: bool,
         purpose: Purpose,
         controller: &Controller,
         timeout: Duration,
     ) -> Result<Self, SessionError> {
-        let command = shell_command(&[agent.remote(), Word::Literal("agent".into())]);
+        let command = agent.session_command();
         let mut child = Session::to_raw_command(session, command)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -354,7 +670,15 @@ impl AgentSession {
             timeout,
             stderr,
         };
-        match me.read().await? {
+        let hello = match me.read().await {
+            Err(SessionError::Died { source, stderr }) => {
+                return Err(agent
+                    .become_refused(&stderr)
+                    .unwrap_or(SessionError::Died { source, stderr }));
+            }
+            other => other?,
+        };
+        match hello {
             FromAgent::Hello { protocol, .. } if protocol == PROTOCOL_VERSION => {}
             FromAgent::Hello { protocol, version } => {
                 return Err(SessionError::ProtocolMismatch { version, protocol });

@@ -2,7 +2,7 @@
 //! `<project>/.batou/deployed-hosts.json`, beside the release id index.
 //!
 //! A host removed from an environment is no longer in its file, so nothing else says how to
-//! reach it. This record does (address, port, user, base directory and allowed paths as last
+//! reach it. This record does (address, port, user, `become` user, base directory and allowed paths as last
 //! deployed), so that the next deploy reports the host as orphaned without contacting it, and
 //! `--prune` can connect to it and remove what the environment created there. It lives in
 //! the project: another checkout of the project (another operator's) has its own, and does
@@ -33,6 +33,9 @@ pub struct DeployedHost {
     /// The login user.
     #[serde(default)]
     pub user: Option<String>,
+    /// The user the agent ran as (`become`), if not the login user.
+    #[serde(default, rename = "become", skip_serializing_if = "Option::is_none")]
+    pub become_user: Option<String>,
     /// The base directory as the environment planned it.
     pub base_dir: String,
     /// The environment's `allow_paths` then.
@@ -82,6 +85,7 @@ pub fn add_to_plan(plan: &mut RemotePlan, removed: &[(String, DeployedHost)]) {
             address: host.address.clone(),
             port: host.port,
             user: host.user.clone(),
+            become_user: host.become_user.clone(),
         });
         plan.host_jobs.insert(
             name.clone(),
@@ -143,6 +147,7 @@ pub fn update(
                     address: host.address.clone(),
                     port: host.port,
                     user: host.user.clone(),
+                    become_user: host.become_user.clone(),
                     base_dir: job.base_dir.clone(),
                     allow_paths: job.allow_paths.clone(),
                 },

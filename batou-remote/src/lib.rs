@@ -6,6 +6,7 @@
 //! run the plan with [`schedule::deploy`], render events, pick the exit code.
 
 pub mod agent;
+pub mod agent_files;
 pub mod deployed;
 mod facts;
 pub mod fleet;
@@ -553,7 +554,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Exit> {
         options.ssh.masters.clone(),
         options.ssh.control_dir.clone(),
     ));
-    let agent = Arc::new(AgentBinary::new(&agent_path)?);
+    let agent = Arc::new(AgentBinary::new(&agent_path, &agent_files::unpack()?)?);
     let controller = controller(&settings.project);
     let mut sink: Box<dyn EventSink + Send> = settings.output.sink(settings.json);
     let fleet = fleet::Fleet {
@@ -808,8 +809,9 @@ fn output_within(
     })
 }
 
-/// The remote plan and the agent binary: the project's own binary when the deployment
-/// repository is a Cargo package, this binary otherwise.
+/// The remote plan and the agent binary: the project's own binary (its static `agent`
+/// build) when the deployment repository is a Cargo package, the stock `batou-agent`
+/// otherwise (see [`agent_files`]).
 #[expect(
     clippy::disallowed_methods,
     reason = "the project's binary prints its plan on stdout, read whole (the runner keeps only the last 4 MiB); `output_within` bounds it"
@@ -827,7 +829,9 @@ fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
     if skip_builds {
         batou_core::bundle::skip_builds();
     }
-    if let Some(binary) = batou_runtime::handover::build_if_package(&settings.project)? {
+    // The project's binary is built once, as the optimised static agent, and plans too: the
+    // agent is the binary that planned.
+    if let Some(binary) = batou_runtime::handover::build_agent_if_package(&settings.project)? {
         let mut facts = BTreeMap::new();
         let mut generated = Vec::new();
         // Kept until the project's binary has read it.
@@ -903,8 +907,8 @@ fn plan(settings: &Settings) -> anyhow::Result<(RemotePlan, PathBuf)> {
             None => continue,
         }
     };
-    let me = std::env::current_exe().context("cannot find this executable to ship as the agent")?;
-    Ok((plan, me))
+    let (agent, _) = agent_files::stock()?;
+    Ok((plan, agent))
 }
 
 /// A final plan with the secrets generated on the way, or `None` after gathering the facts

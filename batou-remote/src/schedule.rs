@@ -103,8 +103,11 @@ pub(crate) fn connect_failure(err: &ConnectError) -> HostFailure {
 pub(crate) fn session_failure(err: &SessionError) -> HostFailure {
     let status = match err {
         SessionError::LockHeld { .. } => HostStatus::LockHeld,
+        SessionError::BecomeRefused { .. } => HostStatus::BecomeRefused,
         SessionError::Timeout { .. } | SessionError::Died { .. } => HostStatus::Timeout,
         SessionError::Refused { .. }
+        | SessionError::PlatformMismatch { .. }
+        | SessionError::CannotProbe { .. }
         | SessionError::CannotCheck { .. }
         | SessionError::CannotStartUpload { .. }
         | SessionError::CannotUpload { .. }
@@ -353,9 +356,12 @@ async fn deployed_roots(
             base.trim_end_matches('/')
         ))
     } else {
+        // `~/srv` and `srv` both lie below the home directory (a bare `~` is the home).
+        let below_home = base.strip_prefix("~/").unwrap_or(base);
+        let below_home = if below_home == "~" { "." } else { below_home };
         ssh::Word::Home(format!(
             "{}/.batou/journal.jsonl",
-            base.trim_end_matches('/')
+            below_home.trim_end_matches('/')
         ))
     };
     let session = ssh::connect(remote, &options.ssh)
@@ -481,25 +487,33 @@ pub(crate) async fn open_session(
         connecting.elapsed().as_secs_f64()
     ));
     let upload_deadline = options.agent_timeout.max(Duration::from_secs(120));
+    let (remote, sent) =
+        match ensure_agent(&session, agent, host, options.dry_run, upload_deadline).await {
+            Ok(ensured) => ensured,
+            Err(err) => {
+                ssh::close(session, &options.ssh.masters).await;
+                return Err(session_failure(&err));
+            }
+        };
+    if sent > 0 {
+        on_event(Event::AgentUploaded {
+            host: host.name.clone(),
+            bytes: sent,
+        });
+    } else {
+        detail(format!(
+            "agent {} is on the host already",
+            &agent.sha256[..12.min(agent.sha256.len())]
+        ));
+    }
     let prepared = async {
-        if ensure_agent(&session, agent, upload_deadline).await? {
-            on_event(Event::AgentUploaded {
-                host: host.name.clone(),
-                bytes: agent.size,
-            });
-        } else {
-            detail(format!(
-                "agent {} is on the host already",
-                &agent.sha256[..12.min(agent.sha256.len())]
-            ));
-        }
         // Bundles go into the host's store before any step; a dry run uploads nothing.
         if purpose == Purpose::Deploy && !options.dry_run {
-            crate::ship::ship_bundles(&session, agent, job, upload_deadline, &on_event).await?;
+            crate::ship::ship_bundles(&session, &remote, job, upload_deadline, &on_event).await?;
         }
         AgentSession::start(
             Arc::clone(&session),
-            agent,
+            &remote,
             job,
             options.dry_run,
             purpose,
@@ -511,6 +525,7 @@ pub(crate) async fn open_session(
     match prepared.await {
         Ok(agent_session) => Ok((session, agent_session)),
         Err(err) => {
+            remote.discard(&session).await;
             ssh::close(session, &options.ssh.masters).await;
             Err(session_failure(&err))
         }

@@ -15,8 +15,7 @@ use batou_core::{Bundle, Event};
 use openssh::{Session, Stdio};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use crate::agent::{AgentBinary, SessionError};
-use crate::ssh::{Word, shell_command};
+use crate::agent::{RemoteAgent, SessionError};
 
 /// The distinct bundles of a job, by digest.
 pub fn bundles(job: &HostJob) -> Vec<Bundle> {
@@ -33,7 +32,7 @@ pub fn bundles(job: &HostJob) -> Vec<Bundle> {
 /// where it resumed) to `on_event`.
 pub async fn ship_bundles(
     session: &Session,
-    agent: &AgentBinary,
+    agent: &RemoteAgent,
     job: &HostJob,
     deadline: Duration,
     on_event: &impl Fn(Event),
@@ -100,17 +99,12 @@ pub async fn ship_bundles(
 
 async fn check(
     session: &Session,
-    agent: &AgentBinary,
+    agent: &RemoteAgent,
     job: &HostJob,
     bundle: &Bundle,
     deadline: Duration,
 ) -> Result<StoreState, SessionError> {
-    let command = shell_command(&[
-        agent.remote(),
-        Word::Literal("bundle-check".into()),
-        Word::Literal(job.base_dir.clone()),
-        Word::Literal(bundle.digest.clone()),
-    ]);
+    let command = agent.command(&["bundle-check", &job.base_dir, &bundle.digest]);
     let output = within(deadline, session.raw_command(&command).output())
         .await?
         .map_err(|source| SessionError::Bundle {
@@ -132,18 +126,13 @@ async fn check(
 /// Sends the archive from byte `from` to `bundle-receive`; the bytes sent.
 async fn send(
     session: &Session,
-    agent: &AgentBinary,
+    agent: &RemoteAgent,
     job: &HostJob,
     bundle: &Bundle,
     from: u64,
 ) -> Result<u64, String> {
-    let command = shell_command(&[
-        agent.remote(),
-        Word::Literal("bundle-receive".into()),
-        Word::Literal(job.base_dir.clone()),
-        Word::Literal(bundle.digest.clone()),
-        Word::Literal(bundle.size.to_string()),
-    ]);
+    let size = bundle.size.to_string();
+    let command = agent.command(&["bundle-receive", &job.base_dir, &bundle.digest, &size]);
     let mut child = session
         .raw_command(&command)
         .stdin(Stdio::piped())

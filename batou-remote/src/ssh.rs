@@ -548,6 +548,7 @@ mod tests {
             address: Some("-oProxyCommand=x".into()),
             port: Some(2222),
             user: Some("-oUser=x".into()),
+            become_user: None,
         };
         let argv = master_argv(
             &host,
@@ -602,6 +603,7 @@ mod tests {
             address: Some(address),
             port: None,
             user: None,
+            become_user: None,
         };
         let options = options(dir.path(), config);
         let runtime = tokio::runtime::Builder::new_current_thread()

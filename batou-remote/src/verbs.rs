@@ -188,6 +188,7 @@ mod tests {
                     address: None,
                     port: None,
                     user: None,
+                    become_user: None,
                 })
                 .collect(),
             order: (0..steps.len()).collect(),

@@ -23,6 +23,9 @@ pub enum Exit {
     Timeout = 6,
     /// A host could not be reached.
     Unreachable = 7,
+    /// `sudo -n` refused to run the agent as a host's `become` user (a password is required
+    /// or the login user is not allowed); nothing was changed on that host.
+    BecomeRefused = 8,
     /// The run was interrupted (SIGINT or SIGTERM) and stopped before it was done.
     Interrupted = 130,
     /// `--dry-run --detailed-exitcode`: the prediction completed and some host would change
@@ -116,6 +119,7 @@ impl Exit {
             Exit::LockHeld => "lock_held",
             Exit::Timeout => "timeout",
             Exit::Unreachable => "unreachable",
+            Exit::BecomeRefused => "become_refused",
             Exit::Interrupted => "interrupted",
             Exit::ChangesPending => "changes_pending",
         }
@@ -131,7 +135,7 @@ impl Exit {
                 Exit::Interrupted => 7,
                 Exit::DeployFailed => 6,
                 Exit::InvalidConfiguration => 5,
-                Exit::HostKeyOrAuthRefused => 4,
+                Exit::HostKeyOrAuthRefused | Exit::BecomeRefused => 4,
                 Exit::LockHeld => 3,
                 Exit::Unreachable => 2,
                 Exit::Usage => 1,

@@ -32,17 +32,66 @@ pub(crate) fn hand_over_if_package(project: &Path) -> anyhow::Result<()> {
 
 /// Builds the project's binary when `project` is a Cargo package; `None` when it is not.
 pub fn build_if_package(project: &Path) -> anyhow::Result<Option<PathBuf>> {
-    let manifest = project.join("Cargo.toml");
-    let Ok(text) = std::fs::read_to_string(&manifest) else {
+    match package_manifest(project) {
+        Some(manifest) => build(&manifest, &[], &[]).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The target that agents shipped to hosts are built for.
+pub const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// The `agent` profile as `cargo --config` values: the same as `[profile.agent]` in this
+/// workspace's `Cargo.toml` (a test holds them together), given on the command line so that a
+/// project needs no profile of its own.
+pub const AGENT_PROFILE: &[(&str, &str)] = &[
+    ("inherits", "\"release\""),
+    ("opt-level", "\"z\""),
+    ("lto", "\"fat\""),
+    ("codegen-units", "1"),
+    ("strip", "true"),
+    ("panic", "\"abort\""),
+    ("incremental", "false"),
+    ("package.sha2.opt-level", "3"),
+];
+
+/// The flags of static agent builds (see `scripts/build-agent`, which uses the same).
+pub const AGENT_RUSTFLAGS: &str = "-C target-feature=+crt-static -C relocation-model=static";
+
+/// Builds the project's binary as an agent for hosts when `project` is a Cargo package:
+/// the `agent` profile, statically linked for [`AGENT_TARGET`]; `None` when it is not a
+/// package. A controller uses this one binary both to plan and as the agent.
+pub fn build_agent_if_package(project: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let Some(manifest) = package_manifest(project) else {
         return Ok(None);
     };
-    let is_package = toml::from_str::<toml::Table>(&text)
-        .map(|t| t.contains_key("package"))
-        .unwrap_or(false);
-    if !is_package {
-        return Ok(None);
+    let mut args: Vec<String> = vec![
+        "--profile".into(),
+        "agent".into(),
+        "--target".into(),
+        AGENT_TARGET.into(),
+    ];
+    for (key, value) in AGENT_PROFILE {
+        args.push("--config".into());
+        args.push(format!("profile.agent.{key}={value}"));
     }
-    build(&manifest).map(Some)
+    let env = [(
+        format!(
+            "CARGO_TARGET_{}_RUSTFLAGS",
+            AGENT_TARGET.to_uppercase().replace('-', "_")
+        ),
+        AGENT_RUSTFLAGS.to_string(),
+    )];
+    build(&manifest, &args, &env).map(Some)
+}
+
+/// The manifest of `project` when it is a Cargo package.
+fn package_manifest(project: &Path) -> Option<PathBuf> {
+    let manifest = project.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).ok()?;
+    toml::from_str::<toml::Table>(&text)
+        .is_ok_and(|t| t.contains_key("package"))
+        .then_some(manifest)
 }
 
 /// Builds the package of `manifest` and returns the path of its binary.
@@ -50,16 +99,18 @@ pub fn build_if_package(project: &Path) -> anyhow::Result<Option<PathBuf>> {
     clippy::disallowed_methods,
     reason = "building the project with cargo has no sensible deadline, and Ctrl-C reaches cargo in this process's group"
 )]
-fn build(manifest: &Path) -> anyhow::Result<PathBuf> {
+fn build(manifest: &Path, args: &[String], env: &[(String, String)]) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = std::process::Command::new(&cargo)
         .args([
             "build",
             "--quiet",
             "--message-format=json-render-diagnostics",
-            "--manifest-path",
         ])
+        .args(args)
+        .arg("--manifest-path")
         .arg(manifest)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .map_err(|e| {
             ConfigError::new("cannot run `cargo` to build the project's components")
@@ -109,4 +160,32 @@ fn build(manifest: &Path) -> anyhow::Result<PathBuf> {
             .hint("add `src/main.rs` calling `batou::main_with`")
             .into()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `--config` values of a project's agent build are the workspace's `agent` profile.
+    #[test]
+    fn the_agent_profile_is_the_workspaces() {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let text = std::fs::read_to_string(manifest).unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        let profile = &table["profile"]["agent"];
+        for (key, value) in AGENT_PROFILE {
+            let mut found = profile;
+            for part in key.split('.') {
+                found = &found[part];
+            }
+            assert_eq!(&found.to_string(), value, "profile.agent.{key}");
+        }
+        let keys =
+            profile.as_table().unwrap().len() - 1 + profile["package"].as_table().unwrap().len();
+        assert_eq!(
+            keys,
+            AGENT_PROFILE.len(),
+            "every key of the profile is passed"
+        );
+    }
 }

@@ -59,7 +59,7 @@ pub use planning::{
     Loaded, Planned, generated_lines, identity_source, load_environment, remote_plan,
 };
 pub use report::print_error;
-pub use role::{Role, SKIP_BUILDS_ENV};
+pub use role::{HostRole, Role, SKIP_BUILDS_ENV};
 
 /// Runs `<program> secrets ARGS...` (the secrets commands parse their own arguments).
 pub fn secrets_main(args: Vec<std::ffi::OsString>) -> ExitCode {

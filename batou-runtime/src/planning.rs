@@ -57,6 +57,7 @@ pub fn remote_plan(
                 address: h.address.clone(),
                 port: h.port,
                 user: h.user.clone(),
+                become_user: h.become_user.clone(),
             })
             .collect();
         return Ok(Planned::NeedsFacts {

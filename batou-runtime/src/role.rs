@@ -1,5 +1,8 @@
 //! The roles every deployment binary plays for a controller, besides its command line:
 //! serving an agent session, installing an uploaded agent, printing a remote plan.
+//!
+//! [`HostRole`] is what runs on hosts; the stock agent (`batou-agent`) has those roles
+//! only, so that planning (and with it decrypting secrets) is not part of what is shipped.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +20,30 @@ pub const SKIP_BUILDS_ENV: &str = "BATOU_SKIP_BUILDS";
 /// are commands of their own, hidden from `--help`.
 #[derive(Debug, Subcommand)]
 pub enum Role {
+    /// The roles a controller starts on hosts.
+    #[command(flatten)]
+    Host(HostRole),
+    /// Print the remote plan of an environment as JSON.
+    #[command(hide = true)]
+    Plan {
+        /// The environment to plan.
+        environment: String,
+        /// The project's root directory.
+        #[arg(default_value = ".")]
+        project: PathBuf,
+        /// Plan for a dry run: generate no secret for keeps.
+        #[arg(long)]
+        dry_run: bool,
+        /// A JSON file of hosts' platform facts (host name to facts), gathered by the
+        /// controller after this role said it needs them.
+        #[arg(long)]
+        facts: Option<PathBuf>,
+    },
+}
+
+/// The roles a controller starts on a host: everything an agent binary must have.
+#[derive(Debug, Subcommand)]
+pub enum HostRole {
     /// Serve one controller session on stdin/stdout.
     #[command(hide = true)]
     Agent,
@@ -47,40 +74,33 @@ pub enum Role {
         /// The bundle's size in bytes.
         size: u64,
     },
-    /// Print the remote plan of an environment as JSON.
-    #[command(hide = true)]
-    Plan {
-        /// The environment to plan.
-        environment: String,
-        /// The project's root directory.
-        #[arg(default_value = ".")]
-        project: PathBuf,
-        /// Plan for a dry run: generate no secret for keeps.
-        #[arg(long)]
-        dry_run: bool,
-        /// A JSON file of hosts' platform facts (host name to facts), gathered by the
-        /// controller after this role said it needs them.
-        #[arg(long)]
-        facts: Option<PathBuf>,
-    },
+}
+
+impl HostRole {
+    /// Serves this role with the library's component types plus the project's.
+    pub fn serve(self, register: impl FnOnce(&mut Registry)) -> ExitCode {
+        match self {
+            HostRole::Agent => ExitCode::from(agent::serve(&registry(register))),
+            HostRole::AgentInstall { sha256, target } => {
+                ExitCode::from(agent::install(&sha256, &target))
+            }
+            HostRole::BundleCheck { base_dir, sha256 } => {
+                ExitCode::from(crate::releases::check(&base_dir, &sha256))
+            }
+            HostRole::BundleReceive {
+                base_dir,
+                sha256,
+                size,
+            } => ExitCode::from(crate::releases::receive(&base_dir, &sha256, size)),
+        }
+    }
 }
 
 impl Role {
     /// Serves this role with the library's component types plus the project's.
     pub fn serve(self, register: impl FnOnce(&mut Registry)) -> ExitCode {
         match self {
-            Role::Agent => ExitCode::from(agent::serve(&registry(register))),
-            Role::AgentInstall { sha256, target } => {
-                ExitCode::from(agent::install(&sha256, &target))
-            }
-            Role::BundleCheck { base_dir, sha256 } => {
-                ExitCode::from(crate::releases::check(&base_dir, &sha256))
-            }
-            Role::BundleReceive {
-                base_dir,
-                sha256,
-                size,
-            } => ExitCode::from(crate::releases::receive(&base_dir, &sha256, size)),
+            Role::Host(role) => role.serve(register),
             Role::Plan {
                 environment,
                 project,

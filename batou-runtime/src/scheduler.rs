@@ -45,6 +45,7 @@ pub fn exit_of(status: HostStatus) -> Option<Exit> {
         HostStatus::Failed => Some(Exit::DeployFailed),
         HostStatus::Unreachable => Some(Exit::Unreachable),
         HostStatus::HostKeyRefused | HostStatus::AuthRefused => Some(Exit::HostKeyOrAuthRefused),
+        HostStatus::BecomeRefused => Some(Exit::BecomeRefused),
         HostStatus::LockHeld => Some(Exit::LockHeld),
         HostStatus::Timeout => Some(Exit::Timeout),
         HostStatus::Interrupted => Some(Exit::Interrupted),

@@ -256,10 +256,7 @@ impl Component for Cron {
             if user.is_empty() || user.starts_with('-') || user.contains(char::is_whitespace) {
                 bail!("`user` `{}` is not a user name", user.escape_debug());
             }
-            let me = nix::unistd::User::from_uid(nix::unistd::getuid())
-                .ok()
-                .flatten()
-                .map(|u| u.name);
+            let me = crate::fs::user_name(nix::unistd::getuid().as_raw());
             self.other_user = (me.as_deref() != Some(user.as_str())).then(|| user.clone());
         }
         let mut names = BTreeSet::new();

@@ -158,25 +158,56 @@ pub(crate) fn sync_dir(dir: &Path) {
 }
 
 /// The uid of a user name (or a numeric uid).
+///
+/// Read from `/etc/passwd` rather than through the C library: the agent is a static
+/// executable, and a static glibc's `getpwnam` would load the host's NSS modules, which need
+/// the exact glibc the agent was built with. Users that only a directory service (LDAP, NIS)
+/// knows are therefore given by number.
 pub(crate) fn uid(name: &str) -> anyhow::Result<u32> {
     if let Ok(n) = name.parse() {
         return Ok(n);
     }
-    match nix::unistd::User::from_name(name) {
-        Ok(Some(user)) => Ok(user.uid.as_raw()),
-        Ok(None) => bail!("unknown user `{name}`"),
+    match lookup_id(Path::new("/etc/passwd"), name) {
+        Ok(Some(uid)) => Ok(uid),
+        Ok(None) => bail!(
+            "unknown user `{name}` (not in `/etc/passwd`; give a numeric uid for users of a directory service)"
+        ),
         Err(e) => Err(e).with_context(|| format!("cannot look up user `{name}`")),
     }
 }
 
-/// The gid of a group name (or a numeric gid).
+/// The name of the user `uid` in `/etc/passwd`, if it has one there.
+pub(crate) fn user_name(uid: u32) -> Option<String> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == uid).then(|| name.to_string())
+    })
+}
+
+/// The gid of a group name (or a numeric gid), from `/etc/group` (see [`uid`] for why).
 pub(crate) fn gid(name: &str) -> anyhow::Result<u32> {
     if let Ok(n) = name.parse() {
         return Ok(n);
     }
-    match nix::unistd::Group::from_name(name) {
-        Ok(Some(group)) => Ok(group.gid.as_raw()),
-        Ok(None) => bail!("unknown group `{name}`"),
+    match lookup_id(Path::new("/etc/group"), name) {
+        Ok(Some(gid)) => Ok(gid),
+        Ok(None) => bail!(
+            "unknown group `{name}` (not in `/etc/group`; give a numeric gid for groups of a directory service)"
+        ),
         Err(e) => Err(e).with_context(|| format!("cannot look up group `{name}`")),
     }
+}
+
+/// The id (third field) of the entry `name` in a file of `/etc/passwd`'s or `/etc/group`'s
+/// format.
+fn lookup_id(file: &Path, name: &str) -> std::io::Result<Option<u32>> {
+    let text = std::fs::read_to_string(file)?;
+    Ok(text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.parse().ok()
+    }))
 }

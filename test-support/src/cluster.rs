@@ -27,6 +27,8 @@ pub struct Host {
     pub home: PathBuf,
     /// The directory of sshd's configuration, host key and log.
     pub dir: PathBuf,
+    /// Variables set in every session besides `HOME` (see [`Cluster::set_env`]).
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -78,6 +80,7 @@ impl Cluster {
                 port,
                 home,
                 dir,
+                env: Vec::new(),
                 child: None,
             };
             cluster.hosts.insert(name.to_string(), host);
@@ -134,6 +137,21 @@ impl Cluster {
         std::fs::write(&self.known_hosts, kept).unwrap();
     }
 
+    /// The directory every host's files live in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Sets `key=value` in every later session of host `name` (sshd's `SetEnv`, beside
+    /// `HOME`), restarting its sshd on the same address.
+    pub fn set_env(&mut self, name: &str, key: &str, value: &str) {
+        let h = self.hosts.get_mut(name).unwrap();
+        h.stop();
+        h.env.retain(|(k, _)| k != key);
+        h.env.push((key.to_string(), value.to_string()));
+        h.start();
+    }
+
     /// Gives the host a new key and restarts it on the same address.
     pub fn replace_host_key(&mut self, name: &str) {
         let h = self.hosts.get_mut(name).unwrap();
@@ -166,6 +184,7 @@ impl Cluster {
             ])
             .args(args)
             .env("RUST_BACKTRACE", "0")
+            .env("BATOU_AGENT_DIR", crate::agent_dir())
             .env_remove("BATOU_PROJECT_BINARY");
         cmd
     }
@@ -177,13 +196,17 @@ impl Host {
         std::fs::write(
             &config,
             format!(
-                "ListenAddress {}:{}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUseDNS no\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\nMaxSessions 64\nSetEnv HOME={}\n",
+                "ListenAddress {}:{}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUseDNS no\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\nMaxSessions 64\nSetEnv HOME={}{}\n",
                 self.address,
                 self.port,
                 self.dir.join("host_key").display(),
                 self.dir.join("sshd.pid").display(),
                 self.dir.join("authorized_keys").display(),
-                self.home.display()
+                self.home.display(),
+                self.env
+                    .iter()
+                    .map(|(k, v)| format!(" {k}={v}"))
+                    .collect::<String>()
             ),
         )
         .unwrap();

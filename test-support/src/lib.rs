@@ -62,6 +62,32 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The directory of the agents shipped to hosts (`batou-agent`, `batou-unpack`): built once
+/// per test process with `scripts/build-agent` (a no-op when they are fresh, as after
+/// `scripts/test`) into the running test's target directory.
+pub fn agent_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary has a path");
+        let target = exe
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::parent)
+            .expect("test binaries run from <target>/<profile>/deps");
+        let out = std::process::Command::new(workspace_root().join("scripts/build-agent"))
+            .env("CARGO_TARGET_DIR", target)
+            .output()
+            .expect("cannot run scripts/build-agent");
+        assert!(
+            out.status.success(),
+            "scripts/build-agent failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target.join("x86_64-unknown-linux-gnu/agent")
+    })
+    .clone()
+}
+
 /// The path of the workspace binary `name` (`batou-local`, `batou-remote`,
 /// `shop-deployment`), built in the same target directory and profile as the running test.
 ///

@@ -121,6 +121,7 @@ impl Plan {
                 address: host.address.clone(),
                 port: host.port,
                 user: host.user.clone(),
+                become_user: host.become_user.clone(),
             });
         }
         Ok(RemotePlan {
@@ -189,6 +190,7 @@ impl Plan {
             address: job.host.address.clone(),
             port: None,
             user: None,
+            become_user: None,
         };
         let slots: Vec<Slot> = job_steps
             .iter()

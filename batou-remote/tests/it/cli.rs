@@ -28,6 +28,7 @@ fn deploy(cluster: &Cluster, p: &Project, args: &[&str]) -> Outcome {
         .args(["--connect-timeout", "3", "--agent-timeout", "10"])
         .args(args)
         .env("RUST_BACKTRACE", "0")
+        .env("BATOU_AGENT_DIR", batou_test_support::agent_dir())
         .env_remove("BATOU_PROJECT_BINARY")
         .output()
         .unwrap()

@@ -2,7 +2,9 @@
 
 #![expect(clippy::disallowed_methods, reason = "tests start real processes")]
 
+mod agent_shipping;
 mod base_dir;
+mod r#become;
 mod building_blocks;
 mod cli;
 mod confinement;

@@ -384,9 +384,27 @@ fn split_host_port(authority: &str) -> Result<Option<(String, u16)>, String> {
 
 /// The first address of `host:port` that accepts a connection within `timeout`.
 fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, String> {
-    let addresses = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?;
+    // Addresses and `localhost` without the resolver: in the static agent, glibc's resolver
+    // would load the host's NSS modules, which need the glibc it was built with.
+    let literal: Option<Vec<std::net::SocketAddr>> = match host {
+        "localhost" => Some(vec![
+            (std::net::Ipv4Addr::LOCALHOST, port).into(),
+            (std::net::Ipv6Addr::LOCALHOST, port).into(),
+        ]),
+        _ => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| vec![(ip, port).into()]),
+    };
+    let addresses = match literal {
+        Some(addresses) => addresses,
+        None => (host, port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+            .collect(),
+    };
     let mut last = format!("`{host}` has no address");
     for address in addresses {
         match TcpStream::connect_timeout(&address, timeout) {
