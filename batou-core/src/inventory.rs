@@ -274,25 +274,29 @@ impl Inventory {
     /// Records that `root` was deployed and created `created`: the root is added at the end
     /// when it is new, new items after the ones it had, each item once. Items recorded
     /// earlier that are gone from the host are forgotten, so that a path someone else makes
-    /// later is not taken for the tool's.
-    pub fn record(&mut self, root: &str, created: &[Owned]) {
-        let index = match self.roots.iter().position(|r| r.name == root) {
-            Some(i) => i,
+    /// later is not taken for the tool's. Says whether the record changed.
+    pub fn record(&mut self, root: &str, created: &[Owned]) -> bool {
+        let (index, mut changed) = match self.roots.iter().position(|r| r.name == root) {
+            Some(i) => (i, false),
             None => {
                 self.roots.push(InventoryRoot {
                     name: root.to_string(),
                     created: Vec::new(),
                 });
-                self.roots.len() - 1
+                (self.roots.len() - 1, true)
             }
         };
         let entry = &mut self.roots[index];
+        let known = entry.created.len();
         entry.created.retain(Owned::exists);
+        changed |= entry.created.len() != known;
         for item in created {
             if !entry.created.contains(item) {
                 entry.created.push(item.clone());
+                changed = true;
             }
         }
+        changed
     }
 
     /// The recorded roots that are not in `current`, last deployed first (the order a prune
@@ -372,13 +376,14 @@ mod tests {
         std::fs::write(&a, "").unwrap();
         std::fs::write(&b, "").unwrap();
         let mut record = Inventory::new("e", "h");
-        record.record("one", &[Owned::File { path: a.clone() }]);
-        record.record("two", &[]);
-        record.record("one", &[Owned::File { path: b.clone() }]);
-        record.record("one", &[Owned::File { path: a.clone() }]);
+        assert!(record.record("one", &[Owned::File { path: a.clone() }]));
+        assert!(record.record("two", &[]), "a new root is a change");
+        assert!(!record.record("two", &[]));
+        assert!(record.record("one", &[Owned::File { path: b.clone() }]));
+        assert!(!record.record("one", &[Owned::File { path: a.clone() }]));
         assert_eq!(record.roots[0].created.len(), 2);
         std::fs::remove_file(&a).unwrap();
-        record.record("one", &[]);
+        assert!(record.record("one", &[]), "a file that is gone is a change");
         assert_eq!(record.roots[0].created, vec![Owned::File { path: b }]);
         let names: Vec<&str> = record
             .orphans(&["one".into()])

@@ -198,9 +198,7 @@ impl HostInventory {
     /// step on; later ones when `save` says so (the files they list are in place) or at
     /// [`HostInventory::save_changes`].
     pub fn record_step(&mut self, root: &str, created: &[Owned], save: bool) -> anyhow::Result<()> {
-        let before = self.record.clone();
-        self.record.record(root, created);
-        self.dirty |= before != self.record;
+        self.dirty |= self.record.record(root, created);
         if self.on_disk && !(self.dirty && save) {
             return Ok(());
         }
