@@ -87,7 +87,7 @@ pub fn converge_step(
     sink: &mut dyn EventSink,
 ) -> StepReport {
     let started = Instant::now();
-    let changed_roots = plan.changed_roots_of(step);
+    let changed_roots = plan.take_changed_roots(step);
     let index = step;
     let (step, host_data, pending) = plan.step_with_host(step);
     let staged_before = pending.len();
@@ -125,9 +125,7 @@ pub fn converge_step(
             });
         }
     }
-    if matches!(result, Ok(true)) {
-        plan.record_changed(index);
-    }
+    plan.record_changed(index, matches!(result, Ok(true)), changed_roots);
     let report = match result {
         Ok(any) => StepReport {
             outcome: if any {

@@ -245,6 +245,7 @@ impl Plan {
             bundles,
             secret_values: Vec::new(),
             changed: Default::default(),
+            changed_roots: Default::default(),
             syntax: job.templates.clone(),
             fact_reads: facts.reads.hosts(),
             writes: Default::default(),

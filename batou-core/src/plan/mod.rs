@@ -96,6 +96,8 @@ pub struct Plan {
     secret_values: Vec<(String, String)>,
     /// The steps that changed (or, in a dry run, would change) so far in this run.
     changed: std::collections::BTreeSet<usize>,
+    /// The names of the changed steps' roots, by host.
+    changed_roots: BTreeMap<String, std::collections::BTreeSet<String>>,
     /// The environment's template syntax, which jobs carry to agents.
     syntax: crate::TemplateSyntax,
     /// The hosts' facts as planned (only those gathered), which jobs carry to agents.
@@ -307,6 +309,7 @@ impl Plan {
             bundles,
             secret_values: environment.secret_values.clone(),
             changed: Default::default(),
+            changed_roots: Default::default(),
             syntax,
             facts: facts.facts.clone(),
             fact_reads: facts.reads.hosts(),
@@ -382,20 +385,28 @@ impl Plan {
         &self.allow_paths
     }
 
-    /// The names of the root components of `step`'s host that changed so far in this run.
-    pub(crate) fn changed_roots_of(&self, step: usize) -> std::collections::BTreeSet<String> {
+    /// The names of the root components of `step`'s host that changed so far in this run,
+    /// taken out of the plan while the step converges; [`Plan::record_changed`] puts them
+    /// back.
+    pub(crate) fn take_changed_roots(&mut self, step: usize) -> std::collections::BTreeSet<String> {
         let host = &self.steps[step].host;
-        self.changed
-            .iter()
-            .map(|s| &self.steps[*s])
-            .filter(|s| s.host == *host)
-            .map(|s| s.root.clone())
-            .collect()
+        self.changed_roots.remove(host).unwrap_or_default()
     }
 
-    /// Records that `step` changed (or would change) in this run.
-    pub(crate) fn record_changed(&mut self, step: usize) {
-        self.changed.insert(step);
+    /// Records whether `step` changed (or would change) in this run, and gives back what
+    /// [`Plan::take_changed_roots`] took.
+    pub(crate) fn record_changed(
+        &mut self,
+        step: usize,
+        changed: bool,
+        mut roots: std::collections::BTreeSet<String>,
+    ) {
+        let s = &self.steps[step];
+        if changed {
+            self.changed.insert(step);
+            roots.insert(s.root.clone());
+        }
+        self.changed_roots.insert(s.host.clone(), roots);
     }
 
     /// The bundles the steps of `host` use, once each by digest.
