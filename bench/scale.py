@@ -101,13 +101,16 @@ def main():
         rows = []
         for count in counts:
             hosts = names[:count]
-            env = f"scale{count}"
+            # One environment that grows (8, then 24, then 48 hosts): a host's base directory
+            # belongs to the environment that first deployed it.
+            env = "scale"
             with open(os.path.join(project, f"environments/{env}.toml"), "w") as f:
                 f.write(remote.environment(hosts))
             base = [binary, env, "-C", project, "--ssh-config", cluster.ssh_config]
             # The first deploy ships the agent and writes the files; not measured here.
-            subprocess.run(base + ["--jobs", str(count)], check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            first = subprocess.run(base + ["--jobs", str(count)], capture_output=True, text=True)
+            if first.returncode != 0:
+                raise SystemExit(f"the first deploy to {count} hosts failed:\n{first.stderr[-3000:]}")
             floor_cmds = [["ssh", "-F", cluster.ssh_config, h, "true"] for h in hosts]
             variants = [count] + ([8] if count > 8 else [])
             for jobs in variants:
