@@ -2,12 +2,14 @@
 //!
 //! A session: the agent says `hello`; the controller sends `start` with the host's job; the
 //! agent takes the host's lock, configures the job and answers `ready` (or `refused`); the
-//! controller sends `step` for each root component when its dependencies are done, the agent
-//! streams `event`s and `heartbeat`s and ends each with `step_finished`; `finish` ends the
-//! session with a journal record. A session for a `service` verb says so in `start` (its
-//! [`Purpose`]); after `ready` the controller sends one `service` message with the root
-//! components, the agent streams their `event`s and answers `service_finished`. Any change to these types that an older peer cannot read
-//! bumps [`PROTOCOL_VERSION`].
+//! controller sends `step` for each root component when its dependencies are done or queued
+//! ahead of it on the same agent; the agent runs steps in the order received, streams
+//! `event`s and `heartbeat`s and ends each with `step_finished` (`not_attempted`, without
+//! running it, for a step queued behind one that failed or dropped by `cancel`); `finish`
+//! ends the session with a journal record. A session for a `service` verb says so in `start`
+//! (its [`Purpose`]); after `ready` the controller sends one `service` message with the root
+//! components, the agent streams their `event`s and answers `service_finished`. Any change
+//! to these types that an older peer cannot read bumps [`PROTOCOL_VERSION`].
 
 use std::collections::BTreeMap;
 
@@ -31,7 +33,8 @@ use crate::{Event, RootOutcome, ServiceOutcome, ServiceVerb};
 /// 10: rollouts: a plan's `rollout`, a balancer job's rolled hosts, a step's batch and hook,
 /// `predict` and `predicted`.
 /// 11: a remote plan's hosts carry the `become` user.
-pub const PROTOCOL_VERSION: u32 = 11;
+/// 12: steps are sent ahead of their turn (`not_attempted` answers, `cancel`).
+pub const PROTOCOL_VERSION: u32 = 12;
 
 /// Everything one host needs to configure and converge its part of a plan, and nothing more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -226,6 +229,10 @@ pub enum ToAgent {
     },
     /// End the session: write the journal record and release the lock.
     Finish,
+    /// Do not run the steps received and not yet started: answer each with `step_finished`
+    /// `not_attempted`. The run stopped (a failure elsewhere, an interrupt); a running step
+    /// finishes. The agent acts on it as soon as it reads it, ahead of the queued steps.
+    Cancel,
     /// Report the root components the host's ownership record lists and the job does not
     /// (`orphaned` events), and with `prune` remove what they created (`pruned` events; in a
     /// dry run only say what would be removed). A deploy session sends it once, after

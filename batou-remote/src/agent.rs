@@ -578,6 +578,15 @@ async fn upload(
     written.map_err(|source| SessionError::CannotUpload { source })
 }
 
+/// What an agent says while it runs the steps it was sent.
+#[derive(Debug)]
+pub enum StepMessage {
+    /// Something happened in the running step.
+    Event(Event),
+    /// A step ended (the root component's name and how).
+    Finished(String, RootOutcome),
+}
+
 /// A running agent session on one host.
 pub struct AgentSession {
     child: Child<Arc<Session>>,
@@ -724,20 +733,42 @@ impl AgentSession {
         rollout: Option<batou_core::rollout::StepRollout>,
         mut on_event: impl FnMut(Event),
     ) -> Result<RootOutcome, SessionError> {
+        self.send_step(root, rollout).await?;
+        loop {
+            match self.step_message().await? {
+                StepMessage::Event(event) => on_event(event),
+                StepMessage::Finished(_, outcome) => return Ok(outcome),
+            }
+        }
+    }
+
+    /// Sends a step without waiting for it: the agent runs the steps it receives in order.
+    pub async fn send_step(
+        &mut self,
+        root: &str,
+        rollout: Option<batou_core::rollout::StepRollout>,
+    ) -> Result<(), SessionError> {
         self.send(&ToAgent::Step {
             root: root.to_string(),
             rollout,
         })
-        .await?;
-        loop {
-            match self.read().await? {
-                FromAgent::Event { event } => on_event(event),
-                FromAgent::StepFinished { outcome, .. } => return Ok(outcome),
-                FromAgent::Refused {
-                    reason, message, ..
-                } => return Err(SessionError::Refused { reason, message }),
-                other => return Err(unexpected(other)),
-            }
+        .await
+    }
+
+    /// Drops the steps sent and not yet started: the agent answers them `not_attempted`.
+    pub async fn cancel(&mut self) -> Result<(), SessionError> {
+        self.send(&ToAgent::Cancel).await
+    }
+
+    /// The next message of the steps sent: an event, or the end of the oldest one.
+    pub async fn step_message(&mut self) -> Result<StepMessage, SessionError> {
+        match self.read().await? {
+            FromAgent::Event { event } => Ok(StepMessage::Event(event)),
+            FromAgent::StepFinished { root, outcome } => Ok(StepMessage::Finished(root, outcome)),
+            FromAgent::Refused {
+                reason, message, ..
+            } => Err(SessionError::Refused { reason, message }),
+            other => Err(unexpected(other)),
         }
     }
 

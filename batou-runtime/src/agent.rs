@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::{BufRead, Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -100,7 +100,7 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
 /// its commands end them (see `batou_components::process`). Between steps the session loop
 /// notices the end of input itself and records the abort.
 #[derive(Default)]
-struct Link(AtomicU8);
+struct Link(AtomicU8, AtomicBool, AtomicUsize);
 
 const IDLE: u8 = 0;
 const STEPPING: u8 = 1;
@@ -124,6 +124,27 @@ impl Link {
     fn lost(&self) -> bool {
         self.0.swap(GONE, Ordering::SeqCst) == STEPPING
     }
+
+    /// Whether the controller cancelled the steps queued here (`cancel`).
+    fn cancelled(&self) -> bool {
+        self.1.load(Ordering::SeqCst)
+    }
+
+    /// The session took one of the lines read.
+    fn took_line(&self) {
+        self.2.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Whether a message from the controller has arrived that the session has not taken.
+    fn has_waiting(&self) -> bool {
+        self.2.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// Whether `line` is the controller's `cancel`, which is read ahead of the steps queued
+/// before it. Only short lines are parsed: a job's line is large and is parsed once, later.
+fn is_cancel(line: &str) -> bool {
+    line.len() <= 64 && matches!(serde_json::from_str(line), Ok(ToAgent::Cancel))
 }
 
 /// Reads stdin on a thread, so that its end is noticed while a step runs.
@@ -131,7 +152,11 @@ fn read_lines(link: Arc<Link>) -> std::sync::mpsc::Receiver<std::io::Result<Stri
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
+            if line.as_deref().is_ok_and(is_cancel) {
+                link.1.store(true, Ordering::SeqCst);
+            }
             let failed = line.is_err();
+            link.2.fetch_add(1, Ordering::SeqCst);
             if tx.send(line).is_err() || failed {
                 break;
             }
@@ -159,13 +184,15 @@ impl Writer {
     }
 
     fn try_send(&self, msg: &FromAgent) -> std::io::Result<()> {
-        let line = serde_json::to_string(&batou_core::redact::to_masked_json(msg))
+        let mut line = serde_json::to_string(&batou_core::redact::to_masked_json(msg))
             .expect("protocol messages always serialize");
+        // One write per message: a line split in two writes travels in two SSH packets.
+        line.push('\n');
         let mut out = self
             .0
             .lock()
             .expect("the agent's stdout lock is never poisoned");
-        writeln!(out, "{line}")?;
+        out.write_all(line.as_bytes())?;
         out.flush()
     }
 }
@@ -189,6 +216,7 @@ fn session(
     let Some(line) = lines.next() else {
         return Ok(());
     };
+    link.took_line();
     let msg: ToAgent = match serde_json::from_str(&line?) {
         Ok(msg) => msg,
         Err(e) => {
@@ -377,15 +405,30 @@ fn session(
         }
     });
 
-    let mut outcomes: Vec<(String, RootOutcome)> = Vec::new();
-    let mut changed_components: Vec<String> = Vec::new();
+    // Steps arrive ahead of their turn: none runs after a step failed (outside a dry run,
+    // which predicts past failures) or after the controller cancelled the queued ones.
+    // Consecutive steps share one sync of their files (see `Unsettled`).
     let options = ConvergeOptions {
         dry_run,
-        ..Default::default()
+        keep_writes_pending: !dry_run,
+    };
+    let mut settled = Settled {
+        host: job.host.name.clone(),
+        dry_run,
+        unsettled: Vec::new(),
+        outcomes: Vec::new(),
+        changed_components: Vec::new(),
+        failed: false,
     };
     for line in lines {
+        link.took_line();
         let line = line?;
-        match serde_json::from_str::<ToAgent>(&line) {
+        let msg = serde_json::from_str::<ToAgent>(&line);
+        // Whatever else comes, the steps done so far are reported first, in order.
+        if !matches!(msg, Ok(ToAgent::Step { .. })) {
+            settled.settle(&mut plan, inventory.as_mut(), journal.as_ref(), out)?;
+        }
+        match msg {
             Ok(ToAgent::Step { root, rollout }) if deploy => {
                 let Some(step) = plan.steps().iter().position(|s| s.root == root) else {
                     refuse(
@@ -396,6 +439,25 @@ fn session(
                     );
                     bail!("protocol error");
                 };
+                let hook = rollout.as_ref().is_some_and(|r| r.hook.is_some());
+                // Reported before a step that may take long or read their files: their
+                // dependents on other hosts need not wait for it.
+                if link.cancelled()
+                    || (settled.failed && !dry_run)
+                    || hook
+                    || rollout.is_some()
+                    || settled.unsettled.len() >= SETTLE_EVERY
+                    || plan.reads_written_files(step)
+                {
+                    settled.settle(&mut plan, inventory.as_mut(), journal.as_ref(), out)?;
+                }
+                if link.cancelled() || (settled.failed && !dry_run) {
+                    out.send(&FromAgent::StepFinished {
+                        root,
+                        outcome: RootOutcome::NotAttempted,
+                    });
+                    continue;
+                }
                 if !link.begin_step() {
                     break;
                 }
@@ -410,7 +472,6 @@ fn session(
                         in_rotation: r.in_rotation.clone(),
                     })?;
                 }
-                let hook = rollout.as_ref().is_some_and(|r| r.hook.is_some());
                 let report = match rollout.as_ref().filter(|r| r.hook.is_some()) {
                     // A drain or undrain: the balancer's step, configured again with only
                     // these rolled hosts in rotation.
@@ -419,7 +480,10 @@ fn session(
                         registry,
                         &base_dir,
                         (step, &r.in_rotation),
-                        options,
+                        ConvergeOptions {
+                            keep_writes_pending: false,
+                            ..options
+                        },
                         &mut sink,
                     ),
                     None => {
@@ -433,27 +497,19 @@ fn session(
                     }
                 };
                 link.end_step();
-                if let (Some(inventory), false) = (inventory.as_mut(), dry_run) {
-                    inventory.record_step(&root, &report.created, true)?;
-                }
-                if let Some(j) = &journal {
-                    j.append(JournalEntry::Step {
-                        component: root.clone(),
-                        outcome: report.outcome,
-                        started,
-                        changed: report.changed.clone(),
-                    })?;
-                }
-                changed_components.extend(report.changed);
-                // A drain or undrain is the balancer's step again: the `finished` record
-                // counts it once, unless it failed.
-                if !hook || report.outcome == RootOutcome::Failed {
-                    outcomes.push((root.clone(), report.outcome));
-                }
-                out.send(&FromAgent::StepFinished {
+                let failed = report.outcome == RootOutcome::Failed;
+                settled.unsettled.push(Unsettled {
+                    // A drain or undrain is the balancer's step again: the `finished` record
+                    // counts it once, unless it failed.
+                    counts: !hook || failed,
                     root,
-                    outcome: report.outcome,
+                    report,
+                    started,
                 });
+                // The next step is already here: its files join this sync.
+                if failed || rollout.is_some() || !link.has_waiting() {
+                    settled.settle(&mut plan, inventory.as_mut(), journal.as_ref(), out)?;
+                }
             }
             Ok(ToAgent::Service { roots }) => {
                 let Purpose::Service { verb } = purpose else {
@@ -629,11 +685,17 @@ fn session(
                     inventory.finish(plan.steps().len())?;
                 }
                 if let Some(j) = journal.as_ref().filter(|_| deploy) {
-                    j.finished(&outcomes, plan.steps().len(), &changed_components)?;
+                    j.finished(
+                        &settled.outcomes,
+                        plan.steps().len(),
+                        &settled.changed_components,
+                    )?;
                 }
                 out.send(&FromAgent::Finished);
                 return Ok(());
             }
+            // Acted on by the thread that reads stdin, as soon as it arrived.
+            Ok(ToAgent::Cancel) => {}
             Ok(
                 ToAgent::Start { .. }
                 | ToAgent::Step { .. }
@@ -655,13 +717,101 @@ fn session(
             }
         }
     }
-    // The controller went away mid-session.
+    // The controller went away mid-session: what converged lands and is journaled.
+    settled.settle(&mut plan, inventory.as_mut(), journal.as_ref(), out)?;
     if let Some(j) = journal.as_ref().filter(|_| deploy) {
         j.append(JournalEntry::Aborted {
             error: vec!["controller disconnected".into()],
         })?;
     }
     bail!("controller disconnected")
+}
+
+/// Steps one sync of their files may share at most.
+const SETTLE_EVERY: usize = 64;
+
+/// A step converged whose files may still wait for their sync: it is reported, journaled and
+/// recorded in the ownership record once they are durable and in place.
+///
+/// Consecutive steps share that sync (one `syncfs`, one sync of each directory, one of the
+/// journal and one of the ownership record) when the next one has already arrived. Steps
+/// are settled before a step that may read what they wrote or take long (a component that
+/// [reads written files](batou_core::Component::reads_written_files): commands, services),
+/// after a failure, before any other message and when no step is waiting; a step is never
+/// reported before its files are durable and visible.
+struct Unsettled {
+    root: String,
+    report: batou_core::StepReport,
+    started: String,
+    /// Whether it counts in the `finished` record (a drain or undrain does not).
+    counts: bool,
+}
+
+/// What the session's steps did so far.
+struct Settled {
+    host: String,
+    /// A dry run records nothing in the ownership record.
+    dry_run: bool,
+    unsettled: Vec<Unsettled>,
+    outcomes: Vec<(String, RootOutcome)>,
+    changed_components: Vec<String>,
+    /// A step failed: no later step runs (outside a dry run).
+    failed: bool,
+}
+
+impl Settled {
+    /// Makes the unsettled steps' files durable and visible, records and journals the steps
+    /// and reports them, in order. A failed sync fails the last of them.
+    fn settle(
+        &mut self,
+        plan: &mut Plan,
+        inventory: Option<&mut crate::inventory::HostInventory>,
+        journal: Option<&Journal>,
+        out: &Writer,
+    ) -> anyhow::Result<()> {
+        if self.unsettled.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = plan.flush_writes() {
+            let e = e.context("cannot make the written files durable");
+            let last = self.unsettled.last_mut().expect("checked above");
+            out.send(&FromAgent::Event {
+                event: Event::Failed {
+                    host: self.host.clone(),
+                    component: last.root.clone(),
+                    error: chain(&e),
+                },
+            });
+            last.report.outcome = RootOutcome::Failed;
+        }
+        if let Some(inventory) = inventory.filter(|_| !self.dry_run) {
+            for s in &self.unsettled {
+                inventory.record_step(&s.root, &s.report.created, false)?;
+            }
+            inventory.save_changes()?;
+        }
+        if let Some(j) = journal {
+            j.append_all(self.unsettled.iter().map(|s| JournalEntry::Step {
+                component: s.root.clone(),
+                outcome: s.report.outcome,
+                started: s.started.clone(),
+                changed: s.report.changed.clone(),
+            }))?;
+        }
+        for s in self.unsettled.drain(..) {
+            let outcome = s.report.outcome;
+            self.failed |= outcome == RootOutcome::Failed;
+            self.changed_components.extend(s.report.changed);
+            if s.counts {
+                self.outcomes.push((s.root.clone(), outcome));
+            }
+            out.send(&FromAgent::StepFinished {
+                root: s.root,
+                outcome,
+            });
+        }
+        Ok(())
+    }
 }
 
 fn refuse(out: &Writer, reason: Refusal, message: Vec<String>, holder: Option<Controller>) {
@@ -775,23 +925,37 @@ struct Journal {
 impl Journal {
     /// Appends one record, masked, and syncs it.
     fn append(&self, entry: JournalEntry) -> anyhow::Result<()> {
-        let record = JournalRecord {
-            time: now(),
-            environment: self.environment.clone(),
-            host: self.host.clone(),
-            user: self.controller.user.clone(),
-            controller_host: self.controller.host.clone(),
-            pid: self.controller.pid,
-            entry,
-        };
-        let line = serde_json::to_string(&batou_core::redact::to_masked_json(&record))?;
+        self.append_all(std::iter::once(entry))
+    }
+
+    /// Appends records, masked, in one write, and syncs them once.
+    fn append_all(&self, entries: impl Iterator<Item = JournalEntry>) -> anyhow::Result<()> {
+        let mut lines = String::new();
+        for entry in entries {
+            let record = JournalRecord {
+                time: now(),
+                environment: self.environment.clone(),
+                host: self.host.clone(),
+                user: self.controller.user.clone(),
+                controller_host: self.controller.host.clone(),
+                pid: self.controller.pid,
+                entry,
+            };
+            lines.push_str(&serde_json::to_string(
+                &batou_core::redact::to_masked_json(&record),
+            )?);
+            lines.push('\n');
+        }
+        if lines.is_empty() {
+            return Ok(());
+        }
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(&self.path)
             .with_context(|| format!("cannot open the journal `{}`", self.path.display()))?;
-        file.write_all(format!("{line}\n").as_bytes())?;
+        file.write_all(lines.as_bytes())?;
         file.sync_all()?;
         Ok(())
     }

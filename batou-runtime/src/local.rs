@@ -422,6 +422,8 @@ fn converge_here(
             dry_run,
             keep_going: false,
             jobs: 1,
+            // Steps run in this process: there is no round trip to hide.
+            pipeline: 1,
         },
     );
     sink.event(Event::HostStarted {
@@ -502,6 +504,8 @@ fn converge_here(
                     Report::Predicted { would_change: true },
                 )),
                 Action::Emit(event) => sink.event(event),
+                // Nothing is ever queued: each step runs when it is started.
+                Action::Cancel { .. } => {}
             }
         }
         actions = next;

@@ -10,7 +10,14 @@
 //!   step; a host that cannot be prepared stops the run before anything changes, unless
 //!   `keep_going`;
 //! - each host runs one step at a time in plan order, a step only when every step it depends
-//!   on (on any host) finished `changed` or `unchanged`, at most `jobs` steps at once;
+//!   on (on any host) finished `changed` or `unchanged`, at most `jobs` hosts at once;
+//! - a host's agent may hold up to `pipeline` steps: the running one and the ones queued
+//!   behind it, sent ahead so that the next one starts without waiting for a round trip to
+//!   the controller. A step is sent ahead only when every step it depends on is done or is
+//!   queued ahead of it on the same host (never in a dry run, nor in a rollout). An agent
+//!   does not run the steps queued behind a step that failed (it answers `not_attempted`),
+//!   and when the run stops (a failure elsewhere, an interrupt) the scheduler cancels the
+//!   queued steps of every host ([`Action::Cancel`]), so that no new step starts;
 //! - a step whose dependency failed or did not run is skipped with the reason; after a failure
 //!   no new step starts (unless `keep_going`), nor after an interrupt;
 //! - a host is finished as soon as it can do nothing more: it is told to end its session at
@@ -134,6 +141,12 @@ pub enum Action {
     },
     /// Emit an event.
     Emit(Event),
+    /// Tell `host`'s agent not to run the steps queued behind the running one (it answers
+    /// each with `not_attempted`): the run stopped.
+    Cancel {
+        /// The host whose queued steps are dropped.
+        host: String,
+    },
     /// Send step `step` to `host`'s agent as part of a rollout: a rolled host's step in its
     /// batch, or the balancer's step converged again to drain or undrain.
     StartRollout {
@@ -161,8 +174,11 @@ pub struct SchedulerOptions {
     pub dry_run: bool,
     /// Whether the other hosts' steps go on after a host failed (always, in a dry run).
     pub keep_going: bool,
-    /// Steps running at the same time, across hosts.
+    /// Hosts running steps at the same time.
     pub jobs: usize,
+    /// Steps a host's agent may hold at once, the running one included (1: a step is sent
+    /// only after the previous one finished).
+    pub pipeline: usize,
 }
 
 /// The summary of a finished run.
@@ -195,6 +211,11 @@ struct HostRun {
     queue: VecDeque<usize>,
     /// Every step of the host, in plan order.
     steps: Vec<usize>,
+    /// Steps sent to the host's agent and not yet reported, in the order sent: the first
+    /// one runs, the others are queued behind it on the host.
+    in_flight: VecDeque<usize>,
+    /// Whether the queued steps were cancelled because the run stopped.
+    cancel_sent: bool,
     ready: bool,
     /// Never contacted: the run was interrupted before its turn to be prepared.
     cancelled: bool,
@@ -273,6 +294,8 @@ impl<'p> Scheduler<'p> {
                 let run = HostRun {
                     queue: mine.iter().copied().collect(),
                     steps: mine,
+                    in_flight: VecDeque::new(),
+                    cancel_sent: false,
                     ready: false,
                     cancelled: false,
                     busy: false,
@@ -379,9 +402,23 @@ impl<'p> Scheduler<'p> {
                     // Given up on (the grace after an interrupt ended): its host stays unknown.
                     return actions;
                 }
-                self.running -= 1;
-                self.state[step] = StepState::Done(outcome);
-                h.busy = false;
+                h.in_flight.retain(|s| *s != step);
+                if h.in_flight.is_empty() {
+                    self.running -= 1;
+                    h.busy = false;
+                }
+                if outcome == RootOutcome::NotAttempted {
+                    // Cancelled on the host because the run stopped: the agent did not run it.
+                    let stop = self.stop.unwrap_or(Stop::Failure);
+                    actions.push(Action::Emit(Event::Skipped {
+                        host: host.to_string(),
+                        component: self.steps[step].root.clone(),
+                        reason: stop.reason().to_string(),
+                    }));
+                    self.state[step] = stop.state();
+                } else {
+                    self.state[step] = StepState::Done(outcome);
+                }
                 // A failed prediction stops nothing: its host's later steps are predicted
                 // too, and the host's status says that it failed (`host_status`).
                 if outcome == RootOutcome::Failed && !dry_run {
@@ -389,7 +426,14 @@ impl<'p> Scheduler<'p> {
                         HostStatus::Failed,
                         vec![format!("`{}` failed", self.steps[step].root)],
                     ));
-                    for later in h.queue.drain(..) {
+                    // The agent runs none of the steps queued behind the failed one: their
+                    // answers (`not_attempted`) are not waited for.
+                    if !h.in_flight.is_empty() {
+                        h.busy = false;
+                        self.running -= 1;
+                    }
+                    let queued = h.in_flight.drain(..);
+                    for later in queued.chain(h.queue.drain(..)) {
                         self.state[later] = StepState::NotRun(
                             "an earlier root component on this host failed".into(),
                         );
@@ -417,7 +461,8 @@ impl<'p> Scheduler<'p> {
                 self.state[step] = StepState::Unknown;
                 h.busy = false;
                 h.failure = Some(failure);
-                for later in h.queue.drain(..) {
+                let queued = h.in_flight.drain(..).filter(|s| *s != step);
+                for later in queued.chain(h.queue.drain(..)) {
                     self.state[later] = StepState::NotRun("the host's state is unknown".into());
                 }
                 match self.rollout.as_mut().filter(|r| r.rolls(host)) {
@@ -499,7 +544,8 @@ impl<'p> Scheduler<'p> {
                 status: failure.status,
                 error: failure.error.clone(),
             }));
-            for later in h.queue.drain(..) {
+            let queued = h.in_flight.drain(..).filter(|s| *s != step);
+            for later in queued.chain(h.queue.drain(..)) {
                 self.state[later] = StepState::Interrupted;
             }
             h.failure = Some(failure);
@@ -526,6 +572,7 @@ impl<'p> Scheduler<'p> {
         // A host still running a step here never answered: its state is unknown.
         for h in self.hosts.values_mut().filter(|h| h.busy) {
             h.busy = false;
+            h.in_flight.clear();
             self.running -= 1;
             for step in &h.steps {
                 if self.state[*step] == StepState::Running {
@@ -600,6 +647,9 @@ impl<'p> Scheduler<'p> {
             if self.advance_rollout(actions) {
                 continue;
             }
+            if self.stop.is_some() {
+                self.cancel_queued_steps(actions);
+            }
             // Nothing runs and nothing can start: whatever is left waits for nothing.
             if self.running == 0 && self.stop.is_none() {
                 let stuck = self
@@ -612,6 +662,16 @@ impl<'p> Scheduler<'p> {
                 }
             }
             break;
+        }
+    }
+
+    /// The run stopped: no step queued on a host behind its running one may start.
+    fn cancel_queued_steps(&mut self, actions: &mut Vec<Action>) {
+        for (name, h) in &mut self.hosts {
+            if h.in_flight.len() > 1 && !h.cancel_sent && h.failure.is_none() {
+                h.cancel_sent = true;
+                actions.push(Action::Cancel { host: name.clone() });
+            }
         }
     }
 
@@ -717,18 +777,23 @@ impl<'p> Scheduler<'p> {
 
     fn start_ready_steps(&mut self, actions: &mut Vec<Action>) {
         let jobs = self.options.jobs.max(1);
+        let depth = self.pipeline_depth();
         let names: Vec<String> = self.hosts.keys().cloned().collect();
         for name in names {
             loop {
                 let h = &self.hosts[&name];
-                if !h.ready || h.busy || h.failure.is_some() {
+                if !h.ready || h.failure.is_some() {
+                    break;
+                }
+                // Busy with a drain, an undrain or a prediction, or its agent holds enough.
+                if h.busy && (h.in_flight.is_empty() || h.in_flight.len() >= depth) {
                     break;
                 }
                 if self.rollout.as_ref().is_some_and(|r| !r.may_start(&name)) {
                     break;
                 }
                 let Some(&step) = h.queue.front() else { break };
-                match self.dependencies(step) {
+                match self.dependencies(step, depth > 1) {
                     Deps::Waiting => break,
                     Deps::Blocked(reason) => {
                         self.hosts
@@ -744,7 +809,8 @@ impl<'p> Scheduler<'p> {
                         self.state[step] = StepState::NotRun(reason);
                     }
                     Deps::Done(assumed) => {
-                        if self.running >= jobs {
+                        let busy = self.hosts[&name].busy;
+                        if !busy && self.running >= jobs {
                             break;
                         }
                         for (label, why) in assumed {
@@ -756,8 +822,11 @@ impl<'p> Scheduler<'p> {
                         }
                         let h = self.hosts.get_mut(&name).expect("known host");
                         h.queue.pop_front();
-                        h.busy = true;
-                        self.running += 1;
+                        h.in_flight.push_back(step);
+                        if !busy {
+                            h.busy = true;
+                            self.running += 1;
+                        }
                         self.state[step] = StepState::Running;
                         match self.rollout.as_ref().and_then(|r| r.step_rollout(&name)) {
                             Some(rollout) => actions.push(Action::StartRollout {
@@ -770,7 +839,6 @@ impl<'p> Scheduler<'p> {
                                 step,
                             }),
                         }
-                        break;
                     }
                 }
             }
@@ -914,7 +982,20 @@ impl<'p> Scheduler<'p> {
         }
     }
 
-    fn dependencies(&self, step: usize) -> Deps {
+    /// How many steps a host's agent may hold: one in a dry run (whose predictions past a
+    /// failed one are logged as assumed, which needs the failure known first) and in a
+    /// rollout (whose batches and hooks decide step by step).
+    fn pipeline_depth(&self) -> usize {
+        if self.options.dry_run || self.rollout.is_some() {
+            1
+        } else {
+            self.options.pipeline.max(1)
+        }
+    }
+
+    /// Whether `step` may start; with `ahead`, a dependency that runs or is queued on the
+    /// same host counts as done: the agent runs it first and does not run `step` if it fails.
+    fn dependencies(&self, step: usize, ahead: bool) -> Deps {
         let mut waiting = false;
         let mut assumed = Vec::new();
         for dep in &self.steps[step].after {
@@ -923,6 +1004,7 @@ impl<'p> Scheduler<'p> {
                 // Checked before the run: deployed earlier, according to its host's journal.
                 StepState::Excluded => {}
                 StepState::Done(RootOutcome::Changed | RootOutcome::Unchanged) => {}
+                StepState::Running if ahead && self.steps[*dep].host == self.steps[step].host => {}
                 StepState::Pending | StepState::Running => waiting = true,
                 // A dry run predicts what depends on a prediction that failed or did not
                 // happen as if that step would succeed.
@@ -984,6 +1066,7 @@ mod tests {
             dry_run: false,
             keep_going,
             jobs,
+            pipeline: 1,
         }
     }
 
@@ -1016,6 +1099,7 @@ mod tests {
                         format!("start {host} {}", self.steps[step].root)
                     }
                     Action::Finish { host } => format!("finish {host}"),
+                    Action::Cancel { host } => format!("cancel {host}"),
                     Action::StartRollout {
                         host,
                         step,
@@ -1342,6 +1426,7 @@ mod tests {
                 dry_run: true,
                 keep_going: false,
                 jobs: 1,
+                pipeline: 1,
             },
         );
         s.ready("web1").done("web1", "motd", Changed);
@@ -1354,6 +1439,7 @@ mod tests {
             dry_run: true,
             keep_going: false,
             jobs,
+            pipeline: 1,
         }
     }
 
@@ -1454,6 +1540,150 @@ mod tests {
         let (hosts, exit) = s.summary();
         assert_eq!(hosts, statuses(&[("db1", "timeout"), ("web1", "changed")]));
         assert_eq!(exit, Exit::Timeout);
+    }
+
+    fn pipelined(jobs: usize, pipeline: usize) -> SchedulerOptions {
+        SchedulerOptions {
+            pipeline,
+            ..options(false, jobs)
+        }
+    }
+
+    #[test]
+    fn steps_are_sent_ahead_up_to_the_pipeline_and_a_failure_drops_the_queued_ones() {
+        // web1: `a`, `b` after `a`, `c` after web2's `x`, `d`.
+        let plan = steps(&[
+            ("web1", "a", &[]),
+            ("web1", "b", &[0]),
+            ("web1", "c", &[4]),
+            ("web1", "d", &[]),
+            ("web2", "x", &[]),
+        ]);
+        let mut s = Script::new(&plan, &["web1", "web2"], pipelined(8, 3));
+        s.ready("web1").ready("web2");
+        // `b` waits for `a` on its own host: queued behind it. `c` waits for another host.
+        assert_eq!(s.take(), ["start web1 a", "start web1 b", "start web2 x"]);
+        s.done("web1", "a", Failed);
+        // The agent does not run `b`: web1 is done without waiting for its answer.
+        assert_eq!(s.take(), ["done web1 at 3", "finish web1"]);
+        s.done("web1", "b", RootOutcome::NotAttempted);
+        assert_eq!(s.take(), Vec::<String>::new());
+        s.done("web2", "x", Changed);
+        assert_eq!(s.take(), ["done web2 at 5", "finish web2"]);
+        let (hosts, exit) = s.summary();
+        assert_eq!(hosts, statuses(&[("web1", "failed"), ("web2", "changed")]));
+        assert_eq!(exit, Exit::DeployFailed);
+        assert_eq!(
+            s.sched.state[1],
+            StepState::NotRun("an earlier root component on this host failed".into())
+        );
+    }
+
+    #[test]
+    fn a_failure_cancels_the_steps_queued_on_other_hosts() {
+        let plan = steps(&[
+            ("web1", "a", &[]),
+            ("web1", "b", &[]),
+            ("web1", "c", &[]),
+            ("web2", "x", &[]),
+        ]);
+        let mut s = Script::new(&plan, &["web1", "web2"], pipelined(8, 3));
+        s.ready("web1").ready("web2");
+        assert_eq!(
+            s.take(),
+            [
+                "start web1 a",
+                "start web1 b",
+                "start web1 c",
+                "start web2 x"
+            ]
+        );
+        s.done("web2", "x", Failed);
+        assert_eq!(s.take(), ["done web2 at 3", "finish web2", "cancel web1"]);
+        s.done("web1", "a", Changed);
+        assert_eq!(s.take(), Vec::<String>::new());
+        s.done("web1", "b", RootOutcome::NotAttempted)
+            .done("web1", "c", RootOutcome::NotAttempted);
+        assert_eq!(
+            s.take(),
+            [
+                "skipped web1 b",
+                "skipped web1 c",
+                "done web1 at 6",
+                "finish web1"
+            ]
+        );
+        let (hosts, exit) = s.summary();
+        assert_eq!(hosts[1], ("web2".to_string(), "failed".to_string()));
+        assert_eq!(exit, Exit::DeployFailed);
+    }
+
+    #[test]
+    fn jobs_count_hosts_and_a_host_holds_its_pipeline_in_one_slot() {
+        let plan = steps(&[
+            ("web1", "a", &[]),
+            ("web1", "b", &[]),
+            ("web2", "x", &[]),
+            ("web2", "y", &[]),
+        ]);
+        let mut s = Script::new(&plan, &["web1", "web2"], pipelined(1, 2));
+        s.ready("web1").ready("web2");
+        assert_eq!(s.take(), ["start web1 a", "start web1 b"]);
+        s.done("web1", "a", Changed);
+        assert_eq!(s.take(), Vec::<String>::new(), "web1 still holds its slot");
+        s.done("web1", "b", Unchanged);
+        assert_eq!(
+            s.take(),
+            [
+                "start web2 x",
+                "start web2 y",
+                "done web1 at 4",
+                "finish web1"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_interrupt_cancels_the_queued_steps() {
+        let plan = steps(&[("web1", "a", &[]), ("web1", "b", &[])]);
+        let mut s = Script::new(&plan, &["web1"], pipelined(8, 4));
+        s.ready("web1");
+        assert_eq!(s.take(), ["start web1 a", "start web1 b"]);
+        s.clock += 1.0;
+        let actions = s.sched.interrupt(s.clock);
+        assert_eq!(
+            actions,
+            [Action::Cancel {
+                host: "web1".into()
+            }]
+        );
+        s.done("web1", "a", Changed)
+            .done("web1", "b", RootOutcome::NotAttempted);
+        assert_eq!(
+            s.take(),
+            [
+                "skipped web1 b",
+                "Interrupted { host: \"web1\", not_started: [\"b\"] }",
+                "done web1 at 4",
+                "finish web1"
+            ]
+        );
+        let (outcome, _) = s.sched.finish(s.clock);
+        assert_eq!(outcome.exit, Exit::Interrupted);
+    }
+
+    #[test]
+    fn a_dry_run_sends_one_step_at_a_time() {
+        let plan = steps(&[("web1", "a", &[]), ("web1", "b", &[])]);
+        let options = SchedulerOptions {
+            pipeline: 4,
+            ..dry_run(8)
+        };
+        let mut s = Script::new(&plan, &["web1"], options);
+        s.ready("web1");
+        assert_eq!(s.take(), ["start web1 a"]);
+        s.done("web1", "a", Changed);
+        assert_eq!(s.take(), ["start web1 b"]);
     }
 
     #[test]

@@ -365,6 +365,16 @@ impl Plan {
         out
     }
 
+    /// Whether any component of a step may read what earlier steps wrote
+    /// ([`Component::reads_written_files`](crate::Component::reads_written_files)): before
+    /// it converges, the files staged so far are made durable and visible.
+    pub fn reads_written_files(&self, step: usize) -> bool {
+        fn walk(node: &Node) -> bool {
+            node.component.reads_written_files() || node.children.iter().any(walk)
+        }
+        walk(&self.steps[step].tree)
+    }
+
     /// What every component of a step's tree manages ([`Component::owned`](crate::Component::owned)),
     /// in converge order: nothing is looked at on the host.
     pub fn owned(&self, step: usize) -> Vec<crate::Owned> {

@@ -20,11 +20,7 @@ content = "shipped\n"
 "#;
 
 fn sha256(path: &Path) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(std::fs::read(path).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    batou_test_support::sha256_hex(&std::fs::read(path).unwrap())
 }
 
 fn listing(dir: &Path) -> Vec<String> {

@@ -21,6 +21,7 @@ mod library;
 mod offline;
 mod operations;
 mod output;
+mod pipeline;
 mod process_faults;
 mod prune;
 mod releases;
